@@ -1,0 +1,37 @@
+# Two commands: `make demo` and `make test`. Both create .venv on first use.
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+STAMP_TEST := $(VENV)/.installed-test
+
+.PHONY: demo test clean bench tables
+
+$(PY):
+	$(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+
+$(STAMP): pyproject.toml | $(PY)
+	$(PY) -m pip install -q -e .
+	touch $@
+
+$(STAMP_TEST): pyproject.toml | $(PY)
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@ $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/bayescomp run --model lenet300 --data mnist --method gnj --run-dir runs/demo
+
+test: $(STAMP_TEST)
+	$(PY) -m pytest -q
+
+bench: $(STAMP_TEST)
+	$(PY) benchmarks/gnj_mnist.py
+	$(PY) benchmarks/epoch_cost.py
+	$(PY) benchmarks/make_tables.py
+
+tables: $(STAMP)
+	$(PY) benchmarks/make_tables.py
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

@@ -1,0 +1,41 @@
+"""Helpers shared by the benchmark scripts: result files follow the contract in the README."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import shutil
+import sys
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+CONTRACT = [
+    "model", "data", "method", "seed", "test_error_pct", "test_error_pct_pruned", "test_error_pct_bayes",
+    "dense_test_error_pct", "architecture_dense", "kept_architecture", "weights_dense", "weights_kept",
+    "kept_weight_fraction", "compression_architecture", "compression_bits", "compression_file",
+    "file_bytes_dense", "file_bytes_compressed", "bits_per_layer", "significand_bits_per_layer", "exponent_bits",
+    "thresholds", "flops_dense", "flops_compressed", "latency_ms", "epochs", "dense_epochs", "epoch_s_mean",
+    "wall_time_s", "command", "git_commit", "device", "torch_threads", "config", "tradeoff_curve", "search_path",
+]
+
+
+def this_command() -> str:
+    return "python " + " ".join(shlex.quote(a) for a in [f"benchmarks/{Path(sys.argv[0]).name}", *sys.argv[1:]])
+
+
+def publish(report: dict, run_dir: Path, extra: dict | None = None) -> Path:
+    """Copy a run's report (contract fields) and compressed model into benchmarks/results/."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    stem = f"{report['model']}_{report['data']}_{report['method']}"
+    record = {k: report[k] for k in CONTRACT if k in report}
+    record["compressed_file"] = f"{stem}.bcz"
+    record.update(extra or {})
+    (RESULTS / f"{stem}.json").write_text(json.dumps(record, indent=2))
+    shutil.copyfile(run_dir / "compressed.bcz", RESULTS / f"{stem}.bcz")
+    (RESULTS / f"{stem}.md").write_text((run_dir / "report.md").read_text())
+    plots = RESULTS / "plots"
+    plots.mkdir(exist_ok=True)
+    for png in (run_dir / "plots").glob("*.png"):
+        shutil.copyfile(png, plots / f"{stem}_{png.name}")
+    return RESULTS / f"{stem}.json"

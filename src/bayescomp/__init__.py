@@ -1,0 +1,46 @@
+"""bayescomp: make neural networks small and fast with Bayesian compression.
+
+Pipeline: plain model -> :func:`bayesify` -> :func:`fit` -> :func:`compress` -> small plain ``nn.Module``
+-> packed file (:func:`load` brings it back).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from torch import nn
+
+from bayescomp.bayesify import bayesify
+from bayescomp.compress import CompressConfig, CompressionResult, PruneError, compress
+from bayescomp.data import DataBundle, DataError, load_dataset
+from bayescomp.models import MODELS, create_model
+from bayescomp.priors import PRIORS, GroupNJConfig
+from bayescomp.train import NonFiniteLossError, TrainConfig, evaluate, fit
+
+__version__ = "0.1.0"
+
+
+def load(path: str | Path) -> nn.Module:
+    """Load a compressed model file (``.bcz``) as a plain ``nn.Module`` in eval mode.
+
+    The model takes images scaled to [0, 1] (N x C x H x W) and returns logits; its input normalisation is
+    part of the model.
+    """
+    from bayescomp.compress.packed import load_packed
+
+    model, _ = load_packed(path)
+    return model
+
+
+def report(run_dir: str | Path) -> dict:
+    """The report dict of a finished run directory."""
+    from bayescomp.report import load_report
+
+    return load_report(run_dir)
+
+
+__all__ = [
+    "MODELS", "PRIORS", "CompressConfig", "CompressionResult", "DataBundle", "DataError", "GroupNJConfig",
+    "NonFiniteLossError", "PruneError", "TrainConfig", "bayesify", "compress", "create_model", "evaluate", "fit",
+    "load", "load_dataset", "report",
+]

@@ -1,0 +1,130 @@
+"""Command line: ``bayescomp run`` (train, compress, report) and ``bayescomp report RUN_DIR``."""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from pathlib import Path
+
+from bayescomp.checkpoint import CheckpointError
+from bayescomp.compress import CompressConfig, PruneError, UnsupportedModelError
+from bayescomp.data import DataError
+from bayescomp.models import MODELS
+from bayescomp.priors import PRIORS
+from bayescomp.train import NonFiniteLossError, TrainConfig
+
+KNOWN_ERRORS = (DataError, PruneError, UnsupportedModelError, NonFiniteLossError, CheckpointError, ValueError,
+                FileNotFoundError)
+
+
+def _floats(text: str) -> list[float] | float:
+    values = [float(v) for v in text.split(",") if v.strip()]
+    return values[0] if len(values) == 1 else values
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="bayescomp", description=__doc__,
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="train a model under a sparsity prior, compress it and write a report",
+                         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    run.add_argument("--model", default="lenet300", help=f"zoo model: {', '.join(sorted(MODELS))}")
+    run.add_argument("--data", default=None,
+                     help="data set: mnist, fashion-mnist, cifar10 (default: the model's usual data)")
+    run.add_argument("--method", default="gnj", help=f"compression method (prior): {', '.join(sorted(PRIORS))}")
+    run.add_argument("--run-dir", default=None, help="output directory (default runs/<model>_<data>_<method>)")
+    run.add_argument("--data-dir", default=None,
+                     help="folder with mnist/, fashion-mnist/, cifar-10/ (default $BAYESCOMP_DATA, else ../shared/data)")
+    run.add_argument("--seed", type=int, default=0, help="random seed (data split, order, noise)")
+    run.add_argument("--epochs", type=int, default=None, help="Bayesian training epochs (default per model)")
+    run.add_argument("--dense-epochs", type=int, default=None, help="dense pre-training epochs (default per model)")
+    run.add_argument("--lr", type=float, default=None, help="Adam learning rate of Bayesian training")
+    run.add_argument("--batch-size", type=int, default=None, help="mini-batch size of both training phases")
+    run.add_argument("--kl-warmup", type=float, default=None, help="epochs of linear KL warm-up from 0 to 1")
+    run.add_argument("--thresholds", type=_floats, default=None,
+                     help="log-alpha thresholds, one per layer or one for all (e.g. -2.8,-3,-5); "
+                          "default: automatic search on the validation split")
+    run.add_argument("--tolerance", type=float, default=0.2,
+                     help="automatic search: allowed validation-error increase in percentage points")
+    run.add_argument("--bits-reduce", choices=("mean", "max"), default="mean",
+                     help="summarise per-weight bits of a layer by their mean (paper) or max (safer)")
+    run.add_argument("--clip-var", type=float, default=None, help="upper bound on weight posterior variances")
+    run.add_argument("--val-size", type=int, default=5000, help="validation examples carved from the training set")
+    run.add_argument("--train-subset", type=int, default=None, help="use only this many training examples")
+    run.add_argument("--test-subset", type=int, default=None, help="use only this many test examples")
+    run.add_argument("--no-latency", action="store_true", help="skip the latency measurement")
+    run.add_argument("--no-plots", action="store_true", help="skip the plots")
+    run.add_argument("--no-progress", action="store_true", help="no progress bars")
+    run.add_argument("--restart", action="store_true", help="discard an existing run in --run-dir and start over")
+    rep = sub.add_parser("report", help="print the report of a finished run")
+    rep.add_argument("run_dir", help="the run directory written by `bayescomp run`")
+    rep.add_argument("--json", action="store_true", help="print the JSON instead of markdown")
+    return parser
+
+
+def _train_config(base: TrainConfig, args: argparse.Namespace, bayes: bool) -> TrainConfig:
+    from dataclasses import replace
+
+    changes = {}
+    if args.batch_size:
+        changes["batch_size"] = args.batch_size
+    if bayes:
+        if args.epochs is not None:
+            changes["epochs"] = args.epochs
+        if args.lr is not None:
+            changes["lr"] = args.lr
+        if args.kl_warmup is not None:
+            changes["kl_warmup_epochs"] = args.kl_warmup
+    elif args.dense_epochs is not None:
+        changes["epochs"] = args.dense_epochs
+    return replace(base, **changes)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from bayescomp.pipeline import RunConfig, run
+    from bayescomp.report import render_markdown
+
+    data = args.data or (MODELS[args.model].default_data if args.model in MODELS else "mnist")
+    prior = {"clip_var": args.clip_var} if args.clip_var is not None else {}
+    config = RunConfig(model=args.model, data=data, method=args.method, seed=args.seed, data_dir=args.data_dir,
+                       val_size=args.val_size, train_subset=args.train_subset, test_subset=args.test_subset,
+                       prior=prior, latency=not args.no_latency, plots=not args.no_plots,
+                       compress=CompressConfig(thresholds=args.thresholds, tolerance_pct=args.tolerance,
+                                               bits_reduce=args.bits_reduce))
+    config.dense = _train_config(config.dense, args, bayes=False)
+    config.bayes = _train_config(config.bayes, args, bayes=True)
+    run_dir = Path(args.run_dir or f"runs/{args.model}_{data}_{args.method}")
+    command = "bayescomp " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    report = run(config, run_dir, progress=not args.no_progress, restart=args.restart, command=command)
+    print()
+    print(render_markdown(report))
+    print(f"run directory: {run_dir}  (compressed model: {run_dir / 'compressed.bcz'})")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    import json
+
+    from bayescomp.report import load_report, render_markdown
+
+    report = load_report(args.run_dir)
+    print(json.dumps(report, indent=2) if args.json else render_markdown(report))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return cmd_run(args) if args.command == "run" else cmd_report(args)
+    except KeyboardInterrupt:
+        print("\ninterrupted; run the same command again to resume from the last completed epoch",
+              file=sys.stderr)
+        return 130
+    except KNOWN_ERRORS as error:
+        print(f"bayescomp: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,149 @@
+"""Compression: posterior -> masks -> physically smaller plain model -> bit precision -> packed file.
+
+:func:`compress` is the single entry point every method goes through.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from bayescomp.compress.chain import Chain, UnsupportedModelError, build_chain
+from bayescomp.compress.masks import (
+    PruneError, PruningPlan, full_architecture, group_keep_from_thresholds, group_statistics, masked, propagate,
+)
+from bayescomp.compress.precision import LayerPrecision, layer_precisions, quantize_fixed_point
+from bayescomp.compress.search import greedy_threshold_search
+from bayescomp.compress.shrink import kept_weight_variances, shrink
+from bayescomp.data import TensorData
+from bayescomp.priors.base import deterministic_mode
+from bayescomp.train import evaluate
+
+
+@dataclass
+class CompressConfig:
+    """How to read the posterior (saved with every run).
+
+    Args:
+        thresholds: log-alpha threshold per prunable layer (keep a group if log alpha < threshold), one value
+            for all layers, or ``None`` for the automatic search on the validation split.
+        tolerance_pct: the automatic search keeps the validation error within this many percentage points of the
+            unpruned posterior-mean model's.
+        bits_reduce: how a layer's significand bits summarise its weights' bits: ``"mean"`` or ``"max"``.
+        min_bits: lower bound on significand bits per layer.
+        search_val_size: validation examples used by the search (``None``: all).
+    """
+
+    thresholds: list[float] | float | None = None
+    tolerance_pct: float = 0.2
+    bits_reduce: str = "mean"
+    min_bits: int = 1
+    search_val_size: int | None = None
+
+
+@dataclass
+class CompressionResult:
+    """Everything compression produced; ``model`` and ``quantized_model`` are plain ``nn.Sequential``s."""
+
+    model: nn.Sequential
+    quantized_model: nn.Sequential
+    plan: PruningPlan
+    thresholds: list[float]
+    layer_names: list[str]
+    architecture_dense: list[int]
+    architecture_kept: list[int]
+    weights_dense: int
+    weights_kept: int
+    precisions: list[LayerPrecision]
+    log_alpha: list[torch.Tensor]
+    search_path: list[dict[str, float]] = field(default_factory=list)
+    base_val_error_pct: float | None = None
+
+    @property
+    def compression_architecture(self) -> float:
+        """All weights of the dense network / weights of the pruned dense layers (biases excluded)."""
+        return self.weights_dense / self.weights_kept
+
+    @property
+    def bits_per_layer(self) -> list[int]:
+        return [p.total_bits for p in self.precisions]
+
+    @property
+    def compression_bits(self) -> float:
+        """32 x all weights / sum over layers of kept weights x bits per weight (the paper's "fast" rate)."""
+        kept = [m.weight.numel() for m in prunable_modules(self.model)]
+        return 32.0 * self.weights_dense / sum(k * b for k, b in zip(kept, self.bits_per_layer))
+
+
+def prunable_modules(model: nn.Module) -> list[nn.Module]:
+    return [m for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
+
+
+def plan_from_thresholds(chain: Chain, thresholds: list[float] | float) -> tuple[PruningPlan, list[float]]:
+    stats = group_statistics(chain)
+    if not isinstance(thresholds, (list, tuple)):
+        thresholds = [float(thresholds)] * len(stats)
+    return propagate(chain, group_keep_from_thresholds(stats, thresholds)), [float(t) for t in thresholds]
+
+
+def quantize_model(model: nn.Sequential, precisions: list[LayerPrecision]) -> nn.Sequential:
+    """A copy of ``model`` whose Linear/Conv2d weights sit on each layer's fixed-point grid."""
+    quantized = copy.deepcopy(model)
+    for module, precision in zip(prunable_modules(quantized), precisions):
+        with torch.no_grad():
+            module.weight.copy_(quantize_fixed_point(module.weight, precision.significand_bits))
+    return quantized
+
+
+def compress(model: nn.Module, val: TensorData | None, config: CompressConfig | None = None,
+             log=None) -> CompressionResult:
+    """Prune, shrink and quantise a trained Bayesian model. The model itself is left unchanged.
+
+    Raises:
+        PruneError: the given thresholds would remove every unit of a layer.
+        UnsupportedModelError: the model is not a sequential chain of supported modules.
+    """
+    config = config or CompressConfig()
+    chain = build_chain(model)
+    stats = group_statistics(chain)
+    path, base = [], None
+    with deterministic_mode(model):
+        if config.thresholds is None:
+            if val is None:
+                raise ValueError("the automatic threshold search needs validation data")
+            subset = val if config.search_val_size is None else val.subset(config.search_val_size, seed=0)
+            result = greedy_threshold_search(
+                chain, stats, lambda: evaluate(model, subset)["error_pct"], config.tolerance_pct, log=log
+            )
+            plan, thresholds, path, base = result.plan, result.thresholds, result.path, result.base_val_error_pct
+        else:
+            plan, thresholds = plan_from_thresholds(chain, config.thresholds)
+        small = shrink(chain, plan)
+        variances = [v for v in kept_weight_variances(chain, plan)]
+    weights = [m.weight.detach() for m in prunable_modules(small)]
+    precisions = layer_precisions(variances, weights, config.bits_reduce, config.min_bits)
+    return CompressionResult(
+        model=small,
+        quantized_model=quantize_model(small, precisions),
+        plan=plan,
+        thresholds=thresholds,
+        layer_names=[layer.name for layer in chain.layers],
+        architecture_dense=full_architecture(chain),
+        architecture_kept=plan.kept_architecture(chain),
+        weights_dense=sum(m.weight.numel() if hasattr(m, "weight") else m.weight_mu.numel()
+                          for m in (layer.module for layer in chain.layers)),
+        weights_kept=plan.weights_kept(chain),
+        precisions=precisions,
+        log_alpha=stats,
+        search_path=path,
+        base_val_error_pct=base,
+    )
+
+
+__all__ = [
+    "CompressConfig", "CompressionResult", "PruneError", "PruningPlan", "UnsupportedModelError", "build_chain",
+    "compress", "masked", "plan_from_thresholds", "propagate", "quantize_model", "shrink",
+]

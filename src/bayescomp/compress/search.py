@@ -1,0 +1,122 @@
+"""Automatic per-layer thresholds: prune as much as the validation error allows.
+
+Louizos et al. set thresholds per layer by inspecting log-alpha histograms. We automate the choice with a greedy
+search on the validation split (never the test set): starting from "keep everything", each round proposes, for
+every layer, to drop its next ``step`` groups with the largest log alpha, and accepts the proposal that removes
+the most weights while the masked model's validation error stays within ``tolerance_pct`` points of the unpruned
+model's. A layer whose proposal fails halves its step and is frozen when even one group cannot go.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+from bayescomp.compress.chain import Chain
+from bayescomp.compress.masks import PruneError, PruningPlan, masked, propagate
+
+
+@dataclass
+class SearchResult:
+    thresholds: list[float]
+    plan: PruningPlan
+    val_error_pct: float
+    base_val_error_pct: float
+    path: list[dict[str, float]] = field(default_factory=list)  # accepted steps: weights_kept, val_error_pct
+
+
+def thresholds_for_counts(stats: list[torch.Tensor], pruned: list[int]) -> list[float]:
+    """Thresholds that prune exactly the ``pruned[l]`` groups with the largest statistic in each layer."""
+    out = []
+    for s, k in zip(stats, pruned):
+        ordered = torch.sort(s, descending=True).values
+        if k <= 0:
+            out.append(float(ordered[0]) + 1.0)
+        elif k >= len(ordered):
+            out.append(float(ordered[-1]) - 1.0)
+        else:
+            out.append(0.5 * (float(ordered[k - 1]) + float(ordered[k])))
+    return out
+
+
+def _plan(stats: list[torch.Tensor], chain: Chain, pruned: list[int]) -> PruningPlan:
+    thresholds = thresholds_for_counts(stats, pruned)
+    return propagate(chain, [s < t for s, t in zip(stats, thresholds)])
+
+
+def greedy_threshold_search(
+    chain: Chain,
+    stats: list[torch.Tensor],
+    val_error: Callable[[], float],
+    tolerance_pct: float,
+    initial_fraction: float = 0.125,
+    log: Callable[[str], None] | None = None,
+) -> SearchResult:
+    """Greedy search described in the module docstring; ``val_error()`` evaluates the model as currently masked."""
+    n_groups = [len(s) for s in stats]
+    pruned = [0] * len(stats)
+    plan = _plan(stats, chain, pruned)
+    with masked(chain, plan):
+        base = val_error()
+    budget = base + tolerance_pct
+    steps = [max(1, math.ceil(initial_fraction * n)) for n in n_groups]
+    frozen = [False] * len(stats)
+    current_error, kept = base, plan.weights_kept(chain)
+    path = [{"weights_kept": kept, "val_error_pct": base}]
+    while not all(frozen):
+        best = None
+        for i in range(len(stats)):
+            if frozen[i]:
+                continue
+            trial = list(pruned)
+            trial[i] = min(n_groups[i], pruned[i] + steps[i])
+            try:
+                trial_plan = _plan(stats, chain, trial)
+            except PruneError:
+                error = math.inf
+            else:
+                with masked(chain, trial_plan):
+                    error = val_error()
+            if error <= budget:
+                gain = kept - trial_plan.weights_kept(chain)
+                if best is None or gain > best[0]:
+                    best = (gain, i, trial, trial_plan, error)
+            elif steps[i] > 1:
+                steps[i] = max(1, steps[i] // 2)
+            else:
+                frozen[i] = True
+        if best is None:
+            continue
+        _, i, pruned, plan, current_error = best
+        kept = plan.weights_kept(chain)
+        path.append({"weights_kept": kept, "val_error_pct": current_error})
+        if pruned[i] >= n_groups[i]:
+            frozen[i] = True
+        if log:
+            log(f"  search: arch {plan.kept_architecture(chain)}  weights {kept}  val err {current_error:.2f}%")
+    return SearchResult(thresholds_for_counts(stats, pruned), plan, current_error, base, path)
+
+
+def sweep_global_thresholds(chain: Chain, stats: list[torch.Tensor], evaluators: dict[str, Callable[[], float]],
+                            grid: list[float]) -> list[dict[str, float]]:
+    """Error against compression along one threshold shared by all layers (for the trade-off plot)."""
+    dense_weights = PruningPlan(
+        [torch.ones(layer.in_size, dtype=torch.bool) for layer in chain.layers],
+        [torch.ones(layer.out_size, dtype=torch.bool) for layer in chain.layers],
+    ).weights_kept(chain)
+    curve = []
+    for threshold in grid:
+        try:
+            plan = propagate(chain, [s < threshold for s in stats])
+        except PruneError:
+            continue
+        point = {"threshold": float(threshold), "weights_kept": plan.weights_kept(chain)}
+        point["compression_architecture"] = dense_weights / point["weights_kept"]
+        with masked(chain, plan):
+            for name, fn in evaluators.items():
+                point[f"{name}_error_pct"] = fn()
+        curve.append(point)
+    return curve

@@ -1,0 +1,183 @@
+"""Measurements of a model that the report prints: weights, parameters, FLOPs, latency and file sizes.
+
+Definitions (the same everywhere in bayescomp):
+
+* **weights** = entries of the weight tensors of Linear/Conv2d layers, biases excluded (as in the papers);
+* **FLOPs** = multiply-accumulates (MACs) of Linear and Conv2d layers for one example; activations, pooling,
+  batch norm and biases are not counted;
+* **latency** = wall-clock time of one CPU float32 forward pass in eval mode under ``torch.inference_mode``;
+* **dense file** = bytes of ``torch.save(model.state_dict())``, the reference the packed file is compared to.
+
+Bayesian layers that are not subclasses of ``nn.Linear``/``nn.Conv2d`` are recognised by duck typing: a leaf
+module with ``in_features``/``out_features`` counts as a linear layer, one with ``in_channels``,
+``out_channels`` and ``kernel_size`` as a convolution; their weight tensor is ``weight`` or, failing that,
+``weight_mu``.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import time
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+
+def _layer_kind(module: nn.Module) -> str | None:
+    """``"linear"``, ``"conv"`` or ``None`` (isinstance first, then duck typing for leaf modules)."""
+    if isinstance(module, nn.Linear):
+        return "linear"
+    if isinstance(module, nn.Conv2d):
+        return "conv"
+    if next(module.children(), None) is not None:
+        return None
+    if hasattr(module, "in_features") and hasattr(module, "out_features") and _weight_of(module) is not None:
+        return "linear"
+    if all(hasattr(module, a) for a in ("in_channels", "out_channels", "kernel_size")) \
+            and _weight_of(module) is not None:
+        return "conv"
+    return None
+
+
+def _weight_of(module: nn.Module) -> torch.Tensor | None:
+    for name in ("weight", "weight_mu"):
+        tensor = getattr(module, name, None)
+        if isinstance(tensor, torch.Tensor):
+            return tensor
+    return None
+
+
+def count_weights(model: nn.Module) -> int:
+    """Entries of the Linear/Conv2d weight tensors (biases and every other parameter excluded)."""
+    total = 0
+    for module in model.modules():
+        if _layer_kind(module) is not None:
+            weight = _weight_of(module)
+            total += weight.numel() if weight is not None else 0
+    return total
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Entries of all parameters (weights, biases, BatchNorm affine, any variational parameters)."""
+    return sum(p.numel() for p in model.parameters())
+
+
+def count_flops(model: nn.Module, input_shape: tuple[int, ...]) -> int:
+    """FLOPs of one example, defined as the multiply-accumulates (MACs) of Linear and Conv2d layers.
+
+    ``input_shape`` excludes the batch dimension. A zero input of batch size 1 is run through the model (in
+    eval mode, without gradients) with forward hooks on every Linear/Conv2d (subclasses included):
+
+    * Conv2d: ``output elements * (in_channels / groups) * kernel_h * kernel_w``;
+    * Linear: ``output elements * in_features`` (= ``in * out`` for a 2-D input).
+
+    Biases, activations, normalisation and pooling are not counted.
+    """
+    counts: list[int] = []
+
+    def hook(module: nn.Module, _inputs: Any, output: torch.Tensor) -> None:
+        per_example = output.numel() // max(output.shape[0], 1) if output.dim() else output.numel()
+        if _layer_kind(module) == "linear":
+            counts.append(per_example * int(module.in_features))
+        else:
+            kh, kw = (module.kernel_size if isinstance(module.kernel_size, tuple)
+                      else (module.kernel_size, module.kernel_size))
+            counts.append(per_example * (int(module.in_channels) // int(module.groups)) * int(kh) * int(kw))
+
+    handles = [m.register_forward_hook(hook) for m in model.modules() if _layer_kind(m) is not None]
+    reference = next(model.parameters(), None)
+    if reference is None:
+        reference = next(model.buffers(), torch.zeros(()))
+    dtype = reference.dtype if reference.is_floating_point() else torch.float32
+    x = torch.zeros((1, *input_shape), dtype=dtype, device=reference.device)
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(x)
+    finally:
+        model.train(was_training)
+        for handle in handles:
+            handle.remove()
+    return int(sum(counts))
+
+
+def measure_latency(model: nn.Module, input_shape: tuple[int, ...], batch_size: int, repeats: int = 50,
+                    warmup: int = 10, num_threads: int | None = None, min_time_s: float = 0.0,
+                    max_time_s: float | None = 3.0) -> dict[str, Any]:
+    """Time forward passes on CPU in float32 (eval mode, ``torch.inference_mode``, random input in [0, 1]).
+
+    Runs ``warmup`` untimed passes, then ``repeats`` timed ones (``time.perf_counter``), continuing while
+    their total is under ``min_time_s``. To keep slow models bounded, timing stops early once it has spent
+    ``max_time_s`` seconds (after at least 3 passes) and warm-up once it has spent a third of that;
+    ``max_time_s=None`` forces exactly the requested counts. ``num_threads`` sets torch's intra-op threads for
+    the measurement only; the previous value, and the model's training flag, are restored afterwards.
+
+    Returns:
+        ``{"batch_size", "median_ms", "p10_ms", "p90_ms", "repeats" (timed passes actually run), "threads",
+        "device": "cpu", "dtype": "float32"}``.
+    """
+    if batch_size < 1 or repeats < 1 or warmup < 0:
+        raise ValueError(f"need batch_size >= 1, repeats >= 1, warmup >= 0; got {batch_size}, {repeats}, "
+                         f"{warmup}")
+    previous_threads = torch.get_num_threads()
+    was_training = model.training
+    generator = torch.Generator().manual_seed(0)
+    x = torch.rand((batch_size, *input_shape), generator=generator, dtype=torch.float32)
+    times: list[float] = []
+    try:
+        if num_threads is not None and num_threads != previous_threads:
+            torch.set_num_threads(int(num_threads))
+        threads = torch.get_num_threads()
+        model.eval()
+        with torch.inference_mode():
+            warm_start = time.perf_counter()
+            for _ in range(warmup):
+                model(x)
+                if max_time_s is not None and time.perf_counter() - warm_start > max_time_s / 3:
+                    break
+            spent = 0.0
+            while len(times) < repeats or spent < min_time_s:
+                start = time.perf_counter()
+                model(x)
+                elapsed = time.perf_counter() - start
+                times.append(elapsed)
+                spent += elapsed
+                if max_time_s is not None and spent > max_time_s and len(times) >= min(3, repeats):
+                    break
+    finally:
+        model.train(was_training)
+        if torch.get_num_threads() != previous_threads:
+            torch.set_num_threads(previous_threads)
+    ms = np.asarray(times) * 1e3
+    return {
+        "batch_size": int(batch_size),
+        "median_ms": float(np.median(ms)),
+        "p10_ms": float(np.percentile(ms, 10)),
+        "p90_ms": float(np.percentile(ms, 90)),
+        "repeats": len(times),
+        "threads": threads,
+        "device": "cpu",
+        "dtype": "float32",
+    }
+
+
+def file_size(path: str | os.PathLike) -> int:
+    """Size of a file in bytes."""
+    return os.path.getsize(path)
+
+
+def state_dict_size_bytes(model: nn.Module) -> int:
+    """Bytes of ``torch.save(model.state_dict())`` (the float32 "dense file" reference), written to memory."""
+    buffer = io.BytesIO()
+    torch.save(model.state_dict(), buffer)
+    return len(buffer.getvalue())
+
+
+__all__ = [
+    "count_flops", "count_parameters", "count_weights", "file_size", "measure_latency",
+    "state_dict_size_bytes",
+]

@@ -1,0 +1,171 @@
+"""The whole job in one call: dense model -> Bayesian training -> compression -> packed file -> report.
+
+``run(RunConfig(...))`` is what ``bayescomp run`` executes. Every stage writes into the run directory, so a run
+that is interrupted resumes where it stopped (the dense model is cached and reused, Bayesian training resumes
+from its last checkpoint, and compression is cheap to redo).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from bayescomp.bayesify import bayesify, make_config
+from bayescomp.checkpoint import atomic_torch_save
+from bayescomp.compress import CompressConfig, CompressionResult, compress, prunable_modules
+from bayescomp.compress.packed import QuantSpec, save_packed
+from bayescomp.data import DataBundle, load_dataset
+from bayescomp.models import MODELS, create_model
+from bayescomp.priors import get_prior
+from bayescomp.train import TrainConfig, evaluate, fit, seed_everything
+
+#: Training defaults per model key (dense pre-training, Bayesian training); see the README for the reasoning.
+DEFAULT_SCHEDULES: dict[str, tuple[TrainConfig, TrainConfig]] = {
+    "lenet300": (TrainConfig(epochs=10, lr=1e-3, lr_schedule="cosine"),
+                 TrainConfig(epochs=30, lr=1e-3, lr_schedule="cosine", kl_warmup_epochs=2)),
+    "lenet5": (TrainConfig(epochs=10, lr=1e-3, lr_schedule="cosine"),
+               TrainConfig(epochs=30, lr=1e-3, lr_schedule="cosine", kl_warmup_epochs=2)),
+    "vgg16": (TrainConfig(epochs=60, lr=1e-3, lr_schedule="cosine", weight_decay=5e-4),
+              TrainConfig(epochs=60, lr=1e-4, lr_schedule="cosine", kl_warmup_epochs=5)),
+}
+
+
+@dataclass
+class RunConfig:
+    """Everything that defines a run; saved as ``run.json`` so the run can be repeated from its record."""
+
+    model: str = "lenet300"
+    data: str = "mnist"
+    method: str = "gnj"
+    seed: int = 0
+    data_dir: str | None = None
+    val_size: int = 5000
+    train_subset: int | None = None
+    test_subset: int | None = None
+    dense: TrainConfig | None = None
+    bayes: TrainConfig | None = None
+    prior: dict[str, Any] = field(default_factory=dict)
+    compress: CompressConfig = field(default_factory=CompressConfig)
+    latency: bool = True
+    plots: bool = True
+
+    def __post_init__(self) -> None:
+        if self.model not in MODELS:
+            raise ValueError(f"unknown model {self.model!r}; known models: {', '.join(sorted(MODELS))}")
+        get_prior(self.method)  # raises with the known methods
+        dense, bayes = DEFAULT_SCHEDULES.get(self.model, (TrainConfig(), TrainConfig()))
+        self.dense = _as(TrainConfig, self.dense) or TrainConfig(**{**asdict(dense), "seed": self.seed})
+        self.bayes = _as(TrainConfig, self.bayes) or TrainConfig(**{**asdict(bayes), "seed": self.seed})
+        self.compress = _as(CompressConfig, self.compress) or CompressConfig()
+        self.prior = asdict(make_config(self.method, dict(self.prior) if self.prior else None))
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> RunConfig:
+        return cls(**d)
+
+
+def _as(cls, value):
+    return cls(**value) if isinstance(value, dict) else value
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("BAYESCOMP_CACHE", Path.home() / ".cache" / "bayescomp"))
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=Path(__file__).resolve().parent)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def load_data(config: RunConfig) -> DataBundle:
+    return load_dataset(config.data, config.data_dir, val_size=config.val_size, seed=config.seed,
+                        train_subset=config.train_subset, test_subset=config.test_subset)
+
+
+def build_dense(config: RunConfig, data: DataBundle) -> nn.Sequential:
+    return create_model(config.model, data.num_classes, data.input_shape, data.mean, data.std)
+
+
+def dense_model(config: RunConfig, data: DataBundle, log=print, progress: bool = True) -> nn.Sequential:
+    """Train the plain network, or reuse the cached one trained with the same settings."""
+    key = json.dumps({"model": config.model, "data": config.data, "dense": asdict(config.dense),
+                      "val_size": config.val_size, "train_subset": config.train_subset}, sort_keys=True)
+    path = cache_dir() / "dense" / f"{config.model}_{config.data}_{hashlib.sha1(key.encode()).hexdigest()[:12]}.pt"
+    seed_everything(config.seed)
+    model = build_dense(config, data)
+    if path.exists():
+        try:
+            model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+            log(f"reusing cached dense model {path}")
+            return model
+        except Exception as error:  # noqa: BLE001 - a bad cache entry is retrained, never trusted
+            log(f"cached dense model {path} unreadable ({error}); retraining it")
+    log(f"training the dense {config.model} on {config.data} ({config.dense.epochs} epochs)")
+    fit(model, data, config.dense, checkpoint_path=path.with_suffix(".ckpt"), progress=progress, log=log)
+    atomic_torch_save(model.state_dict(), path)
+    return model
+
+
+def save_compressed(result: CompressionResult, path: Path, metadata: dict[str, Any]) -> int:
+    quant = {}
+    modules = list(result.quantized_model)
+    layers = prunable_modules(result.quantized_model)
+    for layer, precision in zip(layers, result.precisions):
+        quant[next(i for i, m in enumerate(modules) if m is layer)] = QuantSpec(step=precision.step)
+    return save_packed(result.quantized_model, path, quant, metadata)
+
+
+def run(config: RunConfig, run_dir: str | Path, log=print, progress: bool = True, restart: bool = False,
+        command: str | None = None) -> dict[str, Any]:
+    """Run the whole job into ``run_dir`` and return the report (also written as report.json / report.md)."""
+    from bayescomp.report import build_report, write_report  # local: report imports plotting lazily
+
+    started = time.perf_counter()
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    record_path = run_dir / "run.json"
+    if record_path.exists() and not restart:
+        previous = json.loads(record_path.read_text())
+        if previous != json.loads(json.dumps(config.to_dict())):
+            raise ValueError(f"{run_dir} holds a run with other settings ({record_path}); choose another "
+                             "--run-dir or pass --restart to overwrite it")
+    if restart:
+        for name in ("bayes.ckpt", "bayes.ckpt.prev"):
+            (run_dir / name).unlink(missing_ok=True)
+    record_path.write_text(json.dumps(config.to_dict(), indent=2))
+    data = load_data(config)
+    log(f"data: {config.data} train {len(data.train)}, val {len(data.val)}, test {len(data.test)}")
+    dense = dense_model(config, data, log, progress)
+    dense_eval = evaluate(dense, data.test)
+    log(f"dense test error {dense_eval['error_pct']:.2f}%")
+
+    seed_everything(config.seed)
+    model = bayesify(dense, config.method, config.prior)
+    log(f"Bayesian training ({config.method}, {config.bayes.epochs} epochs)")
+    history = fit(model, data, config.bayes, checkpoint_path=run_dir / "bayes.ckpt", progress=progress, log=log)
+    bayes_eval = evaluate(model, data.test)
+    log(f"Bayesian posterior-mean test error {bayes_eval['error_pct']:.2f}%; compressing")
+    result = compress(model, data.val, config.compress, log=log if progress else None)
+    metadata = {"run": config.to_dict(), "architecture_kept": result.architecture_kept}
+    file_bytes = save_compressed(result, run_dir / "compressed.bcz", metadata)
+    report = build_report(config, data, dense, model, result, history, dense_eval, bayes_eval,
+                          file_bytes, run_dir, started, command or " ".join(sys.argv), git_commit())
+    write_report(report, run_dir, model=model, result=result, data=data, plots=config.plots)
+    return report

@@ -1,0 +1,224 @@
+"""BC-GNJ: Bayesian Compression with the group normal-Jeffreys prior (Louizos, Ullrich, Welling, NIPS 2017).
+
+Prior: p(z_i) ∝ 1/|z_i| (log-uniform) and w_ij | z_i ~ N(0, z_i²): one scale per input neuron (Linear) or per
+output filter (Conv2d), so a scale that collapses removes a whole neuron/filter.
+Posterior (paper Eq. 6): q(z_i) = N(mu_z, sigma_z²) (additive parametrisation, log alpha_i = log sigma_z² −
+log mu_z²) and q(w_ij | z_i) = N(z_i mu_ij, z_i² sigma_ij²).
+
+KL (digest §1.3): the group term uses the approximation of Molchanov et al. (2017, Eq. 14) with the constant −k1
+so that it is >= 0 and vanishes as alpha -> inf; the conditional weight term is exactly
+0.5 (−log sigma² + sigma² + mu² − 1), independent of z. Biases carry a N(0, 1) prior as in the reference code.
+The conv KL uses −0.5·log sigma² and exp(log sigma²) (the reference code's 2017 conv bug, fixed there in 2018).
+
+Training uses the local reparameterisation trick: the pre-activation is sampled from its Gaussian conditional on
+z, so each mini-batch costs two matrix products (means and variances) instead of sampling weights.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from bayescomp.priors.base import BayesianLayer, PriorSpec, register_prior
+
+K1, K2, K3 = 0.63576, 1.87320, 1.48695
+_EPS = 1e-8
+
+
+@dataclass
+class GroupNJConfig:
+    """Options of BC-GNJ, saved with every run.
+
+    Args:
+        clip_var: upper bound on the weight posterior variances sigma_ij², applied after every optimiser step
+            (the reference code clips LeNet-300-100's first layer at 0.04). ``None`` disables it.
+        init_log_sigma2: initial log-variance of weights and group scales (reference: -9).
+        threshold: default log-alpha pruning threshold (keep group if log alpha < threshold); the automatic
+            threshold search in :mod:`bayescomp.compress.masks` usually replaces it.
+    """
+
+    clip_var: float | None = 0.5
+    init_log_sigma2: float = -9.0
+    threshold: float = -3.0
+    name: str = "gnj"
+
+
+def kl_log_uniform_approx(log_alpha: torch.Tensor) -> torch.Tensor:
+    """Approximate KL(N(mu, alpha mu²) || log-uniform) per element (Molchanov et al. 2017, Eq. 14, C = -k1)."""
+    return -(K1 * torch.sigmoid(K2 + K3 * log_alpha) - 0.5 * F.softplus(-log_alpha) - K1)
+
+
+def kl_standard_normal(mu: torch.Tensor, log_sigma2: torch.Tensor) -> torch.Tensor:
+    """Sum of KL(N(mu, sigma²) || N(0, 1)) over all elements."""
+    return 0.5 * torch.sum(-log_sigma2 + log_sigma2.exp() + mu.pow(2) - 1.0)
+
+
+class _GroupNJMixin(BayesianLayer):
+    """Parameters and posterior statistics shared by the linear and the conv layer."""
+
+    def _init_posterior(self, weight: torch.Tensor, bias: torch.Tensor | None, groups: int, cfg: GroupNJConfig):
+        self.config = cfg
+        self.weight_mu = nn.Parameter(weight.detach().clone())
+        self.weight_log_sigma2 = nn.Parameter(torch.full_like(self.weight_mu, cfg.init_log_sigma2))
+        self.weight_log_sigma2.data.add_(torch.randn_like(self.weight_mu) * 0.01)
+        self.z_mu = nn.Parameter(1.0 + 0.01 * torch.randn(groups, device=weight.device))
+        self.z_log_sigma2 = nn.Parameter(cfg.init_log_sigma2 + 0.01 * torch.randn(groups, device=weight.device))
+        if bias is not None:
+            self.bias_mu = nn.Parameter(bias.detach().clone())
+            self.bias_log_sigma2 = nn.Parameter(torch.full_like(self.bias_mu, cfg.init_log_sigma2))
+        else:
+            self.register_parameter("bias_mu", None)
+            self.register_parameter("bias_log_sigma2", None)
+
+    def _z_view(self, z: torch.Tensor) -> torch.Tensor:
+        """Broadcast a per-group vector onto the weight tensor."""
+        shape = [1] * self.weight_mu.dim()
+        shape[1 if self.group_dim == "in" else 0] = -1
+        return z.view(shape)
+
+    def group_log_alpha(self) -> torch.Tensor:
+        return self.z_log_sigma2 - torch.log(self.z_mu.pow(2) + _EPS)
+
+    def kl_divergence(self) -> torch.Tensor:
+        kl = kl_log_uniform_approx(self.group_log_alpha()).sum()
+        kl = kl + kl_standard_normal(self.weight_mu, self.weight_log_sigma2)
+        if self.bias_mu is not None:
+            kl = kl + kl_standard_normal(self.bias_mu, self.bias_log_sigma2)
+        return kl
+
+    def posterior_mean_weight(self) -> torch.Tensor:
+        return self.weight_mu * self._z_view(self.z_mu)
+
+    def posterior_weight_variance(self) -> torch.Tensor:
+        """Var(w_ij) = sigma_z²(sigma_ij² + mu_ij²) + sigma_ij² mu_z² (digest §1.3, as in the reference code)."""
+        z_var = self._z_view(self.z_log_sigma2.exp())
+        z_mu2 = self._z_view(self.z_mu.pow(2))
+        w_var = self.weight_log_sigma2.exp()
+        return z_var * (w_var + self.weight_mu.pow(2)) + w_var * z_mu2
+
+    def apply_constraints(self) -> None:
+        if self.config.clip_var is not None:
+            bound = math.log(self.config.clip_var)
+            with torch.no_grad():
+                self.weight_log_sigma2.clamp_(max=bound)
+                if self.bias_log_sigma2 is not None:
+                    self.bias_log_sigma2.clamp_(max=bound)
+
+    def _sample_z(self, batch: int) -> torch.Tensor:
+        eps = torch.randn(batch, self.z_mu.numel(), device=self.z_mu.device, dtype=self.z_mu.dtype)
+        return self.z_mu + eps * (0.5 * self.z_log_sigma2).exp()
+
+
+class LinearGroupNJ(_GroupNJMixin):
+    """Bayesian ``nn.Linear`` with a GNJ scale per input neuron (z_i scales column i of the weight)."""
+
+    group_dim = "in"
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, config: GroupNJConfig | None = None):
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        weight = torch.randn(out_features, in_features) / math.sqrt(in_features)
+        self._init_posterior(weight, torch.zeros(out_features) if bias else None, in_features,
+                             config or GroupNJConfig())
+
+    @classmethod
+    def from_linear(cls, layer: nn.Linear, config: GroupNJConfig) -> LinearGroupNJ:
+        new = cls(layer.in_features, layer.out_features, layer.bias is not None, config)
+        with torch.no_grad():
+            new.weight_mu.copy_(layer.weight)
+            if layer.bias is not None:
+                new.bias_mu.copy_(layer.bias)
+        return new.to(layer.weight.device)
+
+    def posterior_mean_bias(self) -> torch.Tensor | None:
+        return self.bias_mu
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.deterministic:
+            return F.linear(x, self.posterior_mean_weight(), self.bias_mu)
+        x_scaled = x * self._sample_z(x.shape[0])
+        mean = F.linear(x_scaled, self.weight_mu, self.bias_mu)
+        bias_var = self.bias_log_sigma2.exp() if self.bias_mu is not None else None
+        var = F.linear(x_scaled.pow(2), self.weight_log_sigma2.exp(), bias_var)
+        return mean + var.add(_EPS).sqrt() * torch.randn_like(mean)
+
+    def to_plain(self) -> nn.Linear:
+        layer = nn.Linear(self.in_features, self.out_features, bias=self.bias_mu is not None)
+        with torch.no_grad():
+            layer.weight.copy_(self.posterior_mean_weight())
+            if self.bias_mu is not None:
+                layer.bias.copy_(self.bias_mu)
+        return layer
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, groups=in"
+
+
+class Conv2dGroupNJ(_GroupNJMixin):
+    """Bayesian ``nn.Conv2d`` with a GNJ scale per output filter (z_c scales output channel c, bias included)."""
+
+    group_dim = "out"
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, dilation=1,
+                 groups: int = 1, bias: bool = True, config: GroupNJConfig | None = None):
+        super().__init__()
+        template = nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias)
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.kernel_size, self.stride = template.kernel_size, template.stride
+        self.padding, self.dilation, self.groups = template.padding, template.dilation, template.groups
+        if template.padding_mode != "zeros":
+            raise ValueError("Conv2dGroupNJ supports padding_mode='zeros' only")
+        self._init_posterior(template.weight, template.bias, out_channels, config or GroupNJConfig())
+
+    @classmethod
+    def from_conv2d(cls, layer: nn.Conv2d, config: GroupNJConfig) -> Conv2dGroupNJ:
+        if layer.padding_mode != "zeros" or isinstance(layer.padding, str):
+            raise ValueError(f"{layer}: only numeric zero padding is supported")
+        new = cls(layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride, layer.padding,
+                  layer.dilation, layer.groups, layer.bias is not None, config)
+        with torch.no_grad():
+            new.weight_mu.copy_(layer.weight)
+            if layer.bias is not None:
+                new.bias_mu.copy_(layer.bias)
+        return new.to(layer.weight.device)
+
+    def _conv(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        return F.conv2d(x, weight, bias, self.stride, self.padding, self.dilation, self.groups)
+
+    def posterior_mean_bias(self) -> torch.Tensor | None:
+        return None if self.bias_mu is None else self.bias_mu * self.z_mu
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.deterministic:
+            return self._conv(x, self.posterior_mean_weight(), self.posterior_mean_bias())
+        mean = self._conv(x, self.weight_mu, self.bias_mu)
+        bias_var = self.bias_log_sigma2.exp() if self.bias_mu is not None else None
+        var = self._conv(x.pow(2), self.weight_log_sigma2.exp(), bias_var)
+        z = self._sample_z(x.shape[0])[:, :, None, None]
+        return (mean + var.add(_EPS).sqrt() * torch.randn_like(mean)) * z
+
+    def to_plain(self) -> nn.Conv2d:
+        layer = nn.Conv2d(self.in_channels, self.out_channels, self.kernel_size, self.stride, self.padding,
+                          self.dilation, self.groups, bias=self.bias_mu is not None)
+        with torch.no_grad():
+            layer.weight.copy_(self.posterior_mean_weight())
+            if self.bias_mu is not None:
+                layer.bias.copy_(self.posterior_mean_bias())
+        return layer
+
+    def extra_repr(self) -> str:
+        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
+                f"padding={self.padding}, groups=out")
+
+
+register_prior(PriorSpec(
+    name="gnj",
+    config_cls=GroupNJConfig,
+    from_linear=LinearGroupNJ.from_linear,
+    from_conv2d=Conv2dGroupNJ.from_conv2d,
+    description="BC-GNJ: group normal-Jeffreys prior on neurons/filters (Louizos et al. 2017)",
+))

@@ -1,0 +1,156 @@
+"""The report: accuracy, compression, bits, FLOPs and measured latency, as report.json and report.md.
+
+Every ratio is defined where it is printed:
+
+* compression_architecture = all weights of the dense network / weights of the pruned dense layers;
+* compression_bits = 32 x all weights / sum over layers of (kept weights x bits per weight);
+* compression_file = bytes of the dense float32 state_dict file / bytes of the packed compressed file.
+Weights are the entries of Linear/Conv2d weight tensors (biases excluded, as in the papers).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from bayescomp import measure
+from bayescomp.compress import CompressionResult
+from bayescomp.compress.chain import build_chain
+from bayescomp.compress.search import sweep_global_thresholds
+from bayescomp.priors.base import deterministic_mode
+from bayescomp.train import evaluate
+
+
+def _arch(values: list[int]) -> str:
+    return "-".join(str(v) for v in values)
+
+
+def measure_latency_pair(dense, small, input_shape) -> dict[str, dict[str, float]]:
+    out: dict[str, dict[str, float]] = {}
+    for label, model in (("dense", dense), ("compressed", small)):
+        for batch in (1, 256):
+            stats = measure.measure_latency(model, input_shape, batch)
+            out.setdefault(label, {})[f"batch_{batch}"] = stats["median_ms"]
+    out["speedup"] = {k: out["dense"][k] / out["compressed"][k] for k in out["dense"]}
+    out["threads"] = torch.get_num_threads()
+    return out
+
+
+def build_report(config, data, dense, model, result: CompressionResult, history, dense_eval, bayes_eval,
+                 file_bytes: int, run_dir: Path, started: float, command: str, commit: str | None) -> dict[str, Any]:
+    """Measure everything about the compressed model and collect it in one JSON-serialisable dict."""
+    pruned_eval = evaluate(result.model, data.test)
+    quant_eval = evaluate(result.quantized_model, data.test)
+    input_shape = tuple(data.input_shape)
+    dense_file = measure.state_dict_size_bytes(dense)
+    report: dict[str, Any] = {
+        "model": config.model, "data": config.data, "method": config.method, "seed": config.seed,
+        "test_error_pct": quant_eval["error_pct"],
+        "test_error_pct_pruned": pruned_eval["error_pct"],
+        "test_error_pct_bayes": bayes_eval["error_pct"],
+        "dense_test_error_pct": dense_eval["error_pct"],
+        "val_error_pct_bayes": result.base_val_error_pct,
+        "architecture_dense": _arch(result.architecture_dense),
+        "kept_architecture": _arch(result.architecture_kept),
+        "layers": result.layer_names,
+        "thresholds": result.thresholds,
+        "weights_dense": result.weights_dense,
+        "weights_kept": result.weights_kept,
+        "kept_weight_fraction": result.weights_kept / result.weights_dense,
+        "compression_architecture": result.compression_architecture,
+        "compression_bits": result.compression_bits,
+        "compression_file": dense_file / file_bytes,
+        "file_bytes_dense": dense_file,
+        "file_bytes_compressed": file_bytes,
+        "bits_per_layer": result.bits_per_layer,
+        "significand_bits_per_layer": [p.significand_bits for p in result.precisions],
+        "exponent_bits": result.precisions[0].exponent_bits if result.precisions else None,
+        "flops_dense": measure.count_flops(dense, input_shape),
+        "flops_compressed": measure.count_flops(result.model, input_shape),
+        "epochs": config.bayes.epochs,
+        "dense_epochs": config.dense.epochs,
+        "epoch_s_mean": sum(e["epoch_s"] for e in history.epochs) / max(len(history.epochs), 1),
+        "n_train": len(data.train), "n_val": len(data.val), "n_test": len(data.test),
+        "config": config.to_dict(),
+        "command": command,
+        "git_commit": commit,
+        "device": "cpu",
+        "torch_threads": torch.get_num_threads(),
+    }
+    if config.latency:
+        report["latency_ms"] = measure_latency_pair(dense, result.quantized_model, input_shape)
+    chain = build_chain(model)
+    grid = [float(t) for t in torch.arange(-6.0, 3.01, 0.5)]
+    with deterministic_mode(model):
+        report["tradeoff_curve"] = sweep_global_thresholds(
+            chain, result.log_alpha,
+            {"val": lambda: evaluate(model, data.val)["error_pct"],
+             "test": lambda: evaluate(model, data.test)["error_pct"]}, grid)
+    report["search_path"] = result.search_path
+    report["history"] = history.epochs
+    report["wall_time_s"] = time.perf_counter() - started
+    return report
+
+
+def render_markdown(report: dict[str, Any]) -> str:
+    """The human-readable report."""
+    lines = [
+        f"# bayescomp report: {report['model']} on {report['data']}, method {report['method']}",
+        "",
+        "| | test error | architecture | weights |",
+        "|---|---|---|---|",
+        f"| dense | {report['dense_test_error_pct']:.2f} % | {report['architecture_dense']} | {report['weights_dense']:,} |",
+        f"| Bayesian (posterior mean, unpruned) | {report['test_error_pct_bayes']:.2f} % | "
+        f"{report['architecture_dense']} | {report['weights_dense']:,} |",
+        f"| pruned | {report['test_error_pct_pruned']:.2f} % | {report['kept_architecture']} | {report['weights_kept']:,} |",
+        f"| pruned + quantised | {report['test_error_pct']:.2f} % | {report['kept_architecture']} | "
+        f"{report['weights_kept']:,} |",
+        "",
+        f"- **Architecture compression** {report['compression_architecture']:.1f}x "
+        "(all weights / weights of the pruned dense layers; biases excluded)",
+        f"- **Bit compression** {report['compression_bits']:.1f}x (32 x all weights / sum of kept weights x bits); "
+        f"bits per layer {report['bits_per_layer']} (1 sign + {report['exponent_bits']} exponent + significand "
+        f"{report['significand_bits_per_layer']})",
+        f"- **File-size compression** {report['compression_file']:.1f}x ({report['file_bytes_dense']:,} bytes of "
+        f"float32 state_dict / {report['file_bytes_compressed']:,} bytes packed)",
+        f"- **FLOPs** (multiply-accumulates per example) {report['flops_dense']:,} -> {report['flops_compressed']:,} "
+        f"({report['flops_dense'] / max(report['flops_compressed'], 1):.1f}x fewer)",
+        f"- thresholds (keep log alpha below): {', '.join(f'{t:.2f}' for t in report['thresholds'])}",
+    ]
+    latency = report.get("latency_ms")
+    if latency:
+        lines += [
+            "",
+            f"Latency (CPU, float32, {latency['threads']} threads, median):",
+            "",
+            "| batch | dense ms | compressed ms | speed-up |",
+            "|---|---|---|---|",
+        ]
+        for key in ("batch_1", "batch_256"):
+            lines.append(f"| {key.split('_')[1]} | {latency['dense'][key]:.3f} | {latency['compressed'][key]:.3f} "
+                         f"| {latency['speedup'][key]:.1f}x |")
+    lines += ["", f"Bayesian training: {report['epochs']} epochs, {report['epoch_s_mean']:.1f} s/epoch; "
+              f"wall time {report['wall_time_s']:.0f} s. Command: `{report['command']}`"]
+    return "\n".join(lines) + "\n"
+
+
+def write_report(report: dict[str, Any], run_dir: Path, model=None, result=None, data=None, plots: bool = True):
+    run_dir = Path(run_dir)
+    (run_dir / "report.json").write_text(json.dumps(report, indent=2))
+    (run_dir / "report.md").write_text(render_markdown(report))
+    if plots and result is not None:
+        from bayescomp.plots import plot_all
+
+        report["plots"] = plot_all(report, result, data, run_dir / "plots")
+        (run_dir / "report.json").write_text(json.dumps(report, indent=2))
+
+
+def load_report(run_dir: str | Path) -> dict[str, Any]:
+    path = Path(run_dir) / "report.json"
+    if not path.exists():
+        raise FileNotFoundError(f"no report in {run_dir} (expected {path}); run `bayescomp run` first")
+    return json.loads(path.read_text())

@@ -1,0 +1,190 @@
+"""Trainer for plain and Bayesian models: progress bar, seeds, atomic checkpoints, resume, NaN guard.
+
+One loop serves both: for a plain model the KL is zero and the loss is the cross-entropy. A run interrupted at
+any point resumes from the last completed epoch and ends exactly as an uninterrupted run would (the data order
+of epoch e comes from a generator seeded with (seed, e), and the global RNG state used for the posterior noise is
+checkpointed with the weights).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from bayescomp.checkpoint import load_checkpoint, save_checkpoint
+from bayescomp.data import DataBundle, TensorData
+from bayescomp.objective import kl_weight, variational_loss
+from bayescomp.priors.base import bayesian_layers, deterministic_mode
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+@dataclass
+class TrainConfig:
+    """Options of one training phase (saved with the run).
+
+    Args:
+        epochs: passes over the training split.
+        batch_size: mini-batch size.
+        lr: Adam learning rate.
+        lr_schedule: ``"constant"``, ``"cosine"`` (to 0 at the end) or ``"linear"`` (to 0 at the end).
+        kl_warmup_epochs: KL weight rises linearly from 0 to 1 over this many epochs (0: no warm-up).
+        seed: seeds data order, initial noise and everything else random.
+        weight_decay: Adam L2 penalty (plain pre-training only; the prior regularises Bayesian training).
+    """
+
+    epochs: int = 10
+    batch_size: int = 128
+    lr: float = 1e-3
+    lr_schedule: str = "constant"
+    kl_warmup_epochs: float = 0.0
+    seed: int = 0
+    weight_decay: float = 0.0
+
+
+@dataclass
+class TrainHistory:
+    epochs: list[dict[str, float]] = field(default_factory=list)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+def _lr_factor(schedule: str, epoch: int, total: int) -> float:
+    if schedule == "constant":
+        return 1.0
+    if schedule == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * epoch / max(total, 1)))
+    if schedule == "linear":
+        return max(0.0, 1.0 - epoch / max(total, 1))
+    raise ValueError(f"unknown lr_schedule {schedule!r}; use constant, cosine or linear")
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, data: TensorData, batch_size: int = 1000) -> dict[str, float]:
+    """Test error (%) and mean NLL of the deterministic (posterior-mean) model."""
+    errors, nll, count = 0, 0.0, 0
+    with deterministic_mode(model):
+        for images, labels in data.batches(batch_size):
+            logits = model(images)
+            nll += torch.nn.functional.cross_entropy(logits, labels, reduction="sum").item()
+            errors += (logits.argmax(1) != labels).sum().item()
+            count += labels.numel()
+    return {"error_pct": 100.0 * errors / max(count, 1), "nll": nll / max(count, 1)}
+
+
+def fit(
+    model: nn.Module,
+    data: DataBundle,
+    config: TrainConfig,
+    checkpoint_path: str | Path | None = None,
+    progress: bool = True,
+    stop_after_epochs: int | None = None,
+    log: Any = print,
+) -> TrainHistory:
+    """Train ``model`` in place on ``data.train``; validate on ``data.val`` after each epoch.
+
+    Args:
+        checkpoint_path: where to write a checkpoint after every epoch; if it exists, training resumes from it.
+        stop_after_epochs: stop (as if interrupted) after this many epochs of this call (used by tests).
+    Raises:
+        NonFiniteLossError: the loss became NaN/inf; the checkpoint of the last good epoch is left intact.
+    """
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda e: _lr_factor(config.lr_schedule, e, config.epochs)
+    )
+    history, start_epoch = TrainHistory(), 0
+    seed_everything(config.seed)
+    state = load_checkpoint(checkpoint_path) if checkpoint_path else None
+    if state is not None:
+        if state.get("train_config") != asdict(config):
+            raise ValueError(
+                f"checkpoint {checkpoint_path} was written with another training config "
+                f"({state.get('train_config')}); use a new run directory or --restart"
+            )
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["torch_rng"])
+        random.setstate(state["python_rng"])
+        np.random.set_state(state["numpy_rng"])
+        history.epochs = state["history"]
+        start_epoch = state["epoch"]
+        log(f"resumed from {checkpoint_path} at epoch {start_epoch}/{config.epochs}")
+    n_train = len(data.train)
+    steps_per_epoch = math.ceil(n_train / config.batch_size)
+    has_bayes = any(True for _ in bayesian_layers(model))
+    for epoch in range(start_epoch, config.epochs):
+        if stop_after_epochs is not None and epoch - start_epoch >= stop_after_epochs:
+            break
+        record = _train_epoch(model, data, config, optimizer, epoch, n_train, steps_per_epoch, progress, has_bayes)
+        scheduler.step()
+        record.update({f"val_{k}": v for k, v in evaluate(model, data.val).items()})
+        history.epochs.append(record)
+        log(_epoch_line(record, config.epochs))
+        if checkpoint_path:
+            save_checkpoint({
+                "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(), "epoch": epoch + 1, "train_config": asdict(config),
+                "torch_rng": torch.get_rng_state(), "python_rng": random.getstate(),
+                "numpy_rng": np.random.get_state(), "history": history.epochs,
+            }, checkpoint_path)
+    return history
+
+
+def _train_epoch(model, data, config, optimizer, epoch, n_train, steps, progress, has_bayes) -> dict[str, float]:
+    model.train()
+    generator = torch.Generator().manual_seed(config.seed * 100_003 + epoch)
+    layers = [layer for _, layer in bayesian_layers(model)]
+    totals = {"loss": 0.0, "nll": 0.0, "kl": 0.0}
+    start = time.perf_counter()
+    bar = tqdm(data.train.batches(config.batch_size, shuffle=True, generator=generator), total=steps,
+               desc=f"epoch {epoch + 1}/{config.epochs}", disable=not progress, leave=False)
+    for step, (images, labels) in enumerate(bar):
+        scale = kl_weight(epoch + step / steps, config.kl_warmup_epochs)
+        loss, nll, kl = variational_loss(model(images), labels, model, n_train, scale)
+        if not torch.isfinite(loss):
+            raise NonFiniteLossError(
+                f"loss became {loss.item()} at epoch {epoch + 1}, step {step + 1} (nll={nll.item():.4g}, "
+                f"kl={kl.item():.4g}); the checkpoint of the last completed epoch is kept. Try a lower --lr, "
+                "a KL warm-up (--kl-warmup) or variance clipping."
+            )
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        for layer in layers:
+            layer.apply_constraints()
+        totals["loss"] += loss.item()
+        totals["nll"] += nll.item()
+        totals["kl"] += kl.item()
+        if progress and step % 50 == 0:
+            bar.set_postfix(loss=f"{loss.item():.4f}")
+    record = {k: v / max(steps, 1) for k, v in totals.items()}
+    record.update(epoch=epoch + 1, epoch_s=time.perf_counter() - start, lr=optimizer.param_groups[0]["lr"])
+    if has_bayes:
+        record["kl_weight"] = kl_weight(epoch + 1, config.kl_warmup_epochs)
+    return record
+
+
+def _epoch_line(record: dict[str, float], total: int) -> str:
+    line = (f"epoch {int(record['epoch']):3d}/{total}  loss {record['loss']:.4f}  nll {record['nll']:.4f}  "
+            f"val err {record['val_error_pct']:.2f}%  ({record['epoch_s']:.1f}s)")
+    if record.get("kl", 0.0):
+        line += f"  kl {record['kl']:.1f}"
+    return line

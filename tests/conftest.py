@@ -1,0 +1,26 @@
+"""Shared fixtures: a private cache directory and small real MNIST subsets."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path_factory, monkeypatch):
+    """Never touch the user's ~/.cache: checksum verdicts and dense models go to a per-session folder."""
+    cache = tmp_path_factory.getbasetemp() / "bayescomp-cache"
+    monkeypatch.setenv("BAYESCOMP_CACHE", str(cache))
+    return cache
+
+
+@pytest.fixture(scope="session")
+def mnist_small():
+    """Real MNIST, 2000 training / 500 validation / 1000 test examples."""
+    from bayescomp.data import load_dataset
+
+    return load_dataset("mnist", val_size=500, seed=0, train_subset=2000, test_subset=1000)

@@ -1,0 +1,95 @@
+"""End to end through the command line on a small real subset of MNIST."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+
+import bayescomp
+from bayescomp.cli import main
+from bayescomp.data import load_dataset
+from bayescomp.train import evaluate
+
+CONTRACT_FIELDS = {
+    "model", "data", "method", "seed", "test_error_pct", "dense_test_error_pct", "kept_architecture",
+    "weights_dense", "weights_kept", "compression_architecture", "compression_bits", "compression_file",
+    "bits_per_layer", "flops_dense", "flops_compressed", "latency_ms", "epochs", "wall_time_s", "command",
+    "git_commit",
+}
+
+SMALL = ["--train-subset", "3000", "--val-size", "1000", "--test-subset", "1000", "--dense-epochs", "2",
+         "--epochs", "3", "--batch-size", "100", "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def cli_run(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("cli") / "run"
+    code = main(["run", "--model", "lenet300", "--data", "mnist", "--method", "gnj", "--run-dir", str(run_dir),
+                 *SMALL])
+    return code, run_dir
+
+
+def test_cli_run_writes_report_plots_and_a_loadable_compressed_model(cli_run, capsys):
+    code, run_dir = cli_run
+    assert code == 0
+    report = json.loads((run_dir / "report.json").read_text())
+    assert CONTRACT_FIELDS <= set(report)
+    assert report["weights_kept"] < report["weights_dense"]
+    assert report["compression_architecture"] == pytest.approx(report["weights_dense"] / report["weights_kept"])
+    for name in ("report.md", "run.json", "compressed.bcz", "plots/log_alpha.png", "plots/tradeoff.png",
+                 "plots/survivors.png"):
+        assert (run_dir / name).exists(), name
+    # the compressed file is a plain model on [0, 1] images that reproduces the reported test error
+    model = bayescomp.load(run_dir / "compressed.bcz")
+    assert not any(isinstance(m, bayescomp.priors.BayesianLayer) for m in model.modules())
+    data = load_dataset("mnist", val_size=1000, seed=0, train_subset=3000, test_subset=1000)
+    assert evaluate(model, data.test)["error_pct"] == pytest.approx(report["test_error_pct"], abs=1e-9)
+    assert report["file_bytes_compressed"] == (run_dir / "compressed.bcz").stat().st_size
+    assert main(["report", str(run_dir)]) == 0
+    assert "Architecture compression" in capsys.readouterr().out
+
+
+def test_cli_rerun_reuses_dense_model_and_finished_training(cli_run, capsys):
+    code, run_dir = cli_run
+    assert main(["run", "--model", "lenet300", "--run-dir", str(run_dir), *SMALL, "--no-latency"]) == 2
+    assert "other settings" in capsys.readouterr().err  # --no-latency changed the record: refused, not mixed
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--model", "resnet999"], "unknown model 'resnet999'"),
+    (["--method", "magic"], "unknown method/prior 'magic'"),
+    (["--data", "imagenet"], "imagenet"),
+    (["--thresholds=-1e9"], "prune every"),
+])
+def test_cli_bad_input_gets_clear_errors(args, message, tmp_path, capsys):
+    code = main(["run", "--run-dir", str(tmp_path / "r"), *SMALL, "--epochs", "1", "--no-latency", "--no-plots",
+                 *args])
+    assert code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_cli_missing_data_file_is_named(tmp_path, capsys):
+    from bayescomp.data import resolve_data_dir
+
+    source = resolve_data_dir(None) / "mnist"
+    target = tmp_path / "data" / "mnist"
+    target.mkdir(parents=True)
+    for f in source.iterdir():
+        if f.name != "t10k-labels-idx1-ubyte.gz":
+            (target / f.name).symlink_to(f)
+    code = main(["run", "--data-dir", str(tmp_path / "data"), "--run-dir", str(tmp_path / "r"), *SMALL])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "t10k-labels-idx1-ubyte.gz" in err
+
+
+def test_help_explains_every_option(capsys):
+    with pytest.raises(SystemExit):
+        main(["run", "--help"])
+    out = capsys.readouterr().out
+    for option in ("--model", "--data", "--method", "--thresholds", "--tolerance", "--epochs", "--restart",
+                   "--data-dir", "--seed"):
+        assert option in out

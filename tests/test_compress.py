@@ -1,0 +1,167 @@
+"""Masks, propagation, the physically smaller model, bit precision and the compressed file."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from bayescomp import bayesify
+from bayescomp.compress import (
+    CompressConfig, PruneError, UnsupportedModelError, build_chain, compress, masked, plan_from_thresholds,
+    propagate, shrink,
+)
+from bayescomp.compress.precision import (
+    bits_per_weight, exponent_bits, layer_precisions, quantize_fixed_point, significand_bits,
+)
+from bayescomp.models import MODELS, create_model
+from bayescomp.modules import InputSelect
+from bayescomp.priors import bayesian_layers, deterministic_mode
+
+
+def _randomise_posterior(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Spread log alpha over [-6, 2] so thresholds prune a realistic mix of groups."""
+    g = torch.Generator().manual_seed(seed)
+    for _, layer in bayesian_layers(model):
+        with torch.no_grad():
+            layer.z_mu.copy_(torch.empty(layer.z_mu.shape).uniform_(0.5, 1.5, generator=g))
+            log_alpha = torch.empty(layer.z_mu.shape).uniform_(-6, 2, generator=g)
+            layer.z_log_sigma2.copy_(log_alpha + torch.log(layer.z_mu**2))
+            layer.weight_log_sigma2.uniform_(-12, -4, generator=g)
+    return model
+
+
+def _bayes(name: str, input_shape=(1, 28, 28), seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    model = create_model(name, 10, input_shape, [0.13] * input_shape[0], [0.31] * input_shape[0])
+    return _randomise_posterior(bayesify(model, "gnj"), seed)
+
+
+@pytest.mark.parametrize("name,shape", [("lenet300", (1, 28, 28)), ("lenet5", (1, 28, 28)), ("vgg16", (3, 32, 32))])
+def test_shrunk_model_equals_masked_model(name, shape):
+    model = _bayes(name, shape)
+    model.eval()
+    if name == "vgg16":  # give batch norm non-trivial statistics so removed channels would matter
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+                m.bias.data.uniform_(-0.2, 0.2)
+    chain = build_chain(model)
+    plan, _ = plan_from_thresholds(chain, -1.0)
+    small = shrink(chain, plan)
+    x = torch.rand(16, *shape)
+    with deterministic_mode(model), masked(chain, plan), torch.no_grad():
+        expected = model(x)
+    with torch.no_grad():
+        got = small(x)
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+    # physically smaller: fewer weights, plain layers only
+    small_weights = sum(m.weight.numel() for m in small.modules() if isinstance(m, (nn.Linear, nn.Conv2d)))
+    assert small_weights == plan.weights_kept(chain) < sum(
+        layer.module.weight_mu.numel() for layer in chain.layers)
+    assert not any(isinstance(m, tuple(type(layer) for _, layer in bayesian_layers(model))) for m in small.modules())
+
+
+def test_mask_propagation_conv_flatten_linear():
+    """A conv filter whose features no FC input uses disappears, and FC inputs of a removed filter disappear."""
+    torch.manual_seed(0)
+    model = bayesify(nn.Sequential(nn.Conv2d(1, 3, 3), nn.ReLU(), nn.Flatten(), nn.Linear(3 * 4, 5), nn.ReLU(),
+                                   nn.Linear(5, 2)), "gnj")
+    chain = build_chain(model)
+    conv_keep = torch.tensor([True, False, True])
+    fc_keep = torch.zeros(12, dtype=torch.bool)
+    fc_keep[4:8] = True  # only features of channel 1 (removed by the conv mask) ...
+    fc_keep[8] = True  # ... and one feature of channel 2
+    plan = propagate(chain, [conv_keep, fc_keep, torch.ones(5, dtype=torch.bool)])
+    assert plan.out_keep[0].tolist() == [False, False, True]  # channel 0 unused downstream, channel 1 pruned
+    expected_in = torch.zeros(12, dtype=torch.bool)
+    expected_in[8] = True
+    assert torch.equal(plan.in_keep[1], expected_in)
+    small = shrink(chain, plan)
+    assert isinstance(small[2], InputSelect) and small[2].indices.tolist() == [0]
+    x = torch.rand(4, 1, 4, 4)
+    with deterministic_mode(model), masked(chain, plan), torch.no_grad():
+        torch.testing.assert_close(small(x), model(x))
+
+
+def test_linear_to_linear_propagation_removes_dead_units():
+    model = bayesify(nn.Sequential(nn.Flatten(), nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2)), "gnj")
+    chain = build_chain(model)
+    plan = propagate(chain, [torch.tensor([True, True, False, True]), torch.tensor([False, True, True])])
+    assert plan.out_keep[0].tolist() == [False, True, True]
+    assert plan.in_keep[1].tolist() == [False, True, True]
+    assert plan.out_keep[1].all()
+    assert plan.kept_architecture(chain) == [3, 2]
+    small = shrink(chain, plan)
+    assert isinstance(small[0], InputSelect) and small[1].weight.shape == (2, 3)
+
+
+def test_thresholds_that_prune_everything_raise_and_change_nothing():
+    model = _bayes("lenet300")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(PruneError, match="every .* unit of layer"):
+        compress(model, None, CompressConfig(thresholds=-100.0))
+    with pytest.raises(ValueError, match="3 thresholds"):
+        compress(model, None, CompressConfig(thresholds=[0.0, 0.0]))
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_unsupported_structures_get_clear_errors():
+    class Residual(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(3, 3)
+
+        def forward(self, x):
+            return x + self.fc(x)
+
+    with pytest.raises(UnsupportedModelError, match="not an nn.Sequential"):
+        build_chain(bayesify(Residual(), "gnj"))
+    with pytest.raises(UnsupportedModelError, match="'1'.*Upsample"):
+        build_chain(nn.Sequential(nn.Conv2d(1, 2, 3), nn.Upsample(scale_factor=2)))
+
+
+def test_bits_per_weight_follows_the_round_off_rule():
+    # 2 Var = 2^-5.5 -> round-offs 2^-1..2^-5 exceed it: 5 bits
+    var = torch.tensor([2.0**-6.5, 0.6, 1e-30])
+    assert bits_per_weight(var).tolist() == [5, 0, 23]
+    assert significand_bits(torch.tensor([2.0**-6.5, 2.0**-8.5])) == 6  # mean(5, 7)
+    assert significand_bits(torch.tensor([2.0**-6.5, 2.0**-8.5]), reduce="max") == 7
+    assert significand_bits(torch.tensor([10.0])) == 1  # min_bits guard: never zero bits
+    with pytest.raises(ValueError):
+        significand_bits(torch.tensor([]))
+
+
+@pytest.mark.parametrize("overflow,expected", [(0.0, 1), (0.3, 1), (0.5, 1), (0.99, 1), (1.0, 1), (2.0, 2),
+                                               (4.0, 3), (100.0, 4)])
+def test_exponent_bits_guard(overflow, expected):
+    bits = exponent_bits(overflow)
+    assert bits == expected and isinstance(bits, int)
+    if overflow > 2:  # the unguarded formula where it is defined
+        assert bits == math.ceil(math.log2(math.log2(overflow) + 1) + 1)
+
+
+def test_exponent_bits_rejects_nan():
+    with pytest.raises(ValueError):
+        exponent_bits(float("nan"))
+
+
+def test_quantize_fixed_point_grid():
+    w = torch.tensor([0.1, -0.26, 0.74, 1e-4])
+    q = quantize_fixed_point(w, 2)
+    assert q.tolist() == [0.0, -0.25, 0.75, 0.0]
+    assert torch.all((quantize_fixed_point(w, 10) - w).abs() <= 2.0**-11)
+    precisions = layer_precisions([torch.full((3,), 1e-5)], [w])
+    assert precisions[0].total_bits == 1 + precisions[0].exponent_bits + precisions[0].significand_bits
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_every_zoo_model_bayesifies_and_chains(name):
+    shape = (3, 32, 32) if name == "vgg16" else (1, 28, 28)
+    model = create_model(name, 10, shape, [0.5] * shape[0], [0.25] * shape[0])
+    chain = build_chain(bayesify(model, "gnj"))
+    assert len(chain.layers) == sum(isinstance(m, (nn.Linear, nn.Conv2d)) for m in model.modules())

@@ -1,0 +1,91 @@
+"""Trainer: resume after interruption ends like an uninterrupted run; NaN losses and corrupt checkpoints
+get clear errors and lose nothing."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from bayescomp import bayesify
+from bayescomp.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from bayescomp.models import create_model
+from bayescomp.train import NonFiniteLossError, TrainConfig, evaluate, fit
+
+
+def _model(data):
+    torch.manual_seed(0)
+    return bayesify(create_model("lenet300", 10, data.input_shape, data.mean, data.std), "gnj")
+
+
+def test_interrupted_and_resumed_run_equals_uninterrupted(mnist_small, tmp_path):
+    config = TrainConfig(epochs=3, batch_size=256, lr=1e-3, lr_schedule="cosine", kl_warmup_epochs=1, seed=3)
+    straight = _model(mnist_small)
+    fit(straight, mnist_small, config, checkpoint_path=tmp_path / "a.ckpt", progress=False, log=lambda *_: None)
+
+    interrupted = _model(mnist_small)
+    fit(interrupted, mnist_small, config, checkpoint_path=tmp_path / "b.ckpt", progress=False,
+        stop_after_epochs=1, log=lambda *_: None)
+    resumed = _model(mnist_small)  # a fresh process would start from a fresh model
+    history = fit(resumed, mnist_small, config, checkpoint_path=tmp_path / "b.ckpt", progress=False,
+                  log=lambda *_: None)
+    assert len(history.epochs) == 3
+    for (name, a), (_, b) in zip(straight.state_dict().items(), resumed.state_dict().items()):
+        assert torch.equal(a, b), name
+
+
+def test_training_improves_a_real_model(mnist_small):
+    model = create_model("lenet300", 10, mnist_small.input_shape, mnist_small.mean, mnist_small.std)
+    before = evaluate(model, mnist_small.test)["error_pct"]
+    fit(model, mnist_small, TrainConfig(epochs=2, batch_size=64), progress=False, log=lambda *_: None)
+    after = evaluate(model, mnist_small.test)["error_pct"]
+    assert after < 20.0 < before
+
+
+def test_nan_loss_raises_and_keeps_last_good_checkpoint(mnist_small, tmp_path):
+    model = _model(mnist_small)
+    path = tmp_path / "nan.ckpt"
+    config = TrainConfig(epochs=2, batch_size=500)
+    fit(model, mnist_small, config, checkpoint_path=path, progress=False, stop_after_epochs=1, log=lambda *_: None)
+    good = load_checkpoint(path)
+    with torch.no_grad():
+        model[2].weight_mu[0, 0] = float("nan")
+    # poison the checkpointed state as well so that resuming runs into the NaN
+    state = dict(good)
+    poisoned = {k: v.clone() for k, v in good["model"].items()}
+    poisoned["2.weight_mu"][0, 0] = float("nan")
+    state["model"] = poisoned
+    bad_path = tmp_path / "bad.ckpt"
+    save_checkpoint({k: v for k, v in state.items() if k not in ("format", "version")}, bad_path)
+    before = bad_path.read_bytes()
+    with pytest.raises(NonFiniteLossError, match="loss became nan at epoch 2"):
+        fit(_model(mnist_small), mnist_small, config, checkpoint_path=bad_path, progress=False,
+            log=lambda *_: None)
+    assert bad_path.read_bytes() == before  # nothing overwritten
+
+
+def test_corrupt_checkpoint_falls_back_or_fails_clearly(tmp_path):
+    path = tmp_path / "run.ckpt"
+    save_checkpoint({"epoch": 1}, path)
+    save_checkpoint({"epoch": 2}, path)
+    path.write_bytes(path.read_bytes()[:40])  # truncated newest checkpoint
+    with pytest.warns(UserWarning, match="previous checkpoint"):
+        state = load_checkpoint(path)
+    assert state["epoch"] == 1
+    assert (tmp_path / "run.ckpt.corrupt").exists()
+
+    lone = tmp_path / "lone.ckpt"
+    lone.write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="lone.ckpt.*cannot be read"):
+        load_checkpoint(lone)
+    assert lone.read_bytes() == b"not a checkpoint"
+
+
+def test_resume_with_other_config_is_refused(mnist_small, tmp_path):
+    path = tmp_path / "c.ckpt"
+    model = nn.Sequential(nn.Flatten(), nn.Linear(784, 10))
+    fit(model, mnist_small, TrainConfig(epochs=1, batch_size=500), checkpoint_path=path, progress=False,
+        log=lambda *_: None)
+    with pytest.raises(ValueError, match="another training config"):
+        fit(model, mnist_small, TrainConfig(epochs=1, batch_size=100), checkpoint_path=path, progress=False,
+            log=lambda *_: None)
