@@ -186,3 +186,12 @@ def test_objective_scales_kl_by_training_set_size():
     torch.testing.assert_close(loss, nll + kl / 1000)
     loss_half, _, _ = variational_loss(logits, targets, model, n_train=1000, kl_scale=0.5)
     torch.testing.assert_close(loss_half, nll + 0.5 * kl / 1000)
+
+
+def test_standard_normal_kl_gradient_matches_autograd():
+    g = torch.Generator().manual_seed(9)
+    mu = torch.randn(3, 4, generator=g, dtype=torch.float64, requires_grad=True)
+    log_sigma2 = torch.randn(3, 4, generator=g, dtype=torch.float64, requires_grad=True)
+    torch.autograd.gradcheck(kl_standard_normal, (mu, log_sigma2))
+    reference = 0.5 * torch.sum(-log_sigma2 + log_sigma2.exp() + mu.pow(2) - 1.0)
+    torch.testing.assert_close(kl_standard_normal(mu, log_sigma2), reference)

@@ -42,6 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--lr", type=float, default=None, help="Adam learning rate of Bayesian training")
     run.add_argument("--batch-size", type=int, default=None, help="mini-batch size of both training phases")
     run.add_argument("--kl-warmup", type=float, default=None, help="epochs of linear KL warm-up from 0 to 1")
+    run.add_argument("--group-lr-scale", type=float, default=None,
+                     help="learning-rate multiplier for the group-scale log-variances (z_log_sigma2)")
     run.add_argument("--thresholds", type=_floats, default=None,
                      help="log-alpha thresholds, one per layer or one for all (e.g. -2.8,-3,-5); "
                           "default: automatic search on the validation split")
@@ -74,6 +76,8 @@ def _train_config(base: TrainConfig, args: argparse.Namespace, bayes: bool) -> T
             changes["epochs"] = args.epochs
         if args.lr is not None:
             changes["lr"] = args.lr
+        if args.group_lr_scale is not None:
+            changes["lr_scales"] = {**base.lr_scales, "z_log_sigma2": args.group_lr_scale}
         if args.kl_warmup is not None:
             changes["kl_warmup_epochs"] = args.kl_warmup
     elif args.dense_epochs is not None:

@@ -52,9 +52,32 @@ def kl_log_uniform_approx(log_alpha: torch.Tensor) -> torch.Tensor:
     return -(K1 * torch.sigmoid(K2 + K3 * log_alpha) - 0.5 * F.softplus(-log_alpha) - K1)
 
 
+class _StandardNormalKL(torch.autograd.Function):
+    """Sum of 0.5 (-log sigma² + sigma² + mu² - 1) with its closed-form gradient.
+
+    The weight KL touches every weight twice per step (forward and backward); writing the gradient by hand
+    (d/dmu = mu, d/dlog sigma² = 0.5 (sigma² - 1)) takes a third of the elementwise passes autograd would,
+    which matters because these passes, not the matrix products, dominate a small network's step.
+    """
+
+    @staticmethod
+    def forward(ctx, mu: torch.Tensor, log_sigma2: torch.Tensor) -> torch.Tensor:
+        sigma2 = log_sigma2.exp()
+        ctx.save_for_backward(mu, sigma2)
+        total = sigma2.sum() - log_sigma2.sum() + torch.dot(mu.reshape(-1), mu.reshape(-1)) - mu.numel()
+        return 0.5 * total
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        mu, sigma2 = ctx.saved_tensors
+        grad_mu = mu * grad if ctx.needs_input_grad[0] else None
+        grad_log_sigma2 = (sigma2 - 1.0).mul_(0.5 * grad) if ctx.needs_input_grad[1] else None
+        return grad_mu, grad_log_sigma2
+
+
 def kl_standard_normal(mu: torch.Tensor, log_sigma2: torch.Tensor) -> torch.Tensor:
-    """Sum of KL(N(mu, sigma²) || N(0, 1)) over all elements."""
-    return 0.5 * torch.sum(-log_sigma2 + log_sigma2.exp() + mu.pow(2) - 1.0)
+    """Sum of KL(N(mu, sigma²) || N(0, 1)) over all elements (closed form, hand-written gradient)."""
+    return _StandardNormalKL.apply(mu, log_sigma2)
 
 
 class _GroupNJMixin(BayesianLayer):
