@@ -44,6 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--kl-warmup", type=float, default=None, help="epochs of linear KL warm-up from 0 to 1")
     run.add_argument("--group-lr-scale", type=float, default=None,
                      help="learning-rate multiplier for the group-scale log-variances (z_log_sigma2)")
+    run.add_argument("--finetune-epochs", type=int, default=0,
+                     help="optional: epochs of plain fine-tuning of the pruned model before quantisation (0: none)")
     run.add_argument("--thresholds", type=_floats, default=None,
                      help="log-alpha thresholds, one per layer or one for all (e.g. -2.8,-3,-5); "
                           "default: automatic search on the validation split")
@@ -86,6 +88,8 @@ def _train_config(base: TrainConfig, args: argparse.Namespace, bayes: bool) -> T
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
     from bayescomp.pipeline import RunConfig, run
     from bayescomp.report import render_markdown
 
@@ -98,6 +102,8 @@ def cmd_run(args: argparse.Namespace) -> int:
                                                bits_reduce=args.bits_reduce))
     config.dense = _train_config(config.dense, args, bayes=False)
     config.bayes = _train_config(config.bayes, args, bayes=True)
+    if args.finetune_epochs:
+        config.finetune = replace(config.finetune, epochs=args.finetune_epochs)
     run_dir = Path(args.run_dir or f"runs/{args.model}_{data}_{args.method}")
     command = "bayescomp " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     report = run(config, run_dir, progress=not args.no_progress, restart=args.restart, command=command)

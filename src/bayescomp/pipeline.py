@@ -22,7 +22,7 @@ from torch import nn
 
 from bayescomp.bayesify import bayesify, make_config
 from bayescomp.checkpoint import atomic_torch_save
-from bayescomp.compress import CompressConfig, CompressionResult, compress, prunable_modules
+from bayescomp.compress import CompressConfig, CompressionResult, compress, prunable_modules, quantize_model
 from bayescomp.compress.packed import QuantSpec, save_packed
 from bayescomp.data import DataBundle, load_dataset
 from bayescomp.models import MODELS, create_model
@@ -32,12 +32,18 @@ from bayescomp.train import TrainConfig, evaluate, fit, seed_everything
 #: Training defaults per model key (dense pre-training, Bayesian training); see the README for the reasoning.
 DEFAULT_SCHEDULES: dict[str, tuple[TrainConfig, TrainConfig]] = {
     "lenet300": (TrainConfig(epochs=10, lr=1e-3, lr_schedule="cosine"),
-                 TrainConfig(epochs=30, lr=1e-3, lr_schedule="cosine", kl_warmup_epochs=2)),
+                 TrainConfig(epochs=30, lr=3e-3, lr_schedule="cosine", kl_warmup_epochs=2,
+                             lr_scales={"z_log_sigma2": 10.0})),
     "lenet5": (TrainConfig(epochs=10, lr=1e-3, lr_schedule="cosine"),
-               TrainConfig(epochs=30, lr=1e-3, lr_schedule="cosine", kl_warmup_epochs=2)),
+               TrainConfig(epochs=30, lr=3e-3, lr_schedule="cosine", kl_warmup_epochs=2,
+                           lr_scales={"z_log_sigma2": 10.0})),
     "vgg16": (TrainConfig(epochs=60, lr=1e-3, lr_schedule="cosine", weight_decay=5e-4),
               TrainConfig(epochs=60, lr=1e-4, lr_schedule="cosine", kl_warmup_epochs=5)),
 }
+
+
+#: Settings that only affect what happens after Bayesian training; changing them reuses the trained posterior.
+POST_TRAINING_FIELDS = {"compress", "finetune", "latency", "plots"}
 
 
 @dataclass
@@ -54,6 +60,7 @@ class RunConfig:
     test_subset: int | None = None
     dense: TrainConfig | None = None
     bayes: TrainConfig | None = None
+    finetune: TrainConfig | None = None
     prior: dict[str, Any] = field(default_factory=dict)
     compress: CompressConfig = field(default_factory=CompressConfig)
     latency: bool = True
@@ -66,6 +73,7 @@ class RunConfig:
         dense, bayes = DEFAULT_SCHEDULES.get(self.model, (TrainConfig(), TrainConfig()))
         self.dense = _as(TrainConfig, self.dense) or TrainConfig(**{**asdict(dense), "seed": self.seed})
         self.bayes = _as(TrainConfig, self.bayes) or TrainConfig(**{**asdict(bayes), "seed": self.seed})
+        self.finetune = _as(TrainConfig, self.finetune) or TrainConfig(epochs=0, lr=1e-4, seed=self.seed)
         self.compress = _as(CompressConfig, self.compress) or CompressConfig()
         self.prior = asdict(make_config(self.method, dict(self.prior) if self.prior else None))
 
@@ -143,11 +151,17 @@ def run(config: RunConfig, run_dir: str | Path, log=print, progress: bool = True
     record_path = run_dir / "run.json"
     if record_path.exists() and not restart:
         previous = json.loads(record_path.read_text())
-        if previous != json.loads(json.dumps(config.to_dict())):
-            raise ValueError(f"{run_dir} holds a run with other settings ({record_path}); choose another "
-                             "--run-dir or pass --restart to overwrite it")
+        current = json.loads(json.dumps(config.to_dict()))
+        changed = sorted(k for k in set(previous) | set(current) if previous.get(k) != current.get(k))
+        if set(changed) - POST_TRAINING_FIELDS:
+            raise ValueError(f"{run_dir} holds a run with other settings ({', '.join(changed)} differ, see "
+                             f"{record_path}); choose another --run-dir or pass --restart to overwrite it")
+        if changed:
+            log(f"reusing the trained posterior in {run_dir}; redoing the steps after training ({', '.join(changed)})")
+            (run_dir / "finetune.ckpt").unlink(missing_ok=True)
+            (run_dir / "finetune.ckpt.prev").unlink(missing_ok=True)
     if restart:
-        for name in ("bayes.ckpt", "bayes.ckpt.prev"):
+        for name in ("bayes.ckpt", "bayes.ckpt.prev", "finetune.ckpt", "finetune.ckpt.prev"):
             (run_dir / name).unlink(missing_ok=True)
     record_path.write_text(json.dumps(config.to_dict(), indent=2))
     data = load_data(config)
@@ -163,6 +177,12 @@ def run(config: RunConfig, run_dir: str | Path, log=print, progress: bool = True
     bayes_eval = evaluate(model, data.test)
     log(f"Bayesian posterior-mean test error {bayes_eval['error_pct']:.2f}%; compressing")
     result = compress(model, data.val, config.compress, log=log if progress else None)
+    if config.finetune.epochs > 0:
+        log(f"fine-tuning the pruned model ({config.finetune.epochs} epochs, deterministic, lr {config.finetune.lr})")
+        fit(result.model, data, config.finetune, checkpoint_path=run_dir / "finetune.ckpt", progress=progress,
+            log=log)
+        result.model.eval()
+        result.quantized_model = quantize_model(result.model, result.precisions)
     metadata = {"run": config.to_dict(), "architecture_kept": result.architecture_kept}
     file_bytes = save_compressed(result, run_dir / "compressed.bcz", metadata)
     report = build_report(config, data, dense, model, result, history, dense_eval, bayes_eval,

@@ -73,6 +73,7 @@ def build_report(config, data, dense, model, result: CompressionResult, history,
         "flops_compressed": measure.count_flops(result.model, input_shape),
         "epochs": config.bayes.epochs,
         "dense_epochs": config.dense.epochs,
+        "finetune_epochs": config.finetune.epochs,
         "epoch_s_mean": sum(e["epoch_s"] for e in history.epochs) / max(len(history.epochs), 1),
         "n_train": len(data.train), "n_val": len(data.val), "n_test": len(data.test),
         "config": config.to_dict(),
@@ -133,6 +134,9 @@ def render_markdown(report: dict[str, Any]) -> str:
         for key in ("batch_1", "batch_256"):
             lines.append(f"| {key.split('_')[1]} | {latency['dense'][key]:.3f} | {latency['compressed'][key]:.3f} "
                          f"| {latency['speedup'][key]:.1f}x |")
+    if report.get("finetune_epochs"):
+        lines += ["", f"The pruned model was fine-tuned (plain training) for {report['finetune_epochs']} epochs "
+                  "before quantisation."]
     lines += ["", f"Bayesian training: {report['epochs']} epochs, {report['epoch_s_mean']:.1f} s/epoch; "
               f"wall time {report['wall_time_s']:.0f} s. Command: `{report['command']}`"]
     return "\n".join(lines) + "\n"
