@@ -3,19 +3,23 @@
 from __future__ import annotations
 
 import os
+import tempfile
 
 import pytest
 import torch
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
+# Never touch the user's ~/.cache: checksum verdicts and dense models go to a per-session folder. Set at import
+# time so that module- and session-scoped fixtures see it too.
+SESSION_CACHE = tempfile.mkdtemp(prefix="bayescomp-test-cache-")
+os.environ["BAYESCOMP_CACHE"] = SESSION_CACHE
+
 
 @pytest.fixture(autouse=True)
-def private_cache(tmp_path_factory, monkeypatch):
-    """Never touch the user's ~/.cache: checksum verdicts and dense models go to a per-session folder."""
-    cache = tmp_path_factory.getbasetemp() / "bayescomp-cache"
-    monkeypatch.setenv("BAYESCOMP_CACHE", str(cache))
-    return cache
+def private_cache(monkeypatch):
+    monkeypatch.setenv("BAYESCOMP_CACHE", SESSION_CACHE)
+    return SESSION_CACHE
 
 
 @pytest.fixture(scope="session")

@@ -54,8 +54,16 @@ def test_cli_run_writes_report_plots_and_a_loadable_compressed_model(cli_run, ca
 
 def test_cli_rerun_reuses_dense_model_and_finished_training(cli_run, capsys):
     code, run_dir = cli_run
-    assert main(["run", "--model", "lenet300", "--run-dir", str(run_dir), *SMALL, "--no-latency"]) == 2
-    assert "other settings" in capsys.readouterr().err  # --no-latency changed the record: refused, not mixed
+    capsys.readouterr()
+    # a post-training setting changed: the trained posterior and the cached dense model are reused
+    assert main(["run", "--model", "lenet300", "--run-dir", str(run_dir), *SMALL, "--no-latency",
+                 "--tolerance", "0.5"]) == 0
+    out = capsys.readouterr().out
+    assert "reusing cached dense model" in out and "reusing the trained posterior" in out
+    assert "epoch   1/" not in out  # no training epoch ran again
+    # a training setting changed: refused rather than mixing two runs in one directory
+    assert main(["run", "--model", "lenet300", "--run-dir", str(run_dir), *SMALL, "--lr", "0.01"]) == 2
+    assert "other settings" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("args,message", [

@@ -105,7 +105,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.finetune_epochs:
         config.finetune = replace(config.finetune, epochs=args.finetune_epochs)
     run_dir = Path(args.run_dir or f"runs/{args.model}_{data}_{args.method}")
-    command = "bayescomp " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    command = "bayescomp " + " ".join(shlex.quote(a) for a in args.argv)
     report = run(config, run_dir, progress=not args.no_progress, restart=args.restart, command=command)
     print()
     print(render_markdown(report))
@@ -124,7 +124,9 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv
     try:
         return cmd_run(args) if args.command == "run" else cmd_report(args)
     except KeyboardInterrupt:
