@@ -16,7 +16,7 @@ CONTRACT = [
     "kept_weight_fraction", "compression_architecture", "compression_bits", "compression_file",
     "file_bytes_dense", "file_bytes_compressed", "bits_per_layer", "significand_bits_per_layer", "exponent_bits",
     "thresholds", "flops_dense", "flops_compressed", "latency_ms", "epochs", "dense_epochs", "epoch_s_mean",
-    "wall_time_s", "command", "git_commit", "device", "torch_threads", "config", "tradeoff_curve", "search_path",
+    "finetune_epochs", "test_error_pct_pruned_before_finetune", "wall_time_s", "command", "git_commit", "device", "torch_threads", "config", "tradeoff_curve", "search_path",
 ]
 
 

@@ -28,13 +28,18 @@ def main() -> None:
     parser.add_argument("--dense-epochs", type=int, default=None)
     parser.add_argument("--tolerance", type=float, default=0.2)
     parser.add_argument("--lr", type=float, default=None)
+    parser.add_argument("--clip-var", type=float, default=None)
+    parser.add_argument("--finetune-epochs", type=int, default=0)
+    parser.add_argument("--finetune-lr", type=float, default=1e-3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--run-root", default="runs/bench")
     parser.add_argument("--restart", action="store_true")
     args = parser.parse_args()
     for model in args.models:
         config = RunConfig(model=model, data="mnist", method="gnj", seed=args.seed,
+                           prior={"clip_var": args.clip_var} if args.clip_var else {},
                            compress=CompressConfig(tolerance_pct=args.tolerance))
+        config.finetune = replace(config.finetune, epochs=args.finetune_epochs, lr=args.finetune_lr)
         config.bayes = replace(config.bayes, epochs=getattr(args, f"epochs_{model}"),
                                **({"lr": args.lr} if args.lr else {}))
         if args.dense_epochs:

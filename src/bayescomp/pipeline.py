@@ -73,7 +73,8 @@ class RunConfig:
         dense, bayes = DEFAULT_SCHEDULES.get(self.model, (TrainConfig(), TrainConfig()))
         self.dense = _as(TrainConfig, self.dense) or TrainConfig(**{**asdict(dense), "seed": self.seed})
         self.bayes = _as(TrainConfig, self.bayes) or TrainConfig(**{**asdict(bayes), "seed": self.seed})
-        self.finetune = _as(TrainConfig, self.finetune) or TrainConfig(epochs=0, lr=1e-4, seed=self.seed)
+        self.finetune = _as(TrainConfig, self.finetune) or TrainConfig(epochs=0, lr=1e-3, lr_schedule="cosine",
+                                                                       seed=self.seed)
         self.compress = _as(CompressConfig, self.compress) or CompressConfig()
         self.prior = asdict(make_config(self.method, dict(self.prior) if self.prior else None))
 
@@ -177,7 +178,10 @@ def run(config: RunConfig, run_dir: str | Path, log=print, progress: bool = True
     bayes_eval = evaluate(model, data.test)
     log(f"Bayesian posterior-mean test error {bayes_eval['error_pct']:.2f}%; compressing")
     result = compress(model, data.val, config.compress, log=log if progress else None)
+    before_finetune = None
     if config.finetune.epochs > 0:
+        before_finetune = evaluate(result.model, data.test)["error_pct"]
+        log(f"pruned test error before fine-tuning {before_finetune:.2f}%")
         log(f"fine-tuning the pruned model ({config.finetune.epochs} epochs, deterministic, lr {config.finetune.lr})")
         fit(result.model, data, config.finetune, checkpoint_path=run_dir / "finetune.ckpt", progress=progress,
             log=log)
@@ -187,5 +191,6 @@ def run(config: RunConfig, run_dir: str | Path, log=print, progress: bool = True
     file_bytes = save_compressed(result, run_dir / "compressed.bcz", metadata)
     report = build_report(config, data, dense, model, result, history, dense_eval, bayes_eval,
                           file_bytes, run_dir, started, command or " ".join(sys.argv), git_commit())
+    report["test_error_pct_pruned_before_finetune"] = before_finetune
     write_report(report, run_dir, model=model, result=result, data=data, plots=config.plots)
     return report

@@ -135,8 +135,9 @@ def render_markdown(report: dict[str, Any]) -> str:
             lines.append(f"| {key.split('_')[1]} | {latency['dense'][key]:.3f} | {latency['compressed'][key]:.3f} "
                          f"| {latency['speedup'][key]:.1f}x |")
     if report.get("finetune_epochs"):
-        lines += ["", f"The pruned model was fine-tuned (plain training) for {report['finetune_epochs']} epochs "
-                  "before quantisation."]
+        lines += ["", f"The pruned model was fine-tuned (plain training of the kept weights) for "
+                  f"{report['finetune_epochs']} epochs before quantisation; its test error before fine-tuning was "
+                  f"{report.get('test_error_pct_pruned_before_finetune', float('nan')):.2f} %."]
     lines += ["", f"Bayesian training: {report['epochs']} epochs, {report['epoch_s_mean']:.1f} s/epoch; "
               f"wall time {report['wall_time_s']:.0f} s. Command: `{report['command']}`"]
     return "\n".join(lines) + "\n"
