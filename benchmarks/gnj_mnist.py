@@ -31,6 +31,8 @@ def main() -> None:
     parser.add_argument("--clip-var", type=float, default=None)
     parser.add_argument("--finetune-epochs", type=int, default=0)
     parser.add_argument("--finetune-lr", type=float, default=1e-3)
+    parser.add_argument("--finetune-search", action="store_true")
+    parser.add_argument("--bits-reduce", default="mean")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--run-root", default="runs/bench")
     parser.add_argument("--restart", action="store_true")
@@ -38,8 +40,10 @@ def main() -> None:
     for model in args.models:
         config = RunConfig(model=model, data="mnist", method="gnj", seed=args.seed,
                            prior={"clip_var": args.clip_var} if args.clip_var else {},
-                           compress=CompressConfig(tolerance_pct=args.tolerance))
-        config.finetune = replace(config.finetune, epochs=args.finetune_epochs, lr=args.finetune_lr)
+                           compress=CompressConfig(tolerance_pct=args.tolerance, finetune_search=args.finetune_search,
+                                                   bits_reduce=args.bits_reduce))
+        config.finetune = replace(config.finetune, epochs=args.finetune_epochs, lr=args.finetune_lr,
+                                  lr_schedule="cosine")
         config.bayes = replace(config.bayes, epochs=getattr(args, f"epochs_{model}"),
                                **({"lr": args.lr} if args.lr else {}))
         if args.dense_epochs:

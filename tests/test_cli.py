@@ -101,3 +101,16 @@ def test_help_explains_every_option(capsys):
     for option in ("--model", "--data", "--method", "--thresholds", "--tolerance", "--epochs", "--restart",
                    "--data-dir", "--seed"):
         assert option in out
+
+
+def test_cli_finetune_aware_search_picks_a_candidate_within_budget(tmp_path):
+    run_dir = tmp_path / "ft"
+    code = main(["run", "--model", "lenet300", "--run-dir", str(run_dir), *SMALL, "--no-latency", "--no-plots",
+                 "--finetune-epochs", "1", "--finetune-search", "--tolerance", "1.0"])
+    assert code == 0
+    report = json.loads((run_dir / "report.json").read_text())
+    probed = [p for p in report["search_path"] if p.get("finetuned_val_error_pct") is not None]
+    assert probed, "the bisection fine-tuned at least one candidate"
+    assert report["finetune_epochs"] == 1 and report["test_error_pct_pruned_before_finetune"] is not None
+    # the chosen plan is one of the candidates: its weight count appears on the path
+    assert report["weights_kept"] in {p["weights_kept"] for p in report["search_path"]}

@@ -46,6 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="learning-rate multiplier for the group-scale log-variances (z_log_sigma2)")
     run.add_argument("--finetune-epochs", type=int, default=0,
                      help="optional: epochs of plain fine-tuning of the pruned model before quantisation (0: none)")
+    run.add_argument("--finetune-search", action="store_true",
+                     help="with --finetune-epochs: choose the pruning level by the fine-tuned validation error, "
+                          "within --tolerance points of the dense model's")
     run.add_argument("--thresholds", type=_floats, default=None,
                      help="log-alpha thresholds, one per layer or one for all (e.g. -2.8,-3,-5); "
                           "default: automatic search on the validation split")
@@ -99,7 +102,8 @@ def cmd_run(args: argparse.Namespace) -> int:
                        val_size=args.val_size, train_subset=args.train_subset, test_subset=args.test_subset,
                        prior=prior, latency=not args.no_latency, plots=not args.no_plots,
                        compress=CompressConfig(thresholds=args.thresholds, tolerance_pct=args.tolerance,
-                                               bits_reduce=args.bits_reduce))
+                                               bits_reduce=args.bits_reduce,
+                                               finetune_search=args.finetune_search))
     config.dense = _train_config(config.dense, args, bayes=False)
     config.bayes = _train_config(config.bayes, args, bayes=True)
     if args.finetune_epochs:

@@ -132,6 +132,48 @@ def dense_model(config: RunConfig, data: DataBundle, log=print, progress: bool =
     return model
 
 
+def finetune_aware_compress(model: nn.Module, dense: nn.Module, data: DataBundle, config: RunConfig,
+                            log=print) -> CompressionResult:
+    """Pick the pruning level by the validation error *after* fine-tuning (see ``CompressConfig.finetune_search``).
+
+    The greedy search runs with a wide tolerance to list candidate plans from mild to severe; a bisection along
+    them fine-tunes each probed candidate (``config.finetune``) and keeps the most compressed one whose validation
+    error is within ``tolerance_pct`` points of the dense model's. Only the validation split is used.
+    """
+    from dataclasses import replace
+
+    from bayescomp.compress.search import thresholds_for_counts
+
+    wide = compress(model, data.val, replace(config.compress, tolerance_pct=config.compress.search_range_pct))
+    path = wide.search_path
+    budget = evaluate(dense, data.val)["error_pct"] + config.compress.tolerance_pct
+    probes: dict[int, float] = {}
+
+    def finetuned_val_error(k: int) -> float:
+        thresholds = thresholds_for_counts(wide.log_alpha, path[k]["pruned"])
+        candidate = compress(model, data.val, replace(config.compress, thresholds=thresholds))
+        fit(candidate.model, data, config.finetune, progress=False, log=lambda *_: None)
+        probes[k] = evaluate(candidate.model, data.val)["error_pct"]
+        log(f"  candidate {k}/{len(path) - 1}: arch {candidate.architecture_kept}, "
+            f"{candidate.compression_architecture:.1f}x, fine-tuned val err {probes[k]:.2f}% (budget {budget:.2f}%)")
+        return probes[k]
+
+    lo, hi = 0, len(path) - 1  # invariant: lo is acceptable (no pruning is assumed to be), hi+1.. unknown/bad
+    if finetuned_val_error(hi) <= budget:
+        lo = hi
+    while lo < hi - 1 and hi > 0:
+        mid = (lo + hi) // 2
+        if finetuned_val_error(mid) <= budget:
+            lo = mid
+        else:
+            hi = mid
+    chosen = thresholds_for_counts(wide.log_alpha, path[lo]["pruned"])
+    result = compress(model, data.val, replace(config.compress, thresholds=chosen))
+    result.search_path = [dict(p, finetuned_val_error_pct=probes.get(i)) for i, p in enumerate(path)]
+    result.base_val_error_pct = wide.base_val_error_pct
+    return result
+
+
 def save_compressed(result: CompressionResult, path: Path, metadata: dict[str, Any]) -> int:
     quant = {}
     modules = list(result.quantized_model)
@@ -177,7 +219,10 @@ def run(config: RunConfig, run_dir: str | Path, log=print, progress: bool = True
     history = fit(model, data, config.bayes, checkpoint_path=run_dir / "bayes.ckpt", progress=progress, log=log)
     bayes_eval = evaluate(model, data.test)
     log(f"Bayesian posterior-mean test error {bayes_eval['error_pct']:.2f}%; compressing")
-    result = compress(model, data.val, config.compress, log=log if progress else None)
+    if config.compress.finetune_search and config.finetune.epochs > 0:
+        result = finetune_aware_compress(model, dense, data, config, log)
+    else:
+        result = compress(model, data.val, config.compress, log=log if progress else None)
     before_finetune = None
     if config.finetune.epochs > 0:
         before_finetune = evaluate(result.model, data.test)["error_pct"]

@@ -35,6 +35,11 @@ class CompressConfig:
         bits_reduce: how a layer's significand bits summarise its weights' bits: ``"mean"`` or ``"max"``.
         min_bits: lower bound on significand bits per layer.
         search_val_size: validation examples used by the search (``None``: all).
+        finetune_search: with fine-tuning enabled (see :mod:`bayescomp.pipeline`), choose among the greedy
+            search's candidates the most compressed one whose *fine-tuned* validation error stays within
+            ``tolerance_pct`` of the dense model's (bisection along the candidates); the greedy path itself is
+            then explored up to ``search_range_pct`` points above the unpruned posterior mean.
+        search_range_pct: how far the greedy candidates may go when ``finetune_search`` is on.
     """
 
     thresholds: list[float] | float | None = None
@@ -42,6 +47,8 @@ class CompressConfig:
     bits_reduce: str = "mean"
     min_bits: int = 1
     search_val_size: int | None = None
+    finetune_search: bool = False
+    search_range_pct: float = 3.0
 
 
 @dataclass

@@ -65,7 +65,7 @@ def greedy_threshold_search(
     steps = [max(1, math.ceil(initial_fraction * n)) for n in n_groups]
     frozen = [False] * len(stats)
     current_error, kept = base, plan.weights_kept(chain)
-    path = [{"weights_kept": kept, "val_error_pct": base}]
+    path = [{"weights_kept": kept, "val_error_pct": base, "pruned": list(pruned)}]
     while not all(frozen):
         best = None
         for i in range(len(stats)):
@@ -92,7 +92,7 @@ def greedy_threshold_search(
             continue
         _, i, pruned, plan, current_error = best
         kept = plan.weights_kept(chain)
-        path.append({"weights_kept": kept, "val_error_pct": current_error})
+        path.append({"weights_kept": kept, "val_error_pct": current_error, "pruned": list(pruned)})
         if pruned[i] >= n_groups[i]:
             frozen[i] = True
         if log:
