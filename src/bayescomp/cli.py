@@ -48,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="optional: epochs of plain fine-tuning of the pruned model before quantisation (0: none)")
     run.add_argument("--finetune-search", action="store_true",
                      help="with --finetune-epochs: choose the pruning level by the fine-tuned validation error, "
-                          "within --tolerance points of the dense model's")
+                          "within --tolerance points of the unpruned posterior mean's")
     run.add_argument("--thresholds", type=_floats, default=None,
                      help="log-alpha thresholds, one per layer or one for all (e.g. -2.8,-3,-5); "
                           "default: automatic search on the validation split")

@@ -132,13 +132,15 @@ def dense_model(config: RunConfig, data: DataBundle, log=print, progress: bool =
     return model
 
 
-def finetune_aware_compress(model: nn.Module, dense: nn.Module, data: DataBundle, config: RunConfig,
+def finetune_aware_compress(model: nn.Module, data: DataBundle, config: RunConfig,
                             log=print) -> CompressionResult:
     """Pick the pruning level by the validation error *after* fine-tuning (see ``CompressConfig.finetune_search``).
 
     The greedy search runs with a wide tolerance to list candidate plans from mild to severe; a bisection along
     them fine-tunes each probed candidate (``config.finetune``) and keeps the most compressed one whose validation
-    error is within ``tolerance_pct`` points of the dense model's. Only the validation split is used.
+    error is within ``tolerance_pct`` points of the unpruned posterior mean's (the reference of the plain search;
+    the dense model's is not used because fine-tuning a pruned posterior rarely returns to it). Only the
+    validation split is used.
     """
     from dataclasses import replace
 
@@ -146,7 +148,7 @@ def finetune_aware_compress(model: nn.Module, dense: nn.Module, data: DataBundle
 
     wide = compress(model, data.val, replace(config.compress, tolerance_pct=config.compress.search_range_pct))
     path = wide.search_path
-    budget = evaluate(dense, data.val)["error_pct"] + config.compress.tolerance_pct
+    budget = wide.base_val_error_pct + config.compress.tolerance_pct
     probes: dict[int, float] = {}
 
     def finetuned_val_error(k: int) -> float:
@@ -220,7 +222,7 @@ def run(config: RunConfig, run_dir: str | Path, log=print, progress: bool = True
     bayes_eval = evaluate(model, data.test)
     log(f"Bayesian posterior-mean test error {bayes_eval['error_pct']:.2f}%; compressing")
     if config.compress.finetune_search and config.finetune.epochs > 0:
-        result = finetune_aware_compress(model, dense, data, config, log)
+        result = finetune_aware_compress(model, data, config, log)
     else:
         result = compress(model, data.val, config.compress, log=log if progress else None)
     before_finetune = None

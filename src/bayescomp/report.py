@@ -30,11 +30,15 @@ def _arch(values: list[int]) -> str:
 
 
 def measure_latency_pair(dense, small, input_shape) -> dict[str, dict[str, float]]:
+    """Median CPU latency (ms) of both models at batch 1 and 256 with torch's thread count, plus batch 1 on one
+    thread (per-request serving usually pins one thread per request)."""
     out: dict[str, dict[str, float]] = {}
+    settings = {"batch_1": (1, None, 300), "batch_256": (256, None, 30), "batch_1_1thread": (1, 1, 300)}
     for label, model in (("dense", dense), ("compressed", small)):
-        for batch in (1, 256):
-            stats = measure.measure_latency(model, input_shape, batch)
-            out.setdefault(label, {})[f"batch_{batch}"] = stats["median_ms"]
+        for key, (batch, threads, repeats) in settings.items():
+            stats = measure.measure_latency(model, input_shape, batch, repeats=repeats, warmup=20,
+                                            num_threads=threads)
+            out.setdefault(label, {})[key] = stats["median_ms"]
     out["speedup"] = {k: out["dense"][k] / out["compressed"][k] for k in out["dense"]}
     out["threads"] = torch.get_num_threads()
     return out
@@ -131,8 +135,11 @@ def render_markdown(report: dict[str, Any]) -> str:
             "| batch | dense ms | compressed ms | speed-up |",
             "|---|---|---|---|",
         ]
-        for key in ("batch_1", "batch_256"):
-            lines.append(f"| {key.split('_')[1]} | {latency['dense'][key]:.3f} | {latency['compressed'][key]:.3f} "
+        for key in ("batch_1", "batch_256", "batch_1_1thread"):
+            if key not in latency["dense"]:
+                continue
+            label = key.replace("batch_", "").replace("_1thread", " (1 thread)")
+            lines.append(f"| {label} | {latency['dense'][key]:.3f} | {latency['compressed'][key]:.3f} "
                          f"| {latency['speedup'][key]:.1f}x |")
     if report.get("finetune_epochs"):
         lines += ["", f"The pruned model was fine-tuned (plain training of the kept weights) for "

@@ -37,7 +37,7 @@ class CompressConfig:
         search_val_size: validation examples used by the search (``None``: all).
         finetune_search: with fine-tuning enabled (see :mod:`bayescomp.pipeline`), choose among the greedy
             search's candidates the most compressed one whose *fine-tuned* validation error stays within
-            ``tolerance_pct`` of the dense model's (bisection along the candidates); the greedy path itself is
+            ``tolerance_pct`` of the unpruned posterior mean's (bisection along the candidates); the greedy path itself is
             then explored up to ``search_range_pct`` points above the unpruned posterior mean.
         search_range_pct: how far the greedy candidates may go when ``finetune_search`` is on.
     """
