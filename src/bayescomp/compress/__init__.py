@@ -129,7 +129,7 @@ def compress(model: nn.Module, val: TensorData | None, config: CompressConfig | 
         else:
             plan, thresholds = plan_from_thresholds(chain, config.thresholds)
         small = shrink(chain, plan)
-        variances = [v for v in kept_weight_variances(chain, plan)]
+        variances = kept_weight_variances(chain, plan)
     weights = [m.weight.detach() for m in prunable_modules(small)]
     precisions = layer_precisions(variances, weights, config.bits_reduce, config.min_bits)
     return CompressionResult(
@@ -140,8 +140,7 @@ def compress(model: nn.Module, val: TensorData | None, config: CompressConfig | 
         layer_names=[layer.name for layer in chain.layers],
         architecture_dense=full_architecture(chain),
         architecture_kept=plan.kept_architecture(chain),
-        weights_dense=sum(m.weight.numel() if hasattr(m, "weight") else m.weight_mu.numel()
-                          for m in (layer.module for layer in chain.layers)),
+        weights_dense=PruningPlan.keep_all(chain).weights_kept(chain),
         weights_kept=plan.weights_kept(chain),
         precisions=precisions,
         log_alpha=stats,

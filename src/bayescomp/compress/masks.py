@@ -33,6 +33,12 @@ class PruningPlan:
     in_keep: list[torch.Tensor]
     out_keep: list[torch.Tensor]
 
+    @classmethod
+    def keep_all(cls, chain: Chain) -> PruningPlan:
+        """The plan of the unpruned network."""
+        return cls([torch.ones(layer.in_size, dtype=torch.bool) for layer in chain.layers],
+                   [torch.ones(layer.out_size, dtype=torch.bool) for layer in chain.layers])
+
     def weights_kept(self, chain: Chain) -> int:
         total = 0
         for layer, keep_in, keep_out in zip(chain.layers, self.in_keep, self.out_keep):
@@ -80,8 +86,8 @@ def _interface_width(layer: ChainLayer, nxt: ChainLayer) -> int:
 
 def propagate(chain: Chain, group_keep: Sequence[torch.Tensor]) -> PruningPlan:
     """Turn per-layer group keep-masks into a consistent plan; raise :class:`PruneError` if a layer empties."""
-    in_keep = [torch.ones(layer.in_size, dtype=torch.bool) for layer in chain.layers]
-    out_keep = [torch.ones(layer.out_size, dtype=torch.bool) for layer in chain.layers]
+    full = PruningPlan.keep_all(chain)
+    in_keep, out_keep = full.in_keep, full.out_keep
     for i, (layer, keep) in enumerate(zip(chain.layers, group_keep)):
         target = in_keep if layer.kind == "linear" else out_keep
         if keep.shape != target[i].shape:

@@ -103,10 +103,7 @@ def greedy_threshold_search(
 def sweep_global_thresholds(chain: Chain, stats: list[torch.Tensor], evaluators: dict[str, Callable[[], float]],
                             grid: list[float]) -> list[dict[str, float]]:
     """Error against compression along one threshold shared by all layers (for the trade-off plot)."""
-    dense_weights = PruningPlan(
-        [torch.ones(layer.in_size, dtype=torch.bool) for layer in chain.layers],
-        [torch.ones(layer.out_size, dtype=torch.bool) for layer in chain.layers],
-    ).weights_kept(chain)
+    dense_weights = PruningPlan.keep_all(chain).weights_kept(chain)
     curve = []
     for threshold in grid:
         try:
