@@ -51,6 +51,14 @@ class BayesianLayer(nn.Module):
         """Marginal posterior variance of every weight (same shape as the weight), for bit precision."""
         raise NotImplementedError
 
+    def weight_keep_mask(self) -> torch.Tensor | None:
+        """Per-weight keep mask (bool, shaped like the weight) for priors that prune single weights (Sparse VD).
+
+        Group priors return ``None``: they prune whole groups only. Where a mask exists, the posterior-mean
+        weight already holds zeros at the pruned positions, and compression stores the layer sparsely.
+        """
+        return None
+
     def apply_constraints(self) -> None:
         """Called after each optimiser step (e.g. variance clipping). Default: nothing."""
 
