@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from torch import nn
@@ -79,3 +81,53 @@ def test_file_sizes(tmp_path):
     assert measure.file_size(path) == path.stat().st_size
     assert abs(size - measure.file_size(path)) < 1024  # same tensors; only the archive names differ
     assert size > 4 * measure.count_parameters(model)
+
+
+def test_csr_storage_bits_by_hand():
+    weight = torch.tensor([[0.0, 1.5, 0.0, -2.0],
+                           [0.0, 0.0, 0.0, 0.0],
+                           [3.0, -0.0, 4.0, 5.0]])  # 5 non-zeros (-0.0 is zero), 3 rows, 4 columns
+    values, columns, pointers = 5 * 32, 5 * 2, (3 + 1) * 3  # ceil(log2 4) = 2, ceil(log2 6) = 3
+    assert measure.csr_storage_bits(weight) == values + columns + pointers == 182
+    assert measure.csr_storage_bits(weight, value_bits=4) == 5 * 4 + 10 + 12
+    # one column and no non-zeros: indices still take at least 1 bit each
+    assert measure.csr_storage_bits(torch.tensor([[0.0], [2.0]])) == 32 + 1 + 3 * 1
+    assert measure.csr_storage_bits(torch.zeros(2, 7)) == 0 + 0 + 3 * 1
+    with pytest.raises(ValueError):
+        measure.csr_storage_bits(torch.ones(4))
+    with pytest.raises(ValueError):
+        measure.csr_storage_bits(weight, value_bits=0)
+
+
+def test_csr_storage_bits_conv_is_reshaped_per_output_channel():
+    generator = torch.Generator().manual_seed(0)
+    weight = torch.randn(6, 3, 5, 5, generator=generator)
+    weight[torch.rand(weight.shape, generator=generator) < 0.9] = 0
+    nnz = int((weight != 0).sum())
+    # 6 rows of 75 columns: ceil(log2 75) = 7 bits per column index
+    expected = nnz * 8 + nnz * 7 + 7 * max(1, math.ceil(math.log2(nnz + 1)))
+    assert measure.csr_storage_bits(weight, value_bits=8) == expected
+    assert measure.csr_storage_bits(weight, 8) == measure.csr_storage_bits(weight.reshape(6, 75), 8)
+
+
+def test_count_nonzero_weights_and_compression_csr():
+    model = small_model()
+    with torch.no_grad():
+        model[1].weight.zero_()
+        model[1].weight[0, 0, 0, 0] = 1.0
+        model[4].weight[:, :9] = 0  # 4 x 9 zeros of 72
+        model[4].bias.zero_()
+    assert measure.count_nonzero_weights(model) == 1 + 72 - 36  # biases excluded
+
+    dense = torch.randn(10, 10) + 10  # no zeros
+    rate = measure.compression_csr(100, [dense])
+    assert rate < 1  # 32 bits per value plus 4-bit column indices plus row pointers
+    assert rate == pytest.approx(3200 / (3200 + 100 * 4 + 11 * 7))
+    weights = [model[1].weight, model[4].weight]
+    expected = 32 * 90 / (measure.csr_storage_bits(weights[0], 5) + measure.csr_storage_bits(weights[1], 3))
+    assert measure.compression_csr(90, weights, [5, 3]) == pytest.approx(expected)
+    assert measure.compression_csr(90, weights, 4) > measure.compression_csr(90, weights, 32)
+    with pytest.raises(ValueError):
+        measure.compression_csr(90, weights, [5])
+    with pytest.raises(ValueError):
+        measure.compression_csr(90, [])

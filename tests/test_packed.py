@@ -3,7 +3,13 @@
 from __future__ import annotations
 
 import copy
+import json
+import math
 import os
+import struct
+import zlib
+from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pytest
@@ -11,7 +17,8 @@ import torch
 from torch import nn
 
 from bayescomp.compress.packed import (
-    PackedFormatError, QuantSpec, load_packed, pack_uint, packed_layer_bits, save_packed, unpack_uint,
+    PackedFormatError, QuantSpec, load_packed, pack_uint, packed_layer_bits, packed_layer_info, save_packed,
+    sparse_weight_bytes, unpack_uint,
 )
 from bayescomp.measure import state_dict_size_bytes
 from bayescomp.modules import InputSelect, Normalize
@@ -143,7 +150,8 @@ def test_file_size_matches_bit_accounting(tmp_path):
     assert bits == {1: 4, 3: 4, 5: 4}
     weight_bytes = sum(model[i].weight.numel() * bits[i] / 8 for i in bits)
     bias_bytes = sum(4 * model[i].bias.numel() for i in bits)
-    assert size <= weight_bytes + bias_bytes + 1024
+    header_slack = 1024 + 48 * len(bits)  # JSON header; version 2 adds "encoding" and "nnz" per weight
+    assert size <= weight_bytes + bias_bytes + header_slack
     assert size >= weight_bytes + bias_bytes
     assert state_dict_size_bytes(model) > 7 * size  # float32 would be 8x the 4-bit weights
 
@@ -238,3 +246,287 @@ def test_atomic_write_leaves_no_temp_files(tmp_path):
         save_packed(model, path, metadata={"bad": object()})
     assert os.listdir(path.parent) == ["model.bcpk"]  # failed save: old file intact, nothing left over
     load_packed(path)
+
+
+# --------------------------------------------------------------------------------------------- sparse weights
+
+
+def prune(model: nn.Sequential, keep: float, seed: int) -> nn.Sequential:
+    """Zero all but a fraction ``keep`` of every Linear/Conv2d weight by multiplying with a random 0/1 mask
+    (as pruning code does; negative weights become -0.0)."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for module in model:
+            if isinstance(module, (nn.Linear, nn.Conv2d)):
+                mask = (torch.rand(module.weight.shape, generator=generator) < keep).float()
+                module.weight.mul_(mask)
+    return model
+
+
+def sparse_model() -> nn.Sequential:
+    torch.manual_seed(3)
+    model = nn.Sequential(nn.Conv2d(3, 16, 3), nn.ReLU(), nn.Conv2d(16, 32, 3, bias=False), nn.ReLU(),
+                          nn.Flatten(), nn.Linear(32 * 4 * 4, 300), nn.ReLU(), nn.Linear(300, 10))
+    return prune(model, 0.01, seed=4).eval()
+
+
+def gap_bytes(positions: np.ndarray) -> int:
+    """Bytes of gap-coded positions, computed here independently: zeros skipped before each non-zero, at the
+    bit width of the largest gap."""
+    if positions.size == 0:
+        return 0
+    gaps = np.diff(np.concatenate([[-1], positions])) - 1
+    width = max(1, int(gaps.max()).bit_length())
+    return math.ceil(positions.size * width / 8)
+
+
+def expected_sizes(weight: torch.Tensor, step: float | None) -> dict[str, int]:
+    """Bytes of the three encodings of a weight, from the format description."""
+    if step is None:
+        flat = weight.detach().reshape(-1)
+        nonzero = flat != 0
+        dense, values = 4 * flat.numel(), 4 * int(nonzero.sum())
+    else:
+        flat = torch.floor(weight.detach().reshape(-1) / step + 0.5).long()
+        nonzero = flat != 0
+        dense = math.ceil(flat.numel() * max(1, int(flat.max() - flat.min()).bit_length()) / 8)
+        kept = flat[nonzero]
+        width = max(1, int(kept.max() - kept.min()).bit_length()) if kept.numel() else 1
+        values = math.ceil(kept.numel() * width / 8)
+    positions = torch.nonzero(nonzero).reshape(-1).numpy()
+    return {"dense": dense, "sparse_mask": math.ceil(flat.numel() / 8) + values,
+            "sparse_gaps": gap_bytes(positions) + values}
+
+
+@pytest.mark.parametrize("quantise", [False, True])
+def test_sparse_round_trip(tmp_path, quantise):
+    model = sparse_model()
+    quant = {i: QuantSpec(2**-7) for i in (0, 2, 5, 7)} if quantise else {}
+    reference = quantized(model, quant)
+    path = tmp_path / "sparse.bcpk"
+    save_packed(model, path, quant)
+    loaded, metadata = load_packed(path)
+    info = packed_layer_info(path)
+    assert set(info) == {0, 2, 5, 7}
+    for index in info:
+        assert info[index]["encoding"] != "dense"
+        assert info[index]["nnz"] == int(torch.count_nonzero(reference[index].weight))
+        assert metadata["_packed"]["encodings"][index] == info[index]["encoding"]
+        assert torch.equal(loaded[index].weight, reference[index].weight)
+        nonzero = reference[index].weight != 0
+        assert torch.equal(loaded[index].weight[nonzero].view(torch.int32),  # bit for bit
+                           reference[index].weight[nonzero].view(torch.int32))
+        assert torch.equal(loaded[index].weight[~nonzero].view(torch.int32),  # +0.0, also where -0.0 was
+                           torch.zeros(int((~nonzero).sum()), dtype=torch.int32))
+    assert metadata["_packed"]["version"] == 2
+    assert sorted(metadata["_packed"]["bits"]) == (sorted(quant) if quantise else [])
+    for ours, theirs in zip(loaded.state_dict().values(), reference.state_dict().values()):
+        assert torch.equal(ours, theirs)
+    x = torch.rand(4, 3, 8, 8)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), reference(x))
+
+
+def test_sparse_file_is_small(tmp_path):
+    step = 2**-7
+    generator = torch.Generator().manual_seed(5)
+    layer = nn.Linear(800, 500)
+    numel, nnz = layer.weight.numel(), layer.weight.numel() // 100
+    positions = torch.randperm(numel, generator=generator)[:nnz].sort().values
+    signs = 1 - 2 * torch.randint(0, 2, (nnz,), generator=generator)
+    codes = torch.randint(1, 128, (nnz,), generator=generator) * signs
+    codes[:2] = torch.tensor([-128, 127])  # codes -128..127 without 0: 8 bits each
+    with torch.no_grad():
+        layer.weight.zero_()
+        layer.weight.view(-1)[positions] = codes.float() * step
+    model = nn.Sequential(layer)
+    sparse_path, dense_path = tmp_path / "sparse.bcpk", tmp_path / "dense.bcpk"
+    size = save_packed(model, sparse_path, {0: QuantSpec(step)})
+    filled = copy.deepcopy(model)
+    with torch.no_grad():  # the same layer with every entry non-zero: stored dense at 8 bits
+        filled[0].weight.copy_(torch.where(layer.weight == 0, step, layer.weight))
+    dense_size = save_packed(filled, dense_path, {0: QuantSpec(step)})
+    assert packed_layer_info(dense_path)[0]["encoding"] == "dense"
+    assert dense_size >= numel  # 8 bits per weight
+    assert size < dense_size / 20
+
+    info = packed_layer_info(sparse_path)[0]
+    assert info["encoding"] == "sparse_gaps" and info["nnz"] == nnz and info["bits"] == 8
+    bound = gap_bytes(positions.numpy()) + nnz * 8 // 8
+    assert info["weight_bytes"] <= bound + 2
+    assert info["weight_bytes"] == sparse_weight_bytes(layer.weight, step)
+    # close to the information content: log2(numel choose nnz) bits for the positions + 8 bits per value
+    entropy_bytes = (math.lgamma(numel + 1) - math.lgamma(nnz + 1) - math.lgamma(numel - nnz + 1)) \
+        / math.log(2) / 8 + nnz
+    assert info["weight_bytes"] < 1.3 * entropy_bytes
+    assert size <= info["weight_bytes"] + 4 * 500 + 1024  # bias and header on top
+    loaded, _ = load_packed(sparse_path)
+    assert torch.equal(loaded[0].weight, layer.weight)
+
+
+def _weights_for_choice() -> dict[str, torch.Tensor]:
+    generator = torch.Generator().manual_seed(6)
+    base = torch.empty(120, 90).uniform_(-1, 1, generator=generator)
+    rand = torch.rand(base.shape, generator=generator)
+    return {
+        "dense": torch.where(rand < 0.01, 0.0, base),  # 1 % zeros (float32: a mask pays off from 1/32)
+        "half": torch.where(rand < 0.5, 0.0, base),  # 50 % zeros
+        "sparse": torch.where(rand < 0.995, 0.0, base),  # 0.5 % non-zeros
+        "zero": torch.zeros_like(base),
+    }
+
+
+@pytest.mark.parametrize("step", [None, 2**-3])
+def test_chosen_encoding_is_the_smallest(tmp_path, step):
+    expected_encoding = {"dense": "dense", "half": "sparse_mask", "sparse": "sparse_gaps",
+                         "zero": "sparse_gaps"}
+    for name, weight in _weights_for_choice().items():
+        layer = nn.Linear(90, 120, bias=False)
+        with torch.no_grad():
+            layer.weight.copy_(weight)
+        path = tmp_path / f"{name}.bcpk"
+        quant = {0: QuantSpec(step)} if step is not None else {}
+        save_packed(nn.Sequential(layer), path, quant)
+        info = packed_layer_info(path)[0]
+        sizes = expected_sizes(weight, step)
+        assert info["weight_bytes"] == min(sizes.values()) == sparse_weight_bytes(weight, step), name
+        assert info["encoding"] == expected_encoding[name], (name, sizes)
+        assert info["index_bytes"] + info["value_bytes"] == info["weight_bytes"]
+        loaded, _ = load_packed(path)
+        reference = quantized(nn.Sequential(layer), quant)[0].weight
+        assert torch.equal(loaded[0].weight, reference), name
+    assert packed_layer_info(tmp_path / "zero.bcpk")[0]["weight_bytes"] == 0
+
+
+def rewrite(path: Path, edit_header: Callable[[dict], None] | None = None,
+            edit_data: Callable[[dict, bytearray], None] | None = None, version: int | None = None) -> None:
+    """Change a packed file's header, data or version and write it back with a valid CRC (as a bug in another
+    writer, not disk corruption, would)."""
+    raw = path.read_bytes()
+    magic, old_version, header_len, data_len = struct.unpack_from("<4sHIQ", raw)
+    header = json.loads(raw[18:18 + header_len])
+    data = bytearray(raw[18 + header_len:18 + header_len + data_len])
+    if edit_header is not None:
+        edit_header(header)
+    if edit_data is not None:
+        edit_data(header, data)
+    new_header = json.dumps(header).encode()
+    body = struct.pack("<4sHIQ", magic, old_version if version is None else version, len(new_header),
+                       len(data)) + new_header + bytes(data)
+    path.write_bytes(body + struct.pack("<I", zlib.crc32(body)))
+
+
+def test_version_1_files_still_load(tmp_path):
+    model = conv_model()
+    quant = {1: QuantSpec(2**-3), 8: QuantSpec(2**-8)}  # layer 4 stays float32
+    path = tmp_path / "v1.bcpk"
+    save_packed(model, path, quant, metadata={"name": "old"})
+    current, _ = load_packed(path)
+    info = packed_layer_info(path)
+    assert {i["encoding"] for i in info.values()} == {"dense"}
+
+    def to_version_1(header: dict) -> None:  # version-1 weight entries had no encoding and no nnz
+        for spec in header["modules"]:
+            for entry in spec.get("blobs", {}).values():
+                entry.pop("encoding", None)
+                entry.pop("nnz", None)
+
+    rewrite(path, to_version_1, version=1)
+    assert b'"encoding"' not in path.read_bytes()
+    loaded, metadata = load_packed(path)
+    assert metadata["name"] == "old" and metadata["_packed"]["version"] == 1
+    assert metadata["_packed"]["encodings"] == {1: "dense", 4: "dense", 8: "dense"}
+    assert packed_layer_bits(path) == {1: info[1]["bits"], 8: info[8]["bits"]}
+    assert packed_layer_info(path) == info  # nnz counted from the weights
+    for ours, theirs in zip(loaded.state_dict().values(), current.state_dict().values()):
+        assert torch.equal(ours, theirs)
+
+    def sneak_sparse(header: dict) -> None:
+        header["modules"][8]["blobs"]["weight"]["encoding"] = "sparse_gaps"
+
+    rewrite(path, sneak_sparse)
+    with pytest.raises(PackedFormatError, match="version-1"):
+        load_packed(path)
+
+
+def _sparse_victim(tmp_path) -> tuple[Path, bytes]:
+    """A file with a gap-coded float32 layer (0) and a mask-coded quantised layer (1)."""
+    generator = torch.Generator().manual_seed(7)
+    gapped, masked = nn.Linear(100, 60, bias=False), nn.Linear(20, 10)
+    with torch.no_grad():
+        gapped.weight.zero_()
+        positions = torch.cat([torch.randperm(5999, generator=generator)[:29], torch.tensor([5999])])
+        gapped.weight.view(-1)[positions] = torch.rand(30, generator=generator) + 0.5  # last index non-zero
+        masked.weight.mul_((torch.rand(masked.weight.shape, generator=generator) < 0.5).float())
+    path = tmp_path / "victim.bcpk"
+    save_packed(nn.Sequential(gapped, masked), path, {1: QuantSpec(2**-6)})
+    encodings = {i: v["encoding"] for i, v in packed_layer_info(path).items()}
+    assert encodings == {0: "sparse_gaps", 1: "sparse_mask"}
+    return path, path.read_bytes()
+
+
+def _set(index: int, key: str, value) -> Callable[[dict], None]:
+    def edit(header: dict) -> None:
+        header["modules"][index]["blobs"]["weight"][key] = value
+    return edit
+
+
+def _shift_nnz(index: int, delta: int) -> Callable[[dict], None]:
+    def edit(header: dict) -> None:
+        header["modules"][index]["blobs"]["weight"]["nnz"] += delta
+    return edit
+
+
+def _max_gaps(header: dict, data: bytearray) -> None:
+    """Every gap at its largest value: positions then run past the end of the weight."""
+    entry = header["modules"][0]["blobs"]["weight"]
+    start = entry["offset"]
+    data[start:start + entry["index_length"]] = b"\xff" * entry["index_length"]
+
+
+def _flip_mask_bit(header: dict, data: bytearray) -> None:
+    entry = header["modules"][1]["blobs"]["weight"]
+    data[entry["offset"]] ^= 0x80  # one more or one fewer position than nnz says
+
+
+@pytest.mark.parametrize("edit_header, edit_data, message", [
+    (_set(0, "nnz", 6001), None, "out of range"),
+    (_set(0, "nnz", -1), None, "out of range"),
+    (_shift_nnz(0, 8), None, r"38 gaps at \d+ bits have"),
+    (_shift_nnz(1, -1), None, "mask marks"),
+    (_set(0, "index_length", 10**6), None, "index_length"),
+    (_set(0, "index_length", -3), None, "index_length"),
+    (_set(0, "gap_bits", 0), None, "gap width"),
+    (_set(0, "gap_bits", 65), None, "gap width"),
+    (_set(1, "bits", 0), None, "bit width"),
+    (_set(1, "offset_code", 2**70), None, "OverflowError"),
+    (_set(0, "encoding", "sparse_rle"), None, "unknown weight encoding"),
+    (_set(0, "shape", [600, 10]), None, "does not fit"),
+    (_set(0, "gap_bits", None), None, "malformed"),
+    (None, _max_gaps, "past the end"),
+    (None, _flip_mask_bit, "mask marks"),
+])
+def test_malformed_sparse_weight_is_detected(tmp_path, edit_header, edit_data, message):
+    path, _ = _sparse_victim(tmp_path)
+    rewrite(path, edit_header, edit_data)
+    with pytest.raises(PackedFormatError, match=message) as info:
+        load_packed(path)
+    assert str(path) in str(info.value)
+
+
+def test_dense_nnz_mismatch_and_bad_info_entry_are_detected(tmp_path):
+    path = tmp_path / "dense.bcpk"
+    for edit, call, message in [(_shift_nnz(5, 1), load_packed, "header says nnz"),
+                                (_set(2, "encoding", "zip"), packed_layer_info, "unknown weight encoding"),
+                                (_set(2, "shape", "oops"), packed_layer_info, "malformed")]:
+        save_packed(mlp_model(), path, {2: QuantSpec(2**-5)})
+        rewrite(path, edit)
+        with pytest.raises(PackedFormatError, match=message):
+            call(path)
+
+
+def test_sparse_weight_bytes_validates_step():
+    with pytest.raises(ValueError, match="positive"):
+        sparse_weight_bytes(torch.ones(3, 3), 0.0)
+    assert sparse_weight_bytes(torch.ones(3, 3), None) == 36
+    assert sparse_weight_bytes(torch.zeros(3, 3), 0.5) == 0

@@ -32,13 +32,20 @@ from bayescomp.train import TrainConfig, evaluate, fit, seed_everything
 #: Training defaults per model key (dense pre-training, Bayesian training); see the README for the reasoning.
 DEFAULT_SCHEDULES: dict[str, tuple[TrainConfig, TrainConfig]] = {
     "lenet300": (TrainConfig(epochs=10, lr=1e-3, lr_schedule="cosine"),
-                 TrainConfig(epochs=30, lr=3e-3, lr_schedule="cosine", kl_warmup_epochs=2,
-                             lr_scales={"z_log_sigma2": 10.0})),
+                 TrainConfig(epochs=30, lr=3e-3, lr_schedule="cosine", kl_warmup_epochs=2)),
     "lenet5": (TrainConfig(epochs=10, lr=1e-3, lr_schedule="cosine"),
-               TrainConfig(epochs=30, lr=3e-3, lr_schedule="cosine", kl_warmup_epochs=2,
-                           lr_scales={"z_log_sigma2": 10.0})),
+               TrainConfig(epochs=30, lr=3e-3, lr_schedule="cosine", kl_warmup_epochs=2)),
     "vgg16": (TrainConfig(epochs=60, lr=1e-3, lr_schedule="cosine", weight_decay=5e-4),
               TrainConfig(epochs=60, lr=1e-4, lr_schedule="cosine", kl_warmup_epochs=5)),
+}
+
+
+#: Learning-rate multipliers of the Bayesian phase per method (see ``TrainConfig.lr_scales``): the parameters that
+#: decide which groups survive (GNJ: the group noise; GHS: the log-normal scale factors, which live in log space
+#: and start far from where the prior pulls unneeded groups) move ten times faster than the weights.
+DEFAULT_LR_SCALES: dict[str, dict[str, float]] = {
+    "gnj": {"z_log_sigma2": 10.0},
+    "ghs": {"scale_group_mu": 10.0, "scale_group_log_sigma2": 10.0, "scale_global_mu": 10.0},
 }
 
 
@@ -72,7 +79,8 @@ class RunConfig:
         get_prior(self.method)  # raises with the known methods
         dense, bayes = DEFAULT_SCHEDULES.get(self.model, (TrainConfig(), TrainConfig()))
         self.dense = _as(TrainConfig, self.dense) or TrainConfig(**{**asdict(dense), "seed": self.seed})
-        self.bayes = _as(TrainConfig, self.bayes) or TrainConfig(**{**asdict(bayes), "seed": self.seed})
+        self.bayes = _as(TrainConfig, self.bayes) or TrainConfig(
+            **{**asdict(bayes), "seed": self.seed, "lr_scales": dict(DEFAULT_LR_SCALES.get(self.method, {}))})
         self.finetune = _as(TrainConfig, self.finetune) or TrainConfig(epochs=0, lr=1e-3, lr_schedule="cosine",
                                                                        seed=self.seed)
         self.compress = _as(CompressConfig, self.compress) or CompressConfig()

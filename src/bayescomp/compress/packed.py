@@ -1,8 +1,10 @@
 """A compact bit-packed file for compressed plain models, whose size on disk reflects the bit widths.
 
-A ``torch.save`` file stores every weight as float32, so quantising a layer to 4 bits would not make the file
-any smaller. This format stores each quantised Linear/Conv2d weight tensor as integer grid codes packed
-densely at the fewest bits that hold them, so the file size is (almost) the bit accounting of the papers.
+A ``torch.save`` file stores every weight as float32, so quantising a layer to 4 bits (or pruning 99 % of its
+single weights) would not make the file any smaller. This format stores each quantised Linear/Conv2d weight
+tensor as integer grid codes packed densely at the fewest bits that hold them, and stores a weight that is
+mostly zeros (unstructured sparsity, e.g. after Sparse Variational Dropout) as positions plus non-zero values,
+so the file size is (almost) the bit accounting of the papers.
 
 What is stored
 --------------
@@ -15,6 +17,32 @@ What is stored
 * Everything else (unquantised weights, all biases, BatchNorm affine parameters and running statistics) is raw
   little-endian float32; InputSelect indices are uint16 (uint32/int64 only when the input is that large).
 
+Weight encodings (format version 2)
+-----------------------------------
+Every Linear/Conv2d weight is written in whichever of three encodings gives the fewest bytes (ties go to the
+earlier one in this list); its header entry names it (``"encoding"``) and records ``nnz``, the number of
+non-zero entries. A quantised entry is "non-zero" when its code is not 0 (weights that round to 0 are zeros
+of the quantised model); an unquantised one when its float32 value is not 0 (``-0.0`` counts as zero and is
+loaded as ``+0.0``; NaN counts as non-zero).
+
+* ``"dense"``: every entry, as described above (``ceil(numel * b / 8)`` or ``4 * numel`` bytes).
+* ``"sparse_mask"``: a bitmask of ``numel`` bits (entry ``i`` of the row-major flattened weight is non-zero
+  iff bit ``i`` is set; ``np.packbits`` order, ``ceil(numel / 8)`` bytes), then the values.
+* ``"sparse_gaps"``: for the sorted flat indices ``p_0 < p_1 < ...`` of the non-zeros, the gaps
+  ``g_k = p_k - p_{k-1} - 1`` (with ``p_{-1} = -1``: the zeros skipped before each non-zero) packed at the
+  fixed width ``gap_bits = max(1, bit_length(max g))`` (``ceil(nnz * gap_bits / 8)`` bytes), then the values.
+
+The values of a sparse encoding are the non-zero entries in index order: for a quantised layer their codes
+shifted by the minimum *non-zero* code (``offset_code``) and packed at ``bits = max(1, bit_length(range))``,
+for an unquantised one raw float32. The positions and the values are each padded to a whole byte and stored
+back to back in one blob; ``index_length`` in the header is the byte length of the positions part. Loading
+rebuilds exactly the tensor the dense encoding would give: the decoded values at their positions, ``+0.0``
+elsewhere. :func:`sparse_weight_bytes` gives a weight's blob size without writing a file, and
+:func:`packed_layer_info` reports the encoding and sizes of every layer of a file.
+
+Version-1 files (written before sparse encodings existed; their weight entries carry no ``"encoding"`` and
+are all dense) are still read.
+
 File layout (all integers little-endian)::
 
     b"BCPK" | version u16 | header_len u32 | data_len u64 | header (UTF-8 JSON, header_len bytes)
@@ -22,8 +50,8 @@ File layout (all integers little-endian)::
 
 The JSON header holds one spec per module (type, constructor arguments, and for every blob its byte offset and
 length inside the data section) plus the user's ``metadata``. Bit widths come back from :func:`load_packed`
-under the reserved metadata key ``"_packed"`` (``{"version", "bits", "steps"}``, keyed by module index) and
-from :func:`packed_layer_bits`.
+under the reserved metadata key ``"_packed"`` (``{"version", "bits", "steps", "encodings"}``, keyed by module
+index) and from :func:`packed_layer_bits`.
 """
 
 from __future__ import annotations
@@ -45,8 +73,10 @@ from torch import nn
 from bayescomp.modules import InputSelect, Normalize
 
 MAGIC = b"BCPK"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)  # version 1: dense weights only
 RESERVED_KEY = "_packed"
+ENCODINGS = ("dense", "sparse_mask", "sparse_gaps")  # in order of preference when sizes tie
 _PREAMBLE = struct.Struct("<4sHIQ")  # magic, version, header_len, data_len
 _CRC = struct.Struct("<I")
 _CHUNK = 1 << 20  # weights packed per numpy call (a multiple of 8, so chunks end on byte boundaries)
@@ -133,6 +163,130 @@ def quantize_codes(weight: torch.Tensor, step: float) -> np.ndarray:
 def dequantize_codes(codes: np.ndarray, step: float) -> np.ndarray:
     """``float32(code) * float32(step)`` (the loaded weight values)."""
     return codes.astype(np.float32) * np.float32(step)
+
+
+# ------------------------------------------------------------------------------------------- weight encodings
+
+
+def _packed_bytes(count: int, bits: int) -> int:
+    """Bytes of ``count`` values packed at ``bits`` bits each (padded to a whole byte)."""
+    return (count * bits + 7) // 8
+
+
+@dataclass
+class _WeightPlan:
+    """A Linear/Conv2d weight ready to write: its entries, non-zero positions and every encoding's size.
+
+    Kept apart from the writing so that :func:`sparse_weight_bytes` gives the exact blob size without packing.
+    """
+
+    shape: list[int]
+    step: float | None  # float32 grid step, or None for raw float32 values
+    flat: np.ndarray  # int64 codes (quantised) or float32 values, row-major
+    positions: np.ndarray  # sorted flat indices of the non-zero entries
+    dense_bits: int  # bits per code of the dense encoding (32 for float32)
+    dense_low: int  # min code of the dense encoding
+    value_bits: int  # bits per non-zero value of the sparse encodings (32 for float32)
+    value_low: int  # min non-zero code
+    gap_bits: int
+    sizes: dict[str, int]  # encoding -> bytes of the weight blob
+    encoding: str
+
+    @property
+    def nnz(self) -> int:
+        return int(self.positions.size)
+
+    def gaps(self) -> np.ndarray:
+        """Zeros skipped before each non-zero entry: ``p_k - p_{k-1} - 1`` with ``p_{-1} = -1``."""
+        return np.diff(self.positions, prepend=-1) - 1
+
+
+def _plan_weight(weight: torch.Tensor, step: float | None) -> _WeightPlan:
+    """Codes/values, non-zero positions and the byte size of each encoding; picks the smallest encoding.
+
+    Raises:
+        ValueError: the weight cannot be quantised at ``step`` (NaN/inf, or more than ``_MAX_BITS`` bits).
+    """
+    shape = list(weight.shape)
+    if step is None:
+        flat = weight.detach().to(torch.float32).cpu().reshape(-1).numpy()
+        positions = np.flatnonzero(flat != 0)  # -0.0 is a zero (pruning by multiplication leaves -0.0)
+        dense_bits = value_bits = 32
+        dense_low = value_low = 0
+        value_bytes = 4 * positions.size
+        dense_bytes = 4 * flat.size
+    else:
+        step = float(np.float32(step))
+        flat = quantize_codes(weight, step)
+        dense_low = int(flat.min()) if flat.size else 0
+        dense_bits = bits_needed(int(flat.max()) - dense_low) if flat.size else 1
+        if dense_bits > _MAX_BITS:
+            raise ValueError(f"step {step} needs {dense_bits} bits per weight (more than {_MAX_BITS}); "
+                             "use a coarser step")
+        positions = np.flatnonzero(flat)
+        values = flat[positions]
+        value_low = int(values.min()) if values.size else 0
+        value_bits = bits_needed(int(values.max()) - value_low) if values.size else 1
+        value_bytes = _packed_bytes(positions.size, value_bits)
+        dense_bytes = _packed_bytes(flat.size, dense_bits)
+    positions = positions.astype(np.int64, copy=False)
+    nnz = positions.size
+    gap_bits = bits_needed(int((np.diff(positions, prepend=-1) - 1).max())) if nnz else 1
+    sizes = {
+        "dense": dense_bytes,
+        "sparse_mask": _packed_bytes(flat.size, 1) + value_bytes,
+        "sparse_gaps": _packed_bytes(nnz, gap_bits) + value_bytes,
+    }
+    encoding = min(ENCODINGS, key=sizes.__getitem__)  # min keeps the first of equal sizes
+    return _WeightPlan(shape, step, flat, positions, dense_bits, dense_low, value_bits, value_low, gap_bits,
+                       sizes, encoding)
+
+
+def _encode_weight(plan: _WeightPlan) -> tuple[bytes, dict[str, Any]]:
+    """The blob and header fields (without offset/length) of a weight in its chosen encoding.
+
+    Dense entries keep exactly the version-1 fields (plus ``encoding`` and ``nnz``), so the two versions
+    differ only where sparsity is used.
+    """
+    info: dict[str, Any] = {"dtype": "packed" if plan.step is not None else "float32", "shape": plan.shape}
+    if plan.encoding == "dense":
+        if plan.step is None:
+            data = plan.flat.astype("<f4", copy=False).tobytes()
+        else:
+            data = pack_uint(plan.flat - plan.dense_low, plan.dense_bits)
+            info.update(bits=plan.dense_bits, offset_code=plan.dense_low, step=plan.step)
+        info.update(encoding="dense", nnz=plan.nnz)
+        return data, info
+    values = plan.flat[plan.positions]
+    if plan.step is None:
+        value_data = values.astype("<f4", copy=False).tobytes()
+    else:
+        value_data = pack_uint(values - plan.value_low, plan.value_bits)
+        info.update(bits=plan.value_bits, offset_code=plan.value_low, step=plan.step)
+    if plan.encoding == "sparse_mask":
+        mask = np.zeros(plan.flat.size, dtype=bool)
+        mask[plan.positions] = True
+        index_data = np.packbits(mask).tobytes()
+    else:
+        index_data = pack_uint(plan.gaps(), plan.gap_bits)
+        info["gap_bits"] = plan.gap_bits
+    info.update(encoding=plan.encoding, nnz=plan.nnz, index_length=len(index_data))
+    data = index_data + value_data
+    assert len(data) == plan.sizes[plan.encoding], (plan.encoding, len(data), plan.sizes)
+    return data, info
+
+
+def sparse_weight_bytes(weight: torch.Tensor, step: float | None) -> int:
+    """Bytes the weight's blob takes in a packed file, in the encoding :func:`save_packed` would choose.
+
+    ``step`` is the quantisation step (as in :class:`QuantSpec`), or ``None`` for a float32 weight. The
+    header entry (a few dozen bytes of JSON) is not included. Reports use this to state the file cost of a
+    sparse layer without writing a file.
+    """
+    if step is not None:
+        step = QuantSpec(step).step
+    plan = _plan_weight(weight, step)
+    return plan.sizes[plan.encoding]
 
 
 # ----------------------------------------------------------------------------------------------- module specs
@@ -224,23 +378,12 @@ def _spec_of(index: int, module: nn.Module, quant: QuantSpec | None, blobs: _Blo
                             "groups": module.groups, "bias": module.bias is not None,
                             "padding_mode": module.padding_mode}
         spec["blobs"] = {}
-        if quant is None:
-            spec["blobs"]["weight"] = blobs.add_float32(module.weight)
-        else:
-            try:
-                codes = quantize_codes(module.weight, quant.step)
-            except ValueError as error:
-                raise ValueError(f"module {index} ({kind.__name__}): {error}") from error
-            low = int(codes.min()) if codes.size else 0
-            high = int(codes.max()) if codes.size else 0
-            bits = bits_needed(high - low)
-            if bits > _MAX_BITS:
-                raise ValueError(f"module {index} ({kind.__name__}): step {quant.step} needs {bits} bits per "
-                                 f"weight (more than {_MAX_BITS}); use a coarser step")
-            data = pack_uint(codes - low, bits)
-            spec["blobs"]["weight"] = blobs.add(data, dtype="packed", shape=list(module.weight.shape),
-                                                bits=bits, offset_code=low,
-                                                step=float(np.float32(quant.step)))
+        try:
+            plan = _plan_weight(module.weight, None if quant is None else quant.step)
+        except ValueError as error:
+            raise ValueError(f"module {index} ({kind.__name__}): {error}") from error
+        data, info = _encode_weight(plan)
+        spec["blobs"]["weight"] = blobs.add(data, **info)
         if module.bias is not None:
             spec["blobs"]["bias"] = blobs.add_float32(module.bias)
     else:  # pragma: no cover - guarded by the caller
@@ -338,8 +481,8 @@ def save_packed(model: nn.Sequential, path: PathLike, quant: dict[int, QuantSpec
 # ----------------------------------------------------------------------------------------------- loading
 
 
-def _read_checked(path: Path) -> tuple[dict[str, Any], memoryview]:
-    """Validate magic, version, lengths and CRC; return the parsed header and the data section."""
+def _read_checked(path: Path) -> tuple[dict[str, Any], memoryview, int]:
+    """Validate magic, version, lengths and CRC; return the parsed header, data section and version."""
     try:
         raw = path.read_bytes()
     except OSError as error:
@@ -351,9 +494,9 @@ def _read_checked(path: Path) -> tuple[dict[str, Any], memoryview]:
         raise PackedFormatError(f"{path}: truncated packed file ({len(raw)} bytes, shorter than the "
                                 f"{_PREAMBLE.size + _CRC.size}-byte minimum)")
     _, version, header_len, data_len = _PREAMBLE.unpack_from(raw)
-    if version != FORMAT_VERSION:
-        raise PackedFormatError(f"{path}: unsupported packed format version {version} "
-                                f"(this bayescomp reads version {FORMAT_VERSION})")
+    if version not in READABLE_VERSIONS:
+        raise PackedFormatError(f"{path}: unsupported packed format version {version} (this bayescomp reads "
+                                f"versions {', '.join(map(str, READABLE_VERSIONS))})")
     expected = _PREAMBLE.size + header_len + data_len + _CRC.size
     if len(raw) < expected:
         raise PackedFormatError(f"{path}: truncated or corrupted packed file (header declares {expected} "
@@ -373,7 +516,7 @@ def _read_checked(path: Path) -> tuple[dict[str, Any], memoryview]:
     if not isinstance(header, dict) or not isinstance(header.get("modules"), list):
         raise PackedFormatError(f"{path}: malformed header (no module list)")
     start = _PREAMBLE.size + header_len
-    return header, memoryview(raw)[start:start + data_len]
+    return header, memoryview(raw)[start:start + data_len], version
 
 
 def _blob(data: memoryview, entry: dict[str, Any], fail: Callable[[str], PackedFormatError]) -> memoryview:
@@ -393,22 +536,99 @@ def _float32_tensor(data: memoryview, entry: dict[str, Any],
     return torch.from_numpy(np.frombuffer(blob, dtype="<f4").astype(np.float32)).reshape(shape)
 
 
-def _weight_tensor(data: memoryview, entry: dict[str, Any],
-                   fail: Callable[[str], PackedFormatError]) -> torch.Tensor:
-    if entry.get("dtype") != "packed":
-        return _float32_tensor(data, entry, fail)
-    shape = [int(s) for s in entry["shape"]]
-    count, bits = math.prod(shape), int(entry["bits"])
+def _weight_encoding(entry: dict[str, Any], version: int, fail: Callable[[str], PackedFormatError]) -> str:
+    """The encoding of a weight entry, checked against the file version."""
+    encoding = entry.get("encoding", "dense")
+    if encoding not in ENCODINGS:
+        raise fail(f"unknown weight encoding {encoding!r} (known: {', '.join(ENCODINGS)})")
+    if version < 2 and encoding != "dense":
+        raise fail(f"weight encoding {encoding!r} in a version-{version} file (which holds only dense "
+                   "weights)")
+    if entry.get("dtype") not in ("packed", "float32"):
+        raise fail(f"unknown weight dtype {entry.get('dtype')!r}")
+    return encoding
+
+
+def _value_bits(entry: dict[str, Any], fail: Callable[[str], PackedFormatError]) -> int:
+    """Bits per stored value of a weight entry (32 for float32), validated."""
+    if entry["dtype"] != "packed":
+        return 32
+    bits = int(entry["bits"])
     if not 1 <= bits <= _MAX_BITS:
         raise fail(f"invalid bit width {bits}")
-    blob = _blob(data, entry, fail)
-    if len(blob) != (count * bits + 7) // 8:
-        raise fail(f"packed blob has {len(blob)} bytes, expected {(count * bits + 7) // 8}")
+    return bits
+
+
+def _decode_values(blob: memoryview, count: int, entry: dict[str, Any],
+                   fail: Callable[[str], PackedFormatError], what: str) -> np.ndarray:
+    """``count`` float32 values from a packed-code or float32 blob that must have exactly the right length."""
+    bits = _value_bits(entry, fail)
+    expected = _packed_bytes(count, bits) if entry["dtype"] == "packed" else 4 * count
+    if len(blob) != expected:
+        raise fail(f"{what} of {count} values at {bits} bits has {len(blob)} bytes, expected {expected}")
+    if entry["dtype"] != "packed":
+        return np.frombuffer(blob, dtype="<f4").astype(np.float32)
     codes = unpack_uint(bytes(blob), count, bits).astype(np.int64) + int(entry["offset_code"])
-    return torch.from_numpy(dequantize_codes(codes, float(entry["step"]))).reshape(shape)
+    return dequantize_codes(codes, float(entry["step"]))
 
 
-def _build(spec: dict[str, Any], data: memoryview, fail: Callable[[str], PackedFormatError]) -> nn.Module:
+def _sparse_positions(index_blob: memoryview, count: int, nnz: int, encoding: str, entry: dict[str, Any],
+                      fail: Callable[[str], PackedFormatError]) -> np.ndarray:
+    """Sorted flat indices of the non-zeros from a mask or gap blob; rejects anything inconsistent."""
+    if encoding == "sparse_mask":
+        if len(index_blob) != _packed_bytes(count, 1):
+            raise fail(f"mask of {count} bits has {len(index_blob)} bytes, expected "
+                       f"{_packed_bytes(count, 1)}")
+        mask = np.unpackbits(np.frombuffer(index_blob, dtype=np.uint8), count=count)
+        positions = np.flatnonzero(mask)
+        if positions.size != nnz:
+            raise fail(f"mask marks {positions.size} non-zero entries, header says nnz = {nnz}")
+        return positions.astype(np.int64, copy=False)
+    gap_bits = int(entry["gap_bits"])
+    if not 1 <= gap_bits <= 64:
+        raise fail(f"invalid gap width {gap_bits}")
+    if len(index_blob) != _packed_bytes(nnz, gap_bits):
+        raise fail(f"{nnz} gaps at {gap_bits} bits have {len(index_blob)} bytes, expected "
+                   f"{_packed_bytes(nnz, gap_bits)}")
+    gaps = unpack_uint(bytes(index_blob), nnz, gap_bits)
+    # every gap <= count - 1 and (in float, overflow-free) their sum small enough before the exact int64 sum
+    if nnz and (int(gaps.max()) > count - 1 or float(gaps.sum(dtype=np.float64)) + nnz > count + 1.0):
+        raise fail(f"gaps run past the end of the {count}-entry weight")
+    positions = np.cumsum(gaps.astype(np.int64) + 1) - 1
+    if nnz and int(positions[-1]) >= count:
+        raise fail(f"gaps run past the end of the {count}-entry weight (last index {int(positions[-1])})")
+    return positions
+
+
+def _weight_tensor(data: memoryview, entry: dict[str, Any], fail: Callable[[str], PackedFormatError],
+                   version: int, expected_shape: list[int]) -> torch.Tensor:
+    """Decode a Linear/Conv2d weight in any encoding to the same float32 tensor the dense encoding gives."""
+    encoding = _weight_encoding(entry, version, fail)
+    shape = [int(s) for s in entry["shape"]]
+    if shape != expected_shape:  # checked before decoding, so a bad header cannot make us allocate wildly
+        raise fail(f"weight of shape {shape} does not fit the module (expects {expected_shape})")
+    count = math.prod(shape)
+    blob = _blob(data, entry, fail)
+    if encoding == "dense":
+        flat = _decode_values(blob, count, entry, fail, "dense weight blob")
+        if "nnz" in entry and int(entry["nnz"]) != int(np.count_nonzero(flat)):
+            raise fail(f"dense weight has {int(np.count_nonzero(flat))} non-zero entries, header says "
+                       f"nnz = {int(entry['nnz'])}")
+        return torch.from_numpy(flat).reshape(shape)
+    nnz, index_length = int(entry["nnz"]), int(entry["index_length"])
+    if not 0 <= nnz <= count:
+        raise fail(f"nnz = {nnz} is out of range for a weight of {count} entries")
+    if not 0 <= index_length <= len(blob):
+        raise fail(f"index_length = {index_length} is out of range for a {len(blob)}-byte weight blob")
+    positions = _sparse_positions(blob[:index_length], count, nnz, encoding, entry, fail)
+    values = _decode_values(blob[index_length:], nnz, entry, fail, "sparse value blob")
+    flat = np.zeros(count, dtype=np.float32)
+    flat[positions] = values
+    return torch.from_numpy(flat).reshape(shape)
+
+
+def _build(spec: dict[str, Any], data: memoryview, fail: Callable[[str], PackedFormatError],
+           version: int) -> nn.Module:
     name = spec.get("type")
     kind = SUPPORTED_TYPES.get(name)
     if kind is None:
@@ -425,7 +645,8 @@ def _build(spec: dict[str, Any], data: memoryview, fail: Callable[[str], PackedF
         indices = np.frombuffer(_blob(data, entry, fail), dtype=dtype).astype(np.int64)
         return InputSelect(torch.from_numpy(indices), args["in_features"])
     module = kind(**args)
-    tensors = {key: (_weight_tensor(data, entry, fail) if key == "weight" and kind in (nn.Linear, nn.Conv2d)
+    tensors = {key: (_weight_tensor(data, entry, fail, version, list(module.weight.shape))
+                     if key == "weight" and kind in (nn.Linear, nn.Conv2d)
                      else _float32_tensor(data, entry, fail)) for key, entry in blobs.items()}
     with torch.no_grad():
         for key, tensor in tensors.items():
@@ -438,47 +659,62 @@ def _build(spec: dict[str, Any], data: memoryview, fail: Callable[[str], PackedF
     return module
 
 
+_DECODE_ERRORS = (KeyError, TypeError, ValueError, RuntimeError, IndexError, OverflowError)
+
+
+def _module_fail(path: Path, index: int, spec: Any) -> Callable[[str], PackedFormatError]:
+    """An error factory whose messages name the file and the module."""
+    def fail(message: str) -> PackedFormatError:
+        name = spec.get("type") if isinstance(spec, dict) else spec
+        return PackedFormatError(f"{path}: module {index} ({name}): {message}")
+    return fail
+
+
 def load_packed(path: PathLike) -> tuple[nn.Sequential, dict]:
-    """Read a packed file; returns the model (in eval mode) and its metadata.
+    """Read a packed file (format version 1 or 2); returns the model (in eval mode) and its metadata.
 
     The metadata is the dict given to :func:`save_packed` plus the reserved key ``"_packed"``:
-    ``{"version": int, "bits": {module index: bit width}, "steps": {module index: step}}`` for the quantised
-    layers.
+    ``{"version": int (of the file), "bits": {module index: bits per stored value}, "steps": {module index:
+    step}}`` for the quantised layers, and ``"encodings": {module index: encoding}`` for every Linear/Conv2d.
 
     Raises:
-        PackedFormatError: the file is not a packed file, has another version, is truncated or corrupted, or
-            names a module type this version does not know. The message names the file.
+        PackedFormatError: the file is not a packed file, has another version, is truncated, corrupted or
+            malformed (including inconsistent sparse weights), or names a module type this version does not
+            know. The message names the file.
     """
     path = Path(path)
-    header, data = _read_checked(path)
+    header, data, version = _read_checked(path)
     modules: list[nn.Module] = []
     bits: dict[int, int] = {}
     steps: dict[int, float] = {}
+    encodings: dict[int, str] = {}
     for index, spec in enumerate(header["modules"]):
-        def fail(message: str, index: int = index, spec: Any = spec) -> PackedFormatError:
-            name = spec.get("type") if isinstance(spec, dict) else spec
-            return PackedFormatError(f"{path}: module {index} ({name}): {message}")
-
+        fail = _module_fail(path, index, spec)
         if not isinstance(spec, dict):
             raise fail("malformed module spec")
         try:
-            modules.append(_build(spec, data, fail))
+            modules.append(_build(spec, data, fail, version))
         except PackedFormatError:
             raise
-        except (KeyError, TypeError, ValueError, RuntimeError) as error:
+        except _DECODE_ERRORS as error:
             raise fail(f"malformed module spec ({type(error).__name__}: {error})") from error
         weight = spec.get("blobs", {}).get("weight", {})
         if weight.get("dtype") == "packed":
             bits[index], steps[index] = int(weight["bits"]), float(weight["step"])
+        if spec["type"] in ("Linear", "Conv2d") and weight:
+            encodings[index] = weight.get("encoding", "dense")
     metadata = dict(header.get("metadata") or {})
-    metadata[RESERVED_KEY] = {"version": FORMAT_VERSION, "bits": bits, "steps": steps}
+    metadata[RESERVED_KEY] = {"version": version, "bits": bits, "steps": steps, "encodings": encodings}
     return nn.Sequential(*modules).eval(), metadata
 
 
 def packed_layer_bits(path: PathLike) -> dict[int, int]:
-    """Bit width per quantised layer (module index -> bits) of a packed file, without building the model."""
+    """Bits per stored value of each quantised layer (module index -> bits), without building the model.
+
+    For a sparse encoding these are the bits of the non-zero codes (shifted by their minimum).
+    """
     path = Path(path)
-    header, _ = _read_checked(path)
+    header, _, _ = _read_checked(path)
     out: dict[int, int] = {}
     for index, spec in enumerate(header["modules"]):
         weight = spec.get("blobs", {}).get("weight", {}) if isinstance(spec, dict) else {}
@@ -487,7 +723,63 @@ def packed_layer_bits(path: PathLike) -> dict[int, int]:
     return out
 
 
+def _layer_info(entry: dict[str, Any], data: memoryview, fail: Callable[[str], PackedFormatError],
+                version: int) -> dict[str, Any]:
+    """What :func:`packed_layer_info` reports for one weight entry."""
+    encoding = _weight_encoding(entry, version, fail)
+    shape = [int(s) for s in entry["shape"]]
+    length = int(entry["length"])
+    index_bytes = int(entry["index_length"]) if encoding != "dense" else 0
+    if "nnz" in entry:
+        nnz = int(entry["nnz"])
+    else:  # version 1 did not record it: count from the decoded weight
+        nnz = int(torch.count_nonzero(_weight_tensor(data, entry, fail, version, shape)))
+    quantized = entry["dtype"] == "packed"
+    return {
+        "encoding": encoding,
+        "quantized": quantized,
+        "bits": _value_bits(entry, fail),
+        "step": float(entry["step"]) if quantized else None,
+        "shape": shape,
+        "numel": math.prod(shape),
+        "nnz": nnz,
+        "weight_bytes": length,
+        "index_bytes": index_bytes,
+        "value_bytes": length - index_bytes,
+        "gap_bits": int(entry["gap_bits"]) if encoding == "sparse_gaps" else None,
+    }
+
+
+def packed_layer_info(path: PathLike) -> dict[int, dict[str, Any]]:
+    """How each Linear/Conv2d weight of a packed file is stored, without building the model (module index ->).
+
+    Per layer: ``encoding`` (``"dense"``, ``"sparse_mask"`` or ``"sparse_gaps"``), ``quantized``, ``bits``
+    (bits per stored value: the packed code width, or 32 for float32), ``step`` (``None`` if not quantised),
+    ``shape``, ``numel``, ``nnz`` (non-zero entries, as defined in the module docstring), ``weight_bytes``
+    (the whole weight blob), ``index_bytes`` (its mask/gap part, 0 when dense), ``value_bytes`` and
+    ``gap_bits`` (``None`` unless gap-coded). Biases are not included.
+
+    Raises:
+        PackedFormatError: as :func:`load_packed` for an unreadable file or a malformed weight entry.
+    """
+    path = Path(path)
+    header, data, version = _read_checked(path)
+    out: dict[int, dict[str, Any]] = {}
+    for index, spec in enumerate(header["modules"]):
+        if not isinstance(spec, dict) or spec.get("type") not in ("Linear", "Conv2d"):
+            continue
+        fail = _module_fail(path, index, spec)
+        try:
+            out[index] = _layer_info(spec["blobs"]["weight"], data, fail, version)
+        except PackedFormatError:
+            raise
+        except _DECODE_ERRORS as error:
+            raise fail(f"malformed weight entry ({type(error).__name__}: {error})") from error
+    return out
+
+
 __all__ = [
-    "FORMAT_VERSION", "MAGIC", "PackedFormatError", "QuantSpec", "SUPPORTED_TYPES", "load_packed",
-    "packed_layer_bits", "save_packed",
+    "ENCODINGS", "FORMAT_VERSION", "MAGIC", "PackedFormatError", "QuantSpec", "READABLE_VERSIONS",
+    "SUPPORTED_TYPES", "load_packed", "packed_layer_bits", "packed_layer_info", "save_packed",
+    "sparse_weight_bytes",
 ]

@@ -1,0 +1,247 @@
+"""Sparse VD: Sparse Variational Dropout (Molchanov, Ashukha, Vetrov, ICML 2017).
+
+Prior: every weight has its own improper log-uniform prior p(|w_ij|) ∝ 1/|w_ij|, so the method prunes single
+weights (unstructured sparsity), not neurons or filters.
+Posterior: q(w_ij) = N(theta_ij, alpha_ij theta_ij²), a Gaussian dropout posterior with one dropout rate per weight.
+Additive reparameterisation (paper Sec. 4.3): the posterior is parametrised by (theta_ij, sigma_ij²) and sampled as
+w = theta + sigma * eps, with log alpha_ij = log sigma_ij² − log theta_ij² derived from the two. With the
+multiplicative form w = theta (1 + sqrt(alpha) eps) the gradient with respect to theta carries the noise and has
+huge variance for large alpha; with sigma² as the free parameter, dw/dtheta = 1 and that noise is gone.
+
+KL: KL(q || p) has no closed form; we use the paper's approximation (Eq. 14) with the constant C = −k1, so that the
+KL is >= 0 and vanishes as alpha -> inf (shared with BC-GNJ, :func:`kl_log_uniform_approx`). As in the authors'
+code, log alpha is clipped to [-8, 8] before it enters the KL and the pruning decision.
+
+Pruning: a weight whose log alpha reaches the threshold (3, i.e. dropout rate alpha/(1+alpha) > 0.95) carries
+essentially only noise; it is set to zero in the test-time network (paper Sec. 4.4). The mask is per weight, so
+the savings come from sparse storage; :meth:`group_log_alpha` additionally lets the shared structured pruning remove
+whole input neurons (Linear) or filters (Conv2d) whose weights are all pruned.
+
+Training uses the local reparameterisation trick (paper Sec. 2.2): pre-activations are sampled from their Gaussian
+marginal, costing two matrix products (mean, variance) per mini-batch. Biases are plain deterministic parameters
+without prior or KL, as in the authors' code.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from bayescomp.priors.base import BayesianLayer, PriorSpec, register_prior
+from bayescomp.priors.group_nj import kl_log_uniform_approx
+
+_EPS = 1e-8
+
+
+@dataclass
+class SparseVDConfig:
+    """Options of Sparse VD, saved with every run.
+
+    Args:
+        threshold: a weight is pruned when its (clipped) log alpha >= threshold. The paper (Sec. 4.4) and the
+            authors' code (``thresh=3``) use 3, i.e. a dropout rate above 0.95.
+        init_log_sigma2: initial log sigma² of every weight (plus 0.01 N(0, 1) jitter); the authors' layers use
+            ``ard_init=-10``, a near-deterministic start from the pretrained weights.
+        log_alpha_clip: bounds on log alpha in the KL and in the pruning statistic; the authors' layers clip to
+            [-8, 8] (``clip(mtx, to=8)``) to keep the KL approximation and its gradient in its fitted range.
+        train_clip: zero the weights with log alpha >= threshold in the training forward pass as well (the
+            authors' ``train_clip`` option), so training sees the network that will be deployed. We zero the mean
+            and the variance of those weights, as the authors' conv layer does (their dense layer zeroes the mean
+            only).
+        name: registry key of the prior.
+    """
+
+    threshold: float = 3.0
+    init_log_sigma2: float = -10.0
+    log_alpha_clip: tuple[float, float] = (-8.0, 8.0)
+    train_clip: bool = True
+    name: str = "svd"
+
+    def __post_init__(self) -> None:
+        low, high = (float(v) for v in self.log_alpha_clip)  # configs read back from JSON give a list
+        if not low < high:
+            raise ValueError(f"log_alpha_clip must be (low, high) with low < high, got {self.log_alpha_clip}")
+        self.log_alpha_clip = (low, high)
+
+
+class _SparseVDMixin(BayesianLayer):
+    """Parameters and posterior statistics shared by the linear and the conv layer."""
+
+    def _init_posterior(self, weight: torch.Tensor, bias: torch.Tensor | None, cfg: SparseVDConfig) -> None:
+        self.config = cfg
+        self.weight_mu = nn.Parameter(weight.detach().clone())
+        self.weight_log_sigma2 = nn.Parameter(
+            torch.full_like(self.weight_mu, cfg.init_log_sigma2) + 0.01 * torch.randn_like(self.weight_mu))
+        if bias is not None:
+            self.bias_mu = nn.Parameter(bias.detach().clone())
+        else:
+            self.register_parameter("bias_mu", None)
+
+    def weight_log_alpha(self) -> torch.Tensor:
+        """Per-weight log alpha = log sigma² − log theta², clipped to ``log_alpha_clip`` (authors' code)."""
+        low, high = self.config.log_alpha_clip
+        log_alpha = self.weight_log_sigma2 - torch.log(self.weight_mu.pow(2) + _EPS)
+        return log_alpha.clamp(low, high)
+
+    @torch.no_grad()
+    def _keep_mask(self) -> torch.Tensor:
+        """Same as ``weight_log_alpha() < threshold`` without the clamp pass (it only decides the edge cases)."""
+        low, high = self.config.log_alpha_clip
+        threshold = self.config.threshold
+        if threshold > high or threshold <= low:
+            return torch.full_like(self.weight_mu, threshold > high, dtype=torch.bool)
+        log_theta2 = self.weight_mu.square().add_(_EPS).log_()
+        return torch.lt(self.weight_log_sigma2 - log_theta2, threshold)
+
+    def weight_keep_mask(self) -> torch.Tensor:
+        """Keep weight ij iff its log alpha < threshold (paper Sec. 4.4); bool, shaped like the weight."""
+        return self._keep_mask()
+
+    def group_log_alpha(self) -> torch.Tensor:
+        """Per group, the minimum log alpha over its weights (groups: input columns of Linear, filters of Conv2d).
+
+        Sparse VD has no group variable; the minimum makes the group statistic consistent with the weight mask:
+        a group falls below the threshold iff at least one of its weights is kept, so structured pruning with the
+        same threshold removes exactly the neurons/filters whose weights are all zero already.
+        """
+        log_alpha = self.weight_log_alpha()
+        if self.group_dim == "in":
+            return log_alpha.amin(dim=0)
+        return log_alpha.flatten(1).amin(dim=1)
+
+    def kl_divergence(self) -> torch.Tensor:
+        """Sum over weights of the approximate KL to the log-uniform prior (paper Eq. 14, C = −k1)."""
+        return kl_log_uniform_approx(self.weight_log_alpha()).sum()
+
+    def posterior_mean_weight(self) -> torch.Tensor:
+        """theta with the pruned weights set to zero: the network used at test time (paper Sec. 4.4)."""
+        return self.weight_mu * self._keep_mask()
+
+    def posterior_mean_bias(self) -> torch.Tensor | None:
+        return self.bias_mu
+
+    def posterior_weight_variance(self) -> torch.Tensor:
+        """sigma² of every weight (the additive parametrisation's variance, = alpha theta² where unclipped)."""
+        return self.weight_log_sigma2.exp()
+
+    def apply_constraints(self) -> None:
+        """Nothing to do: log alpha is clipped where it is used (KL, mask), so the parameters may roam freely."""
+
+    def _train_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(theta, sigma²) for the noisy forward, with pruned weights zeroed when ``train_clip`` is on.
+
+        The noise uses sigma² directly (additive reparameterisation); it equals the authors' exp(clip(log alpha))
+        theta² except where log alpha is clipped (pruned weights, or noise below e^-8 theta², negligible).
+        """
+        theta, sigma2 = self.weight_mu, self.weight_log_sigma2.exp()
+        if self.config.train_clip:
+            keep = self._keep_mask()
+            theta, sigma2 = theta * keep, sigma2 * keep
+        return theta, sigma2
+
+    @staticmethod
+    def _sample(mean: torch.Tensor, var: torch.Tensor) -> torch.Tensor:
+        """mean + sqrt(var + eps) * N(0, 1), in as few elementwise passes as possible."""
+        return torch.addcmul(mean, var.add_(_EPS).sqrt_(), torch.randn_like(mean))
+
+
+class LinearSparseVD(_SparseVDMixin):
+    """Bayesian ``nn.Linear`` with a Sparse VD posterior on every weight; groups are input columns."""
+
+    group_dim = "in"
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True,
+                 config: SparseVDConfig | None = None):
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        template = nn.Linear(in_features, out_features, bias)
+        self._init_posterior(template.weight, template.bias, config or SparseVDConfig())
+
+    @classmethod
+    def from_linear(cls, layer: nn.Linear, config: SparseVDConfig) -> LinearSparseVD:
+        new = cls(layer.in_features, layer.out_features, layer.bias is not None, config)
+        with torch.no_grad():
+            new.weight_mu.copy_(layer.weight)
+            if layer.bias is not None:
+                new.bias_mu.copy_(layer.bias)
+        return new.to(layer.weight.device)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.deterministic:
+            return F.linear(x, self.posterior_mean_weight(), self.bias_mu)
+        theta, sigma2 = self._train_weights()
+        return self._sample(F.linear(x, theta, self.bias_mu), F.linear(x * x, sigma2))
+
+    def to_plain(self) -> nn.Linear:
+        layer = nn.Linear(self.in_features, self.out_features, bias=self.bias_mu is not None)
+        with torch.no_grad():
+            layer.weight.copy_(self.posterior_mean_weight())
+            if self.bias_mu is not None:
+                layer.bias.copy_(self.bias_mu)
+        return layer.to(self.weight_mu.device)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, prior=svd"
+
+
+class Conv2dSparseVD(_SparseVDMixin):
+    """Bayesian ``nn.Conv2d`` with a Sparse VD posterior on every weight; groups are output filters."""
+
+    group_dim = "out"
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, dilation=1,
+                 groups: int = 1, bias: bool = True, config: SparseVDConfig | None = None):
+        super().__init__()
+        template = nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias)
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.kernel_size, self.stride = template.kernel_size, template.stride
+        self.padding, self.dilation, self.groups = template.padding, template.dilation, template.groups
+        if template.padding_mode != "zeros":
+            raise ValueError("Conv2dSparseVD supports padding_mode='zeros' only")
+        self._init_posterior(template.weight, template.bias, config or SparseVDConfig())
+
+    @classmethod
+    def from_conv2d(cls, layer: nn.Conv2d, config: SparseVDConfig) -> Conv2dSparseVD:
+        if layer.padding_mode != "zeros" or isinstance(layer.padding, str):
+            raise ValueError(f"{layer}: only numeric zero padding is supported")
+        new = cls(layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride, layer.padding,
+                  layer.dilation, layer.groups, layer.bias is not None, config)
+        with torch.no_grad():
+            new.weight_mu.copy_(layer.weight)
+            if layer.bias is not None:
+                new.bias_mu.copy_(layer.bias)
+        return new.to(layer.weight.device)
+
+    def _conv(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        return F.conv2d(x, weight, bias, self.stride, self.padding, self.dilation, self.groups)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.deterministic:
+            return self._conv(x, self.posterior_mean_weight(), self.bias_mu)
+        theta, sigma2 = self._train_weights()
+        return self._sample(self._conv(x, theta, self.bias_mu), self._conv(x * x, sigma2, None))
+
+    def to_plain(self) -> nn.Conv2d:
+        layer = nn.Conv2d(self.in_channels, self.out_channels, self.kernel_size, self.stride, self.padding,
+                          self.dilation, self.groups, bias=self.bias_mu is not None)
+        with torch.no_grad():
+            layer.weight.copy_(self.posterior_mean_weight())
+            if self.bias_mu is not None:
+                layer.bias.copy_(self.bias_mu)
+        return layer.to(self.weight_mu.device)
+
+    def extra_repr(self) -> str:
+        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
+                f"padding={self.padding}, prior=svd")
+
+
+register_prior(PriorSpec(
+    name="svd",
+    config_cls=SparseVDConfig,
+    from_linear=LinearSparseVD.from_linear,
+    from_conv2d=Conv2dSparseVD.from_conv2d,
+    description="Sparse VD: per-weight log-uniform prior (Molchanov et al. 2017)",
+))

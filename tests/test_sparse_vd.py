@@ -1,0 +1,282 @@
+"""Sparse VD (Molchanov et al. 2017): KL against Monte Carlo, local reparameterisation against weight sampling,
+per-weight mask semantics, train_clip, and that training on a toy problem prunes exactly the useless inputs.
+
+Reference quantities are computed here from the raw parameters (theta, log sigma²) with independent formulas,
+never through the layer's own helpers."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from bayescomp import bayesify
+from bayescomp.objective import variational_loss
+from bayescomp.priors import PRIORS, Conv2dSparseVD, LinearSparseVD, SparseVDConfig, bayesian_layers
+
+EULER_GAMMA = 0.5772156649015329
+
+
+def _log_alpha(layer) -> torch.Tensor:
+    """Independent log alpha: log(sigma² / (theta² + 1e-8)) in float64, clipped to [-8, 8]."""
+    theta = layer.weight_mu.detach().double()
+    sigma2 = layer.weight_log_sigma2.detach().double().exp()
+    return torch.log(sigma2 / (theta**2 + 1e-8)).clamp(-8.0, 8.0)
+
+
+def _set_posterior(layer, theta: torch.Tensor, log_alpha: torch.Tensor) -> None:
+    """Set theta and choose log sigma² so that the weights have the given log alpha."""
+    with torch.no_grad():
+        layer.weight_mu.copy_(theta)
+        layer.weight_log_sigma2.copy_(log_alpha + torch.log(theta**2 + 1e-8))
+
+
+def _random_posterior(layer, seed: int = 0) -> None:
+    """Spread of log alphas on both sides of the threshold (about a third of the weights pruned)."""
+    g = torch.Generator().manual_seed(seed)
+    shape = layer.weight_mu.shape
+    theta = torch.randn(shape, generator=g) * 0.5
+    log_alpha = torch.empty(shape).uniform_(-6.0, 6.0, generator=g)
+    _set_posterior(layer, theta, log_alpha)
+    if layer.bias_mu is not None:
+        with torch.no_grad():
+            layer.bias_mu.copy_(torch.randn(layer.bias_mu.shape, generator=g) * 0.1)
+
+
+def _check_moments(direct: torch.Tensor, local: torch.Tensor) -> None:
+    n = direct.shape[0]
+    mean_d, mean_l = direct.mean(0), local.mean(0)
+    var_d, var_l = direct.var(0), local.var(0)
+    se_mean = torch.sqrt((var_d + var_l) / n)
+    assert torch.all((mean_d - mean_l).abs() < 5 * se_mean + 1e-6)
+    # variance of a sample variance ~ 2 sigma^4 / n for near-Gaussian outputs; allow 6 standard errors
+    se_var = torch.sqrt(2 * (var_d**2 + var_l**2) / n)
+    assert torch.all((var_d - var_l).abs() < 6 * se_var + 1e-6)
+
+
+def test_registered_and_config_round_trip():
+    spec = PRIORS["svd"]
+    assert spec.config_cls is SparseVDConfig
+    cfg = SparseVDConfig(log_alpha_clip=[-8, 8])  # as read back from a JSON run file
+    assert cfg.log_alpha_clip == (-8.0, 8.0)
+    with pytest.raises(ValueError):
+        SparseVDConfig(log_alpha_clip=(2.0, -2.0))
+    layer = spec.from_linear(nn.Linear(5, 3), cfg)
+    assert isinstance(layer, LinearSparseVD)
+    assert abs(layer.weight_log_sigma2.mean().item() + 10.0) < 0.02
+    assert 0.005 < layer.weight_log_sigma2.std().item() < 0.02
+
+
+def test_kl_matches_monte_carlo():
+    """-KL(N(theta, alpha theta²) || log-uniform) = 0.5 log alpha - E log|1 + sqrt(alpha) eps| + C with
+    C = E log|eps| = -(gamma + log 2)/2 (paper Sec. 4.2); the approximation errs by at most ~0.01 per weight."""
+    layer = LinearSparseVD(3, 2)
+    targets = torch.tensor([[-6.0, -3.0, -1.0], [0.0, 1.5, 3.0]])
+    _set_posterior(layer, torch.tensor([[0.3, -1.2, 0.05], [2.0, -0.4, 0.7]]), targets)
+    log_alpha = _log_alpha(layer)
+    torch.testing.assert_close(log_alpha, targets.double(), atol=1e-4, rtol=0)
+
+    n = 1_000_000
+    g = torch.Generator().manual_seed(1)
+    theta = layer.weight_mu.detach().double().reshape(-1)
+    sigma = layer.weight_log_sigma2.detach().double().reshape(-1).mul(0.5).exp()
+    constant = -(EULER_GAMMA + math.log(2.0)) / 2.0
+    kl_total, var_total = 0.0, 0.0
+    for t, s, la in zip(theta, sigma, log_alpha.reshape(-1)):
+        w = t + s * torch.randn(n, generator=g, dtype=torch.float64)
+        values = torch.log(torch.abs(w / t))  # log|1 + sqrt(alpha) eps|
+        kl_total += -(0.5 * la.item() - values.mean().item() + constant)
+        var_total += values.var().item() / n
+    kl = layer.kl_divergence()
+    assert kl.dim() == 0
+    assert abs(kl.item() - kl_total) < 0.012 * 6 + 5 * math.sqrt(var_total)
+
+
+def test_kl_is_clipped_and_vanishes_for_pruned_weights():
+    layer = LinearSparseVD(2, 1, bias=False)
+    _set_posterior(layer, torch.tensor([[1.0, 1.0]]), torch.tensor([[20.0, 30.0]]))
+    # log alpha clipped to 8: KL = -(k1 sigmoid(k2 + 8 k3) - 0.5 softplus(-8) - k1), close to 0
+    assert 0 <= layer.kl_divergence().item() < 2 * 1e-3
+    layer.kl_divergence().backward()
+    assert torch.all(layer.weight_log_sigma2.grad == 0)  # clipped region: no gradient (as in the authors' code)
+
+
+@torch.no_grad()
+def test_linear_local_reparameterisation_matches_weight_sampling():
+    torch.manual_seed(0)
+    layer = LinearSparseVD(6, 3)
+    _random_posterior(layer, seed=3)
+    keep = _log_alpha(layer) < 3.0
+    assert 0 < int((~keep).sum()) < keep.numel()
+    x = torch.randn(1, 6)
+    n = 20000
+    g = torch.Generator().manual_seed(5)
+    theta, sigma = layer.weight_mu, (0.5 * layer.weight_log_sigma2).exp()
+    w = (theta + sigma * torch.randn(n, 3, 6, generator=g)) * keep  # train_clip: pruned weights are zero
+    direct = torch.einsum("noi,i->no", w, x[0]) + layer.bias_mu
+    local = layer(x.expand(n, 6))
+    _check_moments(direct, local)
+
+
+@torch.no_grad()
+def test_conv_local_reparameterisation_matches_weight_sampling():
+    torch.manual_seed(0)
+    layer = Conv2dSparseVD(2, 3, 3, stride=2, padding=1)
+    _random_posterior(layer, seed=4)
+    keep = _log_alpha(layer) < 3.0
+    assert 0 < int((~keep).sum()) < keep.numel()
+    x = torch.randn(1, 2, 5, 5)
+    n = 10000
+    g = torch.Generator().manual_seed(6)
+    theta, sigma = layer.weight_mu, (0.5 * layer.weight_log_sigma2).exp()
+    w = (theta + sigma * torch.randn(n, *theta.shape, generator=g)) * keep
+    patches = F.unfold(x, 3, padding=1, stride=2)[0]  # (2*3*3, 9 output positions)
+    direct = torch.einsum("nok,kl->nol", w.reshape(n, 3, 18), patches).reshape(n, 3, 3, 3)
+    direct = direct + layer.bias_mu[:, None, None]
+    local = layer(x.expand(n, 2, 5, 5))
+    assert local.shape == (n, 3, 3, 3)
+    _check_moments(direct, local)
+
+
+def _masked_layer() -> LinearSparseVD:
+    """Linear(5, 4) with scattered pruned weights and input column 2 pruned entirely."""
+    layer = LinearSparseVD(5, 4)
+    _random_posterior(layer, seed=7)
+    with torch.no_grad():
+        layer.weight_log_sigma2[:, 2] = torch.log(layer.weight_mu[:, 2] ** 2 + 1e-8) + 4.0
+        layer.weight_log_sigma2[:, 0] = torch.log(layer.weight_mu[:, 0] ** 2 + 1e-8) - 4.0
+        layer.weight_log_sigma2[1, 0] += 7.5  # one pruned weight in an otherwise kept column
+    return layer
+
+
+def test_weight_mask_zeroes_pruned_weights_everywhere():
+    layer = _masked_layer()
+    keep = _log_alpha(layer) < 3.0
+    assert keep.sum() > 0 and (~keep).sum() > 4
+    torch.testing.assert_close(layer.weight_log_alpha().double(), _log_alpha(layer), atol=1e-5, rtol=0)
+    assert torch.equal(layer.weight_keep_mask(), keep)
+    assert layer.weight_keep_mask().dtype == torch.bool
+    expected = torch.where(keep, layer.weight_mu.detach(), torch.zeros(()))
+    assert torch.equal(layer.posterior_mean_weight().detach(), expected)
+    plain = layer.to_plain()
+    assert type(plain) is nn.Linear
+    assert torch.equal(plain.weight.detach(), expected)
+    assert torch.equal(plain.bias.detach(), layer.bias_mu.detach())
+    x = torch.randn(7, 5)
+    layer.deterministic = True
+    with torch.no_grad():
+        torch.testing.assert_close(layer(x), F.linear(x, expected, layer.bias_mu))
+        torch.testing.assert_close(plain(x), layer(x))
+    assert torch.equal(layer.posterior_mean_bias(), layer.bias_mu)
+    torch.testing.assert_close(layer.posterior_weight_variance(), layer.weight_log_sigma2.exp())
+
+
+def test_linear_group_statistic_is_min_over_input_column():
+    layer = _masked_layer()
+    stats = layer.group_log_alpha().detach()
+    log_alpha = _log_alpha(layer)
+    assert stats.shape == (5,) and layer.num_groups == 5
+    for i in range(5):
+        assert abs(stats[i].item() - min(log_alpha[o, i].item() for o in range(4))) < 1e-5
+    assert stats[2] >= 3.0  # every weight of input 2 is pruned
+    assert stats[0] < 3.0  # column 0 keeps three of its four weights
+    # a group is kept iff one of its weights is kept
+    assert torch.equal(stats < 3.0, layer.weight_keep_mask().any(dim=0))
+
+
+def test_conv_group_statistic_is_min_over_filter_and_masks_apply():
+    layer = Conv2dSparseVD(3, 4, 2)
+    _random_posterior(layer, seed=8)
+    with torch.no_grad():
+        layer.weight_log_sigma2[1] = torch.log(layer.weight_mu[1] ** 2 + 1e-8) + 5.0
+    log_alpha = _log_alpha(layer)
+    stats = layer.group_log_alpha().detach()
+    assert stats.shape == (4,)
+    for c in range(4):
+        assert abs(stats[c].item() - log_alpha[c].min().item()) < 1e-5
+    assert stats[1] >= 3.0
+    keep = log_alpha < 3.0
+    expected = torch.where(keep, layer.weight_mu.detach(), torch.zeros(()))
+    plain = layer.to_plain()
+    assert type(plain) is nn.Conv2d and torch.equal(plain.weight.detach(), expected)
+    x = torch.randn(2, 3, 5, 5)
+    layer.deterministic = True
+    with torch.no_grad():
+        torch.testing.assert_close(layer(x), F.conv2d(x, expected, layer.bias_mu))
+        assert torch.all(layer(x)[:, 1] == layer.bias_mu[1])  # filter 1 is pruned: only its bias is left
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("train_clip", [True, False])
+def test_train_clip_decides_whether_pruned_weights_act_in_training(train_clip):
+    layer = LinearSparseVD(3, 1, config=SparseVDConfig(train_clip=train_clip))
+    theta = torch.tensor([[0.8, -0.5, 0.6]])
+    _set_posterior(layer, theta, torch.tensor([[-6.0, 3.5, -5.0]]))  # weight 1 pruned (sigma ~ 2.9)
+    layer.bias_mu.fill_(0.1)
+    x = torch.tensor([[1.0, 1.0, -1.0]])
+    n = 40000
+    out = layer(x.expand(n, 3))[:, 0]
+    sigma2 = layer.weight_log_sigma2.exp()[0]
+    keep = torch.tensor([True, not train_clip, True])
+    mean = (theta[0] * x[0] * keep).sum() + 0.1
+    var = (sigma2 * x[0] ** 2 * keep).sum()
+    assert abs(out.mean().item() - mean.item()) < 5 * math.sqrt(var.item() / n)
+    assert abs(out.var().item() - var.item()) < 6 * math.sqrt(2 * var.item() ** 2 / n)
+    # the two settings differ by theta_1 x_1 = -0.5 in the mean, far beyond the Monte-Carlo error
+    other = (theta[0] * x[0]).sum() + 0.1 if train_clip else (theta[0] * x[0] * torch.tensor([1, 0, 1])).sum() + 0.1
+    assert abs(out.mean().item() - other.item()) > 0.4
+
+
+@pytest.mark.parametrize("kind", ["linear", "conv"])
+def test_gradients_reach_theta_and_log_sigma2(kind):
+    torch.manual_seed(0)
+    if kind == "linear":
+        layer, x = LinearSparseVD(4, 3), torch.randn(8, 4)
+    else:
+        layer, x = Conv2dSparseVD(2, 3, 3, padding=1), torch.randn(8, 2, 5, 5)
+    layer.train()
+    loss = layer(x).pow(2).mean() + layer.kl_divergence() / 100
+    loss.backward()
+    for p in (layer.weight_mu, layer.weight_log_sigma2, layer.bias_mu):
+        assert p.grad is not None and torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0
+    assert len(list(layer.buffers())) == 0
+
+
+def test_training_prunes_irrelevant_inputs():
+    """Only features 0-2 of 20 decide the class: Sparse VD must drop (log alpha > 3) the other weights."""
+    torch.manual_seed(0)
+    n_train = 500
+    x = torch.randn(n_train, 20)
+    y = (x[:, 0] + x[:, 1] - x[:, 2] > 0).long()
+    model = bayesify(nn.Sequential(nn.Linear(20, 2)), "svd")
+    opt = torch.optim.Adam(model.parameters(), lr=0.02)
+    for _ in range(300):
+        loss, _, _ = variational_loss(model(x), y, model, n_train=n_train)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    layer = dict(bayesian_layers(model))["0"]
+    log_alpha = _log_alpha(layer)
+    assert (log_alpha[:, 3:] > 3.0).float().mean() > 0.9
+    assert torch.all(log_alpha[:, :3] < 3.0)
+    assert torch.equal(layer.group_log_alpha()[:3] < 3.0, torch.ones(3, dtype=torch.bool))
+    with torch.no_grad():
+        layer.deterministic = True
+        accuracy = (model(x).argmax(1) == y).float().mean().item()
+    assert accuracy > 0.95
+
+
+@pytest.mark.parametrize("threshold", [-9.0, -8.0, 0.0, 8.0, 8.5])
+def test_keep_mask_equals_clipped_log_alpha_below_threshold(threshold):
+    """The mask skips the clamp for speed; it must still agree with ``weight_log_alpha() < threshold``,
+    including thresholds at or beyond the clip bounds."""
+    layer = LinearSparseVD(6, 5, config=SparseVDConfig(threshold=threshold))
+    _random_posterior(layer, seed=11)
+    with torch.no_grad():
+        layer.weight_mu[0, :3] = 0.0  # log alpha beyond +8, clipped
+        layer.weight_log_sigma2[1, :3] = -30.0  # log alpha below -8, clipped
+    assert torch.equal(layer.weight_keep_mask(), layer.weight_log_alpha() < threshold)
+    assert torch.equal(layer.weight_keep_mask(), _log_alpha(layer) < threshold)
