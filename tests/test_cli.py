@@ -71,6 +71,8 @@ def test_cli_rerun_reuses_dense_model_and_finished_training(cli_run, capsys):
     (["--method", "magic"], "unknown method/prior 'magic'"),
     (["--data", "imagenet"], "imagenet"),
     (["--thresholds=-1e9"], "prune every"),
+    (["--method", "gnj", "--tau0", "0.1"], "--tau0 do(es) not apply to --method gnj"),
+    (["--method", "magnitude", "--sparsity", "1.0"], "sparsity"),
 ])
 def test_cli_bad_input_gets_clear_errors(args, message, tmp_path, capsys):
     code = main(["run", "--run-dir", str(tmp_path / "r"), *SMALL, "--epochs", "1", "--no-latency", "--no-plots",
@@ -114,3 +116,28 @@ def test_cli_finetune_aware_search_picks_a_candidate_within_budget(tmp_path):
     assert report["finetune_epochs"] == 1 and report["test_error_pct_pruned_before_finetune"] is not None
     # the chosen plan is one of the candidates: its weight count appears on the path
     assert report["weights_kept"] in {p["weights_kept"] for p in report["search_path"]}
+
+
+@pytest.mark.parametrize("method", [m for m in __import__("bayescomp.cli", fromlist=["METHODS"]).METHODS])
+def test_every_method_runs_end_to_end_and_its_file_reproduces_the_report(method, tmp_path):
+    """Iterates the registry (plus the magnitude baseline): a new method is run end to end the day it lands."""
+    run_dir = tmp_path / method
+    extra = ["--sparsity", "0.8", "--rounds", "2", "--finetune-epochs", "2"] if method == "magnitude" else []
+    assert main(["run", "--model", "lenet300", "--method", method, "--run-dir", str(run_dir), *SMALL,
+                 "--no-latency", *extra]) == 0
+    report = json.loads((run_dir / "report.json").read_text())
+    assert report["method"] == method
+    model = bayescomp.load(run_dir / "compressed.bcz")
+    data = load_dataset("mnist", val_size=1000, seed=0, train_subset=3000, test_subset=1000)
+    assert evaluate(model, data.test)["error_pct"] == pytest.approx(report["test_error_pct"], abs=1e-9)
+    assert report["test_error_pct"] < 20.0
+    nonzero = sum(int(torch.count_nonzero(m.weight)) for m in model.modules()
+                  if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d)))
+    # the file holds the quantised weights: rounding can only add zeros to the pruned model's
+    assert nonzero <= report["weights_nonzero"] <= report["weights_kept"] <= report["weights_dense"]
+    assert report["compression_nonzero"] == pytest.approx(report["weights_dense"] / report["weights_nonzero"])
+    if method in ("svd", "magnitude"):  # per-weight sparsity: far fewer non-zeros than kept dense weights
+        assert report["weights_nonzero"] < 0.5 * report["weights_kept"]
+        assert report["compression_csr"] > 1.5
+        # the sparse file really is small: below the float32 CSR accounting of the same weights
+        assert report["file_bytes_compressed"] * 8 < 32 * report["weights_dense"] / report["compression_csr"] + 8 * 4096

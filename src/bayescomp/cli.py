@@ -14,11 +14,15 @@ from bayescomp.models import MODELS
 from bayescomp.priors import PRIORS
 from bayescomp.train import NonFiniteLossError, TrainConfig
 
+METHODS = (*sorted(PRIORS), "magnitude")
+
 KNOWN_ERRORS = (DataError, PruneError, UnsupportedModelError, NonFiniteLossError, CheckpointError, ValueError,
                 FileNotFoundError)
 
 
-def _floats(text: str) -> list[float] | float:
+def _floats(text: str) -> list[float] | float | str:
+    if text.strip() == "search":
+        return "search"
     values = [float(v) for v in text.split(",") if v.strip()]
     return values[0] if len(values) == 1 else values
 
@@ -32,7 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--model", default="lenet300", help=f"zoo model: {', '.join(sorted(MODELS))}")
     run.add_argument("--data", default=None,
                      help="data set: mnist, fashion-mnist, cifar10 (default: the model's usual data)")
-    run.add_argument("--method", default="gnj", help=f"compression method (prior): {', '.join(sorted(PRIORS))}")
+    run.add_argument("--method", default="gnj",
+                     help="gnj / ghs: Bayesian Compression with the group normal-Jeffreys / group horseshoe prior; "
+                          "svd: Sparse Variational Dropout (per weight); magnitude: magnitude pruning + fine-tuning")
     run.add_argument("--run-dir", default=None, help="output directory (default runs/<model>_<data>_<method>)")
     run.add_argument("--data-dir", default=None,
                      help="folder with mnist/, fashion-mnist/, cifar-10/ (default $BAYESCOMP_DATA, else ../shared/data)")
@@ -50,13 +56,22 @@ def build_parser() -> argparse.ArgumentParser:
                      help="with --finetune-epochs: choose the pruning level by the fine-tuned validation error, "
                           "within --tolerance points of the unpruned posterior mean's")
     run.add_argument("--thresholds", type=_floats, default=None,
-                     help="log-alpha thresholds, one per layer or one for all (e.g. -2.8,-3,-5); "
-                          "default: automatic search on the validation split")
+                     help="thresholds on the group statistic (log alpha for gnj/svd, -E[log z] for ghs), one per "
+                          "layer or one for all (e.g. -2.8,-3,-5), or 'search'; default: automatic search for "
+                          "gnj/ghs, log alpha < 3 per weight for svd")
     run.add_argument("--tolerance", type=float, default=0.2,
                      help="automatic search: allowed validation-error increase in percentage points")
     run.add_argument("--bits-reduce", choices=("mean", "max"), default="mean",
                      help="summarise per-weight bits of a layer by their mean (paper) or max (safer)")
-    run.add_argument("--clip-var", type=float, default=None, help="upper bound on weight posterior variances")
+    run.add_argument("--clip-var", type=float, default=None,
+                     help="gnj/ghs: upper bound on weight posterior variances")
+    run.add_argument("--tau0", type=float, default=None, help="ghs: scale of the global half-Cauchy (default 1e-5)")
+    run.add_argument("--sparsity", type=float, default=None,
+                     help="magnitude: fraction of weights (or, with --structured, of neurons/filters) to remove")
+    run.add_argument("--structured", action="store_true", help="magnitude: remove whole neurons/filters by norm")
+    run.add_argument("--scope", choices=("global", "layer"), default=None,
+                     help="magnitude: one threshold for all layers (global) or the same fraction per layer")
+    run.add_argument("--rounds", type=int, default=None, help="magnitude: gradual pruning rounds")
     run.add_argument("--val-size", type=int, default=5000, help="validation examples carved from the training set")
     run.add_argument("--train-subset", type=int, default=None, help="use only this many training examples")
     run.add_argument("--test-subset", type=int, default=None, help="use only this many test examples")
@@ -90,6 +105,17 @@ def _train_config(base: TrainConfig, args: argparse.Namespace, bayes: bool) -> T
     return replace(base, **changes)
 
 
+_METHOD_OPTIONS = {"gnj": {"clip_var"}, "ghs": {"clip_var", "tau0"}, "svd": set(),
+                   "magnitude": {"sparsity", "scope", "rounds", "structured"}}
+
+
+def _check_options(method: str, options: dict) -> None:
+    wrong = sorted(set(options) - _METHOD_OPTIONS.get(method, set()))
+    if wrong:
+        flags = ", ".join("--" + w.replace("_", "-") for w in wrong)
+        raise ValueError(f"{flags} do(es) not apply to --method {method}")
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
@@ -97,7 +123,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     from bayescomp.report import render_markdown
 
     data = args.data or (MODELS[args.model].default_data if args.model in MODELS else "mnist")
-    prior = {"clip_var": args.clip_var} if args.clip_var is not None else {}
+    options = {"clip_var": args.clip_var, "tau0": args.tau0, "sparsity": args.sparsity, "scope": args.scope,
+               "rounds": args.rounds, "structured": args.structured or None}
+    prior = {k: v for k, v in options.items() if v is not None}
+    _check_options(args.method, prior)
     config = RunConfig(model=args.model, data=data, method=args.method, seed=args.seed, data_dir=args.data_dir,
                        val_size=args.val_size, train_subset=args.train_subset, test_subset=args.test_subset,
                        prior=prior, latency=not args.no_latency, plots=not args.no_plots,

@@ -26,7 +26,7 @@ from bayescomp.compress import CompressConfig, CompressionResult, compress, prun
 from bayescomp.compress.packed import QuantSpec, save_packed
 from bayescomp.data import DataBundle, load_dataset
 from bayescomp.models import MODELS, create_model
-from bayescomp.priors import get_prior
+from bayescomp.priors import PRIORS
 from bayescomp.train import TrainConfig, evaluate, fit, seed_everything
 
 #: Training defaults per model key (dense pre-training, Bayesian training); see the README for the reasoning.
@@ -76,15 +76,22 @@ class RunConfig:
     def __post_init__(self) -> None:
         if self.model not in MODELS:
             raise ValueError(f"unknown model {self.model!r}; known models: {', '.join(sorted(MODELS))}")
-        get_prior(self.method)  # raises with the known methods
+        if self.method != "magnitude" and self.method not in PRIORS:
+            raise ValueError(f"unknown method/prior {self.method!r}; known: {', '.join([*sorted(PRIORS), 'magnitude'])}")
         dense, bayes = DEFAULT_SCHEDULES.get(self.model, (TrainConfig(), TrainConfig()))
         self.dense = _as(TrainConfig, self.dense) or TrainConfig(**{**asdict(dense), "seed": self.seed})
         self.bayes = _as(TrainConfig, self.bayes) or TrainConfig(
             **{**asdict(bayes), "seed": self.seed, "lr_scales": dict(DEFAULT_LR_SCALES.get(self.method, {}))})
-        self.finetune = _as(TrainConfig, self.finetune) or TrainConfig(epochs=0, lr=1e-3, lr_schedule="cosine",
-                                                                       seed=self.seed)
+        # magnitude pruning is nothing without fine-tuning: 10 epochs unless the caller says otherwise
+        self.finetune = _as(TrainConfig, self.finetune) or TrainConfig(
+            epochs=10 if self.method == "magnitude" else 0, lr=1e-3, lr_schedule="cosine", seed=self.seed)
         self.compress = _as(CompressConfig, self.compress) or CompressConfig()
-        self.prior = asdict(make_config(self.method, dict(self.prior) if self.prior else None))
+        if self.method == "magnitude":
+            from bayescomp.magnitude import MagnitudeConfig
+
+            self.prior = asdict(MagnitudeConfig(**(dict(self.prior) if self.prior else {})))
+        else:
+            self.prior = asdict(make_config(self.method, dict(self.prior) if self.prior else None))
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -189,6 +196,8 @@ def save_compressed(result: CompressionResult, path: Path, metadata: dict[str, A
     modules = list(result.quantized_model)
     layers = prunable_modules(result.quantized_model)
     for layer, precision in zip(layers, result.precisions):
+        if precision.total_bits >= 32:  # float32 layers (e.g. magnitude pruning) are stored as they are
+            continue
         quant[next(i for i, m in enumerate(modules) if m is layer)] = QuantSpec(step=precision.step)
     return save_packed(result.quantized_model, path, quant, metadata)
 
@@ -223,6 +232,8 @@ def run(config: RunConfig, run_dir: str | Path, log=print, progress: bool = True
     dense_eval = evaluate(dense, data.test)
     log(f"dense test error {dense_eval['error_pct']:.2f}%")
 
+    if config.method == "magnitude":
+        return _run_magnitude(config, run_dir, data, dense, dense_eval, started, log, progress, command)
     seed_everything(config.seed)
     model = bayesify(dense, config.method, config.prior)
     log(f"Bayesian training ({config.method}, {config.bayes.epochs} epochs)")
@@ -248,4 +259,31 @@ def run(config: RunConfig, run_dir: str | Path, log=print, progress: bool = True
                           file_bytes, run_dir, started, command or " ".join(sys.argv), git_commit())
     report["test_error_pct_pruned_before_finetune"] = before_finetune
     write_report(report, run_dir, model=model, result=result, data=data, plots=config.plots)
+    return report
+
+
+def _run_magnitude(config: RunConfig, run_dir: Path, data: DataBundle, dense: nn.Sequential, dense_eval: dict,
+                   started: float, log, progress: bool, command: str | None) -> dict[str, Any]:
+    """The non-Bayesian baseline: gradual magnitude pruning with fine-tuning, then the same shrinking, packing and
+    report as every other method. The fine-tuning rounds are short and are redone if the run is interrupted."""
+    import copy
+
+    from bayescomp.magnitude import MagnitudeConfig, magnitude_compress, prune_and_finetune
+    from bayescomp.report import build_report, write_report
+    from bayescomp.train import TrainHistory
+
+    settings = MagnitudeConfig(**config.prior)
+    model = copy.deepcopy(dense)
+    seed_everything(config.seed)
+    log(f"magnitude pruning to sparsity {settings.sparsity} ({'structured' if settings.structured else 'unstructured'}, "
+        f"{settings.scope}), {settings.rounds} rounds, {config.finetune.epochs} fine-tuning epochs")
+    masks = prune_and_finetune(model, data, settings, config.finetune, log=log, progress=progress)
+    result = magnitude_compress(model, masks)
+    metadata = {"run": config.to_dict(), "architecture_kept": result.architecture_kept}
+    file_bytes = save_compressed(result, run_dir / "compressed.bcz", metadata)
+    report = build_report(config, data, dense, None, result, TrainHistory(), dense_eval, None,
+                          file_bytes, run_dir, started, command or " ".join(sys.argv), git_commit())
+    report["epochs"] = 0
+    report["test_error_pct_pruned_before_finetune"] = None
+    write_report(report, run_dir, model=None, result=result, data=data, plots=config.plots)
     return report

@@ -20,7 +20,7 @@ def plot_log_alpha(result, path: Path) -> Path:
         ax.hist(stats.numpy(), bins=40, color="tab:blue", alpha=0.8)
         ax.axvline(threshold, color="tab:red", linestyle="--", label=f"threshold {threshold:.2f}")
         ax.set_title(f"{name} ({len(stats)} groups)", fontsize=9)
-        ax.set_xlabel("log alpha")
+        ax.set_xlabel("pruning statistic (keep below)")
         ax.legend(fontsize=7)
     axes[0][0].set_ylabel("groups")
     fig.tight_layout()

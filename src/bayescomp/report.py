@@ -4,7 +4,10 @@ Every ratio is defined where it is printed:
 
 * compression_architecture = all weights of the dense network / weights of the pruned dense layers;
 * compression_bits = 32 x all weights / sum over layers of (kept weights x bits per weight);
-* compression_file = bytes of the dense float32 state_dict file / bytes of the packed compressed file.
+* compression_file = bytes of the dense float32 state_dict file / bytes of the packed compressed file;
+* compression_nonzero = all weights / non-zero weights of the compressed model (the parameter ratio);
+* compression_csr = 32 x all weights / bits of the compressed layers stored as CSR (float32 values + column
+  indices + row pointers); compression_csr_bits the same with the values at each layer's bit width.
 Weights are the entries of Linear/Conv2d weight tensors (biases excluded, as in the papers).
 """
 
@@ -44,6 +47,19 @@ def measure_latency_pair(dense, small, input_shape) -> dict[str, dict[str, float
     return out
 
 
+def tradeoff_curve(model, result: CompressionResult, data, points: int = 19) -> list[dict[str, float]]:
+    """Validation and test error of the masked posterior mean along one threshold shared by all layers; the grid
+    spans the pooled group statistics (their range differs by method: log alpha, -E[log z], ...)."""
+    pooled = torch.cat([s.double().flatten() for s in result.log_alpha])
+    grid = torch.quantile(pooled, torch.linspace(0.05, 1.0, points, dtype=torch.float64)) + 1e-6
+    chain = build_chain(model)
+    with deterministic_mode(model):
+        return sweep_global_thresholds(
+            chain, result.log_alpha,
+            {"val": lambda: evaluate(model, data.val)["error_pct"],
+             "test": lambda: evaluate(model, data.test)["error_pct"]}, sorted({float(t) for t in grid}))
+
+
 def build_report(config, data, dense, model, result: CompressionResult, history, dense_eval, bayes_eval,
                  file_bytes: int, run_dir: Path, started: float, command: str, commit: str | None) -> dict[str, Any]:
     """Measure everything about the compressed model and collect it in one JSON-serialisable dict."""
@@ -55,7 +71,7 @@ def build_report(config, data, dense, model, result: CompressionResult, history,
         "model": config.model, "data": config.data, "method": config.method, "seed": config.seed,
         "test_error_pct": quant_eval["error_pct"],
         "test_error_pct_pruned": pruned_eval["error_pct"],
-        "test_error_pct_bayes": bayes_eval["error_pct"],
+        "test_error_pct_bayes": None if bayes_eval is None else bayes_eval["error_pct"],
         "dense_test_error_pct": dense_eval["error_pct"],
         "val_error_pct_bayes": result.base_val_error_pct,
         "architecture_dense": _arch(result.architecture_dense),
@@ -66,6 +82,10 @@ def build_report(config, data, dense, model, result: CompressionResult, history,
         "weights_kept": result.weights_kept,
         "kept_weight_fraction": result.weights_kept / result.weights_dense,
         "compression_architecture": result.compression_architecture,
+        "weights_nonzero": result.weights_nonzero,
+        "compression_nonzero": result.compression_nonzero,
+        "compression_csr": result.compression_csr(),
+        "compression_csr_bits": result.compression_csr(quantized=True),
         "compression_bits": result.compression_bits,
         "compression_file": dense_file / file_bytes,
         "file_bytes_dense": dense_file,
@@ -78,7 +98,7 @@ def build_report(config, data, dense, model, result: CompressionResult, history,
         "epochs": config.bayes.epochs,
         "dense_epochs": config.dense.epochs,
         "finetune_epochs": config.finetune.epochs,
-        "epoch_s_mean": sum(e["epoch_s"] for e in history.epochs) / max(len(history.epochs), 1),
+        "epoch_s_mean": sum(e.get("epoch_s", 0.0) for e in history.epochs) / max(len(history.epochs), 1),
         "n_train": len(data.train), "n_val": len(data.val), "n_test": len(data.test),
         "config": config.to_dict(),
         "command": command,
@@ -88,13 +108,7 @@ def build_report(config, data, dense, model, result: CompressionResult, history,
     }
     if config.latency:
         report["latency_ms"] = measure_latency_pair(dense, result.quantized_model, input_shape)
-    chain = build_chain(model)
-    grid = [float(t) for t in torch.arange(-6.0, 3.01, 0.5)]
-    with deterministic_mode(model):
-        report["tradeoff_curve"] = sweep_global_thresholds(
-            chain, result.log_alpha,
-            {"val": lambda: evaluate(model, data.val)["error_pct"],
-             "test": lambda: evaluate(model, data.test)["error_pct"]}, grid)
+    report["tradeoff_curve"] = [] if model is None else tradeoff_curve(model, result, data)
     report["search_path"] = result.search_path
     report["history"] = history.epochs
     report["wall_time_s"] = time.perf_counter() - started
@@ -103,20 +117,31 @@ def build_report(config, data, dense, model, result: CompressionResult, history,
 
 def render_markdown(report: dict[str, Any]) -> str:
     """The human-readable report."""
+    bayes_row = ([] if report.get("test_error_pct_bayes") is None else
+                 [f"| Bayesian (posterior mean, unpruned) | {report['test_error_pct_bayes']:.2f} % | "
+                  f"{report['architecture_dense']} | {report['weights_dense']:,} |"])
     lines = [
         f"# bayescomp report: {report['model']} on {report['data']}, method {report['method']}",
         "",
         "| | test error | architecture | weights |",
         "|---|---|---|---|",
         f"| dense | {report['dense_test_error_pct']:.2f} % | {report['architecture_dense']} | {report['weights_dense']:,} |",
-        f"| Bayesian (posterior mean, unpruned) | {report['test_error_pct_bayes']:.2f} % | "
-        f"{report['architecture_dense']} | {report['weights_dense']:,} |",
+        *bayes_row,
         f"| pruned | {report['test_error_pct_pruned']:.2f} % | {report['kept_architecture']} | {report['weights_kept']:,} |",
         f"| pruned + quantised | {report['test_error_pct']:.2f} % | {report['kept_architecture']} | "
         f"{report['weights_kept']:,} |",
         "",
         f"- **Architecture compression** {report['compression_architecture']:.1f}x "
         "(all weights / weights of the pruned dense layers; biases excluded)",
+    ]
+    if "weights_nonzero" in report and report["weights_nonzero"] < report["weights_kept"]:
+        lines += [
+            f"- **Non-zero weights** {report['weights_nonzero']:,}: parameter ratio {report['compression_nonzero']:.1f}x "
+            f"(all weights / non-zero weights); CSR {report['compression_csr']:.1f}x with float32 values, "
+            f"{report['compression_csr_bits']:.1f}x at the layers' bit widths (32 x all weights / bits of values + "
+            "column indices + row pointers)",
+        ]
+    lines += [
         f"- **Bit compression** {report['compression_bits']:.1f}x (32 x all weights / sum of kept weights x bits); "
         f"bits per layer {report['bits_per_layer']} (1 sign + {report['exponent_bits']} exponent + significand "
         f"{report['significand_bits_per_layer']})",
@@ -124,7 +149,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         f"float32 state_dict / {report['file_bytes_compressed']:,} bytes packed)",
         f"- **FLOPs** (multiply-accumulates per example) {report['flops_dense']:,} -> {report['flops_compressed']:,} "
         f"({report['flops_dense'] / max(report['flops_compressed'], 1):.1f}x fewer)",
-        f"- thresholds (keep log alpha below): {', '.join(f'{t:.2f}' for t in report['thresholds'])}",
+        f"- thresholds (keep groups whose statistic is below): {', '.join(f'{t:.2f}' for t in report['thresholds'])}",
     ]
     latency = report.get("latency_ms")
     if latency:
@@ -141,12 +166,19 @@ def render_markdown(report: dict[str, Any]) -> str:
             label = key.replace("batch_", "").replace("_1thread", " (1 thread)")
             lines.append(f"| {label} | {latency['dense'][key]:.3f} | {latency['compressed'][key]:.3f} "
                          f"| {latency['speedup'][key]:.1f}x |")
-    if report.get("finetune_epochs"):
+    before = report.get("test_error_pct_pruned_before_finetune")
+    if report["method"] == "magnitude":
+        opts = report["config"]["prior"]
+        lines += ["", f"Magnitude pruning ({'structured' if opts['structured'] else 'unstructured'}, {opts['scope']} "
+                  f"threshold) to sparsity {opts['sparsity']} in {opts['rounds']} rounds with "
+                  f"{report['finetune_epochs']} epochs of fine-tuning in all; weights stay float32 (32 bits)."]
+    elif report.get("finetune_epochs") and before is not None:
         lines += ["", f"The pruned model was fine-tuned (plain training of the kept weights) for "
                   f"{report['finetune_epochs']} epochs before quantisation; its test error before fine-tuning was "
-                  f"{report.get('test_error_pct_pruned_before_finetune', float('nan')):.2f} %."]
-    lines += ["", f"Bayesian training: {report['epochs']} epochs, {report['epoch_s_mean']:.1f} s/epoch; "
-              f"wall time {report['wall_time_s']:.0f} s. Command: `{report['command']}`"]
+                  f"{before:.2f} %."]
+    training = (f"Bayesian training: {report['epochs']} epochs, {report['epoch_s_mean']:.1f} s/epoch; "
+                if report.get("epochs") else "")
+    lines += ["", f"{training}wall time {report['wall_time_s']:.0f} s. Command: `{report['command']}`"]
     return "\n".join(lines) + "\n"
 
 

@@ -28,8 +28,10 @@ class CompressConfig:
     """How to read the posterior (saved with every run).
 
     Args:
-        thresholds: log-alpha threshold per prunable layer (keep a group if log alpha < threshold), one value
-            for all layers, or ``None`` for the automatic search on the validation split.
+        thresholds: threshold on each prunable layer's group statistic (keep a group if its statistic, e.g. log
+            alpha, is below it), one value for all layers, ``"search"`` for the automatic search on the validation
+            split, or ``None`` for the method's default: the search for the group priors, and the prior's own
+            per-weight threshold (log alpha < 3) for per-weight priors such as Sparse VD, whose paper fixes it.
         tolerance_pct: the automatic search keeps the validation error within this many percentage points of the
             unpruned posterior-mean model's.
         bits_reduce: how a layer's significand bits summarise its weights' bits: ``"mean"`` or ``"max"``.
@@ -42,7 +44,7 @@ class CompressConfig:
         search_range_pct: how far the greedy candidates may go when ``finetune_search`` is on.
     """
 
-    thresholds: list[float] | float | None = None
+    thresholds: list[float] | float | str | None = None
     tolerance_pct: float = 0.2
     bits_reduce: str = "mean"
     min_bits: int = 1
@@ -68,6 +70,24 @@ class CompressionResult:
     log_alpha: list[torch.Tensor]
     search_path: list[dict[str, float]] = field(default_factory=list)
     base_val_error_pct: float | None = None
+
+    @property
+    def weights_nonzero(self) -> int:
+        """Non-zero weights of the compressed model (below ``weights_kept`` for per-weight sparsity)."""
+        return sum(int(torch.count_nonzero(m.weight)) for m in prunable_modules(self.model))
+
+    @property
+    def compression_nonzero(self) -> float:
+        """All weights of the dense network / non-zero weights (the parameter ratio of the Sparse VD paper)."""
+        return self.weights_dense / max(self.weights_nonzero, 1)
+
+    def compression_csr(self, quantized: bool = False) -> float:
+        """32 x all weights / bits of the compressed layers in CSR (values + column indices + row pointers),
+        values at float32, or at each layer's bit width with ``quantized`` (see :func:`bayescomp.measure.csr_storage_bits`)."""
+        from bayescomp.measure import compression_csr
+
+        weights = [m.weight.detach() for m in prunable_modules(self.quantized_model if quantized else self.model)]
+        return compression_csr(self.weights_dense, weights, self.bits_per_layer if quantized else 32)
 
     @property
     def compression_architecture(self) -> float:
@@ -117,8 +137,14 @@ def compress(model: nn.Module, val: TensorData | None, config: CompressConfig | 
     chain = build_chain(model)
     stats = group_statistics(chain)
     path, base = [], None
+    per_weight = [layer.module.weight_keep_mask() is not None for layer in chain.layers]
+    thresholds = config.thresholds
+    if thresholds is None:
+        thresholds = [float(layer.module.config.threshold) for layer in chain.layers] if any(per_weight) else "search"
+    if isinstance(thresholds, str) and thresholds != "search":
+        raise ValueError(f"thresholds must be numbers, 'search' or None, got {thresholds!r}")
     with deterministic_mode(model):
-        if config.thresholds is None:
+        if thresholds == "search":
             if val is None:
                 raise ValueError("the automatic threshold search needs validation data")
             subset = val if config.search_val_size is None else val.subset(config.search_val_size, seed=0)
@@ -127,10 +153,12 @@ def compress(model: nn.Module, val: TensorData | None, config: CompressConfig | 
             )
             plan, thresholds, path, base = result.plan, result.thresholds, result.path, result.base_val_error_pct
         else:
-            plan, thresholds = plan_from_thresholds(chain, config.thresholds)
+            plan, thresholds = plan_from_thresholds(chain, thresholds)
         small = shrink(chain, plan)
         variances = kept_weight_variances(chain, plan)
     weights = [m.weight.detach() for m in prunable_modules(small)]
+    # per-weight priors: bits come from the weights that are actually stored (the non-zero ones)
+    variances = [v[w != 0] if flag and bool((w != 0).any()) else v for v, w, flag in zip(variances, weights, per_weight)]
     precisions = layer_precisions(variances, weights, config.bits_reduce, config.min_bits)
     return CompressionResult(
         model=small,
