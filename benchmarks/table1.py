@@ -28,7 +28,8 @@ from _common import RESULTS, publish, this_command  # noqa: E402
 
 from bayescomp.compress import CompressConfig  # noqa: E402
 from bayescomp.compress.packed import load_packed  # noqa: E402
-from bayescomp.measure import compression_csr  # noqa: E402
+from bayescomp.data import DATASETS  # noqa: E402
+from bayescomp.measure import compression_csr, count_flops  # noqa: E402
 from bayescomp.pipeline import RunConfig, run  # noqa: E402
 
 MODELS = ("lenet300", "lenet5")
@@ -144,7 +145,8 @@ def file_metrics(record: dict) -> dict:
     weights = [m.weight.detach() for m in model.modules() if type(m).__name__ in ("Linear", "Conv2d")]
     nonzero = sum(int((w != 0).sum()) for w in weights)
     dense = record["weights_dense"]
-    return {"nonzero_in_file": nonzero, "compression_nonzero_file": dense / nonzero,
+    shape = DATASETS[record["data"]].input_shape
+    return {"nonzero_in_file": nonzero, "flops_nonzero_file": count_flops(model, shape, nonzero_only=True), "compression_nonzero_file": dense / nonzero,
             "compression_csr_file": compression_csr(dense, weights, 32),
             "compression_csr_bits_file": compression_csr(dense, weights, record["bits_per_layer"])}
 
@@ -195,8 +197,9 @@ def equal_error_comparison(records: list[dict]) -> list[dict]:
             "model": record["model"], "method": record["method"], "test_error_pct": record["test_error_pct"],
             "compression_nonzero": record["compression_nonzero_file"], "compression_csr": record["compression_csr_file"],
             "magnitude_best": best,
-            "beats_magnitude": best is None or (record["compression_nonzero_file"] > best["compression_nonzero"]
-                                                and record["compression_csr_file"] > best["compression_csr"]),
+            "beats_magnitude": None if not sweep else best is None or (
+                record["compression_nonzero_file"] > best["compression_nonzero"]
+                and record["compression_csr_file"] > best["compression_csr"]),
         })
     return rows
 
@@ -212,7 +215,7 @@ def _latency(record: dict) -> str:
 def render_table(records: list[dict], comparison: list[dict], wall_s: float | None) -> str:
     lines = [
         "| model | method | test error | kept architecture | non-zero weights (fraction) | × non-zero | × architecture "
-        "| × CSR float32 | bits per layer | × bits | × CSR at bits | file bytes (× file) | MFLOPs | latency ms b1 / b256 "
+        "| × CSR float32 | bits per layer | × bits | × CSR at bits | file bytes (× file) | MFLOPs dense kept / non-zero | latency ms b1 / b256 "
         "(speed-up) | published |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
@@ -223,7 +226,7 @@ def render_table(records: list[dict], comparison: list[dict], wall_s: float | No
             f"{r['compression_nonzero_file']:.1f} | {r['compression_architecture']:.1f} | "
             f"{r['compression_csr_file']:.1f} | {'-'.join(str(b) for b in r['bits_per_layer'])} | "
             f"{r['compression_bits']:.1f} | {r['compression_csr_bits_file']:.1f} | "
-            f"{r['file_bytes_compressed']:,} ({r['compression_file']:.1f}) | {r['flops_compressed'] / 1e6:.3f} | "
+            f"{r['file_bytes_compressed']:,} ({r['compression_file']:.1f}) | {r['flops_compressed'] / 1e6:.3f} / {r['flops_nonzero_file'] / 1e6:.3f} | "
             f"{_latency(r)} | {PUBLISHED.get((r['model'], r['method']), '–')} |")
     lines += ["", "At equal test error (each Bayesian result against the magnitude-pruning sweep's points with a test "
               "error no higher than its own):", "",
@@ -231,11 +234,12 @@ def render_table(records: list[dict], comparison: list[dict], wall_s: float | No
               "(× CSR, error, setting) | Bayesian wins |", "|---|---|---|---|---|---|---|"]
     for c in comparison:
         best = c["magnitude_best"]
-        mag = ("no sweep point reaches this error" if best is None else
+        mag = ("no magnitude sweep yet" if c["beats_magnitude"] is None else
+               "no sweep point reaches this error" if best is None else
                f"{best['compression_nonzero']:.1f} ({best['compression_csr']:.1f}, {best['test_error_pct']:.2f} %, "
                f"{'structured' if best['structured'] else 'unstructured'} {best['sparsity']})")
         lines.append(f"| {c['model']} | {c['method']} | {c['test_error_pct']:.2f} % | {c['compression_nonzero']:.1f} | "
-                     f"{c['compression_csr']:.1f} | {mag} | {'yes' if c['beats_magnitude'] else 'no'} |")
+                     f"{c['compression_csr']:.1f} | {mag} | { {True: 'yes', False: 'no', None: '–'}[c['beats_magnitude']]} |")
     if wall_s is not None:
         lines += ["", f"Wall time of the last full `python benchmarks/table1.py`: {wall_s / 60:.0f} min on 2 CPU cores."]
     return "\n".join(lines) + "\n"
@@ -286,7 +290,8 @@ def write_table(wall_s: float | None, latency: bool) -> None:
     (RESULTS / "table1.md").write_text(markdown)
     keep = ("model", "method", "test_error_pct", "kept_architecture", "nonzero_in_file", "compression_nonzero_file",
             "compression_architecture", "compression_csr_file", "bits_per_layer", "compression_bits",
-            "compression_csr_bits_file", "file_bytes_compressed", "compression_file", "flops_compressed", "latency_ms")
+            "compression_csr_bits_file", "file_bytes_compressed", "compression_file", "flops_compressed",
+            "flops_nonzero_file", "latency_ms")
     (RESULTS / "table1.json").write_text(json.dumps({
         "rows": [{k: r.get(k) for k in keep} for r in records], "equal_error": comparison,
         "wall_time_s": wall_s, "command": this_command(),

@@ -131,3 +131,17 @@ def test_count_nonzero_weights_and_compression_csr():
         measure.compression_csr(90, weights, [5])
     with pytest.raises(ValueError):
         measure.compression_csr(90, [])
+
+
+def test_nonzero_flops_count_only_nonzero_weights():
+    from bayescomp.measure import count_flops
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(2, 3, 3), torch.nn.Flatten(), torch.nn.Linear(3 * 4 * 4, 5))
+    with torch.no_grad():
+        model[0].weight[0] = 0.0  # one whole filter: 2*3*3 weights at 4*4 positions
+        model[2].weight[:, :10] = 0.0
+    dense = count_flops(model, (2, 6, 6))
+    assert dense == 16 * 3 * 18 + 48 * 5
+    sparse = count_flops(model, (2, 6, 6), nonzero_only=True)
+    assert sparse == 16 * (3 * 18 - 18) + (48 - 10) * 5

@@ -139,8 +139,11 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def count_flops(model: nn.Module, input_shape: tuple[int, ...]) -> int:
+def count_flops(model: nn.Module, input_shape: tuple[int, ...], nonzero_only: bool = False) -> int:
     """FLOPs of one example, defined as the multiply-accumulates (MACs) of Linear and Conv2d layers.
+
+    With ``nonzero_only`` only the MACs of non-zero weights count (what a sparse kernel would execute): each
+    output position costs the non-zero weights of its output unit, i.e. positions per unit x nnz(weight).
 
     ``input_shape`` excludes the batch dimension. A zero input of batch size 1 is run through the model (in
     eval mode, without gradients) with forward hooks on every Linear/Conv2d (subclasses included):
@@ -154,7 +157,10 @@ def count_flops(model: nn.Module, input_shape: tuple[int, ...]) -> int:
 
     def hook(module: nn.Module, _inputs: Any, output: torch.Tensor) -> None:
         per_example = output.numel() // max(output.shape[0], 1) if output.dim() else output.numel()
-        if _layer_kind(module) == "linear":
+        if nonzero_only:
+            units = int(module.out_features if _layer_kind(module) == "linear" else module.out_channels)
+            counts.append(per_example // units * int(torch.count_nonzero(module.weight)))
+        elif _layer_kind(module) == "linear":
             counts.append(per_example * int(module.in_features))
         else:
             kh, kw = (module.kernel_size if isinstance(module.kernel_size, tuple)
