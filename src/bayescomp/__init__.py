@@ -14,7 +14,8 @@ from bayescomp.bayesify import bayesify
 from bayescomp.compress import CompressConfig, CompressionResult, PruneError, compress
 from bayescomp.data import DataBundle, DataError, load_dataset
 from bayescomp.models import MODELS, create_model
-from bayescomp.priors import PRIORS, GroupNJConfig
+from bayescomp.magnitude import MagnitudeConfig, magnitude_compress, prune_and_finetune
+from bayescomp.priors import PRIORS, GroupHSConfig, GroupNJConfig, SparseVDConfig
 from bayescomp.train import NonFiniteLossError, TrainConfig, evaluate, fit
 
 __version__ = "0.1.0"
@@ -40,7 +41,8 @@ def report(run_dir: str | Path) -> dict:
 
 
 __all__ = [
-    "MODELS", "PRIORS", "CompressConfig", "CompressionResult", "DataBundle", "DataError", "GroupNJConfig",
-    "NonFiniteLossError", "PruneError", "TrainConfig", "bayesify", "compress", "create_model", "evaluate", "fit",
-    "load", "load_dataset", "report",
+    "MODELS", "PRIORS", "CompressConfig", "CompressionResult", "DataBundle", "DataError", "GroupHSConfig",
+    "GroupNJConfig", "MagnitudeConfig", "NonFiniteLossError", "PruneError", "SparseVDConfig", "TrainConfig",
+    "bayesify", "compress", "create_model", "evaluate", "fit", "load", "load_dataset", "magnitude_compress",
+    "prune_and_finetune", "report",
 ]
