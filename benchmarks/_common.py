@@ -15,7 +15,8 @@ CONTRACT = [
     "dense_test_error_pct", "architecture_dense", "kept_architecture", "weights_dense", "weights_kept",
     "kept_weight_fraction", "compression_architecture", "compression_bits", "compression_file",
     "file_bytes_dense", "file_bytes_compressed", "bits_per_layer", "significand_bits_per_layer", "exponent_bits",
-    "thresholds", "flops_dense", "flops_compressed", "latency_ms", "epochs", "dense_epochs", "epoch_s_mean",
+    "thresholds", "flops_dense", "flops_compressed", "flops_compressed_nonzero", "latency_ms",
+    "weights_nonzero", "compression_nonzero", "compression_csr", "compression_csr_bits", "epochs", "dense_epochs", "epoch_s_mean",
     "finetune_epochs", "test_error_pct_pruned_before_finetune", "wall_time_s", "command", "git_commit", "device", "torch_threads", "config", "tradeoff_curve", "search_path",
 ]
 
