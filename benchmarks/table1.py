@@ -289,6 +289,7 @@ def comparison_plot(records: list[dict], path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     colors = {"gnj": "tab:blue", "ghs": "tab:red", "svd": "tab:green", "magnitude": "tab:gray"}
     fig, axes = plt.subplots(1, len(MODELS), figsize=(11, 4), squeeze=False)
@@ -306,6 +307,7 @@ def comparison_plot(records: list[dict], path: Path) -> None:
                 ax.plot([r["compression_storage_f32"]], [r["test_error_pct"]], "*", ms=14, color=colors[r["method"]],
                         label=f"{r['method']} (ours)")
         ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.set_xlabel("storage compression, float32 (x): each layer dense or CSR, the smaller")
         ax.set_ylabel("test error (%)")
         ax.set_title(f"{model} / MNIST", fontsize=10)
