@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -66,9 +67,77 @@ class BayesianLayer(nn.Module):
         """The deterministic layer as a plain ``nn.Linear``/``nn.Conv2d`` with the posterior-mean weights."""
         raise NotImplementedError
 
+    def _load_means(self, layer: nn.Module) -> BayesianLayer:
+        """Copy a plain layer's weight and bias into the posterior means; move to the layer's device."""
+        with torch.no_grad():
+            self.weight_mu.copy_(layer.weight)
+            if layer.bias is not None:
+                self.bias_mu.copy_(layer.bias)
+        return self.to(layer.weight.device)
+
     @property
     def num_groups(self) -> int:
         return int(self.group_log_alpha().numel())
+
+
+class BayesianLinear(BayesianLayer):
+    """What every prior's Linear layer shares: shape, construction from ``nn.Linear``, export to ``nn.Linear``.
+
+    Subclasses take ``(in_features, out_features, bias, config)`` and define ``weight_mu`` / ``bias_mu``.
+    """
+
+    group_dim = "in"
+
+    @classmethod
+    def from_linear(cls, layer: nn.Linear, config: Any) -> BayesianLinear:
+        """The Bayesian layer whose posterior means start at ``layer``'s weights."""
+        new = cls(layer.in_features, layer.out_features, layer.bias is not None, config)
+        return new._load_means(layer)
+
+    def to_plain(self) -> nn.Linear:
+        layer = nn.Linear(self.in_features, self.out_features, bias=self.bias_mu is not None)
+        return _copy_posterior_means(self, layer)
+
+
+class BayesianConv2d(BayesianLayer):
+    """What every prior's Conv2d layer shares: geometry, construction from ``nn.Conv2d``, the convolution with
+    arbitrary weights, export to ``nn.Conv2d``. Only zero padding is supported (numeric ``padding``)."""
+
+    group_dim = "out"
+
+    def _set_geometry(self, in_channels: int, out_channels: int, kernel_size, stride, padding, dilation, groups: int,
+                      bias: bool) -> nn.Conv2d:
+        """Store the conv geometry and return a freshly initialised ``nn.Conv2d`` of that shape (for its weights)."""
+        template = nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias)
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.kernel_size, self.stride = template.kernel_size, template.stride
+        self.padding, self.dilation, self.groups = template.padding, template.dilation, template.groups
+        return template
+
+    @classmethod
+    def from_conv2d(cls, layer: nn.Conv2d, config: Any) -> BayesianConv2d:
+        """The Bayesian layer whose posterior means start at ``layer``'s weights."""
+        if layer.padding_mode != "zeros" or isinstance(layer.padding, str):
+            raise ValueError(f"{layer}: only numeric zero padding is supported")
+        new = cls(layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride, layer.padding,
+                  layer.dilation, layer.groups, layer.bias is not None, config)
+        return new._load_means(layer)
+
+    def _conv(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        return F.conv2d(x, weight, bias, self.stride, self.padding, self.dilation, self.groups)
+
+    def to_plain(self) -> nn.Conv2d:
+        layer = nn.Conv2d(self.in_channels, self.out_channels, self.kernel_size, self.stride, self.padding,
+                          self.dilation, self.groups, bias=self.bias_mu is not None)
+        return _copy_posterior_means(self, layer)
+
+
+def _copy_posterior_means(source: BayesianLayer, layer: nn.Module) -> nn.Module:
+    with torch.no_grad():
+        layer.weight.copy_(source.posterior_mean_weight())
+        if layer.bias is not None:
+            layer.bias.copy_(source.posterior_mean_bias())
+    return layer.to(source.weight_mu.device)
 
 
 @dataclass(frozen=True)

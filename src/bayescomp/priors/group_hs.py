@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bayescomp.priors.base import BayesianLayer, PriorSpec, register_prior
+from bayescomp.priors.base import BayesianConv2d, BayesianLayer, BayesianLinear, PriorSpec, register_prior
 from bayescomp.priors.group_nj import kl_standard_normal
 
 _EPS = 1e-8
@@ -200,10 +200,8 @@ class _GroupHSMixin(BayesianLayer):
                     self.bias_log_sigma2.clamp_(max=bound)
 
 
-class LinearGroupHS(_GroupHSMixin):
+class LinearGroupHS(_GroupHSMixin, BayesianLinear):
     """Bayesian ``nn.Linear`` with a horseshoe scale per input neuron (z_i scales column i)."""
-
-    group_dim = "in"
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, config: GroupHSConfig | None = None):
         super().__init__()
@@ -211,15 +209,6 @@ class LinearGroupHS(_GroupHSMixin):
         weight = torch.randn(out_features, in_features) / math.sqrt(in_features)
         self._init_posterior(weight, torch.zeros(out_features) if bias else None, in_features,
                              config or GroupHSConfig())
-
-    @classmethod
-    def from_linear(cls, layer: nn.Linear, config: GroupHSConfig) -> LinearGroupHS:
-        new = cls(layer.in_features, layer.out_features, layer.bias is not None, config)
-        with torch.no_grad():
-            new.weight_mu.copy_(layer.weight)
-            if layer.bias is not None:
-                new.bias_mu.copy_(layer.bias)
-        return new.to(layer.weight.device)
 
     def posterior_mean_bias(self) -> torch.Tensor | None:
         return self.bias_mu
@@ -233,46 +222,18 @@ class LinearGroupHS(_GroupHSMixin):
         var = F.linear(x_scaled.pow(2), self.weight_log_sigma2.exp(), bias_var)
         return mean + var.add(_EPS).sqrt() * torch.randn_like(mean)
 
-    def to_plain(self) -> nn.Linear:
-        layer = nn.Linear(self.in_features, self.out_features, bias=self.bias_mu is not None)
-        with torch.no_grad():
-            layer.weight.copy_(self.posterior_mean_weight())
-            if self.bias_mu is not None:
-                layer.bias.copy_(self.bias_mu)
-        return layer
-
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, groups=in, tau0={self.config.tau0}"
 
 
-class Conv2dGroupHS(_GroupHSMixin):
+class Conv2dGroupHS(_GroupHSMixin, BayesianConv2d):
     """Bayesian ``nn.Conv2d`` with a horseshoe scale per output filter (z_c scales channel c, bias included)."""
-
-    group_dim = "out"
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, dilation=1,
                  groups: int = 1, bias: bool = True, config: GroupHSConfig | None = None):
         super().__init__()
-        template = nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias)
-        self.in_channels, self.out_channels = in_channels, out_channels
-        self.kernel_size, self.stride = template.kernel_size, template.stride
-        self.padding, self.dilation, self.groups = template.padding, template.dilation, template.groups
+        template = self._set_geometry(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias)
         self._init_posterior(template.weight, template.bias, out_channels, config or GroupHSConfig())
-
-    @classmethod
-    def from_conv2d(cls, layer: nn.Conv2d, config: GroupHSConfig) -> Conv2dGroupHS:
-        if layer.padding_mode != "zeros" or isinstance(layer.padding, str):
-            raise ValueError(f"{layer}: only numeric zero padding is supported")
-        new = cls(layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride, layer.padding,
-                  layer.dilation, layer.groups, layer.bias is not None, config)
-        with torch.no_grad():
-            new.weight_mu.copy_(layer.weight)
-            if layer.bias is not None:
-                new.bias_mu.copy_(layer.bias)
-        return new.to(layer.weight.device)
-
-    def _conv(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-        return F.conv2d(x, weight, bias, self.stride, self.padding, self.dilation, self.groups)
 
     def posterior_mean_bias(self) -> torch.Tensor | None:
         return None if self.bias_mu is None else self.bias_mu * self._z_point()
@@ -285,15 +246,6 @@ class Conv2dGroupHS(_GroupHSMixin):
         var = self._conv(x.pow(2), self.weight_log_sigma2.exp(), bias_var)
         z = self._sample_z(x.shape[0])[:, :, None, None]
         return (mean + var.add(_EPS).sqrt() * torch.randn_like(mean)) * z
-
-    def to_plain(self) -> nn.Conv2d:
-        layer = nn.Conv2d(self.in_channels, self.out_channels, self.kernel_size, self.stride, self.padding,
-                          self.dilation, self.groups, bias=self.bias_mu is not None)
-        with torch.no_grad():
-            layer.weight.copy_(self.posterior_mean_weight())
-            if self.bias_mu is not None:
-                layer.bias.copy_(self.posterior_mean_bias())
-        return layer
 
     def extra_repr(self) -> str:
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bayescomp.priors.base import BayesianLayer, PriorSpec, register_prior
+from bayescomp.priors.base import BayesianConv2d, BayesianLayer, BayesianLinear, PriorSpec, register_prior
 from bayescomp.priors.group_nj import kl_log_uniform_approx
 
 _EPS = 1e-8
@@ -148,10 +148,8 @@ class _SparseVDMixin(BayesianLayer):
         return torch.addcmul(mean, var.add_(_EPS).sqrt_(), torch.randn_like(mean))
 
 
-class LinearSparseVD(_SparseVDMixin):
+class LinearSparseVD(_SparseVDMixin, BayesianLinear):
     """Bayesian ``nn.Linear`` with a Sparse VD posterior on every weight; groups are input columns."""
-
-    group_dim = "in"
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True,
                  config: SparseVDConfig | None = None):
@@ -160,78 +158,30 @@ class LinearSparseVD(_SparseVDMixin):
         template = nn.Linear(in_features, out_features, bias)
         self._init_posterior(template.weight, template.bias, config or SparseVDConfig())
 
-    @classmethod
-    def from_linear(cls, layer: nn.Linear, config: SparseVDConfig) -> LinearSparseVD:
-        new = cls(layer.in_features, layer.out_features, layer.bias is not None, config)
-        with torch.no_grad():
-            new.weight_mu.copy_(layer.weight)
-            if layer.bias is not None:
-                new.bias_mu.copy_(layer.bias)
-        return new.to(layer.weight.device)
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.deterministic:
             return F.linear(x, self.posterior_mean_weight(), self.bias_mu)
         theta, sigma2 = self._train_weights()
         return self._sample(F.linear(x, theta, self.bias_mu), F.linear(x * x, sigma2))
 
-    def to_plain(self) -> nn.Linear:
-        layer = nn.Linear(self.in_features, self.out_features, bias=self.bias_mu is not None)
-        with torch.no_grad():
-            layer.weight.copy_(self.posterior_mean_weight())
-            if self.bias_mu is not None:
-                layer.bias.copy_(self.bias_mu)
-        return layer.to(self.weight_mu.device)
-
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, prior=svd"
 
 
-class Conv2dSparseVD(_SparseVDMixin):
+class Conv2dSparseVD(_SparseVDMixin, BayesianConv2d):
     """Bayesian ``nn.Conv2d`` with a Sparse VD posterior on every weight; groups are output filters."""
-
-    group_dim = "out"
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, dilation=1,
                  groups: int = 1, bias: bool = True, config: SparseVDConfig | None = None):
         super().__init__()
-        template = nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias)
-        self.in_channels, self.out_channels = in_channels, out_channels
-        self.kernel_size, self.stride = template.kernel_size, template.stride
-        self.padding, self.dilation, self.groups = template.padding, template.dilation, template.groups
-        if template.padding_mode != "zeros":
-            raise ValueError("Conv2dSparseVD supports padding_mode='zeros' only")
+        template = self._set_geometry(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias)
         self._init_posterior(template.weight, template.bias, config or SparseVDConfig())
-
-    @classmethod
-    def from_conv2d(cls, layer: nn.Conv2d, config: SparseVDConfig) -> Conv2dSparseVD:
-        if layer.padding_mode != "zeros" or isinstance(layer.padding, str):
-            raise ValueError(f"{layer}: only numeric zero padding is supported")
-        new = cls(layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride, layer.padding,
-                  layer.dilation, layer.groups, layer.bias is not None, config)
-        with torch.no_grad():
-            new.weight_mu.copy_(layer.weight)
-            if layer.bias is not None:
-                new.bias_mu.copy_(layer.bias)
-        return new.to(layer.weight.device)
-
-    def _conv(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-        return F.conv2d(x, weight, bias, self.stride, self.padding, self.dilation, self.groups)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.deterministic:
             return self._conv(x, self.posterior_mean_weight(), self.bias_mu)
         theta, sigma2 = self._train_weights()
         return self._sample(self._conv(x, theta, self.bias_mu), self._conv(x * x, sigma2, None))
-
-    def to_plain(self) -> nn.Conv2d:
-        layer = nn.Conv2d(self.in_channels, self.out_channels, self.kernel_size, self.stride, self.padding,
-                          self.dilation, self.groups, bias=self.bias_mu is not None)
-        with torch.no_grad():
-            layer.weight.copy_(self.posterior_mean_weight())
-            if self.bias_mu is not None:
-                layer.bias.copy_(self.bias_mu)
-        return layer.to(self.weight_mu.device)
 
     def extra_repr(self) -> str:
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
