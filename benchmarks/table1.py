@@ -72,13 +72,14 @@ PUBLISHED = {
 }
 
 
-def _same_config(run_dir: Path, config: RunConfig) -> dict | None:
-    """The finished report in ``run_dir`` if it was made with exactly ``config``."""
+def run_or_reuse(config: RunConfig, run_dir: Path, restart: bool) -> dict:
+    """The finished report in ``run_dir`` if it was made with exactly ``config``, else run (resuming) and report."""
     path = run_dir / "report.json"
-    if not path.exists():
-        return None
-    report = json.loads(path.read_text())
-    return report if report.get("config") == json.loads(json.dumps(config.to_dict())) else None
+    if path.exists() and not restart:
+        report = json.loads(path.read_text())
+        if report.get("config") == json.loads(json.dumps(config.to_dict())):
+            return report
+    return run(config, run_dir, progress=False, restart=restart, command=this_command())
 
 
 def build_config(model: str, method: str, seed: int = 0) -> RunConfig:
@@ -96,9 +97,7 @@ def build_config(model: str, method: str, seed: int = 0) -> RunConfig:
 def run_bayesian(model: str, method: str, run_root: Path, restart: bool) -> dict:
     config = build_config(model, method)
     run_dir = run_root / f"{model}_mnist_{method}"
-    report = None if restart else _same_config(run_dir, config)
-    if report is None:
-        report = run(config, run_dir, progress=False, restart=restart, command=this_command())
+    report = run_or_reuse(config, run_dir, restart)
     print(f"{model} {method}: test error {report['test_error_pct']:.2f}%, architecture {report['kept_architecture']}, "
           f"{report['compression_architecture']:.1f}x, non-zero {report['compression_nonzero']:.1f}x, "
           f"bits {report['compression_bits']:.1f}x", flush=True)
@@ -121,9 +120,7 @@ def run_magnitude_sweep(model: str, run_root: Path, restart: bool) -> list[dict]
     for structured, sparsity in MAGNITUDE_SWEEP[model]:
         config = magnitude_config(model, structured, sparsity)
         run_dir = run_root / "magnitude" / f"{model}_{'structured' if structured else 'unstructured'}_{sparsity}"
-        report = None if restart else _same_config(run_dir, config)
-        if report is None:
-            report = run(config, run_dir, progress=False, restart=restart, command=this_command())
+        report = run_or_reuse(config, run_dir, restart)
         print(f"{model} magnitude {'structured' if structured else 'unstructured'} {sparsity}: test error "
               f"{report['test_error_pct']:.2f}%, non-zero {report['compression_nonzero']:.1f}x, "
               f"architecture {report['kept_architecture']}", flush=True)
