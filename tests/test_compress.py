@@ -169,14 +169,20 @@ def test_every_zoo_model_bayesifies_and_chains(name):
 
 @pytest.mark.parametrize("prior", sorted(__import__("bayescomp.priors", fromlist=["PRIORS"]).PRIORS))
 def test_every_prior_compresses_to_a_small_model_equal_to_the_masked_one(prior):
-    """Iterates the registry: group priors and the per-weight Sparse VD all go through the same compression."""
+    """Iterates the registry: group priors and the per-weight priors (Sparse VD, Turbo-VBI) all go through the same
+    compression."""
     torch.manual_seed(0)
     model = bayesify(create_model("lenet5", 10, (1, 28, 28), [0.13], [0.31]), prior)
     g = torch.Generator().manual_seed(1)
     for _, layer in bayesian_layers(model):
         with torch.no_grad():
-            layer.weight_mu.mul_(torch.empty(layer.weight_mu.shape).uniform_(0.2, 2.0, generator=g))
+            factor = torch.empty(layer.weight_mu.shape).uniform_(0.2, 2.0, generator=g)
+            tiny = torch.rand(layer.weight_mu.shape, generator=g) < 0.3  # weights a per-weight prior drops
+            layer.weight_mu.mul_(torch.where(tiny, 1e-4, factor))
             layer.weight_log_sigma2.uniform_(-10, 0, generator=g)
+        layer.apply_constraints()  # priors with closed-form hyper-parameter steps refresh them from the new weights
+        if hasattr(layer, "turbo_update"):
+            layer.turbo_update()
     chain = build_chain(model)
     stats = [layer.module.group_log_alpha().detach() for layer in chain.layers]
     thresholds = [float(s.quantile(0.6)) + 1e-6 for s in stats]
@@ -188,16 +194,18 @@ def test_every_prior_compresses_to_a_small_model_equal_to_the_masked_one(prior):
     with torch.no_grad():
         torch.testing.assert_close(result.model(x), expected, rtol=1e-4, atol=1e-5)
     masks = [layer.module.weight_keep_mask() for layer in chain.layers]
-    if prior == "svd":  # the stored weights are zero exactly where the per-weight mask prunes them
+    per_weight = masks[0] is not None
+    assert all((m is not None) == per_weight for m in masks)
+    if per_weight:  # (Sparse VD, Turbo-VBI) the stored weights are zero exactly where the per-weight mask prunes them
         kept = sum(int(m[o][:, i].sum()) for m, i, o in zip(masks, plan.in_keep, plan.out_keep))
         assert result.weights_nonzero == kept < result.weights_kept
         assert result.compression_nonzero > result.compression_architecture
     else:
         assert all(m is None for m in masks)
         assert result.weights_nonzero == result.weights_kept
-    # default thresholds: the search for group priors, the prior's own per-weight rule for Sparse VD
-    if prior == "svd":
+    # default thresholds: the search for group priors, the prior's own per-weight rule for per-weight priors
+    if per_weight:
         default = compress(model, None)
-        assert default.thresholds == [3.0] * len(chain.layers)
+        assert default.thresholds == [float(layer.module.config.threshold) for layer in chain.layers]
     with pytest.raises(ValueError, match="validation data"):
         compress(model, None, CompressConfig(thresholds="search"))

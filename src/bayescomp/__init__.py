@@ -15,7 +15,7 @@ from bayescomp.compress import CompressConfig, CompressionResult, PruneError, co
 from bayescomp.data import DataBundle, DataError, load_dataset
 from bayescomp.models import MODELS, create_model
 from bayescomp.magnitude import MagnitudeConfig, magnitude_compress, prune_and_finetune
-from bayescomp.priors import PRIORS, GroupHSConfig, GroupNJConfig, SparseVDConfig
+from bayescomp.priors import PRIORS, GroupHSConfig, GroupNJConfig, SparseVDConfig, TurboVBIConfig
 from bayescomp.train import NonFiniteLossError, TrainConfig, evaluate, fit
 
 __version__ = "0.1.0"
@@ -42,7 +42,7 @@ def report(run_dir: str | Path) -> dict:
 
 __all__ = [
     "MODELS", "PRIORS", "CompressConfig", "CompressionResult", "DataBundle", "DataError", "GroupHSConfig",
-    "GroupNJConfig", "MagnitudeConfig", "NonFiniteLossError", "PruneError", "SparseVDConfig", "TrainConfig",
+    "GroupNJConfig", "MagnitudeConfig", "NonFiniteLossError", "PruneError", "SparseVDConfig", "TrainConfig", "TurboVBIConfig",
     "bayesify", "compress", "create_model", "evaluate", "fit", "load", "load_dataset", "magnitude_compress",
     "prune_and_finetune", "report",
 ]

@@ -38,7 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="data set: mnist, fashion-mnist, cifar10 (default: the model's usual data)")
     run.add_argument("--method", default="gnj",
                      help="gnj / ghs: Bayesian Compression with the group normal-Jeffreys / group horseshoe prior; "
-                          "svd: Sparse Variational Dropout (per weight); magnitude: magnitude pruning + fine-tuning")
+                          "svd: Sparse Variational Dropout (per weight); turbo: Turbo-VBI structured prior (MRF "
+                          "support); magnitude: magnitude pruning + fine-tuning")
     run.add_argument("--run-dir", default=None, help="output directory (default runs/<model>_<data>_<method>)")
     run.add_argument("--data-dir", default=None,
                      help="folder with mnist/, fashion-mnist/, cifar-10/ (default $BAYESCOMP_DATA, else ../shared/data)")
@@ -66,6 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--clip-var", type=float, default=None,
                      help="gnj/ghs: upper bound on weight posterior variances")
     run.add_argument("--tau0", type=float, default=None, help="ghs: scale of the global half-Cauchy (default 1e-5)")
+    run.add_argument("--prior-option", action="append", default=[], metavar="KEY=VALUE",
+                     help="set any field of the method's config (repeatable), e.g. --prior-option spike_std=0.05 "
+                          "--prior-option update_every=0 for turbo; see the config classes for the fields")
     run.add_argument("--sparsity", type=float, default=None,
                      help="magnitude: fraction of weights (or, with --structured, of neurons/filters) to remove")
     run.add_argument("--structured", action="store_true", help="magnitude: remove whole neurons/filters by norm")
@@ -105,7 +109,7 @@ def _train_config(base: TrainConfig, args: argparse.Namespace, bayes: bool) -> T
     return replace(base, **changes)
 
 
-_METHOD_OPTIONS = {"gnj": {"clip_var"}, "ghs": {"clip_var", "tau0"}, "svd": set(),
+_METHOD_OPTIONS = {"gnj": {"clip_var"}, "ghs": {"clip_var", "tau0"}, "svd": set(), "turbo": set(),
                    "magnitude": {"sparsity", "scope", "rounds", "structured"}}
 
 
@@ -114,6 +118,30 @@ def _check_options(method: str, options: dict) -> None:
     if wrong:
         flags = ", ".join("--" + w.replace("_", "-") for w in wrong)
         raise ValueError(f"{flags} do(es) not apply to --method {method}")
+
+
+def _prior_options(method: str, items: list[str]) -> dict:
+    """``KEY=VALUE`` strings -> config fields, values parsed as JSON where possible (numbers, true/false)."""
+    import json
+    from dataclasses import fields
+
+    if not items:
+        return {}
+    if method == "magnitude":
+        from bayescomp.magnitude import MagnitudeConfig as config_cls
+    else:
+        config_cls = PRIORS[method].config_cls if method in PRIORS else None
+    known = {f.name for f in fields(config_cls)} if config_cls else set()
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or key not in known:
+            raise ValueError(f"--prior-option {item!r}: expected KEY=VALUE with KEY one of {', '.join(sorted(known))}")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -127,6 +155,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                "rounds": args.rounds, "structured": args.structured or None}
     prior = {k: v for k, v in options.items() if v is not None}
     _check_options(args.method, prior)
+    prior.update(_prior_options(args.method, args.prior_option))
     config = RunConfig(model=args.model, data=data, method=args.method, seed=args.seed, data_dir=args.data_dir,
                        val_size=args.val_size, train_subset=args.train_subset, test_subset=args.test_subset,
                        prior=prior, latency=not args.no_latency, plots=not args.no_plots,

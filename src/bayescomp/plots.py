@@ -81,6 +81,40 @@ def plot_tradeoff(report: dict[str, Any], path: Path) -> Path:
     return path
 
 
+def support_grids(result) -> list:
+    """Each layer's kept-weight pattern on the dense layer's GEMM grid (rows = output neurons/filters, columns =
+    inputs x kernel positions), reconstructed from the plan: removed neurons show as empty rows/columns."""
+    import torch
+
+    from bayescomp.compress import prunable_modules
+
+    grids = []
+    for module, keep_in, keep_out in zip(prunable_modules(result.model), result.plan.in_keep, result.plan.out_keep):
+        weight = module.weight.detach()
+        kernel = weight[0, 0].numel() if weight.dim() == 4 else 1
+        grid = torch.zeros(keep_out.numel(), keep_in.numel() * kernel, dtype=torch.bool)
+        cols = keep_in.repeat_interleave(kernel)
+        grid[keep_out.nonzero().flatten()[:, None], cols.nonzero().flatten()[None, :]] = weight.flatten(1) != 0
+        grids.append(grid)
+    return grids
+
+
+def plot_support_patterns(result, path: Path) -> Path:
+    """The support pattern (kept weights in black) of every layer on its dense GEMM grid."""
+    grids = support_grids(result)
+    fig, axes = plt.subplots(1, len(grids), figsize=(3.4 * len(grids), 3.2), squeeze=False)
+    for ax, name, grid in zip(axes[0], result.layer_names, grids):
+        ax.imshow(grid.numpy(), cmap="Greys", interpolation="nearest", aspect="auto")
+        ax.set_title(f"{name}: {int(grid.sum()):,}/{grid.numel():,} kept", fontsize=9)
+        ax.set_xlabel("input (x kernel position)", fontsize=8)
+        ax.set_ylabel("output neuron / filter", fontsize=8)
+        ax.tick_params(labelsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
 def plot_all(report: dict[str, Any], result, data, directory: Path) -> list[str]:
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
@@ -88,5 +122,6 @@ def plot_all(report: dict[str, Any], result, data, directory: Path) -> list[str]
         plot_log_alpha(result, directory / "log_alpha.png"),
         plot_survivors(result, data, directory / "survivors.png"),
         plot_tradeoff(report, directory / "tradeoff.png"),
+        plot_support_patterns(result, directory / "support.png"),
     ]
     return [str(p) for p in paths]

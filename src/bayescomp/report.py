@@ -9,6 +9,12 @@ Every ratio is defined where it is printed:
 * compression_csr = 32 x all weights / bits of the compressed layers stored as CSR (float32 values + column
   indices + row pointers); compression_csr_bits the same with the values at each layer's bit width.
 Weights are the entries of Linear/Conv2d weight tensors (biases excluded, as in the papers).
+
+Regularity (the same for every method, so patterns compare; :mod:`bayescomp.compress.blocks`): each compressed
+layer's weight as its GEMM matrix (Linear (out, in); Conv2d (out, in*kh*kw)) cut into 4x4 tiles:
+dense_block_share = share of the non-zero weights that sit in tiles with no zero; nonzero_blocks = tiles holding
+any non-zero; blocks_per_nonzero = nonzero_blocks / non-zero weights (lower is more regular); neurons_removed =
+hidden neurons and filters removed (input features excluded).
 """
 
 from __future__ import annotations
@@ -21,7 +27,8 @@ from typing import Any
 import torch
 
 from bayescomp import measure
-from bayescomp.compress import CompressionResult
+from bayescomp.compress import CompressionResult, prunable_modules
+from bayescomp.compress.blocks import choose_block_format, regularity_metrics
 from bayescomp.compress.chain import build_chain
 from bayescomp.compress.search import sweep_global_thresholds
 from bayescomp.priors.base import deterministic_mode
@@ -44,6 +51,25 @@ def measure_latency_pair(dense, small, input_shape) -> dict[str, dict[str, float
             out.setdefault(label, {})[key] = stats["median_ms"]
     out["speedup"] = {k: out["dense"][k] / out["compressed"][k] for k in out["dense"]}
     out["threads"] = torch.get_num_threads()
+    return out
+
+
+def regularity_fields(result: CompressionResult) -> dict[str, Any]:
+    """The regularity metrics of the compressed model (see the module docstring), as flat report fields."""
+    metrics = regularity_metrics([m.weight.detach() for m in prunable_modules(result.model)])
+    removed = sum(int((~keep).sum()) for keep in result.plan.out_keep[:-1])
+    return {"dense_block_share": metrics["dense_block_share"], "nonzero_blocks": metrics["nonzero_blocks"],
+            "blocks_per_nonzero": metrics["blocks_per_nonzero"], "mean_row_run": metrics["mean_row_run"],
+            "neurons_removed": removed, "regularity": metrics}
+
+
+def block_format_latency(dense, small, input_shape) -> dict[str, Any]:
+    """Run the compressed model's Linear layers in the 4x4 block-sparse format where that is measured faster (at
+    batch 256); when some layer switches, measure the latency of that model too. Conv2d layers stay dense."""
+    fast, decisions = choose_block_format(small, input_shape, batch_size=256, repeats=20)
+    out: dict[str, Any] = {"decisions": decisions, "used": any(d["used_block_format"] for d in decisions)}
+    if out["used"]:
+        out["latency_ms"] = measure_latency_pair(dense, fast, input_shape)
     return out
 
 
@@ -107,8 +133,10 @@ def build_report(config, data, dense, model, result: CompressionResult, history,
         "device": "cpu",
         "torch_threads": torch.get_num_threads(),
     }
+    report.update(regularity_fields(result))
     if config.latency:
         report["latency_ms"] = measure_latency_pair(dense, result.quantized_model, input_shape)
+        report["block_format"] = block_format_latency(dense, result.quantized_model, input_shape)
     report["tradeoff_curve"] = [] if model is None else tradeoff_curve(model, result, data)
     report["search_path"] = result.search_path
     report["history"] = history.epochs
@@ -150,6 +178,10 @@ def render_markdown(report: dict[str, Any]) -> str:
         f"float32 state_dict / {report['file_bytes_compressed']:,} bytes packed)",
         f"- **FLOPs** (multiply-accumulates per example) {report['flops_dense']:,} -> {report['flops_compressed']:,} "
         f"({report['flops_dense'] / max(report['flops_compressed'], 1):.1f}x fewer)",
+        f"- **Regularity** (4x4 tiles of the GEMM matrices): {100 * report['dense_block_share']:.1f} % of the non-zero "
+        f"weights in fully dense tiles, {report['nonzero_blocks']:,} non-zero tiles "
+        f"({report['blocks_per_nonzero']:.3f} per non-zero weight), mean run along rows "
+        f"{report['mean_row_run']:.1f}, {report['neurons_removed']} neurons/filters removed",
         f"- thresholds (keep groups whose statistic is below): {', '.join(f'{t:.2f}' for t in report['thresholds'])}",
     ]
     latency = report.get("latency_ms")
@@ -167,6 +199,13 @@ def render_markdown(report: dict[str, Any]) -> str:
             label = key.replace("batch_", "").replace("_1thread", " (1 thread)")
             lines.append(f"| {label} | {latency['dense'][key]:.3f} | {latency['compressed'][key]:.3f} "
                          f"| {latency['speedup'][key]:.1f}x |")
+    blocks = report.get("block_format")
+    if blocks:
+        used = [d for d in blocks["decisions"] if d["used_block_format"]]
+        lines += ["", "Block-sparse (4x4 BSR) execution of the Linear layers, timed per layer at batch 256: "
+                  + (", ".join(f"layer {d['layer']} {d['speedup']:.1f}x" for d in used) + " faster, so the "
+                     f"block-format model runs at {blocks['latency_ms']['compressed']['batch_256']:.3f} ms "
+                     "(batch 256)" if used else "no layer is faster than dense; the dense-pruned model is kept")]
     before = report.get("test_error_pct_pruned_before_finetune")
     if report["method"] == "magnitude":
         opts = report["config"]["prior"]

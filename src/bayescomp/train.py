@@ -150,6 +150,8 @@ def fit(
         if stop_after_epochs is not None and epoch - start_epoch >= stop_after_epochs:
             break
         record = _train_epoch(model, data, config, optimizer, epoch, n_train, steps_per_epoch, progress, has_bayes)
+        for _, layer in bayesian_layers(model):
+            layer.on_epoch_end()
         scheduler.step()
         record.update({f"val_{k}": v for k, v in evaluate(model, data.val).items()})
         history.epochs.append(record)

@@ -61,7 +61,10 @@ class BayesianLayer(nn.Module):
         return None
 
     def apply_constraints(self) -> None:
-        """Called after each optimiser step (e.g. variance clipping). Default: nothing."""
+        """Called after each optimiser step (e.g. variance clipping, closed-form hyper-parameter steps)."""
+
+    def on_epoch_end(self) -> None:
+        """Called by the trainer after each training epoch, before validation and the checkpoint. Default: nothing."""
 
     def to_plain(self) -> nn.Module:
         """The deterministic layer as a plain ``nn.Linear``/``nn.Conv2d`` with the posterior-mean weights."""

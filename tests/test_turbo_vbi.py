@@ -1,0 +1,202 @@
+"""Turbo-VBI: the closed-form rho- and s-steps against direct numerical optimisation of the ELBO, the layers'
+moments against sampling, the Turbo schedule, and pruning by the posterior support."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy.optimize import minimize, minimize_scalar
+from torch import nn
+
+from bayescomp.priors.turbo_updates import (
+    GammaPair, convention_constants, mean_field_evidence, mean_field_rho_step, structured_posteriors,
+)
+from bayescomp.priors.turbo_vbi import Conv2dTurboVBI, LinearTurboVBI, TurboVBIConfig
+
+PAIR = GammaPair(a=1.3, b=0.7, a_bar=2.0, b_bar=0.004)
+
+
+# --- an independent ELBO of one weight, written with torch.distributions -------------------------------------------
+def _gamma_terms(shape: float, rate: float, a: float, b: float, c1: float, c2: float, x: float) -> float:
+    """E_q[c1 ln rho - c2 rho x] + E_q[ln Gamma(rho; a, b)] + H[q], q = Gamma(shape, rate)."""
+    q = torch.distributions.Gamma(torch.tensor(shape, dtype=torch.float64), torch.tensor(rate, dtype=torch.float64))
+    e_rho, e_log = shape / rate, float(torch.digamma(torch.tensor(shape, dtype=torch.float64))) - math.log(rate)
+    log_prior = a * math.log(b) - math.lgamma(a) + (a - 1) * e_log - b * e_rho
+    return c1 * e_log - c2 * e_rho * x + log_prior + float(q.entropy())
+
+
+def _bernoulli_terms(p: float, prior: float) -> float:
+    return p * math.log(prior) + (1 - p) * math.log(1 - prior) - p * math.log(p) - (1 - p) * math.log(1 - p)
+
+
+def _mean_field_elbo(shape, rate, p, x, prior, c1, c2):
+    """ELBO of q(rho) q(s): the Gamma prior term is averaged over s inside, with one q(rho)."""
+    e_rho = shape / rate
+    e_log = float(torch.digamma(torch.tensor(shape, dtype=torch.float64))) - math.log(rate)
+    q = torch.distributions.Gamma(torch.tensor(shape, dtype=torch.float64), torch.tensor(rate, dtype=torch.float64))
+    value = c1 * e_log - c2 * e_rho * x + float(q.entropy())
+    for weight, a, b in ((p, PAIR.a, PAIR.b), (1 - p, PAIR.a_bar, PAIR.b_bar)):
+        value += weight * (a * math.log(b) - math.lgamma(a) + (a - 1) * e_log - b * e_rho)
+    return value + _bernoulli_terms(p, prior)
+
+
+def _structured_elbo(params, x, prior, c1, c2):
+    shape1, rate1, shape0, rate0 = np.exp(params[:4])
+    p = 1 / (1 + math.exp(-params[4]))
+    return (p * _gamma_terms(shape1, rate1, PAIR.a, PAIR.b, c1, c2, x)
+            + (1 - p) * _gamma_terms(shape0, rate0, PAIR.a_bar, PAIR.b_bar, c1, c2, x) + _bernoulli_terms(p, prior))
+
+
+@pytest.mark.parametrize("convention", ["real", "complex"])
+@pytest.mark.parametrize("x", [1e-4, 0.02, 0.9])
+def test_mean_field_rho_and_s_steps_maximise_the_elbo(convention, x):
+    c1, c2 = convention_constants(convention)
+    prior, p = 0.3, 0.62
+    shape, rate = mean_field_rho_step(torch.tensor(x, dtype=torch.float64), torch.tensor(p, dtype=torch.float64),
+                                      PAIR, convention)
+    numeric = minimize(lambda v: -_mean_field_elbo(math.exp(v[0]), math.exp(v[1]), p, x, prior, c1, c2),
+                       x0=[0.0, 0.0], method="Nelder-Mead", options={"xatol": 1e-10, "fatol": 1e-13, "maxiter": 4000})
+    assert math.exp(numeric.x[0]) == pytest.approx(float(shape), rel=1e-4)
+    assert math.exp(numeric.x[1]) == pytest.approx(float(rate), rel=1e-4)
+    evidence = float(mean_field_evidence(shape, rate, PAIR))
+    closed = 1 / (1 + math.exp(-(math.log(prior / (1 - prior)) + evidence)))
+    best = minimize_scalar(lambda q: -_mean_field_elbo(float(shape), float(rate), q, x, prior, c1, c2),
+                           bounds=(1e-12, 1 - 1e-12), method="bounded", options={"xatol": 1e-12})
+    assert best.x == pytest.approx(closed, abs=1e-6)
+
+
+@pytest.mark.parametrize("convention", ["real", "complex"])
+@pytest.mark.parametrize("x", [1e-4, 0.02, 0.9])
+def test_structured_rho_and_s_steps_are_the_joint_elbo_maximum(convention, x):
+    c1, c2 = convention_constants(convention)
+    prior = 0.3
+    active, inactive, evidence = structured_posteriors(torch.tensor(x, dtype=torch.float64), PAIR, convention)
+    closed_p = 1 / (1 + math.exp(-(math.log(prior / (1 - prior)) + float(evidence))))
+    closed = [*map(float, (*active, *inactive)), closed_p]
+    start = np.log([*closed[:4]]) + 0.3
+    numeric = minimize(lambda v: -_structured_elbo(v, x, prior, c1, c2), x0=[*start, 0.0], method="BFGS",
+                       options={"gtol": 1e-10})
+    found = [*np.exp(numeric.x[:4]), 1 / (1 + math.exp(-numeric.x[4]))]
+    assert found[4] == pytest.approx(closed_p, abs=1e-5)
+    for got, want, weight in zip(found[:4], closed[:4], (closed_p, closed_p, 1 - closed_p, 1 - closed_p)):
+        if weight > 1e-3:  # a component with negligible probability leaves its q(rho | s) unidentified
+            assert got == pytest.approx(want, rel=1e-3)
+    # the structured family contains the mean-field one, so its optimum is at least as high
+    mf_best = -minimize(lambda v: -_mean_field_elbo(math.exp(v[0]), math.exp(v[1]), 1 / (1 + math.exp(-v[2])), x,
+                                                    prior, c1, c2), x0=[0.0, 0.0, 0.0], method="Nelder-Mead",
+                        options={"xatol": 1e-9, "fatol": 1e-12, "maxiter": 6000}).fun
+    assert -numeric.fun >= mf_best - 1e-7
+
+
+def _layer(cls, config, *shape):
+    torch.manual_seed(0)
+    plain = nn.Linear(*shape) if cls is LinearTurboVBI else nn.Conv2d(*shape)
+    layer = cls.from_linear(plain, config) if cls is LinearTurboVBI else cls.from_conv2d(plain, config)
+    with torch.no_grad():
+        layer.weight_log_sigma2.uniform_(-6, -3)
+    return layer
+
+
+@pytest.mark.parametrize("cls, shape, x_shape", [(LinearTurboVBI, (6, 4), (3, 6)),
+                                                  (Conv2dTurboVBI, (2, 3, 3), (2, 2, 5, 5))])
+def test_local_reparameterisation_matches_the_weight_posterior_moments(cls, shape, x_shape):
+    """Sampled pre-activations have the mean and variance that sampling w ~ N(mu, sigma²) implies:
+    E = x mu + b and Var = x² sigma² (independent weights), computed here without the layer's forward."""
+    layer = _layer(cls, TurboVBIConfig(), *shape)
+    x = torch.randn(*x_shape)
+    samples = 20000
+    with torch.no_grad():
+        outputs = torch.stack([layer(x) for _ in range(samples)])
+        sigma2 = layer.weight_log_sigma2.exp()
+        if cls is LinearTurboVBI:
+            mean, var = x @ layer.weight_mu.T + layer.bias_mu, (x * x) @ sigma2.T
+        else:
+            mean = nn.functional.conv2d(x, layer.weight_mu, layer.bias_mu)
+            var = nn.functional.conv2d(x * x, sigma2)
+    tolerance = 5 * var.sqrt() / math.sqrt(samples)  # 5 standard errors of the sample mean
+    assert ((outputs.mean(0) - mean).abs() <= tolerance).all()
+    assert torch.allclose(outputs.var(0), var, rtol=0.1)  # the sample variance's relative SE is ~1 %
+
+
+def test_kl_gradient_is_a_per_weight_decay_with_the_expected_precision():
+    layer = _layer(LinearTurboVBI, TurboVBIConfig(), 5, 3)
+    layer.kl_divergence().backward()
+    expected = layer.precision_mean.reshape(layer.weight_mu.shape) * layer.weight_mu
+    assert torch.allclose(layer.weight_mu.grad, expected.detach())
+    sigma2 = layer.weight_log_sigma2.exp()
+    expected_sigma = 0.5 * (layer.precision_mean.reshape(sigma2.shape) * sigma2 - 1)
+    assert torch.allclose(layer.weight_log_sigma2.grad, expected_sigma.detach(), atol=1e-7)
+
+
+def test_small_weights_lose_their_support_and_large_ones_keep_it():
+    config = TurboVBIConfig(p01=0.3, p11=0.7, p_start=0.5)
+    layer = _layer(LinearTurboVBI, config, 40, 30)
+    with torch.no_grad():
+        layer.weight_mu.normal_(0, 0.1)
+        layer.weight_mu[:, :20] *= 1e-3  # the first 20 inputs carry (nearly) nothing
+        layer.weight_log_sigma2.fill_(-14)
+        layer.reset_hyperparameters()
+        for _ in range(5):
+            layer.turbo_update()
+    keep = layer.weight_keep_mask()
+    assert keep[:, 20:].float().mean() > 0.9
+    assert keep[:, :20].float().mean() < 0.1
+    groups = layer.group_log_alpha() < config.threshold
+    assert groups[20:].all() and not groups[:20].any()
+
+
+def test_the_mrf_fills_holes_inside_blocks():
+    """Evidence alone keeps isolated strong weights and drops weak ones inside a block; the MRF prior (module B)
+    lets the neighbours decide: a weak weight surrounded by kept weights is kept, an isolated one is not."""
+    weak = 0.04  # a magnitude whose own evidence is mildly for 'inactive'
+    layer = _layer(LinearTurboVBI, TurboVBIConfig(p01=0.05, p11=0.95, p_start=0.05), 12, 12)
+    with torch.no_grad():
+        layer.weight_mu.zero_()
+        layer.weight_mu[2:8, 2:8] = 0.5
+        layer.weight_mu[4, 4] = weak  # a hole inside the block
+        layer.weight_mu[10, 10] = weak  # the same magnitude on its own
+        layer.weight_log_sigma2.fill_(-16)
+        layer.weight_scale.fill_(0.5)
+        _, _, evidence = structured_posteriors(layer.second_moment(), layer.gamma_pair())
+        assert evidence[4, 4] < 2  # not decisive on its own
+        for _ in range(5):
+            layer.turbo_update()
+    keep = layer.weight_keep_mask()
+    assert keep[4, 4] and not keep[10, 10]
+    assert keep[2:8, 2:8].all() and int(keep.sum()) == 36
+
+
+def test_turbo_schedule_runs_every_k_steps_and_per_epoch():
+    layer = _layer(LinearTurboVBI, TurboVBIConfig(update_every=3), 4, 3)
+    calls = layer.module_b_calls
+    for _ in range(7):
+        layer.apply_constraints()
+    assert layer.module_b_calls - calls == 2 and int(layer.steps) == 7
+    layer.on_epoch_end()
+    assert layer.module_b_calls - calls == 2
+    per_epoch = _layer(LinearTurboVBI, TurboVBIConfig(update_every=0), 4, 3)
+    calls = per_epoch.module_b_calls
+    for _ in range(7):
+        per_epoch.apply_constraints()
+    per_epoch.on_epoch_end()
+    assert per_epoch.module_b_calls - calls == 1
+
+
+def test_state_dict_round_trip_restores_the_hyperparameters():
+    layer = _layer(Conv2dTurboVBI, TurboVBIConfig(), 2, 3, 3)
+    for _ in range(4):
+        layer.turbo_update()
+    copy = Conv2dTurboVBI(2, 3, 3, config=TurboVBIConfig())
+    copy.load_state_dict(layer.state_dict())
+    for name in ("support_log_odds", "prior_log_odds", "precision_mean", "bp_messages", "weight_scale"):
+        assert torch.equal(getattr(copy, name), getattr(layer, name)), name
+
+
+@pytest.mark.parametrize("bad", [dict(factorization="x"), dict(convention="y"), dict(spike_std=5.0),
+                                 dict(p11=1.0), dict(a_active=0.0), dict(update_every=-1)])
+def test_invalid_config_is_rejected(bad):
+    with pytest.raises(ValueError):
+        TurboVBIConfig(**bad)
