@@ -30,12 +30,14 @@ from bayescomp.compress import CompressConfig  # noqa: E402
 from bayescomp.compress.packed import load_packed  # noqa: E402
 from bayescomp.data import DATASETS  # noqa: E402
 from bayescomp.measure import compression_csr, count_flops, csr_storage_bits  # noqa: E402
+from bayescomp.models import create_model  # noqa: E402
 from bayescomp.pipeline import RunConfig, run  # noqa: E402
+from bayescomp.report import block_format_latency, regularity_fields  # noqa: E402
 
 MODELS = ("lenet300", "lenet5")
-METHODS = ("ghs", "svd", "magnitude")
-ALL_METHODS = ("gnj", "ghs", "svd", "magnitude")
-BAYESIAN = ("gnj", "ghs", "svd")
+METHODS = ("ghs", "svd", "turbo", "magnitude")
+ALL_METHODS = ("gnj", "ghs", "svd", "turbo", "magnitude")
+BAYESIAN = ("gnj", "ghs", "svd", "turbo")
 
 #: Per (model, method): Bayesian epochs, prior options, search tolerance (points of validation error), fine-tuning
 #: epochs and learning rate. GHS uses BC-GNJ's recipe (benchmarks/gnj_mnist.py) so the two priors compare like
@@ -159,8 +161,10 @@ def file_metrics(record: dict) -> dict:
     weights = [m.weight.detach() for m in model.modules() if type(m).__name__ in ("Linear", "Conv2d")]
     nonzero = sum(int((w != 0).sum()) for w in weights)
     dense = record["weights_dense"]
-    shape = DATASETS[record["data"]].input_shape
-    return {"nonzero_in_file": nonzero,
+    spec = DATASETS[record["data"]]
+    shape = spec.input_shape
+    dense_model = create_model(record["model"], spec.num_classes, shape, spec.mean, spec.std)
+    return {**regularity_fields(dense_model, model), "nonzero_in_file": nonzero,
             "compression_storage_f32": storage_compression(RESULTS / record["compressed_file"], dense),
             "flops_nonzero_file": count_flops(model, shape, nonzero_only=True), "compression_nonzero_file": dense / nonzero,
             "compression_csr_file": compression_csr(dense, weights, 32),
@@ -180,11 +184,21 @@ def remeasure_latency(records: list[dict]) -> None:
         small = bayescomp.load(RESULTS / record["compressed_file"])
         record.setdefault("latency_ms_during_training", record.get("latency_ms"))
         record["latency_ms"] = measure_latency_pair(dense, small, spec.input_shape)
+        record["block_format"] = block_format_latency(dense, small, spec.input_shape)
         record["latency_command"] = this_command()
-        path = RESULTS / f"{record['model']}_{record['data']}_{record['method']}.json"
-        on_disk = json.loads(path.read_text())
-        on_disk.update({k: record[k] for k in ("latency_ms", "latency_ms_during_training", "latency_command")})
-        path.write_text(json.dumps(on_disk, indent=2))
+        _update_on_disk(record, ("latency_ms", "latency_ms_during_training", "latency_command", "block_format"))
+
+
+#: Regularity fields that every method's published JSON carries (computed from its compressed file).
+REGULARITY = ("dense_block_share", "nonzero_blocks", "blocks_per_nonzero", "mean_row_run", "neurons_removed",
+              "regularity")
+
+
+def _update_on_disk(record: dict, keys) -> None:
+    path = RESULTS / f"{record['model']}_{record['data']}_{record['method']}.json"
+    on_disk = json.loads(path.read_text())
+    on_disk.update({k: record[k] for k in keys if k in record})
+    path.write_text(json.dumps(on_disk, indent=2))
 
 
 def _load_records() -> list[dict]:
@@ -196,6 +210,7 @@ def _load_records() -> list[dict]:
                 records.append({**json.loads(path.read_text()), **{"_path": str(path)}})
     for record in records:
         record.update(file_metrics(record))
+        _update_on_disk(record, REGULARITY)
     return records
 
 
@@ -228,6 +243,32 @@ def _latency(record: dict) -> str:
             f"{lat['compressed']['batch_256']:.2f} ({lat['speedup']['batch_256']:.1f}x)")
 
 
+def _block_latency(record: dict) -> str:
+    blocks = record.get("block_format") or {}
+    if not blocks.get("used"):
+        return "dense-pruned kept" if blocks else "–"
+    lat = blocks["latency_ms"]
+    return f"{lat['compressed']['batch_256']:.2f} ({lat['speedup']['batch_256']:.1f}x)"
+
+
+def regularity_table(records: list[dict]) -> list[str]:
+    """How regular each compressed model's non-zeros are, and what that buys in measured latency."""
+    lines = ["", "Regularity of the shipped weights (each layer's GEMM matrix, Linear (out, in), Conv2d (out, in·kh·kw), "
+             "cut into 4x4 tiles; `benchmarks/table1.py` computes it from each compressed file). Dense-block share = "
+             "share of the non-zero weights in tiles with no zero; tiles per non-zero: lower is more regular (1/16 "
+             "when every tile is full); block-format latency: the Linear layers in 4x4 BSR where that was measured "
+             "faster at batch 256:", "",
+             "| model | method | test error | × storage | dense-block share | non-zero tiles | tiles per non-zero "
+             "| mean run along rows | neurons / filters removed | latency ms b1 / b256 (speed-up) | block-format b256 |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in records:
+        lines.append(
+            f"| {r['model']} | {r['method']} | {r['test_error_pct']:.2f} % | {r['compression_storage_f32']:.1f} | "
+            f"{100 * r['dense_block_share']:.1f} % | {r['nonzero_blocks']:,} | {r['blocks_per_nonzero']:.3f} | "
+            f"{r['mean_row_run']:.1f} | {r['neurons_removed']} | {_latency(r)} | {_block_latency(r)} |")
+    return lines
+
+
 def render_table(records: list[dict], comparison: list[dict], compute: dict[str, float]) -> str:
     lines = [
         "| model | method | test error | kept architecture | non-zero weights (fraction) | × non-zero | × architecture "
@@ -258,6 +299,7 @@ def render_table(records: list[dict], comparison: list[dict], compute: dict[str,
         verdict = {True: "yes", False: "no", None: "–"}[c["beats_magnitude"]]
         lines.append(f"| {c['model']} | {c['method']} | {c['test_error_pct']:.2f} % | "
                      f"{c['compression_storage_f32']:.1f} | {c['compression_nonzero']:.1f} | {mag} | {verdict} |")
+    lines += regularity_table(records)
     variants_path = RESULTS / "table1_variants.json"
     if variants_path.exists():
         lines += ["", "Settings tried beyond the recipe: post-training settings on a trained posterior "
@@ -277,7 +319,7 @@ def render_table(records: list[dict], comparison: list[dict], compute: dict[str,
                 f"{v['test_error_pct_pruned']:.2f} % | {v['bits_max']['compression_bits']:.0f}, "
                 f"{v['bits_max']['test_error_pct']:.2f} % | {mean_text} |")
     lines += ["", f"Compute behind this table (2-core CPU, no GPU): {compute['bayesian_training_s'] / 60:.0f} min of "
-              f"GHS and Sparse VD training (epochs x mean epoch time) and {compute['magnitude_sweep_s'] / 60:.0f} min "
+              f"GHS, Sparse VD and Turbo-VBI training (epochs x mean epoch time) and {compute['magnitude_sweep_s'] / 60:.0f} min "
               "for the magnitude sweep, plus a minute or two of compression, fine-tuning and reporting per run. The runs "
               "went two at a time on one thread each, which roughly doubles each epoch's time. BC-GNJ's rows come "
               "from benchmarks/gnj_mnist.py. Rerunning the command reuses every finished run whose settings match."]
@@ -291,7 +333,7 @@ def comparison_plot(records: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
     import matplotlib.ticker
 
-    colors = {"gnj": "tab:blue", "ghs": "tab:red", "svd": "tab:green", "magnitude": "tab:gray"}
+    colors = {"gnj": "tab:blue", "ghs": "tab:red", "svd": "tab:green", "turbo": "tab:purple", "magnitude": "tab:gray"}
     fig, axes = plt.subplots(1, len(MODELS), figsize=(11, 4), squeeze=False)
     for ax, model in zip(axes[0], MODELS):
         for r in (r for r in records if r["model"] == model):
@@ -325,7 +367,7 @@ def write_table(wall_s: float | None, latency: bool) -> None:
         remeasure_latency(records)
     comparison = equal_error_comparison(records)
     # the compute behind the table, as the runs timed themselves: Bayesian training epochs, and each magnitude point
-    training_s = sum(r["epochs"] * r["epoch_s_mean"] for r in records if r["method"] in ("ghs", "svd"))
+    training_s = sum(r["epochs"] * r["epoch_s_mean"] for r in records if r["method"] in ("ghs", "svd", "turbo"))
     sweep_s = sum(p.get("wall_time_s", 0.0) for r in records for p in r.get("magnitude_sweep", []))
     compute_s = {"bayesian_training_s": training_s, "magnitude_sweep_s": sweep_s}
     markdown = render_table(records, comparison, compute_s)
@@ -337,6 +379,7 @@ def write_table(wall_s: float | None, latency: bool) -> None:
             "flops_nonzero_file", "latency_ms")
     (RESULTS / "table1.json").write_text(json.dumps({
         "rows": [{k: r.get(k) for k in keep} for r in records], "equal_error": comparison,
+        "regularity": [{k: r.get(k) for k in ("model", "method", *REGULARITY[:-1], "block_format")} for r in records],
         "compute_wall_time_s": compute_s, "this_invocation_s": wall_s, "command": this_command(),
     }, indent=2))
     comparison_plot(records, RESULTS / "plots" / "table1_error_vs_compression.png")

@@ -200,3 +200,21 @@ def test_state_dict_round_trip_restores_the_hyperparameters():
 def test_invalid_config_is_rejected(bad):
     with pytest.raises(ValueError):
         TurboVBIConfig(**bad)
+
+
+def test_fine_tuning_a_per_weight_pruned_model_keeps_its_zeros(mnist_small):
+    from bayescomp.pipeline import finetune_keeping_zeros
+    from bayescomp.train import TrainConfig
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(784, 30), nn.ReLU(), nn.Linear(30, 10))
+    with torch.no_grad():
+        for layer in (model[1], model[3]):
+            layer.weight.mul_(torch.rand(layer.weight.shape) < 0.2)
+    zeros = [(layer.weight == 0).clone() for layer in (model[1], model[3])]
+    before = [layer.weight.detach().clone() for layer in (model[1], model[3])]
+    finetune_keeping_zeros(model, mnist_small, TrainConfig(epochs=1, lr=1e-2), None, False, lambda *_: None)
+    for layer, zero, old in zip((model[1], model[3]), zeros, before):
+        assert type(layer) is nn.Linear and set(dict(layer.named_parameters())) == {"weight", "bias"}
+        assert bool((layer.weight[zero] == 0).all())  # pruned weights stayed pruned
+        assert not torch.equal(layer.weight[~zero], old[~zero])  # the others were trained

@@ -169,7 +169,7 @@ def finetune_aware_compress(model: nn.Module, data: DataBundle, config: RunConfi
     def finetuned_val_error(k: int) -> float:
         thresholds = thresholds_for_counts(wide.log_alpha, path[k]["pruned"])
         candidate = compress(model, data.val, replace(config.compress, thresholds=thresholds))
-        fit(candidate.model, data, config.finetune, progress=False, log=lambda *_: None)
+        finetune_keeping_zeros(candidate.model, data, config.finetune, None, False, lambda *_: None)
         probes[k] = evaluate(candidate.model, data.val)["error_pct"]
         log(f"  candidate {k}/{len(path) - 1}: arch {candidate.architecture_kept}, "
             f"{candidate.compression_architecture:.1f}x, fine-tuned val err {probes[k]:.2f}% (budget {budget:.2f}%)")
@@ -189,6 +189,20 @@ def finetune_aware_compress(model: nn.Module, data: DataBundle, config: RunConfi
     result.search_path = [dict(p, finetuned_val_error_pct=probes.get(i)) for i, p in enumerate(path)]
     result.base_val_error_pct = wide.base_val_error_pct
     return result
+
+
+def finetune_keeping_zeros(model: nn.Module, data: DataBundle, config: TrainConfig, checkpoint: Path | None,
+                           progress: bool, log) -> None:
+    """Fine-tune the pruned plain model in place; weights that are zero (per-weight pruning: Sparse VD, Turbo-VBI)
+    stay zero (a fixed ``torch.nn.utils.prune`` mask during training, made permanent afterwards)."""
+    from bayescomp.magnitude import _apply_masks, _make_permanent
+
+    layers = [m for m in prunable_modules(model) if bool((m.weight == 0).any())]
+    _apply_masks(layers, [m.weight.detach() != 0 for m in layers])
+    try:
+        fit(model, data, config, checkpoint_path=checkpoint, progress=progress, log=log)
+    finally:
+        _make_permanent(layers)
 
 
 def save_compressed(result: CompressionResult, path: Path, metadata: dict[str, Any]) -> int:
@@ -249,8 +263,7 @@ def run(config: RunConfig, run_dir: str | Path, log=print, progress: bool = True
         before_finetune = evaluate(result.model, data.test)["error_pct"]
         log(f"pruned test error before fine-tuning {before_finetune:.2f}%")
         log(f"fine-tuning the pruned model ({config.finetune.epochs} epochs, deterministic, lr {config.finetune.lr})")
-        fit(result.model, data, config.finetune, checkpoint_path=run_dir / "finetune.ckpt", progress=progress,
-            log=log)
+        finetune_keeping_zeros(result.model, data, config.finetune, run_dir / "finetune.ckpt", progress, log)
         result.model.eval()
         result.quantized_model = quantize_model(result.model, result.precisions)
     metadata = {"run": config.to_dict(), "architecture_kept": result.architecture_kept}

@@ -10,8 +10,8 @@ Every ratio is defined where it is printed:
   indices + row pointers); compression_csr_bits the same with the values at each layer's bit width.
 Weights are the entries of Linear/Conv2d weight tensors (biases excluded, as in the papers).
 
-Regularity (the same for every method, so patterns compare; :mod:`bayescomp.compress.blocks`): each compressed
-layer's weight as its GEMM matrix (Linear (out, in); Conv2d (out, in*kh*kw)) cut into 4x4 tiles:
+Regularity (the same for every method, so patterns compare; :mod:`bayescomp.compress.blocks`): each shipped
+(quantised) compressed layer's weight as its GEMM matrix (Linear (out, in); Conv2d (out, in*kh*kw)) cut into 4x4 tiles:
 dense_block_share = share of the non-zero weights that sit in tiles with no zero; nonzero_blocks = tiles holding
 any non-zero; blocks_per_nonzero = nonzero_blocks / non-zero weights (lower is more regular); neurons_removed =
 hidden neurons and filters removed (input features excluded).
@@ -54,13 +54,15 @@ def measure_latency_pair(dense, small, input_shape) -> dict[str, dict[str, float
     return out
 
 
-def regularity_fields(result: CompressionResult) -> dict[str, Any]:
-    """The regularity metrics of the compressed model (see the module docstring), as flat report fields."""
-    metrics = regularity_metrics([m.weight.detach() for m in prunable_modules(result.model)])
-    removed = sum(int((~keep).sum()) for keep in result.plan.out_keep[:-1])
+def regularity_fields(dense, compressed) -> dict[str, Any]:
+    """The regularity metrics of the shipped (quantised) compressed model as flat report fields; neurons_removed
+    compares output sizes with the dense model, layer by layer (the last layer's outputs, the classes, stay)."""
+    small = prunable_modules(compressed)
+    metrics = regularity_metrics([m.weight.detach() for m in small])
+    removed = sum(d.weight.shape[0] - c.weight.shape[0] for d, c in zip(prunable_modules(dense)[:-1], small[:-1]))
     return {"dense_block_share": metrics["dense_block_share"], "nonzero_blocks": metrics["nonzero_blocks"],
             "blocks_per_nonzero": metrics["blocks_per_nonzero"], "mean_row_run": metrics["mean_row_run"],
-            "neurons_removed": removed, "regularity": metrics}
+            "neurons_removed": int(removed), "regularity": metrics}
 
 
 def block_format_latency(dense, small, input_shape) -> dict[str, Any]:
@@ -133,7 +135,12 @@ def build_report(config, data, dense, model, result: CompressionResult, history,
         "device": "cpu",
         "torch_threads": torch.get_num_threads(),
     }
-    report.update(regularity_fields(result))
+    report.update(regularity_fields(dense, result.quantized_model))
+    if model is not None and config.method == "turbo":
+        from bayescomp.priors.base import bayesian_layers
+
+        report["module_b_sweep_s"] = sum(layer.time_module_b_sweep() for _, layer in bayesian_layers(model))
+        report["epoch_s"] = report["epoch_s_mean"]
     if config.latency:
         report["latency_ms"] = measure_latency_pair(dense, result.quantized_model, input_shape)
         report["block_format"] = block_format_latency(dense, result.quantized_model, input_shape)

@@ -202,6 +202,17 @@ class _TurboMixin(BayesianLayer):
             bound = 2 * torch.log(self.config.sigma_clip * self.config.spike_std * self.weight_scale)
             self.weight_log_sigma2.clamp_(max=float(bound))
 
+    @torch.no_grad()
+    def time_module_b_sweep(self, repeats: int = 5) -> float:
+        """Median seconds of one loopy-BP sweep (all four message directions) on this layer's grid."""
+        evidence = torch.zeros_like(self.support_log_odds)
+        times = []
+        for _ in range(repeats):
+            started = time.perf_counter()
+            grid_bp(evidence, self.config.mrf(), 1, self.config.bp_damping, 0.0, self.bp_messages)
+            times.append(time.perf_counter() - started)
+        return sorted(times)[len(times) // 2]
+
     def apply_constraints(self) -> None:
         """After every optimiser step: clip the weight variances, count the step, and run a Turbo iteration every
         ``update_every`` steps."""
