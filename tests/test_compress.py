@@ -209,3 +209,54 @@ def test_every_prior_compresses_to_a_small_model_equal_to_the_masked_one(prior):
         assert default.thresholds == [float(layer.module.config.threshold) for layer in chain.layers]
     with pytest.raises(ValueError, match="validation data"):
         compress(model, None, CompressConfig(thresholds="search"))
+
+
+def test_empty_units_are_folded_into_the_next_bias_exactly():
+    """A unit whose incoming weights are all pruned outputs a constant; compression removes it and adds its
+    contribution to the next layer's bias, so the small model still computes the posterior-mean network."""
+    torch.manual_seed(0)
+    plain = nn.Sequential(nn.Conv2d(1, 6, 3), nn.Tanh(), nn.MaxPool2d(2), nn.Conv2d(6, 8, 3), nn.ReLU(),
+                          nn.Flatten(), nn.Linear(8 * 4 * 4, 20), nn.Sigmoid(), nn.Linear(20, 10))
+    model = bayesify(plain, "turbo")
+    empty_rows = {0: [2], 1: [5], 2: [7, 11]}
+    for index, (_, layer) in enumerate(bayesian_layers(model)):
+        with torch.no_grad():
+            layer.bias_mu.uniform_(-1, 1)  # the folded constants are not trivial
+            layer.support_log_odds.fill_(20.0)
+            layer.support_log_odds[empty_rows.get(index, [])] = -20.0
+    x = torch.rand(16, 1, 14, 14)
+    with deterministic_mode(model), torch.no_grad():
+        expected = model(x)
+    folded = compress(model, None)
+    unfolded = compress(model, None, CompressConfig(fold_empty_units=False))
+    # without folding, empty filters go with their group (bias and all: not exact) and empty neurons stay
+    assert unfolded.architecture_kept == [5, 7, 112, 20]
+    assert folded.architecture_kept == [5, 7, 112, 18]  # conv2's filter owned 16 of the linear layer's inputs
+    with torch.no_grad():
+        torch.testing.assert_close(folded.model(x), expected, rtol=1e-5, atol=1e-5)
+    # the masked model of the folded plan is the same function
+    chain = build_chain(model)
+    with deterministic_mode(model), masked(chain, folded.plan), torch.no_grad():
+        torch.testing.assert_close(model(x), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_units_before_a_padded_convolution_are_not_folded():
+    torch.manual_seed(0)
+    plain = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Conv2d(4, 5, 3, padding=1), nn.ReLU(), nn.Flatten(),
+                          nn.Linear(5 * 8 * 8, 10))
+    model = bayesify(plain, "turbo")
+    layer = next(layer for _, layer in bayesian_layers(model))
+    with torch.no_grad():
+        layer.bias_mu.fill_(0.5)
+        layer.support_log_odds.fill_(20.0)
+        layer.support_log_odds[1] = -20.0
+    for _, other in list(bayesian_layers(model))[1:]:
+        other.support_log_odds.fill_(20.0)
+    result = compress(model, None)
+    # the constant map would meet the next convolution's zero padding: nothing is folded, and the empty filter goes
+    # with its group as for the group priors (the bias with it); the small model is the masked model of that plan
+    assert result.plan.bias_shift is None and result.architecture_kept[0] == 3
+    x = torch.rand(4, 1, 10, 10)
+    chain = build_chain(model)
+    with deterministic_mode(model), masked(chain, result.plan), torch.no_grad():
+        torch.testing.assert_close(result.model(x), model(x), rtol=1e-5, atol=1e-5)

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from bayescomp.compress.chain import Chain, UnsupportedModelError, build_chain
+from bayescomp.compress.fold import fold_empty_units
 from bayescomp.compress.masks import (
     PruneError, PruningPlan, full_architecture, group_keep_from_thresholds, group_statistics, masked, propagate,
 )
@@ -42,6 +43,8 @@ class CompressConfig:
             ``tolerance_pct`` of the unpruned posterior mean's (bisection along the candidates); the greedy path itself is
             then explored up to ``search_range_pct`` points above the unpruned posterior mean.
         search_range_pct: how far the greedy candidates may go when ``finetune_search`` is on.
+        fold_empty_units: remove neurons/filters whose incoming weights are all pruned, folding their constant
+            output into the next layer's bias (exact; see :mod:`bayescomp.compress.fold`).
     """
 
     thresholds: list[float] | float | str | None = None
@@ -51,6 +54,7 @@ class CompressConfig:
     search_val_size: int | None = None
     finetune_search: bool = False
     search_range_pct: float = 3.0
+    fold_empty_units: bool = True
 
 
 @dataclass
@@ -125,6 +129,21 @@ def quantize_model(model: nn.Sequential, precisions: list[LayerPrecision]) -> nn
     return quantized
 
 
+def _with_folded_units(chain: Chain, plan: PruningPlan) -> PruningPlan:
+    """``plan`` minus the units whose incoming posterior-mean weights are all zero, their constants folded into the
+    next layer's bias. The fold is computed on the unpruned network (so the constant meets every next-layer weight
+    it would have met), then merged into the plan's group masks and propagated again."""
+    folded, count = fold_empty_units(chain, PruningPlan.keep_all(chain))
+    if not count:
+        return plan
+    groups = [(p_out if layer.kind == "conv" else p_in) & (f_out if layer.kind == "conv" else f_in)
+              for layer, p_in, p_out, f_in, f_out in zip(chain.layers, plan.in_keep, plan.out_keep, folded.in_keep,
+                                                         folded.out_keep)]
+    merged = propagate(chain, groups)
+    merged.bias_shift = folded.bias_shift
+    return merged
+
+
 def compress(model: nn.Module, val: TensorData | None, config: CompressConfig | None = None,
              log=None) -> CompressionResult:
     """Prune, shrink and quantise a trained Bayesian model. The model itself is left unchanged.
@@ -154,6 +173,8 @@ def compress(model: nn.Module, val: TensorData | None, config: CompressConfig | 
             plan, thresholds, path, base = result.plan, result.thresholds, result.path, result.base_val_error_pct
         else:
             plan, thresholds = plan_from_thresholds(chain, thresholds)
+        if config.fold_empty_units:
+            plan = _with_folded_units(chain, plan)
         small = shrink(chain, plan)
         variances = kept_weight_variances(chain, plan)
     weights = [m.weight.detach() for m in prunable_modules(small)]

@@ -32,6 +32,9 @@ class PruningPlan:
 
     in_keep: list[torch.Tensor]
     out_keep: list[torch.Tensor]
+    #: per layer, a constant added to its bias (dense output coordinates) where empty units of the previous
+    #: layer were folded away (:mod:`bayescomp.compress.fold`); ``None`` when nothing was folded
+    bias_shift: list[torch.Tensor | None] | None = None
 
     @classmethod
     def keep_all(cls, chain: Chain) -> PruningPlan:
@@ -120,7 +123,8 @@ def masked(chain: Chain, plan: PruningPlan) -> Iterator[None]:
     """Inside the block, every prunable layer sees zeros on the inputs the plan removes.
 
     This is the masked (not yet shrunk) model: removed units contribute nothing downstream, exactly as if
-    they were cut out, whatever sits in between (batch norm, pooling, activations).
+    they were cut out, whatever sits in between (batch norm, pooling, activations); folded units' constants are
+    added to the next layer's output (``plan.bias_shift``).
     """
     handles = []
     for layer, keep in zip(chain.layers, plan.in_keep):
@@ -131,6 +135,14 @@ def masked(chain: Chain, plan: PruningPlan) -> Iterator[None]:
             return (args[0] * factor.to(args[0].device, args[0].dtype),) + tuple(args[1:])
 
         handles.append(layer.module.register_forward_pre_hook(hook))
+    for layer, shift in zip(chain.layers, plan.bias_shift or []):
+        if shift is not None:
+            view = (1, -1) if layer.kind == "linear" else (1, -1, 1, 1)
+
+            def add(module: nn.Module, args: tuple, output: torch.Tensor, shift=shift.view(view)) -> torch.Tensor:
+                return output + shift.to(output.device, output.dtype)
+
+            handles.append(layer.module.register_forward_hook(add))
     try:
         yield
     finally:

@@ -31,9 +31,13 @@ def _detach(t: torch.Tensor | None) -> torch.Tensor | None:
     return None if t is None else t.detach()
 
 
-def _small_layer(layer: ChainLayer, keep_in: torch.Tensor, keep_out: torch.Tensor) -> nn.Module:
+def _small_layer(layer: ChainLayer, keep_in: torch.Tensor, keep_out: torch.Tensor,
+                 shift: torch.Tensor | None = None) -> nn.Module:
     weight, bias = dense_parameters(layer.module)
     weight = weight[keep_out][:, keep_in].clone()
+    if shift is not None:  # constants of folded empty units of the previous layer (compress/fold.py)
+        shift = shift.to(weight.device, weight.dtype)
+        bias = shift if bias is None else bias + shift
     m = layer.module
     if layer.kind == "linear":
         new = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None)
@@ -83,7 +87,7 @@ def shrink(chain: Chain, plan: PruningPlan) -> nn.Sequential:
     modules += head
     for i, layer in enumerate(chain.layers):
         keep_in, keep_out = plan.in_keep[i], plan.out_keep[i]
-        modules.append(_small_layer(layer, keep_in, keep_out))
+        modules.append(_small_layer(layer, keep_in, keep_out, plan.bias_shift[i] if plan.bias_shift else None))
         nxt = chain.layers[i + 1] if i + 1 < len(chain.layers) else None
         for _, module in layer.after:
             if isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d)):
