@@ -57,7 +57,10 @@ class TurboVBIConfig:
             (Student-t) weight priors, large ones nearly Gaussian components.
         weight_scale: ``"rms"`` (the layer's starting weight RMS) or ``"absolute"`` (1).
         p01, p11, p_start: MRF transition probabilities P(active | inactive neighbour), P(active | active
-            neighbour) and a chain's start probability (see :class:`MarkovGridPrior`); the same for rows and columns.
+            neighbour) and a chain's start probability (see :class:`MarkovGridPrior`), along the rows (a neuron's
+            or filter's inputs) and, unless overridden, along the columns.
+        p01_vertical, p11_vertical: the transition probabilities along the columns (across output neurons), when
+            they should differ (e.g. stronger coupling along rows favours whole neurons on or off).
         factorization: ``"structured"`` q(rho, s) = q(s) q(rho | s) or ``"mean_field"`` q(rho) q(s) (reference demo).
         convention: ``"real"`` VB constants (+1/2, E[w²]/2) or the reference demo's ``"complex"`` (+1, E[w²]).
         update_every: optimiser steps between Turbo iterations (rho-, s-step and module B); 0 = once per epoch.
@@ -83,6 +86,8 @@ class TurboVBIConfig:
     p01: float = 0.1
     p11: float = 0.8
     p_start: float = 0.3
+    p01_vertical: float | None = None
+    p11_vertical: float | None = None
     factorization: str = "structured"
     convention: str = "real"
     update_every: int = 100
@@ -114,7 +119,8 @@ class TurboVBIConfig:
         self.mrf()  # validates the probabilities
 
     def mrf(self) -> MarkovGridPrior:
-        return MarkovGridPrior(p01=self.p01, p11=self.p11, p_start=self.p_start)
+        return MarkovGridPrior(p01=self.p01, p11=self.p11, p_start=self.p_start, p01_vertical=self.p01_vertical,
+                               p11_vertical=self.p11_vertical)
 
 
 class _TurboMixin(BayesianLayer):
