@@ -131,8 +131,9 @@ def test_kl_gradient_is_a_per_weight_decay_with_the_expected_precision():
     assert torch.allclose(layer.weight_log_sigma2.grad, expected_sigma.detach(), atol=1e-7)
 
 
-def test_small_weights_lose_their_support_and_large_ones_keep_it():
-    config = TurboVBIConfig(p01=0.3, p11=0.7, p_start=0.5)
+@pytest.mark.parametrize("convention", ["real", "complex"])
+def test_small_weights_lose_their_support_and_large_ones_keep_it(convention):
+    config = TurboVBIConfig(p01=0.3, p11=0.7, p_start=0.5, convention=convention)
     layer = _layer(LinearTurboVBI, config, 40, 30)
     with torch.no_grad():
         layer.weight_mu.normal_(0, 0.1)
@@ -146,6 +147,33 @@ def test_small_weights_lose_their_support_and_large_ones_keep_it():
     assert keep[:, :20].float().mean() < 0.1
     groups = layer.group_log_alpha() < config.threshold
     assert groups[20:].all() and not groups[:20].any()
+
+
+def test_mean_field_support_is_sticky_as_documented():
+    """The reference demo's q(rho) q(s) keeps whatever support it starts from (its E[rho] is computed under the
+    current mixture), which is why ``structured`` is the default: from pi~ = 0.5 nothing is ever pruned, from
+    pi~ ~ 0 most large weights stay pruned too, for the same weights that the structured family separates."""
+    def run(start: float | None, factorization: str) -> torch.Tensor:
+        torch.manual_seed(0)
+        layer = _layer(LinearTurboVBI, TurboVBIConfig(p01=0.3, p11=0.7, p_start=0.5, factorization=factorization),
+                       40, 30)
+        with torch.no_grad():
+            layer.weight_mu.normal_(0, 0.1)
+            layer.weight_mu[:, :20] *= 1e-3
+            layer.weight_log_sigma2.fill_(-14)
+            layer.reset_hyperparameters()
+            if start is not None:
+                layer.support_log_odds.fill_(start)
+            for _ in range(5):
+                layer.turbo_update()
+        return layer.weight_keep_mask()
+
+    assert bool(run(None, "mean_field").all())
+    from_inactive = run(-12.0, "mean_field")
+    print("mean field from pi~ ~ 0 keeps", float(from_inactive[:, 20:].float().mean()), "of the large weights")
+    assert from_inactive[:, 20:].float().mean() < 0.5 and not bool(from_inactive[:, :20].any())
+    separated = run(-12.0, "structured")
+    assert separated[:, 20:].float().mean() > 0.9 and not bool(separated[:, :20].any())
 
 
 def test_the_mrf_fills_holes_inside_blocks():
