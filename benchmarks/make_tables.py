@@ -176,6 +176,16 @@ def build() -> str:
                   "weights x bits per layer); latency re-measured one model at a time.", "",
                   (RESULTS / "table1.md").read_text(), "",
                   "![error against compression](benchmarks/results/plots/table1_error_vs_compression.png)", ""]
+    supports = [p for p in (RESULTS / "plots" / f"{m}_mnist_{meth}_support.png" for m in ("lenet300", "lenet5")
+                            for meth in ("turbo", "svd")) if p.exists()]
+    if supports:
+        parts += ["Support patterns (kept weights in black on each layer's dense weight grid; rows = output neurons or "
+                  "filters, columns = inputs x kernel positions):", ""]
+        parts += [f"![{p.stem}](benchmarks/results/plots/{p.name})" for p in supports] + [""]
+    turbo_cost = RESULTS / "turbo_module_b_lenet5_mnist.md"
+    if turbo_cost.exists():
+        parts += ["Turbo-VBI module B against a training epoch (`python benchmarks/turbo_module_b.py`):", "",
+                  turbo_cost.read_text(), ""]
     if runs:
         parts += ["### Every run in detail", "", compression_table(runs), ""]
         parts += ["Commands: " + "; ".join(f"`{r['command']}`" for r in runs) + "", ""]

@@ -10,6 +10,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.ticker  # noqa: E402
 
 
 def plot_log_alpha(result, path: Path) -> Path:
@@ -109,6 +110,7 @@ def plot_support_patterns(result, path: Path) -> Path:
         ax.set_xlabel("input (x kernel position)", fontsize=8)
         ax.set_ylabel("output neuron / filter", fontsize=8)
         ax.tick_params(labelsize=7)
+        ax.yaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -1,0 +1,47 @@
+"""Support-pattern plots for finished runs made before the plot existed (or for any run): the trained posterior is
+read from the run directory, compressed with the run's own settings (before fine-tuning, which keeps the pattern),
+and each layer's kept weights are drawn on its dense weight grid. Writes
+``benchmarks/results/plots/<model>_<data>_<method>_support.png``::
+
+    python benchmarks/support_plots.py runs/table1/lenet5_mnist_svd runs/table1/lenet300_mnist_svd
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import RESULTS  # noqa: E402
+
+from bayescomp.bayesify import bayesify  # noqa: E402
+from bayescomp.compress import compress  # noqa: E402
+from bayescomp.pipeline import RunConfig, build_dense, load_data  # noqa: E402
+from bayescomp.plots import plot_support_patterns  # noqa: E402
+
+
+def support_plot(run_dir: Path) -> Path:
+    config = RunConfig.from_dict(json.loads((run_dir / "run.json").read_text()))
+    data = load_data(config)
+    model = bayesify(build_dense(config, data), config.method, config.prior)
+    state = torch.load(run_dir / "bayes.ckpt", map_location="cpu", weights_only=False)
+    model.load_state_dict(state["model"])
+    result = compress(model, data.val, config.compress)
+    path = RESULTS / "plots" / f"{config.model}_{config.data}_{config.method}_support.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return plot_support_patterns(result, path)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("run_dirs", nargs="+", type=Path)
+    for run_dir in parser.parse_args().run_dirs:
+        print("wrote", support_plot(run_dir))
+
+
+if __name__ == "__main__":
+    main()
