@@ -136,6 +136,11 @@ def test_every_method_runs_end_to_end_and_its_file_reproduces_the_report(method,
     # the file holds the quantised weights: rounding can only add zeros to the pruned model's
     assert nonzero <= report["weights_nonzero"] <= report["weights_kept"] <= report["weights_dense"]
     assert report["compression_nonzero"] == pytest.approx(report["weights_dense"] / report["weights_nonzero"])
+    # regularity fields, the same for every method, computed from the shipped file
+    layers = [m for m in model.modules() if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d))]
+    assert report["nonzero_blocks"] >= nonzero / 16 and 0.0 <= report["dense_block_share"] <= 1.0
+    assert report["regularity"]["nonzero_weights"] == nonzero
+    assert report["neurons_removed"] == (300 - layers[0].out_features) + (100 - layers[1].out_features)
     if method in ("svd", "magnitude"):  # per-weight sparsity: far fewer non-zeros than kept dense weights
         assert report["weights_nonzero"] < 0.5 * report["weights_kept"]
         assert report["compression_csr"] > 1.5
