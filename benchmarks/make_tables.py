@@ -84,6 +84,15 @@ def _turbo_rows(by: dict, row) -> None:
                     f"{turbo['blocks_per_nonzero']:.3f} vs {other['blocks_per_nonzero']:.3f}",
                     turbo["dense_block_share"] > other["dense_block_share"]
                     and turbo["blocks_per_nonzero"] < other["blocks_per_nonzero"])
+        compare = RESULTS / f"latency_compare_{model}_mnist.json"
+        if compare.exists() and {"turbo", "gnj"} <= set(json.loads(compare.read_text())["methods"]):
+            c = json.loads(compare.read_text())["latency"]
+            t1, g1 = c["turbo"]["batch_1"]["median_ms"], c["gnj"]["batch_1"]["median_ms"]
+            t256, g256 = c["turbo"]["batch_256"]["median_ms"], c["gnj"]["batch_256"]["median_ms"]
+            row(f"{model} Turbo-VBI faster on CPU than BC-GNJ's compressed model (errors "
+                f"{turbo['test_error_pct']:.2f} % vs {gnj['test_error_pct']:.2f} %; interleaved rounds)",
+                f"batch 1: {t1:.3f} vs {g1:.3f} ms; batch 256: {t256:.2f} vs {g256:.2f} ms", t1 < g1 and t256 < g256)
+            continue
         lat_t, lat_g = turbo.get("latency_ms"), gnj.get("latency_ms")
         if lat_t and lat_g:
             row(f"{model} Turbo-VBI faster on CPU than BC-GNJ's compressed model (errors "
@@ -159,7 +168,7 @@ def build() -> str:
     runs, costs = [], []
     for path in sorted(RESULTS.glob("*.json")):
         record = json.loads(path.read_text())
-        if path.name.startswith(("table1", "turbo_module_b")):
+        if path.name.startswith(("table1", "turbo_module_b", "turbo_exploration", "latency_compare")):
             continue
         (costs if path.name.startswith("epoch_cost_") else runs).append(record)
     order = {"lenet300": 0, "lenet5": 1, "vgg16": 2}
@@ -182,6 +191,8 @@ def build() -> str:
         parts += ["Support patterns (kept weights in black on each layer's dense weight grid; rows = output neurons or "
                   "filters, columns = inputs x kernel positions):", ""]
         parts += [f"![{p.stem}](benchmarks/results/plots/{p.name})" for p in supports] + [""]
+    for compare in sorted(RESULTS.glob("latency_compare_*.md")):
+        parts += ["Head-to-head latency (`benchmarks/latency_compare.py`):", "", compare.read_text(), ""]
     turbo_cost = RESULTS / "turbo_module_b_lenet5_mnist.md"
     if turbo_cost.exists():
         parts += ["Turbo-VBI module B against a training epoch (`python benchmarks/turbo_module_b.py`):", "",

@@ -1,0 +1,76 @@
+"""Head-to-head CPU latency of committed compressed models, interleaved so that machine noise hits all alike.
+
+A single latency figure on a shared 2-core VM moves by up to 2x between runs; comparing two methods' models from
+two separate measurements can then say anything. This script loads the committed files of one model for several
+methods and measures them in rounds (every round times every model once, in rotating order), at batch 1 and 256,
+float32, on the machine's thread count and on one thread. It reports each model's median over rounds and the
+range, and writes ``benchmarks/results/latency_compare_<model>_mnist.{json,md}``::
+
+    python benchmarks/latency_compare.py --model lenet5 --methods gnj turbo svd [--rounds 9]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import RESULTS, this_command  # noqa: E402
+
+import bayescomp  # noqa: E402
+from bayescomp.data import DATASETS  # noqa: E402
+from bayescomp.measure import measure_latency  # noqa: E402
+from bayescomp.pipeline import git_commit  # noqa: E402
+
+SETTINGS = {"batch_1": (1, None, 300), "batch_256": (256, None, 20), "batch_1_1thread": (1, 1, 300),
+            "batch_256_1thread": (256, 1, 20)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="lenet5")
+    parser.add_argument("--methods", nargs="+", default=["gnj", "turbo", "svd"])
+    parser.add_argument("--rounds", type=int, default=9)
+    args = parser.parse_args()
+    records = {m: json.loads((RESULTS / f"{args.model}_mnist_{m}.json").read_text()) for m in args.methods}
+    models = {m: bayescomp.load(RESULTS / r["compressed_file"]) for m, r in records.items()}
+    shape = DATASETS["mnist"].input_shape
+    samples: dict[str, dict[str, list[float]]] = {m: {k: [] for k in SETTINGS} for m in models}
+    for round_index in range(args.rounds):
+        order = args.methods[round_index % len(args.methods):] + args.methods[:round_index % len(args.methods)]
+        for method in order:
+            for key, (batch, threads, repeats) in SETTINGS.items():
+                stats = measure_latency(models[method], shape, batch, repeats=repeats, warmup=10, num_threads=threads)
+                samples[method][key].append(stats["median_ms"])
+    summary = {m: {k: {"median_ms": statistics.median(v), "min_ms": min(v), "max_ms": max(v)}
+                   for k, v in per.items()} for m, per in samples.items()}
+    result = {
+        "model": args.model, "data": "mnist", "methods": args.methods, "rounds": args.rounds,
+        "test_error_pct": {m: r["test_error_pct"] for m, r in records.items()},
+        "kept_architecture": {m: r["kept_architecture"] for m, r in records.items()},
+        "latency": summary, "samples_ms": samples, "threads": torch.get_num_threads(), "device": "cpu",
+        "dtype": "float32", "command": this_command(), "git_commit": git_commit(),
+    }
+    stem = f"latency_compare_{args.model}_mnist"
+    (RESULTS / f"{stem}.json").write_text(json.dumps(result, indent=2))
+    lines = [f"{args.model}/MNIST, CPU float32, {result['threads']} threads unless marked, median over {args.rounds} "
+             "interleaved rounds (range in brackets), ms:", "",
+             "| method | test error | kept architecture | " + " | ".join(SETTINGS) + " |",
+             "|---|---|---|" + "---|" * len(SETTINGS)]
+    for m in args.methods:
+        cells = [f"{summary[m][k]['median_ms']:.3f} [{summary[m][k]['min_ms']:.3f}-{summary[m][k]['max_ms']:.3f}]"
+                 for k in SETTINGS]
+        lines.append(f"| {m} | {records[m]['test_error_pct']:.2f} % | {records[m]['kept_architecture']} | "
+                     + " | ".join(cells) + " |")
+    lines += ["", f"`{result['command']}`"]
+    (RESULTS / f"{stem}.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
