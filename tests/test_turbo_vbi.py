@@ -12,7 +12,11 @@ from scipy.optimize import minimize, minimize_scalar
 from torch import nn
 
 from bayescomp.priors.turbo_updates import (
-    GammaPair, convention_constants, mean_field_evidence, mean_field_rho_step, structured_posteriors,
+    GammaPair,
+    convention_constants,
+    mean_field_evidence,
+    mean_field_rho_step,
+    structured_posteriors,
 )
 from bayescomp.priors.turbo_vbi import Conv2dTurboVBI, LinearTurboVBI, TurboVBIConfig
 

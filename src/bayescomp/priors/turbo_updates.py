@@ -30,6 +30,7 @@ from dataclasses import dataclass
 
 import torch
 
+
 def convention_constants(convention: str) -> tuple[float, float]:
     """(c1, c2): the exponent of rho and the factor of rho E[w²] in ln p(w | rho), up to constants."""
     if convention == "real":

@@ -40,7 +40,11 @@ from torch import nn
 from bayescomp.priors.base import BayesianConv2d, BayesianLayer, BayesianLinear, PriorSpec, register_prior
 from bayescomp.priors.support_mrf import MarkovGridPrior, grid_bp
 from bayescomp.priors.turbo_updates import (
-    GammaPair, expected_precision, mean_field_evidence, mean_field_rho_step, structured_posteriors,
+    GammaPair,
+    expected_precision,
+    mean_field_evidence,
+    mean_field_rho_step,
+    structured_posteriors,
 )
 
 _EPS = 1e-8
