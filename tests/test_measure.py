@@ -145,3 +145,15 @@ def test_nonzero_flops_count_only_nonzero_weights():
     assert dense == 16 * 3 * 18 + 48 * 5
     sparse = count_flops(model, (2, 6, 6), nonzero_only=True)
     assert sparse == 16 * (3 * 18 - 18) + (48 - 10) * 5
+
+
+def test_latency_pair_is_interleaved_and_consistent():
+    from bayescomp.report import measure_latency_pair
+
+    big = nn.Sequential(nn.Flatten(), nn.Linear(25, 400), nn.ReLU(), nn.Linear(400, 10))
+    small = nn.Sequential(nn.Flatten(), nn.Linear(25, 10))
+    out = measure_latency_pair(big, small, (1, 5, 5), rounds=2)
+    assert out["rounds"] == 2 and set(out["dense"]) == set(out["compressed"]) == set(out["speedup"])
+    for key, ratio in out["speedup"].items():
+        assert ratio == pytest.approx(out["dense"][key] / out["compressed"][key])
+        assert out["dense"][key] > 0 and out["compressed"][key] > 0

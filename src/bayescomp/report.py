@@ -20,6 +20,7 @@ hidden neurons and filters removed (input features excluded).
 from __future__ import annotations
 
 import json
+import statistics
 import time
 from pathlib import Path
 from typing import Any
@@ -39,18 +40,25 @@ def _arch(values: list[int]) -> str:
     return "-".join(str(v) for v in values)
 
 
-def measure_latency_pair(dense, small, input_shape) -> dict[str, dict[str, float]]:
+def measure_latency_pair(dense, small, input_shape, rounds: int = 5) -> dict[str, dict[str, float]]:
     """Median CPU latency (ms) of both models at batch 1 and 256 with torch's thread count, plus batch 1 on one
-    thread (per-request serving usually pins one thread per request)."""
-    out: dict[str, dict[str, float]] = {}
+    thread (per-request serving usually pins one thread per request).
+
+    The two models are timed in ``rounds`` interleaved rounds (dense, compressed, dense, ...), each a median over a
+    share of the repeats, and the figure is the median over rounds: a burst of machine noise then hits both models
+    instead of skewing their ratio (separate single measurements on a shared VM differed by up to 2x)."""
     settings = {"batch_1": (1, None, 300), "batch_256": (256, None, 30), "batch_1_1thread": (1, 1, 300)}
-    for label, model in (("dense", dense), ("compressed", small)):
-        for key, (batch, threads, repeats) in settings.items():
-            stats = measure.measure_latency(model, input_shape, batch, repeats=repeats, warmup=20,
-                                            num_threads=threads)
-            out.setdefault(label, {})[key] = stats["median_ms"]
+    samples: dict[str, dict[str, list[float]]] = {"dense": {}, "compressed": {}}
+    for _ in range(rounds):
+        for label, model in (("dense", dense), ("compressed", small)):
+            for key, (batch, threads, repeats) in settings.items():
+                stats = measure.measure_latency(model, input_shape, batch, repeats=max(3, repeats // rounds),
+                                                warmup=10, num_threads=threads)
+                samples[label].setdefault(key, []).append(stats["median_ms"])
+    out: dict[str, Any] = {label: {k: statistics.median(v) for k, v in per.items()} for label, per in samples.items()}
     out["speedup"] = {k: out["dense"][k] / out["compressed"][k] for k in out["dense"]}
     out["threads"] = torch.get_num_threads()
+    out["rounds"] = rounds
     return out
 
 
