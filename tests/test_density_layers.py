@@ -1,8 +1,8 @@
 """Density-propagating layers (Carannante et al., MLSP 2020; Dera et al. 2019) against Monte-Carlo sampling.
 
 Monte-Carlo tolerances are 5 standard errors, the standard errors estimated from the samples themselves
-(so they hold for the non-Gaussian products of Gaussian weights and inputs); Taylor layers add a rigorous bound
-on the second-order remainder. All computations are in float64 with fixed seeds.
+(so they hold for the non-Gaussian products of Gaussian weights and inputs); Taylor layers add a rigorous
+bound on the second-order remainder. All computations are in float64 with fixed seeds.
 """
 
 from __future__ import annotations
@@ -41,7 +41,8 @@ def mc_stats(z: Tensor) -> dict[str, Tensor]:
     cov = c.T @ c / s
     sq = c.pow(2)
     var_prod = (sq.T @ sq / s - cov.pow(2)).clamp_min(0)  # Var(c_a c_b) per entry
-    return {"mean": mean, "cov": cov, "se_mean": (torch.diagonal(cov) / s).sqrt(), "se_cov": (var_prod / s).sqrt()}
+    se_mean = (torch.diagonal(cov) / s).sqrt()
+    return {"mean": mean, "cov": cov, "se_mean": se_mean, "se_cov": (var_prod / s).sqrt()}
 
 
 def assert_within(est: Tensor, ref: Tensor, tol: Tensor, what: str) -> None:
@@ -79,7 +80,7 @@ def make_conv(gen: torch.Generator, stride: int = 1, padding: int = 0) -> Densit
 
 
 def conv_samples(layer: DensityConv2d, x: Tensor, w: Tensor) -> Tensor:
-    """Per-sample convolution (as im2col products) of x (S or 1, C, H, W) with w (S, O, C, k, k) -> (S, O*P)."""
+    """Per-sample convolution (im2col products) of x (S or 1, C, H, W) with w (S, O, C, k, k) -> (S, O*P)."""
     patches = F.unfold(x, layer.kernel_size, padding=layer.padding, stride=layer.stride)  # (S or 1, d, P)
     out = torch.einsum("sod,tdp->sop", w.flatten(2), patches) if x.shape[0] == 1 else torch.einsum(
         "sod,sdp->sop", w.flatten(2), patches)
@@ -170,7 +171,8 @@ def taylor_check(layer: torch.nn.Module, mu: Tensor, sigma: Tensor, fn, hess_bou
     mean_bound = 0.5 * hess_bound * spread.pow(2)
     r_norm = 0.5 * hess_bound * math.sqrt(3.0) * spread.pow(2)
     sd_out = torch.diagonal(out.cov[0]).sqrt()
-    cov_bound = sd_out[:, None] * r_norm[None] + r_norm[:, None] * sd_out[None] + r_norm[:, None] * r_norm[None]
+    cov_bound = (sd_out[:, None] * r_norm[None] + r_norm[:, None] * sd_out[None]
+                 + r_norm[:, None] * r_norm[None])
     assert_within(out.mean[0], st["mean"], N_SE * st["se_mean"] + mean_bound, f"{layer} mean")
     assert_within(out.cov[0], st["cov"], N_SE * st["se_cov"] + cov_bound, f"{layer} cov")
     diag_in = Moments(mean=mu.unsqueeze(0), var=torch.diagonal(sigma).unsqueeze(0))
@@ -208,7 +210,7 @@ def test_tanh_taylor_matches_mc() -> None:
 
 
 def test_softmax_taylor_matches_mc() -> None:
-    """Softmax second derivatives are bounded by 2 in absolute value (p_i(d_ik-p_k)(d_ij-p_j) - p_i p_j(...))."""
+    """|d2 p_i / dx_j dx_k| = |p_i (d_ik - p_k)(d_ij - p_j) - p_i p_j (d_jk - p_k)| <= 2 bounds the Hessian"""
     gen = torch.Generator().manual_seed(6)
     mu = torch.randn(4, generator=gen, dtype=torch.float64)
     taylor_check(DensitySoftmax(), mu, small_cov(gen, 4, 1e-4), lambda x: torch.softmax(x, -1), 2.0, gen)
@@ -223,7 +225,8 @@ def test_maxpool_hand_example() -> None:
     out = DensityMaxPool2d(2)(Moments(mean=mean, var=var))
     argmax = [1, 6, 9, 11]  # positions of 5, 7, 9, 4.5
     torch.testing.assert_close(out.mean, F.max_pool2d(mean, 2))
-    torch.testing.assert_close(out.var.flatten(), torch.tensor([i + 1.0 for i in argmax], dtype=torch.float64))
+    expected_var = torch.tensor([i + 1.0 for i in argmax], dtype=torch.float64)
+    torch.testing.assert_close(out.var.flatten(), expected_var)
     a = torch.randn(16, 16, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
     cov = (a @ a.T).view(1, 1, 16, 16)
     full = DensityMaxPool2d(2)(Moments(mean=mean, cov=cov))

@@ -175,7 +175,7 @@ class DensityActivation(DensityModule):
         mean = self.fn(x.mean)
         g = self.derivative(x.mean)
         if x.mode == "diag":
-            return Moments(mean=mean, var=x.diagonal() * g)
+            return Moments(mean=mean, var=x.diagonal() * g.pow(2))
         assert x.cov is not None
         g = g.flatten(2) if x.is_map else g  # (N, C, P) or (N, D)
         return Moments(mean=mean, cov=x.cov * g.unsqueeze(-1) * g.unsqueeze(-2))
@@ -296,7 +296,7 @@ class DensitySequential(nn.Sequential):
             layer.max_full_cov_bytes = limit
 
     def forward(self, x: Tensor | Moments, mode: str | None = None) -> Moments:  # type: ignore[override]
-        """Propagate; ``mode`` ("diag" default, or "full") applies to a tensor input, a Moments keeps its own."""
+        """Propagate. ``mode`` ("diag" default, or "full") applies to a tensor input; Moments keep theirs."""
         if isinstance(x, Tensor):
             limit = self[0].max_full_cov_bytes if len(self) else None
             x = Moments.deterministic(x, mode or "diag", limit)

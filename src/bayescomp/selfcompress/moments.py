@@ -23,7 +23,7 @@ from torch import Tensor
 
 MODES = ("diag", "full")
 MAX_FULL_COV_BYTES: int = 2 * 1024**3
-"""Default ceiling (bytes) for one full-mode allocation; override per layer or with BAYESCOMP_MAX_COV_BYTES."""
+"""Default ceiling (bytes) for one full-mode allocation; override per layer or by BAYESCOMP_MAX_COV_BYTES."""
 ENV_MAX_COV_BYTES = "BAYESCOMP_MAX_COV_BYTES"
 
 
