@@ -79,13 +79,21 @@ def _lr_factor(schedule: str, epoch: int, total: int) -> float:
     raise ValueError(f"unknown lr_schedule {schedule!r}; use constant, cosine or linear")
 
 
+def _logits(outputs: Any) -> torch.Tensor:
+    """Logits of a model's output; density-propagating models return moments whose mean is the predictive
+    probability vector, whose log serves as logits (log-softmax leaves it unchanged)."""
+    if isinstance(outputs, torch.Tensor):
+        return outputs
+    return torch.log(outputs.mean.clamp_min(1e-12))
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, data: TensorData, batch_size: int = 1000) -> dict[str, float]:
     """Test error (%) and mean NLL of the deterministic (posterior-mean) model."""
     errors, nll, count = 0, 0.0, 0
     with deterministic_mode(model):
         for images, labels in data.batches(batch_size):
-            logits = model(images)
+            logits = _logits(model(images))
             nll += torch.nn.functional.cross_entropy(logits, labels, reduction="sum").item()
             errors += (logits.argmax(1) != labels).sum().item()
             count += labels.numel()
@@ -112,12 +120,16 @@ def fit(
     progress: bool = True,
     stop_after_epochs: int | None = None,
     log: Any = print,
+    objective: Any = None,
 ) -> TrainHistory:
     """Train ``model`` in place on ``data.train``; validate on ``data.val`` after each epoch.
 
     Args:
         checkpoint_path: where to write a checkpoint after every epoch; if it exists, training resumes from it.
         stop_after_epochs: stop (as if interrupted) after this many epochs of this call (used by tests).
+        objective: ``(outputs, labels, model, n_train, kl_scale) -> (loss, nll, kl)``; default
+            :func:`bayescomp.objective.variational_loss` (cross-entropy on logits + KL / N). Density-propagating
+            models (:mod:`bayescomp.selfcompress`) pass their Gaussian-likelihood ELBO here.
     Raises:
         NonFiniteLossError: the loss became NaN/inf; the checkpoint of the last good epoch is left intact.
     """
@@ -145,11 +157,12 @@ def fit(
         log(f"resumed from {checkpoint_path} at epoch {start_epoch}/{config.epochs}")
     n_train = len(data.train)
     steps_per_epoch = math.ceil(n_train / config.batch_size)
-    has_bayes = any(True for _ in bayesian_layers(model))
+    has_bayes = any(True for _ in bayesian_layers(model)) or hasattr(model, "kl_divergence")
     for epoch in range(start_epoch, config.epochs):
         if stop_after_epochs is not None and epoch - start_epoch >= stop_after_epochs:
             break
-        record = _train_epoch(model, data, config, optimizer, epoch, n_train, steps_per_epoch, progress, has_bayes)
+        record = _train_epoch(model, data, config, optimizer, epoch, n_train, steps_per_epoch, progress, has_bayes,
+                              objective or variational_loss)
         for _, layer in bayesian_layers(model):
             layer.on_epoch_end()
         scheduler.step()
@@ -166,7 +179,8 @@ def fit(
     return history
 
 
-def _train_epoch(model, data, config, optimizer, epoch, n_train, steps, progress, has_bayes) -> dict[str, float]:
+def _train_epoch(model, data, config, optimizer, epoch, n_train, steps, progress, has_bayes,
+                 objective) -> dict[str, float]:
     model.train()
     generator = torch.Generator().manual_seed(config.seed * 100_003 + epoch)
     layers = [layer for _, layer in bayesian_layers(model)]
@@ -176,7 +190,7 @@ def _train_epoch(model, data, config, optimizer, epoch, n_train, steps, progress
                desc=f"epoch {epoch + 1}/{config.epochs}", disable=not progress, leave=False)
     for step, (images, labels) in enumerate(bar):
         scale = kl_weight(epoch + step / steps, config.kl_warmup_epochs)
-        loss, nll, kl = variational_loss(model(images), labels, model, n_train, scale)
+        loss, nll, kl = objective(model(images), labels, model, n_train, scale)
         if not torch.isfinite(loss):
             raise NonFiniteLossError(
                 f"loss became {loss.item()} at epoch {epoch + 1}, step {step + 1} (nll={nll.item():.4g}, "
