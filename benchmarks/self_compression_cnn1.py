@@ -55,9 +55,9 @@ def plain_cnn(kernels: int, seed: int) -> nn.Sequential:
                          nn.Linear(kernels * 144, 10))
 
 
-def bayesian_cnn(plain: nn.Sequential) -> nn.Sequential:
+def bayesian_cnn(plain: nn.Sequential, rho_init: float) -> nn.Sequential:
     """The density-propagating twin of ``plain`` (same initial means), ending in the softmax."""
-    return density_from_plain(nn.Sequential(*copy.deepcopy(list(plain)), nn.Softmax(dim=1)))
+    return density_from_plain(nn.Sequential(*copy.deepcopy(list(plain)), nn.Softmax(dim=1)), rho_init=rho_init)
 
 
 def posterior_mean_network(model: nn.Sequential) -> nn.Sequential:
@@ -85,7 +85,7 @@ def prune_curve(model: nn.Sequential, data, steps: int = 20) -> list[dict]:
     """Test accuracy as the smallest-norm kernels are deleted (no retraining)."""
     order = torch.argsort(kernel_norms(model, CONV))
     total = order.numel()
-    counts = sorted({round(total * i / steps) for i in range(steps)})
+    counts = sorted({min(total - 1, round(total * i / steps)) for i in range(steps)})
     curve = []
     for removed in counts:
         keep = torch.ones(total, dtype=torch.bool)
@@ -131,7 +131,7 @@ def run_one(name: str, kernels: int, args, data) -> dict:
         return gaussian_elbo_loss(out, labels, model, n, scale * kl_weight)
 
     plain = plain_cnn(kernels, args.seed)
-    bayes = bayesian_cnn(plain)
+    bayes = bayesian_cnn(plain, args.rho_init)
     fit(plain, data, train, progress=False, log=lambda *_: None)
     history = fit(bayes, data, train, progress=False, log=lambda *_: None, objective=objective)
     before = {"bayes": evaluate(bayes, data.test)["error_pct"], "plain": evaluate(plain, data.test)["error_pct"]}
@@ -157,7 +157,7 @@ def run_one(name: str, kernels: int, args, data) -> dict:
         "plain_test_error_pct_same_kernels": evaluate(plain_small, data.test)["error_pct"],
         "val_tolerance_pct": args.tolerance, "retrain_epochs_total": epochs, "rounds": rounds,
         "prune_curve": curves, "kernel_norms": norms, "epochs": args.epochs, "kl_weight": kl_weight,
-        "covariance": "diag", "history": history.epochs, "compressed_file": f"{stem}.bcz", "file_bytes": file_bytes,
+        "covariance": "diag", "rho_init": args.rho_init, "history": history.epochs, "compressed_file": f"{stem}.bcz", "file_bytes": file_bytes,
         "wall_time_s": time.perf_counter() - started, "command": this_command(), "git_commit": git_commit(),
         "device": "cpu", "torch_threads": torch.get_num_threads(),
     }
@@ -205,6 +205,11 @@ def main() -> None:
     parser.add_argument("--retrain-epochs", type=int, default=1)
     parser.add_argument("--tolerance", type=float, default=0.5, help="validation-error budget, percentage points")
     parser.add_argument("--kl-weight", type=float, default=None, help="multiplies KL / N_train (default 0.01 N)")
+    parser.add_argument("--rho-init", type=float, default=-10.0,
+                        help="initial rho of the weight variances softplus(rho); the authors' TF2 code starts at -2.2 "
+                             "(variance 0.1), with which the Gaussian likelihood first shrinks the predictive variance "
+                             "and the means barely learn (measured: 83 %% error after 3 epochs on 2,500 images, "
+                             "against 11 %% from -10)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     (RESULTS / "plots").mkdir(parents=True, exist_ok=True)
