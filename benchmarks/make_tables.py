@@ -164,11 +164,37 @@ def acceptance_table(runs: list[dict], costs: list[dict]) -> str:
     return "\n".join(["| target | measured | met |", "|---|---|---|", *rows])
 
 
+def self_compression_section() -> list[str]:
+    """The one-conv-layer self-compression experiment (benchmarks/self_compression_cnn1.py), if it has run."""
+    results = [json.loads(p.read_text()) for p in sorted(RESULTS.glob("cnn1-*_self.json"))]
+    if not results:
+        return []
+    results.sort(key=lambda r: (r["data"], r["kernels_total"]))
+    lines = ["### Self-compression: one conv layer, Bayesian (density propagation) against plain", "",
+             "From `python benchmarks/self_compression_cnn1.py` (diagonal covariance; kernels deleted smallest "
+             "posterior-mean norm first while the validation error stays within the tolerance, then retrained; the "
+             "plain CNN is cut to the same kernel count by its own norms and retrained as long):", "",
+             "| data | N | Bayesian accuracy | kernels kept | Bayesian after | plain accuracy | plain with the same "
+             "kernels | retrain epochs |", "|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        lines.append(
+            f"| {r['data']} | {r['kernels_total']} | {100 - r['test_error_pct_before']:.2f} % | {r['kernels_kept']} | "
+            f"{100 - r['test_error_pct']:.2f} % | {100 - r['plain_test_error_pct_before']:.2f} % | "
+            f"{100 - r['plain_test_error_pct_same_kernels']:.2f} % | {r['retrain_epochs_total']} |")
+    lines.append("")
+    for data in sorted({r["data"] for r in results}):
+        for kind in ("accuracy", "norms"):
+            png = RESULTS / "plots" / f"cnn1_{data}_self_{kind}.png"
+            if png.exists():
+                lines.append(f"![{png.stem}](benchmarks/results/plots/{png.name})")
+    return lines + [""]
+
+
 def build() -> str:
     runs, costs = [], []
     for path in sorted(RESULTS.glob("*.json")):
         record = json.loads(path.read_text())
-        if path.name.startswith(("table1", "turbo_module_b", "turbo_exploration", "latency_compare")):
+        if path.name.startswith(("table1", "turbo_module_b", "turbo_exploration", "latency_compare", "cnn1-")):
             continue
         (costs if path.name.startswith("epoch_cost_") else runs).append(record)
     order = {"lenet300": 0, "lenet5": 1, "vgg16": 2}
@@ -197,6 +223,7 @@ def build() -> str:
     if turbo_cost.exists():
         parts += ["Turbo-VBI module B against a training epoch (`python benchmarks/turbo_module_b.py`):", "",
                   turbo_cost.read_text(), ""]
+    parts += self_compression_section()
     if runs:
         parts += ["### Every run in detail", "", compression_table(runs), ""]
         parts += ["Commands: " + "; ".join(f"`{r['command']}`" for r in runs) + "", ""]

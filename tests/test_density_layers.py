@@ -321,3 +321,24 @@ def test_kl_matches_torch_distributions() -> None:
         std = layer.sigma2.sqrt().view(shape).expand_as(layer.weight_mu)
         ref = kl_divergence(Normal(layer.weight_mu, std), Normal(torch.zeros(()), torch.ones(()))).sum()
         torch.testing.assert_close(layer.kl_divergence(), ref.to(torch.float64))
+
+
+@pytest.mark.parametrize("name", ["lenet5", "lenet300"])
+def test_zoo_models_with_their_input_normalisation_convert(name):
+    """The zoo's models carry a Normalize in front; its density twin is exact (a per-channel affine map), so with
+    near-zero weight variances the density model's mean is the plain model's softmax in both covariance modes."""
+    from bayescomp.models import create_model
+
+    torch.manual_seed(0)
+    plain = nn.Sequential(*create_model(name, 10, (1, 28, 28), [0.13], [0.31]), nn.Softmax(dim=1)).eval()
+    model = density_from_plain(plain, rho_init=-30.0)
+    x = torch.rand(2, 1, 28, 28)
+    with torch.no_grad():
+        expected = plain(x)
+        for mode in ("diag", "full"):
+            out = model(x, mode=mode)
+            torch.testing.assert_close(out.mean, expected, rtol=1e-4, atol=1e-5)
+            assert float(out.diagonal().max()) < 1e-6
+        noisy = Moments(torch.rand(2, 1, 4, 4), var=torch.full((2, 1, 4, 4), 0.5))
+        normalised = model[0](noisy)
+        torch.testing.assert_close(normalised.var, noisy.var / 0.31 ** 2)

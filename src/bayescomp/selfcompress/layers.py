@@ -278,6 +278,22 @@ class DensitySoftmax(DensityModule):
         return Moments(mean=p, cov=jac @ x.cov @ jac.transpose(1, 2))
 
 
+class DensityNormalize(DensityModule):
+    """The zoo models' input normalisation ``(x - mean) / std`` per channel, applied to the moments: the mean is
+    normalised, variances are divided by std² (a per-channel affine map, exact)."""
+
+    def __init__(self, mean: Tensor, std: Tensor, max_full_cov_bytes: int | None = None) -> None:
+        super().__init__(max_full_cov_bytes)
+        self.register_buffer("mean_", mean.detach().clone().view(1, -1, 1, 1))
+        self.register_buffer("std_", std.detach().clone().view(1, -1, 1, 1))
+
+    def forward(self, x: Moments) -> Moments:
+        mean = (x.mean - self.mean_) / self.std_
+        if x.var is not None:
+            return Moments(mean, var=x.var / self.std_.square())
+        return Moments(mean, cov=x.cov / self.std_.square())  # (N, C, P, P): per-channel blocks
+
+
 class DensitySequential(nn.Sequential):
     """A chain of density layers; ``forward`` accepts a plain tensor (a point mass) or :class:`Moments`."""
 
@@ -312,7 +328,8 @@ class DensitySequential(nn.Sequential):
         return torch.stack(terms).sum() if terms else torch.zeros(())
 
 
-SUPPORTED_PLAIN = "nn.Linear, nn.Conv2d, nn.ReLU, nn.Tanh, nn.Sigmoid, nn.MaxPool2d, nn.Flatten, nn.Softmax"
+SUPPORTED_PLAIN = ("nn.Linear, nn.Conv2d, nn.ReLU, nn.Tanh, nn.Sigmoid, nn.MaxPool2d, nn.Flatten, nn.Softmax, "
+                   "bayescomp.modules.Normalize")
 
 
 def _convert_conv(conv: nn.Conv2d, rho_init: float) -> DensityConv2d:
@@ -333,6 +350,10 @@ def _copy_weights(dst: _BayesWeights, src: nn.Linear | nn.Conv2d) -> None:
 
 
 def _convert_one(module: nn.Module, rho_init: float) -> DensityModule:
+    from bayescomp.modules import Normalize
+
+    if isinstance(module, Normalize):
+        return DensityNormalize(module.mean_, module.std_)
     if isinstance(module, nn.Linear):
         out = DensityLinear(module.in_features, module.out_features, module.bias is not None, rho_init)
         _copy_weights(out, module)
