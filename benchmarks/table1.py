@@ -216,9 +216,14 @@ def _load_records() -> list[dict]:
             path = RESULTS / f"{model}_mnist_{method}.json"
             if path.exists():
                 records.append({**json.loads(path.read_text()), **{"_path": str(path)}})
+    from bayescomp.calibration import calibration_report
+    from bayescomp.data import load_dataset
+
+    test = load_dataset("mnist").test if records else None
     for record in records:
         record.update(file_metrics(record))
-        _update_on_disk(record, REGULARITY)
+        record["calibration"] = calibration_report(load_packed(RESULTS / record["compressed_file"])[0], test)
+        _update_on_disk(record, (*REGULARITY, "calibration"))
     return records
 
 
@@ -257,6 +262,19 @@ def _block_latency(record: dict) -> str:
         return "dense-pruned kept" if blocks else "–"
     lat = blocks["latency_ms"]
     return f"{lat['compressed']['batch_256']:.2f} ({lat['speedup']['batch_256']:.1f}x)"
+
+
+def calibration_table(records: list[dict]) -> list[str]:
+    """Expected calibration error and accuracy after rejecting the least confident test examples."""
+    lines = ["", "Calibration of each compressed file on the MNIST test set (ECE over 15 equal-width confidence bins; "
+             "accuracy on the examples left after rejecting the least confident fraction):", "",
+             "| model | method | test error | ECE | accuracy, 10 % rejected | accuracy, 30 % rejected |",
+             "|---|---|---|---|---|---|"]
+    for r in records:
+        curve = {round(p["rejected_fraction"], 2): p["accuracy_pct"] for p in r["calibration"]["rejection_curve"]}
+        lines.append(f"| {r['model']} | {r['method']} | {r['test_error_pct']:.2f} % | "
+                     f"{100 * r['calibration']['ece']:.2f} % | {curve[0.1]:.2f} % | {curve[0.3]:.2f} % |")
+    return lines
 
 
 def regularity_table(records: list[dict]) -> list[str]:
@@ -308,6 +326,7 @@ def render_table(records: list[dict], comparison: list[dict], compute: dict[str,
         lines.append(f"| {c['model']} | {c['method']} | {c['test_error_pct']:.2f} % | "
                      f"{c['compression_storage_f32']:.1f} | {c['compression_nonzero']:.1f} | {mag} | {verdict} |")
     lines += regularity_table(records)
+    lines += calibration_table(records)
     variants_path = RESULTS / "table1_variants.json"
     if variants_path.exists():
         lines += ["", "Settings tried beyond the recipe: post-training settings on a trained posterior "

@@ -141,6 +141,13 @@ def test_every_method_runs_end_to_end_and_its_file_reproduces_the_report(method,
     assert report["nonzero_blocks"] >= nonzero / 16 and 0.0 <= report["dense_block_share"] <= 1.0
     assert report["regularity"]["nonzero_weights"] == nonzero
     assert report["neurons_removed"] == (300 - layers[0].out_features) + (100 - layers[1].out_features)
+    # calibration of the shipped model, recomputed from the file
+    from bayescomp.calibration import expected_calibration_error, predictive_probabilities
+
+    probs, labels = predictive_probabilities(model, data.test)
+    assert report["calibration"]["ece"] == pytest.approx(expected_calibration_error(probs, labels)["ece"], abs=1e-9)
+    assert report["calibration"]["rejection_curve"][0]["accuracy_pct"] == pytest.approx(
+        100 - report["test_error_pct"], abs=1e-6)
     if method in ("svd", "magnitude"):  # per-weight sparsity: far fewer non-zeros than kept dense weights
         assert report["weights_nonzero"] < 0.5 * report["weights_kept"]
         assert report["compression_csr"] > 1.5

@@ -117,6 +117,30 @@ def plot_support_patterns(result, path: Path) -> Path:
     return path
 
 
+def plot_calibration(report: dict[str, Any], path: Path) -> Path:
+    """Reliability diagram (accuracy against confidence per bin) and accuracy against the rejected fraction."""
+    cal = report["calibration"]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(8, 3.2))
+    edges = [i / cal["bins"] for i in range(cal["bins"])]
+    width = 1 / cal["bins"]
+    shown = [(e, a) for e, a, n in zip(edges, cal["bin_accuracy"], cal["bin_count"]) if n]
+    left.bar([e for e, _ in shown], [a for _, a in shown], width=width, align="edge", alpha=0.7, label="accuracy")
+    left.plot([0, 1], [0, 1], "k--", lw=1, label="perfect calibration")
+    left.set_xlabel("confidence")
+    left.set_ylabel("accuracy")
+    left.set_title(f"ECE {100 * cal['ece']:.2f} %", fontsize=9)
+    left.legend(fontsize=7)
+    curve = cal["rejection_curve"]
+    right.plot([p["rejected_fraction"] for p in curve], [p["accuracy_pct"] for p in curve], "o-", ms=3)
+    right.set_xlabel("fraction rejected (least confident first)")
+    right.set_ylabel("accuracy on the rest (%)")
+    right.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def plot_all(report: dict[str, Any], result, data, directory: Path) -> list[str]:
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
@@ -126,4 +150,6 @@ def plot_all(report: dict[str, Any], result, data, directory: Path) -> list[str]
         plot_tradeoff(report, directory / "tradeoff.png"),
         plot_support_patterns(result, directory / "support.png"),
     ]
+    if report.get("calibration"):
+        paths.append(plot_calibration(report, directory / "calibration.png"))
     return [str(p) for p in paths]

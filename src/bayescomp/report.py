@@ -29,6 +29,7 @@ import torch
 
 from bayescomp import measure
 from bayescomp.compress import CompressionResult, prunable_modules
+from bayescomp.calibration import calibration_report
 from bayescomp.compress.blocks import choose_block_format, regularity_metrics
 from bayescomp.compress.chain import build_chain
 from bayescomp.compress.search import sweep_global_thresholds
@@ -144,6 +145,7 @@ def build_report(config, data, dense, model, result: CompressionResult, history,
         "torch_threads": torch.get_num_threads(),
     }
     report.update(regularity_fields(dense, result.quantized_model))
+    report["calibration"] = calibration_report(result.quantized_model, data.test)
     if model is not None and config.method == "turbo":
         from bayescomp.priors.base import bayesian_layers
 
@@ -214,6 +216,13 @@ def render_markdown(report: dict[str, Any]) -> str:
             label = key.replace("batch_", "").replace("_1thread", " (1 thread)")
             lines.append(f"| {label} | {latency['dense'][key]:.3f} | {latency['compressed'][key]:.3f} "
                          f"| {latency['speedup'][key]:.1f}x |")
+    calibration = report.get("calibration")
+    if calibration:
+        curve = {round(p["rejected_fraction"], 2): p["accuracy_pct"] for p in calibration["rejection_curve"]}
+        lines += ["", f"Calibration of the compressed model on the test set: expected calibration error "
+                  f"{100 * calibration['ece']:.2f} % ({calibration['bins']} bins); accuracy "
+                  f"{curve.get(0.0, float('nan')):.2f} % on all, {curve.get(0.1, float('nan')):.2f} % after rejecting "
+                  f"the 10 % least confident, {curve.get(0.5, float('nan')):.2f} % after rejecting half."]
     blocks = report.get("block_format")
     if blocks:
         used = [d for d in blocks["decisions"] if d["used_block_format"]]
