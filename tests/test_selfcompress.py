@@ -263,3 +263,35 @@ def test_remove_kernels_conv_to_conv() -> None:
     assert dpruned[4].weight_mu.shape == (3, 3 * 16)
     out = dpruned(x.double(), "full")
     assert out.cov.shape == (2, 3, 3) and torch.isfinite(out.cov).all()
+
+
+@pytest.mark.parametrize("name", ["lenet5", "lenet300"])
+def test_self_compressed_kernels_map_back_onto_the_dense_shapes_exactly(name):
+    """The pipeline's path: kernels deleted from the density twin are written back onto the dense layer shapes
+    (zeros at the deleted positions), and the shared shrinking path then yields a plain model computing the same
+    function as the small density network's predictive mean."""
+    from bayescomp.compress import prunable_modules
+    from bayescomp.magnitude import magnitude_compress
+    from bayescomp.models import create_model
+    from bayescomp.selfcompress.procedure import (
+        SelfCompressionConfig, dense_shaped_posterior_mean, density_twin, weight_layers,
+    )
+
+    torch.manual_seed(0)
+    dense = create_model(name, 10, (1, 28, 28), [0.13], [0.31]).eval()
+    small = density_twin(dense, SelfCompressionConfig(rho_init=-30.0))
+    indices = weight_layers(small)
+    kept = [torch.arange(small[i].weight_mu.shape[0]) for i in indices]
+    g = torch.Generator().manual_seed(3)
+    for position, index in enumerate(indices[:-1]):
+        keep = torch.rand(kept[position].numel(), generator=g) < 0.6
+        keep[0] = True
+        small = remove_kernels(small, index, keep)
+        kept[position] = kept[position][keep]
+    plain = dense_shaped_posterior_mean(dense, small, kept)
+    result = magnitude_compress(plain, [torch.ones_like(m.weight) for m in prunable_modules(plain)])
+    x = torch.rand(4, 1, 28, 28)
+    with torch.no_grad():
+        torch.testing.assert_close(torch.softmax(result.model(x), dim=1), small(x).mean, rtol=1e-4, atol=1e-5)
+    sizes = [m.weight.shape[0] for m in prunable_modules(result.model)]
+    assert sizes[:-1] == [int(k.numel()) for k in kept[:-1]] and sizes[-1] == 10

@@ -14,7 +14,7 @@ from bayescomp.models import MODELS
 from bayescomp.priors import PRIORS
 from bayescomp.train import NonFiniteLossError, TrainConfig
 
-METHODS = (*sorted(PRIORS), "magnitude")
+METHODS = (*sorted(PRIORS), "magnitude", "self")
 
 KNOWN_ERRORS = (DataError, PruneError, UnsupportedModelError, NonFiniteLossError, CheckpointError, ValueError,
                 FileNotFoundError)
@@ -39,7 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--method", default="gnj",
                      help="gnj / ghs: Bayesian Compression with the group normal-Jeffreys / group horseshoe prior; "
                           "svd: Sparse Variational Dropout (per weight); turbo: Turbo-VBI structured prior (MRF "
-                          "support); magnitude: magnitude pruning + fine-tuning")
+                          "support); self: self-compression by density propagation (Carannante et al. 2020); magnitude: magnitude "
+                          "pruning + fine-tuning")
     run.add_argument("--run-dir", default=None, help="output directory (default runs/<model>_<data>_<method>)")
     run.add_argument("--data-dir", default=None,
                      help="folder with mnist/, fashion-mnist/, cifar-10/ (default $BAYESCOMP_DATA, else ../shared/data)")
@@ -109,7 +110,7 @@ def _train_config(base: TrainConfig, args: argparse.Namespace, bayes: bool) -> T
     return replace(base, **changes)
 
 
-_METHOD_OPTIONS = {"gnj": {"clip_var"}, "ghs": {"clip_var", "tau0"}, "svd": set(), "turbo": set(),
+_METHOD_OPTIONS = {"gnj": {"clip_var"}, "ghs": {"clip_var", "tau0"}, "svd": set(), "turbo": set(), "self": set(),
                    "magnitude": {"sparsity", "scope", "rounds", "structured"}}
 
 
@@ -127,8 +128,10 @@ def _prior_options(method: str, items: list[str]) -> dict:
 
     if not items:
         return {}
-    if method == "magnitude":
-        from bayescomp.magnitude import MagnitudeConfig as config_cls
+    from bayescomp.pipeline import NON_PRIOR_METHODS
+
+    if method in NON_PRIOR_METHODS:
+        config_cls = NON_PRIOR_METHODS[method]()
     else:
         config_cls = PRIORS[method].config_cls if method in PRIORS else None
     known = {f.name for f in fields(config_cls)} if config_cls else set()

@@ -49,6 +49,22 @@ DEFAULT_LR_SCALES: dict[str, dict[str, float]] = {
 }
 
 
+def _magnitude_config():
+    from bayescomp.magnitude import MagnitudeConfig
+
+    return MagnitudeConfig
+
+
+def _self_config():
+    from bayescomp.selfcompress.procedure import SelfCompressionConfig
+
+    return SelfCompressionConfig
+
+
+#: Methods that are not a prior of :data:`PRIORS`: their config class (loaded lazily) and their own run path.
+NON_PRIOR_METHODS = {"magnitude": _magnitude_config, "self": _self_config}
+
+
 #: Settings that only affect what happens after Bayesian training; changing them reuses the trained posterior.
 POST_TRAINING_FIELDS = {"compress", "finetune", "latency", "plots"}
 
@@ -76,8 +92,9 @@ class RunConfig:
     def __post_init__(self) -> None:
         if self.model not in MODELS:
             raise ValueError(f"unknown model {self.model!r}; known models: {', '.join(sorted(MODELS))}")
-        if self.method != "magnitude" and self.method not in PRIORS:
-            raise ValueError(f"unknown method/prior {self.method!r}; known: {', '.join([*sorted(PRIORS), 'magnitude'])}")
+        if self.method not in NON_PRIOR_METHODS and self.method not in PRIORS:
+            raise ValueError(f"unknown method/prior {self.method!r}; known: "
+                             f"{', '.join([*sorted(PRIORS), *NON_PRIOR_METHODS])}")
         dense, bayes = DEFAULT_SCHEDULES.get(self.model, (TrainConfig(), TrainConfig()))
         self.dense = _as(TrainConfig, self.dense) or TrainConfig(**{**asdict(dense), "seed": self.seed})
         self.bayes = _as(TrainConfig, self.bayes) or TrainConfig(
@@ -86,10 +103,8 @@ class RunConfig:
         self.finetune = _as(TrainConfig, self.finetune) or TrainConfig(
             epochs=10 if self.method == "magnitude" else 0, lr=1e-3, lr_schedule="cosine", seed=self.seed)
         self.compress = _as(CompressConfig, self.compress) or CompressConfig()
-        if self.method == "magnitude":
-            from bayescomp.magnitude import MagnitudeConfig
-
-            self.prior = asdict(MagnitudeConfig(**(dict(self.prior) if self.prior else {})))
+        if self.method in NON_PRIOR_METHODS:
+            self.prior = asdict(NON_PRIOR_METHODS[self.method]()(**(dict(self.prior) if self.prior else {})))
         else:
             self.prior = asdict(make_config(self.method, dict(self.prior) if self.prior else None))
 
@@ -248,6 +263,8 @@ def run(config: RunConfig, run_dir: str | Path, log=print, progress: bool = True
 
     if config.method == "magnitude":
         return _run_magnitude(config, run_dir, data, dense, dense_eval, started, log, progress, command)
+    if config.method == "self":
+        return _run_self(config, run_dir, data, dense, dense_eval, started, log, progress, command)
     seed_everything(config.seed)
     model = bayesify(dense, config.method, config.prior)
     log(f"Bayesian training ({config.method}, {config.bayes.epochs} epochs)")
@@ -298,5 +315,45 @@ def _run_magnitude(config: RunConfig, run_dir: Path, data: DataBundle, dense: nn
                           file_bytes, run_dir, started, command or " ".join(sys.argv), git_commit())
     report["epochs"] = 0
     report["test_error_pct_pruned_before_finetune"] = None
+    write_report(report, run_dir, model=None, result=result, data=data, plots=config.plots)
+    return report
+
+
+def _run_self(config: RunConfig, run_dir: Path, data: DataBundle, dense: nn.Sequential, dense_eval: dict,
+              started: float, log, progress: bool, command: str | None) -> dict[str, Any]:
+    """Self-compression (Carannante et al. 2020): train the density-propagating twin, delete kernels by norm while
+    the validation error allows, retrain, repeat; then the shared shrinking path and report. The kept kernels'
+    posterior variances are saved in the file's metadata (``variance_head``)."""
+    from dataclasses import replace
+
+    from bayescomp.magnitude import magnitude_compress
+    from bayescomp.report import build_report, write_report
+    from bayescomp.selfcompress.procedure import (
+        SelfCompressionConfig, dense_shaped_posterior_mean, density_twin, self_compress, variance_head,
+    )
+
+    settings = SelfCompressionConfig(**config.prior)
+    seed_everything(config.seed)
+    model = density_twin(dense, settings)
+    log(f"self-compression: training the density-propagating network ({settings.covariance} covariance, "
+        f"{settings.likelihood} likelihood, {config.bayes.epochs} epochs)")
+    history = fit(model, data, config.bayes, checkpoint_path=run_dir / "bayes.ckpt", progress=progress, log=log,
+                  objective=settings.objective(len(data.train)))
+    bayes_eval = evaluate(model, data.test)
+    log(f"posterior-mean test error {bayes_eval['error_pct']:.2f}%; deleting kernels (tolerance "
+        f"{settings.tolerance_pct} points of validation error)")
+    retrain = replace(config.bayes, epochs=settings.retrain_epochs, lr=config.bayes.lr / 10, lr_schedule="constant",
+                      kl_warmup_epochs=0.0)
+    small, kept, rounds = self_compress(model, data, settings, retrain, log=log)
+    plain = dense_shaped_posterior_mean(dense, small, kept)
+    result = magnitude_compress(plain, [torch.ones_like(m.weight) for m in prunable_modules(plain)])
+    metadata = {"run": config.to_dict(), "architecture_kept": result.architecture_kept,
+                "variance_head": variance_head(small)}
+    file_bytes = save_compressed(result, run_dir / "compressed.bcz", metadata)
+    report = build_report(config, data, dense, None, result, history, dense_eval, bayes_eval,
+                          file_bytes, run_dir, started, command or " ".join(sys.argv), git_commit())
+    report["test_error_pct_pruned_before_finetune"] = None
+    report["self_compression_rounds"] = rounds
+    report["test_error_pct_density"] = evaluate(small, data.test)["error_pct"]
     write_report(report, run_dir, model=None, result=result, data=data, plots=config.plots)
     return report

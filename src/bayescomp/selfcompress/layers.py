@@ -312,10 +312,11 @@ class DensitySequential(nn.Sequential):
             layer.max_full_cov_bytes = limit
 
     def forward(self, x: Tensor | Moments, mode: str | None = None) -> Moments:  # type: ignore[override]
-        """Propagate. ``mode`` ("diag" default, or "full") applies to a tensor input; Moments keep theirs."""
+        """Propagate. ``mode`` ("diag", or "full") applies to a tensor input (default: the ``default_mode``
+        attribute if set, else "diag"); Moments keep theirs."""
         if isinstance(x, Tensor):
             limit = self[0].max_full_cov_bytes if len(self) else None
-            x = Moments.deterministic(x, mode or "diag", limit)
+            x = Moments.deterministic(x, mode or getattr(self, "default_mode", "diag"), limit)
         elif mode is not None and mode != x.mode:
             raise ValueError(f"mode={mode!r} but the input Moments are in {x.mode!r} mode")
         for layer in self:
