@@ -145,6 +145,14 @@ def test_every_method_runs_end_to_end_and_its_file_reproduces_the_report(method,
     from bayescomp.calibration import expected_calibration_error, predictive_probabilities
 
     probs, labels = predictive_probabilities(model, data.test)
+    if method == "self":  # the file also carries the kernel variances: the predictive uncertainty comes back
+        from bayescomp.selfcompress.procedure import load_with_uncertainty
+
+        with torch.no_grad():
+            x = next(data.test.batches(16))[0]
+            moments = load_with_uncertainty(run_dir / "compressed.bcz")(x)
+            torch.testing.assert_close(moments.mean, model(x).softmax(dim=1), rtol=1e-4, atol=1e-5)
+            assert bool((moments.var > 0).any())
     assert report["calibration"]["ece"] == pytest.approx(expected_calibration_error(probs, labels)["ece"], abs=1e-9)
     assert report["calibration"]["rejection_curve"][0]["accuracy_pct"] == pytest.approx(
         100 - report["test_error_pct"], abs=1e-6)

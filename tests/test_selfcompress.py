@@ -295,3 +295,13 @@ def test_self_compressed_kernels_map_back_onto_the_dense_shapes_exactly(name):
         torch.testing.assert_close(torch.softmax(result.model(x), dim=1), small(x).mean, rtol=1e-4, atol=1e-5)
     sizes = [m.weight.shape[0] for m in prunable_modules(result.model)]
     assert sizes[:-1] == [int(k.numel()) for k in kept[:-1]] and sizes[-1] == 10
+
+
+def test_loading_uncertainty_from_a_file_without_a_variance_head_is_refused(tmp_path):
+    from bayescomp.compress.packed import save_packed
+    from bayescomp.selfcompress.procedure import load_with_uncertainty
+
+    path = tmp_path / "plain.bcz"
+    save_packed(nn.Sequential(nn.Flatten(), nn.Linear(784, 10)), path, {}, {})
+    with pytest.raises(ValueError, match="no variance head"):
+        load_with_uncertainty(path)

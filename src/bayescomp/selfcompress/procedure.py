@@ -158,3 +158,22 @@ def dense_shaped_posterior_mean(dense: nn.Sequential, small: nn.Sequential, kept
 def variance_head(small: nn.Sequential) -> list[list[float]]:
     """Per weight layer, the kept kernels' posterior weight variances softplus(rho) (saved with the file)."""
     return [small[i].sigma2.detach().tolist() for i in weight_layers(small)]
+
+
+def load_with_uncertainty(path) -> nn.Sequential:
+    """A self-compressed file (``--method self``) as a density-propagating network: its plain posterior-mean layers
+    plus the saved kernel variances, so that ``model(x)`` returns the predictive mean and covariance (Moments)."""
+    from bayescomp.compress.packed import load_packed
+
+    plain, metadata = load_packed(path)
+    if "variance_head" not in metadata:
+        raise ValueError(f"{path} holds no variance head; only files written by --method self have one")
+    model = density_from_plain(nn.Sequential(*plain, nn.Softmax(dim=1)))
+    layers = weight_layers(model)
+    if len(layers) != len(metadata["variance_head"]):
+        raise ValueError(f"{path}: {len(metadata['variance_head'])} variance entries for {len(layers)} layers")
+    with torch.no_grad():
+        for index, variances in zip(layers, metadata["variance_head"]):
+            sigma2 = torch.as_tensor(variances, dtype=model[index].weight_rho.dtype)
+            model[index].weight_rho.copy_(torch.log(torch.expm1(sigma2)))  # softplus^-1
+    return model.eval()
