@@ -135,6 +135,40 @@ class BayesianConv2d(BayesianLayer):
         return _copy_posterior_means(self, layer)
 
 
+class PerWeightGaussian(BayesianLayer):
+    """Shared by the per-weight priors (Sparse VD, Turbo-VBI): q(w) = N(weight_mu, exp(weight_log_sigma2)) for every
+    weight, sampled by local reparameterisation (the pre-activation's Gaussian marginal: two products, means and
+    variances). With ``config.train_clip`` the weights outside :meth:`weight_keep_mask` are zeroed (mean and
+    variance) in the training forward as well, so training sees the network that will be deployed. Works for both
+    shells: ``group_dim == "in"`` is a Linear layer, ``"out"`` a Conv2d."""
+
+    def posterior_mean_weight(self) -> torch.Tensor:
+        return self.weight_mu * self.weight_keep_mask()
+
+    def posterior_mean_bias(self) -> torch.Tensor | None:
+        return self.bias_mu
+
+    def posterior_weight_variance(self) -> torch.Tensor:
+        return self.weight_log_sigma2.exp()
+
+    def _train_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
+        mean, variance = self.weight_mu, self.weight_log_sigma2.exp()
+        if self.config.train_clip:
+            keep = self.weight_keep_mask()
+            mean, variance = mean * keep, variance * keep
+        return mean, variance
+
+    def _product(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        return F.linear(x, weight, bias) if self.group_dim == "in" else self._conv(x, weight, bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.deterministic:
+            return self._product(x, self.posterior_mean_weight(), self.bias_mu)
+        mean, variance = self._train_weights()
+        noise_var = self._product(x * x, variance, None).add_(1e-8).sqrt_()
+        return torch.addcmul(self._product(x, mean, self.bias_mu), noise_var, torch.randn_like(noise_var))
+
+
 def _copy_posterior_means(source: BayesianLayer, layer: nn.Module) -> nn.Module:
     with torch.no_grad():
         layer.weight.copy_(source.posterior_mean_weight())

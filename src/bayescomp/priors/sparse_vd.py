@@ -27,10 +27,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from bayescomp.priors.base import BayesianConv2d, BayesianLayer, BayesianLinear, PriorSpec, register_prior
+from bayescomp.priors.base import BayesianConv2d, BayesianLinear, PerWeightGaussian, PriorSpec, register_prior
 from bayescomp.priors.group_nj import kl_log_uniform_approx
 
 _EPS = 1e-8
@@ -67,7 +66,7 @@ class SparseVDConfig:
         self.log_alpha_clip = (low, high)
 
 
-class _SparseVDMixin(BayesianLayer):
+class _SparseVDMixin(PerWeightGaussian):
     """Parameters and posterior statistics shared by the linear and the conv layer."""
 
     def _init_posterior(self, weight: torch.Tensor, bias: torch.Tensor | None, cfg: SparseVDConfig) -> None:
@@ -120,32 +119,12 @@ class _SparseVDMixin(BayesianLayer):
         """theta with the pruned weights set to zero: the network used at test time (paper Sec. 4.4)."""
         return self.weight_mu * self._keep_mask()
 
-    def posterior_mean_bias(self) -> torch.Tensor | None:
-        return self.bias_mu
-
     def posterior_weight_variance(self) -> torch.Tensor:
         """sigma² of every weight (the additive parametrisation's variance, = alpha theta² where unclipped)."""
         return self.weight_log_sigma2.exp()
 
     def apply_constraints(self) -> None:
         """Nothing to do: log alpha is clipped where it is used (KL, mask), so the parameters may roam freely."""
-
-    def _train_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(theta, sigma²) for the noisy forward, with pruned weights zeroed when ``train_clip`` is on.
-
-        The noise uses sigma² directly (additive reparameterisation); it equals the authors' exp(clip(log alpha))
-        theta² except where log alpha is clipped (pruned weights, or noise below e^-8 theta², negligible).
-        """
-        theta, sigma2 = self.weight_mu, self.weight_log_sigma2.exp()
-        if self.config.train_clip:
-            keep = self._keep_mask()
-            theta, sigma2 = theta * keep, sigma2 * keep
-        return theta, sigma2
-
-    @staticmethod
-    def _sample(mean: torch.Tensor, var: torch.Tensor) -> torch.Tensor:
-        """mean + sqrt(var + eps) * N(0, 1), in as few elementwise passes as possible."""
-        return torch.addcmul(mean, var.add_(_EPS).sqrt_(), torch.randn_like(mean))
 
 
 class LinearSparseVD(_SparseVDMixin, BayesianLinear):
@@ -158,11 +137,6 @@ class LinearSparseVD(_SparseVDMixin, BayesianLinear):
         template = nn.Linear(in_features, out_features, bias)
         self._init_posterior(template.weight, template.bias, config or SparseVDConfig())
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.deterministic:
-            return F.linear(x, self.posterior_mean_weight(), self.bias_mu)
-        theta, sigma2 = self._train_weights()
-        return self._sample(F.linear(x, theta, self.bias_mu), F.linear(x * x, sigma2))
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, prior=svd"
@@ -177,11 +151,6 @@ class Conv2dSparseVD(_SparseVDMixin, BayesianConv2d):
         template = self._set_geometry(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias)
         self._init_posterior(template.weight, template.bias, config or SparseVDConfig())
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.deterministic:
-            return self._conv(x, self.posterior_mean_weight(), self.bias_mu)
-        theta, sigma2 = self._train_weights()
-        return self._sample(self._conv(x, theta, self.bias_mu), self._conv(x * x, sigma2, None))
 
     def extra_repr(self) -> str:
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "

@@ -34,10 +34,11 @@ import time
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from bayescomp.priors.base import BayesianConv2d, BayesianLayer, BayesianLinear, PriorSpec, register_prior
+from bayescomp.priors.base import (
+    BayesianConv2d, BayesianLayer, BayesianLinear, PerWeightGaussian, PriorSpec, register_prior,
+)
 from bayescomp.priors.support_mrf import MarkovGridPrior, grid_bp
 from bayescomp.priors.turbo_updates import (
     GammaPair,
@@ -127,7 +128,7 @@ class TurboVBIConfig:
                                p11_vertical=self.p11_vertical)
 
 
-class _TurboMixin(BayesianLayer):
+class _TurboMixin(PerWeightGaussian):
     """Parameters, closed-form hyper-parameter steps and module B, shared by the Linear and the Conv2d layer."""
 
     def _init_posterior(self, weight: torch.Tensor, bias: torch.Tensor | None, cfg: TurboVBIConfig) -> None:
@@ -263,26 +264,6 @@ class _TurboMixin(BayesianLayer):
         second = self.weight_mu.square() + log_sigma2.exp()
         return 0.5 * (e_rho * second - e_log_rho - log_sigma2 - 1.0).sum()
 
-    def posterior_mean_weight(self) -> torch.Tensor:
-        return self.weight_mu * self.weight_keep_mask()
-
-    def posterior_mean_bias(self) -> torch.Tensor | None:
-        return self.bias_mu
-
-    def posterior_weight_variance(self) -> torch.Tensor:
-        return self.weight_log_sigma2.exp()
-
-    def _train_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
-        mu, sigma2 = self.weight_mu, self.weight_log_sigma2.exp()
-        if self.config.train_clip:
-            keep = self.weight_keep_mask()
-            mu, sigma2 = mu * keep, sigma2 * keep
-        return mu, sigma2
-
-    @staticmethod
-    def _sample(mean: torch.Tensor, var: torch.Tensor) -> torch.Tensor:
-        return torch.addcmul(mean, var.add_(_EPS).sqrt_(), torch.randn_like(mean))
-
 
 class LinearTurboVBI(_TurboMixin, BayesianLinear):
     """Bayesian ``nn.Linear`` under the Turbo-VBI prior; its support grid is the weight matrix (out x in)."""
@@ -294,11 +275,6 @@ class LinearTurboVBI(_TurboMixin, BayesianLinear):
         template = nn.Linear(in_features, out_features, bias)
         self._init_posterior(template.weight, template.bias, config or TurboVBIConfig())
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.deterministic:
-            return F.linear(x, self.posterior_mean_weight(), self.bias_mu)
-        mu, sigma2 = self._train_weights()
-        return self._sample(F.linear(x, mu, self.bias_mu), F.linear(x * x, sigma2))
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, prior=turbo"
@@ -313,11 +289,6 @@ class Conv2dTurboVBI(_TurboMixin, BayesianConv2d):
         template = self._set_geometry(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias)
         self._init_posterior(template.weight, template.bias, config or TurboVBIConfig())
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.deterministic:
-            return self._conv(x, self.posterior_mean_weight(), self.bias_mu)
-        mu, sigma2 = self._train_weights()
-        return self._sample(self._conv(x, mu, self.bias_mu), self._conv(x * x, sigma2, None))
 
     def extra_repr(self) -> str:
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
