@@ -97,6 +97,19 @@ def propagate(chain: Chain, group_keep: Sequence[torch.Tensor]) -> PruningPlan:
             raise ValueError(f"mask for {layer.name!r} has shape {tuple(keep.shape)}, expected {tuple(target[i].shape)}")
         target[i] = target[i] & keep.bool().cpu()
     out_keep[-1] = torch.ones_like(out_keep[-1])  # the network's outputs (classes) always stay
+    return close_plan(chain, in_keep, out_keep)
+
+
+def close_plan(chain: Chain, in_keep: list[torch.Tensor], out_keep: list[torch.Tensor],
+               message: str | None = None) -> PruningPlan:
+    """Close input and output keep-masks of every layer under the neighbour rules (an output no later weight reads
+    is dead; an input whose producer is gone carries nothing) and check no layer empties.
+
+    :func:`propagate` starts from one group mask per layer; methods with scales on both sides of a layer (the
+    conditional hypernetwork's input-output factorisation) start from both masks. Raises :class:`PruneError`
+    with ``message`` (or the threshold advice) when a layer loses all its inputs or outputs.
+    """
+    in_keep, out_keep = [k.bool().cpu().clone() for k in in_keep], [k.bool().cpu().clone() for k in out_keep]
     for _ in range(len(chain.layers) + 1):  # a fixed point is reached after at most one pass per layer
         changed = False
         for i in range(len(chain.layers) - 1):
@@ -112,8 +125,9 @@ def propagate(chain: Chain, group_keep: Sequence[torch.Tensor]) -> PruningPlan:
         if not keep_in.any() or not keep_out.any():
             raise PruneError(
                 f"the thresholds prune every {'input' if not keep_in.any() else 'output'} unit of layer "
-                f"{layer.name!r}, which would disconnect the network; raise that layer's threshold (keep groups "
-                "with log alpha below it) or use the automatic threshold search. The model is unchanged."
+                f"{layer.name!r}, which would disconnect the network; " + (message or
+                "raise that layer's threshold (keep groups with log alpha below it) or use the automatic threshold "
+                "search.") + " The model is unchanged."
             )
     return PruningPlan(in_keep, out_keep)
 

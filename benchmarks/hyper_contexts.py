@@ -1,0 +1,298 @@
+"""Conditional compression with the Bayesian hypernetwork (issue 7): generated networks against baselines.
+
+    python benchmarks/hyper_contexts.py --data mnist
+    python benchmarks/hyper_contexts.py --data fashion-mnist
+
+1. Trains (or resumes) the hypernetwork for LeNet-5-Caffe into ``runs/hyper_lenet5_<data>`` and calibrates its
+   generation threshold on validation contexts (:mod:`bayescomp.hyper.pipeline`).
+2. 50 random contexts of 2 to 5 classes (seeded), budget 1: generation time (first call and median of 5),
+   test error on the context's classes, weights and multiply-accumulates of the generated network, and the dense
+   teacher's error on the same classes.
+3. Baselines on the first ``--retrain`` contexts: BC-GNJ retrained for the context (teacher cut to the context's
+   classes, trained on their data, compressed with the automatic search on their validation data), and global
+   magnitude pruning of the cut teacher to the generated network's size with fine-tuning. On every context: the
+   unconditional BC-GNJ model (``benchmarks/results/lenet5_<data>_gnj.bcz``, or one trained here if it is missing)
+   with its output cut to the context.
+4. Budgets 1, 0.5, 0.2, 0.1, 0.05 on the first 10 contexts; contexts of every size 2..10 for the size plot.
+
+Writes benchmarks/results/lenet5_<data>_hyper.{json,md}, plots, the trained hypernetwork
+(benchmarks/results/hyper_lenet5_<data>/hyper.pt, usable by ``bayescomp hyper generate``) and one generated model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import shutil
+import statistics
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import RESULTS, this_command  # noqa: E402
+
+from bayescomp import bayesify, compress, load  # noqa: E402
+from bayescomp.compress import CompressConfig, prunable_modules  # noqa: E402
+from bayescomp.data import DataBundle  # noqa: E402
+from bayescomp.hyper import Context, context_error, random_contexts, restrict  # noqa: E402
+from bayescomp.hyper.pipeline import HyperRunConfig, _cut_teacher, _run_config, load_run_data, train_run  # noqa: E402
+from bayescomp.magnitude import MagnitudeConfig, magnitude_compress, prune_and_finetune  # noqa: E402
+from bayescomp.pipeline import DEFAULT_LR_SCALES, dense_model  # noqa: E402
+from bayescomp.train import TrainConfig, evaluate, fit, seed_everything  # noqa: E402
+
+
+def context_bundle(data: DataBundle, classes) -> DataBundle:
+    return DataBundle(data.name, restrict(data.train, classes), restrict(data.val, classes),
+                      restrict(data.test, classes), len(classes), data.input_shape, data.mean, data.std,
+                      tuple(data.class_names[c] for c in classes))
+
+
+def weights_of(model) -> int:
+    return sum(m.weight.numel() for m in prunable_modules(model))
+
+
+def retrain_gnj(teacher, data: DataBundle, classes, epochs: int, seed: int) -> dict:
+    """BC-GNJ trained for one context from the cut teacher (the slow, strong reference)."""
+    started = time.perf_counter()
+    bundle = context_bundle(data, classes)
+    seed_everything(seed)
+    model = bayesify(_cut_teacher(teacher, classes), "gnj")
+    fit(model, bundle, TrainConfig(epochs=epochs, lr=3e-3, lr_schedule="cosine", kl_warmup_epochs=min(2, epochs / 5),
+                                   seed=seed, lr_scales=dict(DEFAULT_LR_SCALES["gnj"])), progress=False,
+        log=lambda *_: None)
+    result = compress(model, bundle.val, CompressConfig(tolerance_pct=0.2))
+    return {"retrain_test_error_pct": evaluate(result.model, bundle.test)["error_pct"],
+            "retrain_weights_kept": result.weights_kept, "retrain_s": time.perf_counter() - started,
+            "retrain_kept_architecture": "-".join(map(str, result.architecture_kept)), "retrain_epochs": epochs}
+
+
+def magnitude_at_size(teacher, data: DataBundle, classes, weights: int, epochs: int, seed: int) -> dict:
+    """Global unstructured magnitude pruning of the cut teacher to ``weights`` non-zeros, fine-tuned."""
+    started = time.perf_counter()
+    bundle = context_bundle(data, classes)
+    model = _cut_teacher(teacher, classes)
+    sparsity = 1.0 - weights / weights_of(model)
+    masks = prune_and_finetune(model, bundle, MagnitudeConfig(sparsity=sparsity, rounds=2),
+                               TrainConfig(epochs=epochs, lr=1e-3, lr_schedule="cosine", seed=seed),
+                               log=lambda *_: None)
+    result = magnitude_compress(model, masks)
+    return {"magnitude_test_error_pct": evaluate(result.model, bundle.test)["error_pct"],
+            "magnitude_weights_nonzero": result.weights_nonzero, "magnitude_s": time.perf_counter() - started}
+
+
+def unconditional_model(data_name: str, log) -> tuple[torch.nn.Sequential, str]:
+    """The unconditional BC-GNJ LeNet-5 of Table 1 (or one trained here with the default recipe)."""
+    path = RESULTS / f"lenet5_{data_name}_gnj.bcz"
+    if path.exists():
+        return load(path), str(path.relative_to(RESULTS.parent.parent))
+    from bayescomp.pipeline import RunConfig, run
+
+    run_dir = Path(f"runs/hyper_baseline_lenet5_{data_name}_gnj")
+    log(f"no {path.name}; training the unconditional BC-GNJ model into {run_dir}")
+    run(RunConfig(model="lenet5", data=data_name, method="gnj", latency=False, plots=False), run_dir, progress=False,
+        log=log)
+    return load(run_dir / "compressed.bcz"), str(run_dir / "compressed.bcz")
+
+
+def cut_compressed(model, classes):
+    """A compressed plain model with its output cut to ``classes`` (its last layer's rows)."""
+    cut = copy.deepcopy(model).eval()
+    last = prunable_modules(cut)[-1]
+    index = torch.as_tensor(list(classes))
+    with torch.no_grad():
+        last.weight = torch.nn.Parameter(last.weight[index].clone())
+        last.bias = torch.nn.Parameter(last.bias[index].clone())
+    last.out_features = len(index)
+    return cut
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", default="mnist")
+    parser.add_argument("--epochs", type=int, default=30, help="hypernetwork training epochs")
+    parser.add_argument("--contexts", type=int, default=50)
+    parser.add_argument("--retrain", type=int, default=10, help="contexts with the per-context baselines")
+    parser.add_argument("--retrain-epochs", type=int, default=10)
+    parser.add_argument("--magnitude-epochs", type=int, default=2)
+    parser.add_argument("--budgets", default="1,0.5,0.2,0.1,0.05")
+    parser.add_argument("--budget-contexts", type=int, default=10)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--run-dir", default=None)
+    args = parser.parse_args()
+    log = print
+    started = time.perf_counter()
+    config = HyperRunConfig(model="lenet5", data=args.data, seed=args.seed)
+    config.train = replace(config.train, epochs=args.epochs)
+    run_dir = Path(args.run_dir or f"runs/hyper_lenet5_{args.data}")
+    hyper = train_run(config, run_dir, progress=False)
+    hyper.eval()
+    train_summary = json.loads((run_dir / "train.json").read_text())
+    data = load_run_data(config)
+    teacher = dense_model(_run_config(config), data, log=lambda *_: None, progress=False)
+    unconditional, unconditional_file = unconditional_model(args.data, log)
+    contexts = random_contexts(args.contexts, data.num_classes, [2, 3, 4, 5], seed=2026 + args.seed)
+    entries = []
+    for i, context in enumerate(contexts):
+        first = hyper.generate_detailed(context)
+        times = [first.generate_ms] + [hyper.generate_detailed(context).generate_ms for _ in range(4)]
+        entry = {"classes": list(context.classes), "budget": context.budget,
+                 "test_error_pct": context_error(first.model, data.test, context.classes),
+                 "weights_kept": first.weights_kept, "flops": first.flops, "flops_fraction": first.flops_fraction,
+                 "kept_architecture": "-".join(map(str, first.kept_architecture)),
+                 "generate_ms": statistics.median(times), "generate_ms_first": times[0],
+                 "teacher_test_error_pct": context_error(_cut_teacher(teacher, context.classes), data.test,
+                                                         context.classes),
+                 "unconditional_test_error_pct": context_error(cut_compressed(unconditional, context.classes),
+                                                               data.test, context.classes),
+                 "unconditional_weights_kept": weights_of(cut_compressed(unconditional, context.classes))}
+        if i < args.retrain:
+            entry.update(retrain_gnj(teacher, data, context.classes, args.retrain_epochs, args.seed))
+            entry["generate_vs_retrain_ratio"] = entry["generate_ms"] / 1000.0 / entry["retrain_s"]
+            entry.update(magnitude_at_size(teacher, data, context.classes, first.weights_kept,
+                                           args.magnitude_epochs, args.seed))
+        log(f"context {i + 1}/{len(contexts)} {list(context.classes)}: err {entry['test_error_pct']:.2f}% "
+            f"weights {entry['weights_kept']:,} ({entry['kept_architecture']}), {entry['generate_ms']:.1f} ms"
+            + (f"; retrained GNJ {entry['retrain_test_error_pct']:.2f}% {entry['retrain_weights_kept']:,} "
+               f"in {entry['retrain_s']:.0f}s; magnitude {entry['magnitude_test_error_pct']:.2f}%"
+               if "retrain_s" in entry else ""))
+        entries.append(entry)
+
+    budgets = [float(b) for b in args.budgets.split(",")]
+    budget_rows = []
+    for context in contexts[:args.budget_contexts]:
+        for budget in budgets:
+            ctx = Context.make(context.classes, data.num_classes, budget)
+            gen = hyper.generate_detailed(ctx)
+            budget_rows.append({"classes": list(ctx.classes), "budget": budget, "weights_kept": gen.weights_kept,
+                                "flops_fraction": gen.flops_fraction, "threshold": gen.threshold,
+                                "test_error_pct": context_error(gen.model, data.test, ctx.classes)})
+    monotone = all(
+        all(a["flops_fraction"] >= b["flops_fraction"] and a["weights_kept"] >= b["weights_kept"]
+            for a, b in zip(rows, rows[1:]))
+        for rows in ([r for r in budget_rows if r["classes"] == list(c.classes)] for c in contexts[:args.budget_contexts]))
+    size_rows = []
+    for k in range(2, data.num_classes + 1):
+        for context in random_contexts(5, data.num_classes, [k], seed=99 + k):
+            gen = hyper.generate_detailed(context)
+            size_rows.append({"k": k, "classes": list(context.classes), "weights_kept": gen.weights_kept,
+                              "flops_fraction": gen.flops_fraction,
+                              "test_error_pct": context_error(gen.model, data.test, context.classes)})
+
+    retrained = [e for e in entries if "retrain_s" in e]
+    med = lambda key, rows=entries: statistics.median(e[key] for e in rows)  # noqa: E731
+    summary = {
+        "contexts": len(entries), "median_test_error_pct": med("test_error_pct"),
+        "median_weights_kept": med("weights_kept"), "median_flops_fraction": med("flops_fraction"),
+        "median_generate_ms": med("generate_ms"), "max_generate_ms": max(e["generate_ms"] for e in entries),
+        "max_generate_ms_first": max(e["generate_ms_first"] for e in entries),
+        "median_teacher_test_error_pct": med("teacher_test_error_pct"),
+        "median_unconditional_test_error_pct": med("unconditional_test_error_pct"),
+        "median_unconditional_weights_kept": med("unconditional_weights_kept"),
+        "retrained_contexts": len(retrained),
+        "budget_monotone": monotone,
+    }
+    if retrained:
+        summary.update({
+            "median_retrain_test_error_pct": med("retrain_test_error_pct", retrained),
+            "median_retrain_weights_kept": med("retrain_weights_kept", retrained),
+            "median_retrain_s": med("retrain_s", retrained),
+            "median_generate_vs_retrain_ratio": med("generate_vs_retrain_ratio", retrained),
+            "median_magnitude_test_error_pct": med("magnitude_test_error_pct", retrained),
+            "contexts_within_0_5_of_retrain": sum(e["test_error_pct"] <= e["retrain_test_error_pct"] + 0.5
+                                                  for e in retrained),
+            "contexts_no_larger_than_retrain": sum(e["weights_kept"] <= e["retrain_weights_kept"] for e in retrained),
+            "contexts_both": sum(e["test_error_pct"] <= e["retrain_test_error_pct"] + 0.5
+                                 and e["weights_kept"] <= e["retrain_weights_kept"] for e in retrained),
+        })
+    out_dir = RESULTS / f"hyper_lenet5_{args.data}"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(run_dir / "hyper.pt", out_dir / "hyper.pt")
+    shutil.copyfile(run_dir / "hyper_run.json", out_dir / "hyper_run.json")
+    example = hyper.generate_detailed(contexts[0])
+    from bayescomp.compress.packed import save_packed
+
+    save_packed(example.model, out_dir / "generated_example.bcz", None,
+                {"classes": list(contexts[0].classes), "budget": 1.0, "kind": "hyper-generated"})
+    record = {"model": "lenet5", "data": args.data, "method": "hyper", "summary": summary, "entries": entries,
+              "budgets": budget_rows, "sizes_by_classes": size_rows,
+              "hypernetwork": {"file": f"benchmarks/results/hyper_lenet5_{args.data}/hyper.pt",
+                               "threshold": float(hyper.threshold), "config": train_summary["config"],
+                               "train_s": train_summary["train_s"], "calibration": train_summary["calibration"],
+                               "teacher_test_error_pct": train_summary["teacher_test_error_pct"],
+                               "epoch_s_mean": statistics.fmean(h["epoch_s"] for h in train_summary["history"])},
+              "unconditional_file": unconditional_file, "example_generated_file":
+                  f"benchmarks/results/hyper_lenet5_{args.data}/generated_example.bcz",
+              "wall_time_s": time.perf_counter() - started, "command": this_command(),
+              "device": "cpu", "torch_threads": torch.get_num_threads()}
+    path = RESULTS / f"lenet5_{args.data}_hyper.json"
+    path.write_text(json.dumps(record, indent=2))
+    plot(record, RESULTS / "plots")
+    (RESULTS / f"lenet5_{args.data}_hyper.md").write_text(markdown(record))
+    log(json.dumps(summary, indent=2))
+
+
+def plot(record: dict, directory: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    directory.mkdir(parents=True, exist_ok=True)
+    stem = f"lenet5_{record['data']}_hyper"
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    ks = sorted({r["k"] for r in record["sizes_by_classes"]})
+    for ax, key, label in ((axes[0], "weights_kept", "weights kept"), (axes[1], "test_error_pct",
+                                                                        "test error on the context (%)")):
+        ax.scatter([r["k"] for r in record["sizes_by_classes"]], [r[key] for r in record["sizes_by_classes"]], s=12)
+        ax.plot(ks, [statistics.median(r[key] for r in record["sizes_by_classes"] if r["k"] == k) for k in ks], "-o")
+        ax.set_xlabel("classes in the context")
+        ax.set_ylabel(label)
+    fig.suptitle(f"Generated LeNet-5 on {record['data']} (budget 1): size and error against the context size")
+    fig.tight_layout()
+    fig.savefig(directory / f"{stem}_classes.png", dpi=110)
+    plt.close(fig)
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    budgets = sorted({r["budget"] for r in record["budgets"]})
+    for ax, key, label in ((axes[0], "flops_fraction", "multiply-accumulates / dense"),
+                           (axes[1], "test_error_pct", "test error on the context (%)")):
+        for classes in {tuple(r["classes"]) for r in record["budgets"]}:
+            rows = sorted((r for r in record["budgets"] if tuple(r["classes"]) == classes), key=lambda r: r["budget"])
+            ax.plot([r["budget"] for r in rows], [r[key] for r in rows], "-o", alpha=0.5, ms=3)
+        ax.set_xscale("log")
+        ax.set_xlabel("budget")
+        ax.set_ylabel(label)
+    axes[0].plot(budgets, budgets, "k--", label="budget")
+    axes[0].set_yscale("log")
+    axes[0].legend()
+    fig.suptitle(f"Generated LeNet-5 on {record['data']}: one line per context")
+    fig.tight_layout()
+    fig.savefig(directory / f"{stem}_budget.png", dpi=110)
+    plt.close(fig)
+
+
+def markdown(record: dict) -> str:
+    s = record["summary"]
+    lines = [f"# Conditional compression, LeNet-5-Caffe on {record['data']}", "",
+             f"Command: `{record['command']}` (CPU, {record['torch_threads']} threads)", "",
+             "| figure | value |", "|---|---|"]
+    for key, value in s.items():
+        lines.append(f"| {key} | {value:.4g} |" if isinstance(value, float) else f"| {key} | {value} |")
+    lines += ["", "| classes | generated err % | weights | MACs % | ms | retrained GNJ err % | weights | s | "
+              "magnitude err % | unconditional BC err % | weights |", "|---" * 11 + "|"]
+    for e in record["entries"]:
+        lines.append(
+            f"| {','.join(map(str, e['classes']))} | {e['test_error_pct']:.2f} | {e['weights_kept']:,} | "
+            f"{100 * e['flops_fraction']:.1f} | {e['generate_ms']:.1f} | "
+            + (f"{e['retrain_test_error_pct']:.2f} | {e['retrain_weights_kept']:,} | {e['retrain_s']:.0f} | "
+               f"{e['magnitude_test_error_pct']:.2f}" if "retrain_s" in e else "– | – | – | –")
+            + f" | {e['unconditional_test_error_pct']:.2f} | {e['unconditional_weights_kept']:,} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()

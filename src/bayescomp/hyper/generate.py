@@ -1,0 +1,253 @@
+"""Generation: one hypernetwork pass for a context -> the physically smaller plain network, in milliseconds.
+
+For a context the hypernetwork gives mu and log alpha of every scale. A group survives when log alpha is below
+the compressor's threshold; the masks are closed under the neighbour rules (:func:`bayescomp.compress.masks.
+close_plan`), the last layer keeps only the context's classes, and when the result spends more than ``budget``
+times the dense network's multiply-accumulates, the threshold is lowered (groups go in order of log alpha) until
+it fits. The posterior-mean scales are folded into the weights, W = diag(mu_out) W~ diag(mu_in), and the shared
+shrinking path (:func:`bayescomp.compress.shrink.shrink`) builds the plain ``nn.Sequential``.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import statistics
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from bayescomp.compress.chain import build_chain
+from bayescomp.compress.masks import PruneError, PruningPlan, close_plan
+from bayescomp.compress.shrink import shrink
+from bayescomp.data import TensorData
+from bayescomp.hyper.context import Context, random_contexts, restrict
+from bayescomp.hyper.model import HyperCompressor
+from bayescomp.train import evaluate
+
+
+class BudgetError(PruneError):
+    """The budget is below the smallest network the hypernetwork can generate for the context."""
+
+
+@dataclass
+class Generated:
+    """A generated network and how it came about."""
+
+    model: nn.Sequential  # plain, eval mode; outputs the logits of ``context.classes`` in that order
+    context: Context
+    plan: PruningPlan
+    threshold: float  # the log-alpha threshold used (below the compressor's when the budget forced it)
+    flops: int  # multiply-accumulates per example (Linear + Conv2d)
+    flops_fraction: float  # of the dense teacher's
+    weights_kept: int
+    generate_ms: float
+    kept_architecture: list[int]
+
+
+def _group_keep(model: HyperCompressor, log_alpha: list[tuple[torch.Tensor | None, torch.Tensor | None]],
+                threshold: float, classes: tuple[int, ...]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    in_keep, out_keep = [], []
+    for g, (a_in, a_out) in zip(model.groups, log_alpha):
+        in_keep.append(torch.ones(g.in_size, dtype=torch.bool) if a_in is None else a_in < threshold)
+        out_keep.append(torch.ones(g.out_size, dtype=torch.bool) if a_out is None else a_out < threshold)
+    last = torch.zeros(model.groups[-1].out_size, dtype=torch.bool)
+    last[list(classes)] = True
+    out_keep[-1] = last
+    return in_keep, out_keep
+
+
+def plan_flops(model: HyperCompressor, plan: PruningPlan) -> tuple[int, int]:
+    """(multiply-accumulates per example, weights) of the network a plan keeps."""
+    flops = weights = 0
+    for g, keep_in, keep_out in zip(model.groups, plan.in_keep, plan.out_keep):
+        pairs = int(keep_in.sum()) * int(keep_out.sum()) * g.kernel
+        weights += pairs
+        flops += pairs * g.positions
+    return flops, weights
+
+
+def _plan(model, chain, log_alpha, threshold, context) -> PruningPlan:
+    in_keep, out_keep = _group_keep(model, log_alpha, threshold, context.classes)
+    return close_plan(chain, in_keep, out_keep, message=(
+        f"at log-alpha threshold {threshold:.3g} the hypernetwork keeps nothing of this layer for classes "
+        f"{list(context.classes)}; raise the threshold or the budget"))
+
+
+def _protect_one_path(model: HyperCompressor, log_alpha):
+    """A copy of the per-layer log alphas in which one connected path of units (the most certain unit of every
+    interface) is marked -inf, so that lowering the threshold for a budget never disconnects the network."""
+    out = [(None if a is None else a.clone(), None if b is None else b.clone()) for a, b in log_alpha]
+    first_in = out[0][0]
+    if first_in is not None:
+        first_in[int(first_in.argmin())] = -math.inf
+    for i in range(len(model.groups) - 1):
+        a_out, a_next = out[i][1], out[i + 1][0]
+        units = model.groups[i].out_size
+        width = model.groups[i + 1].in_size // units
+        score = torch.full((units,), -math.inf)
+        if a_out is not None:
+            score = torch.maximum(score, a_out)
+        if a_next is not None:
+            score = torch.maximum(score, a_next.view(units, width).min(dim=1).values)
+        unit = int(score.argmin())
+        if a_out is not None:
+            a_out[unit] = -math.inf
+        if a_next is not None:
+            a_next[unit * width + int(a_next.view(units, width)[unit].argmin())] = -math.inf
+    return out
+
+
+def _fit_budget(model, chain, log_alpha, threshold, context, limit) -> tuple[PruningPlan, float]:
+    """The plan at the highest threshold <= ``threshold`` whose compute is within ``limit`` (bisection over the
+    sorted log alphas, so groups leave in order of log alpha; one path of units always stays)."""
+    plan = _plan(model, chain, log_alpha, threshold, context)
+    if plan_flops(model, plan)[0] <= limit:
+        return plan, threshold
+    log_alpha = _protect_one_path(model, log_alpha)
+    values = torch.cat([a for pair in log_alpha for a in pair if a is not None])
+    candidates = torch.unique(values[(values < threshold) & torch.isfinite(values)]).sort().values
+    lo, hi, best = 0, len(candidates) - 1, None
+    try:  # the protected path alone (threshold below every finite log alpha)
+        floor = _plan(model, chain, log_alpha, -1e30, context)
+        if plan_flops(model, floor)[0] <= limit:
+            best = (floor, float(candidates[0]) if len(candidates) else threshold)
+    except PruneError:
+        pass
+    while lo <= hi:  # feasible(k): keep the groups with log alpha <= candidates[k]; monotone in k
+        mid = (lo + hi) // 2
+        cut = float(torch.nextafter(candidates[mid], torch.tensor(math.inf)))
+        try:
+            trial = _plan(model, chain, log_alpha, cut, context)
+            ok = plan_flops(model, trial)[0] <= limit
+        except PruneError:
+            ok = False
+            trial = None
+        if ok:
+            best, lo = (trial, cut), mid + 1
+        else:
+            hi = mid - 1
+    if best is None:
+        raise BudgetError(
+            f"budget {context.budget:g} ({limit:,.0f} multiply-accumulates) is below the smallest network the "
+            f"hypernetwork generates for classes {list(context.classes)}; raise the budget")
+    return best
+
+
+def _effective_teacher(model: HyperCompressor, mu_split) -> nn.Sequential:
+    """A plain copy of the teacher whose weights are diag(mu_out) W~ diag(mu_in) and biases mu_out * b."""
+    net = copy.deepcopy(model.net).eval()
+    for module, (m_in, m_out) in zip([layer.module for layer in build_chain(net).layers], mu_split):
+        spatial = (1,) * (module.weight.dim() - 2)
+        with torch.no_grad():
+            if m_in is not None:
+                module.weight.mul_(m_in.view(1, -1, *spatial))
+            if m_out is not None:
+                module.weight.mul_(m_out.view(-1, 1, *spatial))
+                if module.bias is not None:
+                    module.bias.mul_(m_out)
+    return net
+
+
+@torch.no_grad()  # not inference_mode: the generated model must stay usable in autograd (fine-tuning)
+def generate(model: HyperCompressor, classes, budget: float = 1.0, threshold: float | None = None) -> Generated:
+    """The compressed plain network for a context (see the module docstring). Deterministic: the posterior mean.
+
+    Raises:
+        ContextError: unknown, repeated or too few classes, or a budget outside (0, 1].
+        BudgetError: the budget cannot be met for this context.
+        ValueError: the compressor has no threshold yet (not calibrated) and none is given.
+    """
+    started = time.perf_counter()
+    context = classes if isinstance(classes, Context) else Context.make(classes, model.num_classes, budget)
+    if threshold is None:
+        threshold = float(model.threshold)
+        if math.isnan(threshold):
+            raise ValueError("this hypernetwork has no generation threshold yet; calibrate it "
+                             "(bayescomp.hyper.calibrate_threshold) or pass threshold=")
+    was_training = model.training
+    model.eval()
+    try:
+        mu, log_sigma2 = model.posterior(context.vector(model.num_classes).reshape(1, -1))
+        mu, log_alpha = mu[0], model.log_alpha(mu, log_sigma2)[0]
+        net = _effective_teacher(model, model.split(mu))
+        chain = build_chain(net)
+        plan, used = _fit_budget(model, chain, model.split(log_alpha), threshold, context,
+                                 context.budget * model.dense_flops())
+        small = shrink(chain, plan)
+    finally:
+        model.train(was_training)
+    flops, weights = plan_flops(model, plan)
+    small.classes = context.classes  # plain attribute: output j is class classes[j]
+    return Generated(small, context, plan, used, flops, flops / model.dense_flops(), weights,
+                     1000.0 * (time.perf_counter() - started), plan.kept_architecture(chain))
+
+
+@torch.no_grad()
+def masked_posterior_mean_logits(model: HyperCompressor, images: torch.Tensor, generated: Generated) -> torch.Tensor:
+    """The hypernetwork's own posterior-mean network for the generated context, with the generated plan's masks
+    applied to its scales, restricted to the context's classes (what the generated network must equal)."""
+    model.eval()
+    mu, _ = model.posterior(generated.context.vector(model.num_classes).reshape(1, -1))
+    scales = []
+    for g, (m_in, m_out), keep_in, keep_out in zip(model.groups, model.split(mu[0]), generated.plan.in_keep,
+                                                    generated.plan.out_keep):
+        m_in = keep_in.float() if m_in is None else m_in * keep_in
+        m_out = keep_out.float() if m_out is None else m_out * keep_out
+        scales.append((m_in, m_out))
+    return model.forward_with_scales(images, scales)[:, list(generated.context.classes)]
+
+
+def context_error(model: nn.Module, data: TensorData, classes) -> float:
+    """Error (%) of a generated network on the examples of its context's classes."""
+    return evaluate(model, restrict(data, classes))["error_pct"]
+
+
+@torch.no_grad()
+def calibrate_threshold(model: HyperCompressor, val: TensorData, contexts: list[Context] | None = None,
+                        grid: list[float] | None = None, tolerance_pct: float | None = None,
+                        log=print) -> dict[str, Any]:
+    """Choose the generation threshold on validation contexts and store it in ``model.threshold``.
+
+    For each threshold of ``grid`` (log alpha), the mean validation error of the generated networks over the
+    contexts is compared with that of the unpruned posterior-mean networks; the lowest threshold (most pruning)
+    whose mean increase is within ``tolerance_pct`` points wins. Only validation data are used.
+    """
+    cfg = model.config
+    tolerance = cfg.tolerance_pct if tolerance_pct is None else tolerance_pct
+    contexts = contexts or random_contexts(cfg.calibration_contexts, model.num_classes,
+                                           range(cfg.min_classes, min(5, model.num_classes) + 1), seed=12345)
+    grid = sorted(grid or [x / 2 for x in range(-12, 9)], reverse=True)
+    subsets = [restrict(val, c.classes) for c in contexts]
+    model.eval()
+    base = []
+    for context, subset in zip(contexts, subsets):
+        logits_err = 0
+        for images, labels in subset.batches(1000):
+            logits = model(images, context.vector(model.num_classes), sample=False)[:, list(context.classes)]
+            logits_err += int((logits.argmax(1) != labels).sum())
+        base.append(100.0 * logits_err / max(len(subset), 1))
+    base_mean = statistics.fmean(base)
+    rows, chosen = [], None
+    for tau in grid:  # from mild to severe
+        try:
+            gens = [generate(model, c, threshold=tau) for c in contexts]
+        except PruneError:
+            rows.append({"threshold": tau, "val_error_pct": None, "weights_kept": None})
+            break
+        err = statistics.fmean(evaluate(g.model, s)["error_pct"] for g, s in zip(gens, subsets))
+        weights = statistics.fmean(g.weights_kept for g in gens)
+        rows.append({"threshold": tau, "val_error_pct": err, "weights_kept": weights})
+        log(f"  threshold {tau:+.1f}: mean val error {err:.2f}% (unpruned {base_mean:.2f}%), "
+            f"mean weights kept {weights:,.0f}")
+        if err > base_mean + tolerance:
+            break  # the chosen threshold is the last one before the first that breaks the tolerance
+        chosen = tau
+    if chosen is None:
+        chosen = grid[0]
+    model.threshold.fill_(chosen)
+    model.train()
+    return {"threshold": chosen, "base_val_error_pct": base_mean, "grid": rows, "contexts": len(contexts)}

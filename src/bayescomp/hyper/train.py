@@ -1,0 +1,179 @@
+"""Training the conditional hypernetwork: a random context per mini-batch, its classes' data, its ELBO.
+
+Each step draws a context (a uniform number of classes in [min_classes, max_classes], the classes uniformly, a
+budget: 1 with probability ``full_budget_share``, else log-uniform in [budget_min, 1]) and a mini-batch of
+training examples of those classes, and minimises :func:`bayescomp.hyper.model.context_loss`. The contexts and
+the data order of epoch e come from a generator seeded with (seed, e), and every epoch ends in an atomic
+checkpoint holding the RNG state, so an interrupted run resumes and ends as an uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from bayescomp.checkpoint import atomic_torch_save, load_checkpoint, save_checkpoint
+from bayescomp.data import DataBundle
+from bayescomp.hyper.context import Context, random_contexts, restrict
+from bayescomp.hyper.model import HyperCompressor, HyperConfig, context_loss
+from bayescomp.objective import kl_weight
+from bayescomp.train import NonFiniteLossError, TrainConfig, _lr_factor, make_optimizer, seed_everything
+
+#: Learning-rate multipliers: the context-independent part of the log-variances (the head's bias) starts far (-9)
+#: from where the prior pulls unneeded groups, so it moves ten times faster (BC-GNJ's z_log_sigma2 reasoning);
+#: the context-dependent weights keep the base rate (at 10x the variances overshoot and the loss explodes).
+DEFAULT_HYPER_LR_SCALES = {"head_log_sigma2.bias": 10.0}
+
+
+def sample_context(generator: torch.Generator, num_classes: int, config: HyperConfig) -> Context:
+    top = config.max_classes or num_classes
+    k = int(torch.randint(config.min_classes, top + 1, (1,), generator=generator))
+    classes = torch.randperm(num_classes, generator=generator)[:k].tolist()
+    if float(torch.rand(1, generator=generator)) < config.full_budget_share:
+        budget = 1.0
+    else:
+        u = float(torch.rand(1, generator=generator))
+        budget = math.exp(math.log(config.budget_min) * (1.0 - u))
+    return Context.make(classes, num_classes, min(budget, 1.0))
+
+
+def _validation_error(model: HyperCompressor, data: DataBundle, contexts: list[Context]) -> float:
+    model.eval()
+    errors = []
+    with torch.no_grad():
+        for context in contexts:
+            subset = restrict(data.val, context.classes)
+            wrong = 0
+            for images, labels in subset.batches(1000):
+                logits = model(images, context.vector(model.num_classes), sample=False)[:, list(context.classes)]
+                wrong += int((logits.argmax(1) != labels).sum())
+            errors.append(100.0 * wrong / max(len(subset), 1))
+    model.train()
+    return float(np.mean(errors))
+
+
+def train_hypernetwork(model: HyperCompressor, data: DataBundle, config: TrainConfig,
+                       checkpoint_path: str | Path | None = None, progress: bool = True, log=print,
+                       stop_after_epochs: int | None = None) -> list[dict[str, Any]]:
+    """Train ``model`` in place; returns the per-epoch history. Resumes from ``checkpoint_path`` if it exists.
+
+    Raises:
+        NonFiniteLossError: the loss became NaN/inf; the last epoch's checkpoint is kept.
+        ValueError: the checkpoint was written with another training config.
+    """
+    optimizer = make_optimizer(model, config)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda e: _lr_factor(config.lr_schedule, e,
+                                                                                  config.epochs))
+    seed_everything(config.seed)
+    history: list[dict[str, Any]] = []
+    start = 0
+    state = load_checkpoint(checkpoint_path) if checkpoint_path else None
+    if state is not None:
+        if state.get("train_config") != asdict(config) or state.get("hyper_config") != asdict(model.config):
+            raise ValueError(f"checkpoint {checkpoint_path} was written with other settings; use a new run "
+                             "directory or --restart")
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["torch_rng"])
+        random.setstate(state["python_rng"])
+        np.random.set_state(state["numpy_rng"])
+        history, start = state["history"], state["epoch"]
+        log(f"resumed from {checkpoint_path} at epoch {start}/{config.epochs}")
+    labels = data.train.labels
+    by_class = [torch.nonzero(labels == c).flatten() for c in range(model.num_classes)]
+    steps = math.ceil(len(data.train) / config.batch_size)
+    val_contexts = random_contexts(10, model.num_classes, range(model.config.min_classes,
+                                                                min(5, model.num_classes) + 1), seed=777)
+    for epoch in range(start, config.epochs):
+        if stop_after_epochs is not None and epoch - start >= stop_after_epochs:
+            break
+        generator = torch.Generator().manual_seed(config.seed * 100_003 + epoch)
+        model.train()
+        totals = {"loss": 0.0, "nll": 0.0, "kl": 0.0}
+        began = time.perf_counter()
+        for step in tqdm(range(steps), desc=f"epoch {epoch + 1}/{config.epochs}", disable=not progress,
+                         leave=False):
+            context = sample_context(generator, model.num_classes, model.config)
+            pool = torch.cat([by_class[c] for c in context.classes])
+            idx = pool[torch.randint(len(pool), (config.batch_size,), generator=generator)]
+            images = data.train.images[idx].float().div_(255)
+            position = torch.full((model.num_classes,), -1, dtype=torch.long)
+            position[list(context.classes)] = torch.arange(len(context.classes))
+            scale = kl_weight(epoch + step / steps, config.kl_warmup_epochs)
+            loss, nll, kl = context_loss(model, images, position[labels[idx]], context.vector(model.num_classes),
+                                         list(context.classes), context.budget, len(pool), scale)
+            if not torch.isfinite(loss):
+                raise NonFiniteLossError(
+                    f"loss became {loss.item()} at epoch {epoch + 1}, step {step + 1} (context "
+                    f"{list(context.classes)}, budget {context.budget:.3g}); the checkpoint of the last completed "
+                    "epoch is kept. Try a lower --lr or a longer --kl-warmup.")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            totals["loss"] += loss.item()
+            totals["nll"] += nll.item()
+            totals["kl"] += kl.item()
+        scheduler.step()
+        record = {k: v / steps for k, v in totals.items()}
+        record.update(epoch=epoch + 1, epoch_s=time.perf_counter() - began,
+                      val_context_error_pct=_validation_error(model, data, val_contexts))
+        history.append(record)
+        log(f"epoch {epoch + 1:3d}/{config.epochs}  loss {record['loss']:.4f}  nll {record['nll']:.4f}  "
+            f"kl {record['kl']:.1f}  val err (10 contexts, unpruned) {record['val_context_error_pct']:.2f}%  "
+            f"({record['epoch_s']:.1f}s)")
+        if checkpoint_path:
+            save_checkpoint({
+                "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(), "epoch": epoch + 1, "train_config": asdict(config),
+                "hyper_config": asdict(model.config), "torch_rng": torch.get_rng_state(),
+                "python_rng": random.getstate(), "numpy_rng": np.random.get_state(), "history": history,
+            }, checkpoint_path)
+    return history
+
+
+def save_hypernetwork(model: HyperCompressor, path: str | Path, metadata: dict[str, Any]) -> None:
+    """Write the trained compressor (weights, config, threshold) and ``metadata`` (how to rebuild the teacher:
+    ``model`` key, ``data``, ``mean``, ``std``) atomically."""
+    atomic_torch_save({"format": "bayescomp-hyper-1", "state_dict": model.state_dict(),
+                       "config": asdict(model.config), "num_classes": model.num_classes,
+                       "input_shape": list(model.input_shape), "metadata": metadata}, path)
+
+
+def load_hypernetwork(path: str | Path, teacher: torch.nn.Sequential | None = None) -> HyperCompressor:
+    """Load a compressor written by :func:`save_hypernetwork`. Zoo teachers are rebuilt from the metadata; a
+    user-defined teacher's structure is passed as ``teacher`` (its weights are replaced by the saved ones).
+
+    Raises:
+        CheckpointError: the file is missing, truncated or not a hypernetwork file.
+    """
+    from bayescomp.checkpoint import CheckpointError
+    from bayescomp.models import create_model
+
+    path = Path(path)
+    if path.is_dir():
+        path = path / "hyper.pt"
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=False)
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: no such hypernetwork file; train one with `bayescomp hyper train`") from None
+    except Exception as error:  # noqa: BLE001 - truncated/corrupt files surface as many exception types
+        raise CheckpointError(f"{path}: unreadable hypernetwork file ({type(error).__name__}: {error}); it is "
+                              "corrupt or truncated, train it again") from None
+    if not isinstance(blob, dict) or blob.get("format") != "bayescomp-hyper-1":
+        raise CheckpointError(f"{path}: not a bayescomp hypernetwork file")
+    meta = blob["metadata"]
+    if teacher is None:
+        teacher = create_model(meta["model"], blob["num_classes"], blob["input_shape"], meta["mean"], meta["std"])
+    model = HyperCompressor(teacher, blob["num_classes"], tuple(blob["input_shape"]), HyperConfig(**blob["config"]))
+    model.load_state_dict(blob["state_dict"])
+    model.metadata = meta
+    return model.eval()

@@ -1,0 +1,233 @@
+"""Conditional compression with the Bayesian hypernetwork: contexts, generation, budgets, training, files, CLI."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from bayescomp import load
+from bayescomp.checkpoint import CheckpointError
+from bayescomp.cli import main
+from bayescomp.hyper import (
+    BudgetError, Context, ContextError, HyperCompressor, HyperConfig, generate, load_hypernetwork,
+    masked_posterior_mean_logits, parse_classes, restrict, save_hypernetwork, train_hypernetwork,
+)
+from bayescomp.hyper.model import FACTORIZATIONS, context_loss
+from bayescomp.measure import count_flops
+from bayescomp.models import create_model
+from bayescomp.train import NonFiniteLossError, TrainConfig
+
+
+@pytest.fixture(scope="module")
+def teacher(mnist_small):
+    torch.manual_seed(0)
+    model = create_model("lenet5", 10, mnist_small.input_shape, mnist_small.mean, mnist_small.std)
+    from bayescomp.train import fit
+
+    fit(model, mnist_small, TrainConfig(epochs=1), progress=False, log=lambda *_: None)
+    return model.eval()
+
+
+def scrambled(teacher, factorization="input_output", seed=0) -> HyperCompressor:
+    """A compressor whose heads are random, so that log alphas spread and differ between contexts (no training
+    needed to exercise generation)."""
+    torch.manual_seed(seed)
+    model = HyperCompressor(teacher, 10, (1, 28, 28), HyperConfig(factorization=factorization, hidden=32))
+    with torch.no_grad():
+        model.head_mu.weight.normal_(0, 0.05)
+        model.head_mu.bias.normal_(0, 0.3)
+        model.head_log_sigma2.weight.normal_(0, 0.3)
+        model.head_log_sigma2.bias.normal_(-3, 2)
+    return model.eval()
+
+
+# ----------------------------------------------------------------------------------------------------- contexts
+@pytest.mark.parametrize("classes, budget, message", [
+    ([], 1.0, "no classes"),
+    ([3], 1.0, "one class"),
+    ([0, 10], 1.0, "unknown classes [10]"),
+    ([-1, 2], 1.0, "unknown classes [-1]"),
+    ([1, 2, 2], 1.0, "repeated"),
+    ([1.5, 2], 1.0, "integers"),
+    ([True, 2], 1.0, "integers"),
+    ([1, 2], 0.0, "budget must be in (0, 1]"),
+    ([1, 2], 1.5, "budget must be in (0, 1]"),
+    ([1, 2], float("nan"), "budget must be in (0, 1]"),
+    ([1, 2], -0.2, "budget must be in (0, 1]"),
+])
+def test_bad_contexts_get_clear_errors(classes, budget, message):
+    with pytest.raises(ContextError, match=message.replace("[", r"\[").replace("]", r"\]").replace("(", r"\(")
+                       .replace(")", r"\)")):
+        Context.make(classes, 10, budget)
+
+
+def test_contexts_are_sorted_and_accept_numpy_integers():
+    context = Context.make(np.array([7, 0, 3]), 10, 0.25)
+    assert context.classes == (0, 3, 7) and context.budget == 0.25
+    vector = context.vector(10)
+    assert vector[[0, 3, 7]].tolist() == [1, 1, 1] and float(vector[:10].sum()) == 3
+    assert vector[-1].item() == pytest.approx(np.log(0.25))
+    assert parse_classes(" 0, 3,7 ") == [0, 3, 7]
+    with pytest.raises(ContextError, match="comma-separated"):
+        parse_classes("0;3")
+
+
+def test_restrict_renumbers_labels_to_context_positions(mnist_small):
+    subset = restrict(mnist_small.test, [7, 2])
+    original = mnist_small.test.labels[torch.isin(mnist_small.test.labels, torch.tensor([2, 7]))]
+    assert len(subset) == len(original) > 0
+    # positions follow the order given: 7 is 0, 2 is 1
+    assert torch.equal(subset.labels, torch.where(original == 7, 0, 1))
+
+
+# --------------------------------------------------------------------------------------------------- generation
+def test_an_untrained_compressor_generates_the_teacher_cut_to_the_context(teacher, mnist_small):
+    model = HyperCompressor(teacher, 10, (1, 28, 28)).eval()
+    images = next(mnist_small.test.batches(64))[0]
+    generated = model.generate([1, 4, 9], threshold=100.0)
+    expected = teacher(images)[:, [1, 4, 9]]
+    torch.testing.assert_close(generated(images), expected, rtol=1e-5, atol=1e-5)
+    assert generated.classes == (1, 4, 9)
+
+
+@pytest.mark.parametrize("factorization", FACTORIZATIONS)
+def test_generated_network_equals_the_masked_posterior_mean_network(teacher, mnist_small, factorization):
+    model = scrambled(teacher, factorization)
+    images = next(mnist_small.test.batches(128))[0]
+    generated = model.generate_detailed([0, 3, 7], threshold=0.0)
+    assert generated.weights_kept < model.dense_weights()  # something was pruned
+    reference = masked_posterior_mean_logits(model, images, generated)
+    torch.testing.assert_close(generated.model(images), reference, rtol=1e-4, atol=1e-4)
+    assert count_flops(generated.model, (1, 28, 28)) == generated.flops
+    assert sum(m.weight.numel() for m in generated.model.modules()
+               if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d))) == generated.weights_kept
+
+
+def test_generation_is_deterministic_and_differs_between_contexts(teacher):
+    model = scrambled(teacher)
+    a, b = model.generate_detailed([2, 5], threshold=0.0), model.generate_detailed([5, 2], threshold=0.0)
+    assert a.kept_architecture == b.kept_architecture
+    for (name, x), (_, y) in zip(a.model.state_dict().items(), b.model.state_dict().items()):
+        assert torch.equal(x, y), name
+    c = model.generate_detailed([2, 5, 8], threshold=0.0)
+    assert c.kept_architecture != a.kept_architecture or c.weights_kept != a.weights_kept
+
+
+def test_budget_caps_compute_and_impossible_budgets_are_refused(teacher):
+    model = scrambled(teacher)
+    for budget in (1.0, 0.5, 0.2, 0.1, 0.03):
+        generated = model.generate_detailed([1, 2, 3], budget=budget, threshold=4.0)
+        assert generated.flops_fraction <= budget + 1e-12
+        assert count_flops(generated.model, (1, 28, 28)) == generated.flops
+    with pytest.raises(BudgetError, match="raise the budget"):
+        model.generate([1, 2, 3], budget=1e-6, threshold=4.0)
+
+
+def test_generation_without_a_threshold_asks_for_calibration(teacher):
+    with pytest.raises(ValueError, match="calibrate"):
+        HyperCompressor(teacher, 10, (1, 28, 28)).generate([0, 1])
+
+
+def test_a_threshold_that_prunes_everything_is_a_clear_error(teacher):
+    model = scrambled(teacher)
+    with pytest.raises(ValueError, match="keeps nothing"):
+        model.generate([0, 1], threshold=-1e6)
+
+
+# ------------------------------------------------------------------------------------------------------ training
+def test_group_kl_falls_as_log_alpha_rises(teacher):
+    """The group KL is BC-GNJ's (tested against Monte Carlo in test_priors); here: the wiring, per group."""
+    model = scrambled(teacher)
+    mu = torch.ones(1, model.num_groups)
+    kls = [float(model.kl_divergence(mu, torch.full_like(mu, s))) for s in (-8.0, -4.0, 0.0, 4.0)]
+    assert kls == sorted(kls, reverse=True) and kls[-1] >= 0
+
+
+def test_interrupted_training_resumes_exactly(teacher, mnist_small, tmp_path):
+    config = TrainConfig(epochs=2, batch_size=128, lr=1e-3, seed=3)
+
+    def fresh():
+        torch.manual_seed(0)
+        return HyperCompressor(teacher, 10, (1, 28, 28), HyperConfig(hidden=32))
+
+    whole = fresh()
+    history = train_hypernetwork(whole, mnist_small, config, tmp_path / "a.ckpt", progress=False, log=lambda *_: None)
+    assert np.isfinite(history[-1]["loss"])
+    split = fresh()
+    train_hypernetwork(split, mnist_small, config, tmp_path / "b.ckpt", progress=False, log=lambda *_: None,
+                       stop_after_epochs=1)
+    resumed = fresh()
+    train_hypernetwork(resumed, mnist_small, config, tmp_path / "b.ckpt", progress=False, log=lambda *_: None)
+    for (name, x), (_, y) in zip(whole.state_dict().items(), resumed.state_dict().items()):
+        torch.testing.assert_close(x, y, rtol=0, atol=0, equal_nan=True, msg=name)
+
+
+def test_a_nan_loss_stops_training_and_keeps_the_last_checkpoint(teacher, mnist_small, tmp_path):
+    torch.manual_seed(0)
+    model = HyperCompressor(teacher, 10, (1, 28, 28), HyperConfig(hidden=16))
+    ckpt = tmp_path / "h.ckpt"
+    train_hypernetwork(model, mnist_small, TrainConfig(epochs=2), ckpt, progress=False, log=lambda *_: None,
+                       stop_after_epochs=1)
+    before = ckpt.read_bytes()
+    with torch.no_grad():
+        model.head_mu.bias.fill_(float("nan"))
+    state = torch.load(ckpt, weights_only=False)
+    state["model"] = model.state_dict()
+    torch.save(state, ckpt)
+    with pytest.raises(NonFiniteLossError, match="checkpoint of the last completed epoch is kept"):
+        train_hypernetwork(model, mnist_small, TrainConfig(epochs=2), ckpt, progress=False, log=lambda *_: None)
+    assert ckpt.read_bytes() != before and ckpt.exists()
+
+
+def test_context_loss_only_sees_the_context_classes(teacher, mnist_small):
+    model = HyperCompressor(teacher, 10, (1, 28, 28), HyperConfig(hidden=16))
+    images, labels = next(restrict(mnist_small.train, [4, 6]).batches(64))
+    context = Context.make([4, 6], 10)
+    loss, nll, kl = context_loss(model, images, labels, context.vector(10), [4, 6], 1.0, 1000, 0.0)
+    logits = teacher(images)[:, [4, 6]]
+    expected = torch.nn.functional.cross_entropy(logits, labels)
+    assert float(nll) == pytest.approx(float(expected), rel=0.05)  # scales start at 1 with tiny noise
+    assert float(loss) == pytest.approx(float(nll))  # kl_scale 0
+
+
+# ---------------------------------------------------------------------------------------------------------- files
+def test_save_and_load_roundtrip_and_corrupt_files(teacher, tmp_path):
+    model = scrambled(teacher)
+    model.threshold.fill_(0.5)
+    path = tmp_path / "hyper.pt"
+    save_hypernetwork(model, path, {"model": "lenet5", "data": "mnist", "mean": [0.1307], "std": [0.3081]})
+    loaded = load_hypernetwork(path, teacher=create_model("lenet5", 10, (1, 28, 28), [0.1307], [0.3081]))
+    a, b = generate(model, [0, 8]), generate(loaded, [0, 8])
+    assert a.kept_architecture == b.kept_architecture and b.threshold == 0.5
+    path.write_bytes(path.read_bytes()[:1000])
+    with pytest.raises(CheckpointError, match="corrupt or truncated"):
+        load_hypernetwork(path)
+    with pytest.raises(CheckpointError, match="no such hypernetwork file"):
+        load_hypernetwork(tmp_path / "missing.pt")
+
+
+def test_cli_hyper_train_and_generate_end_to_end(tmp_path, capsys):
+    run_dir = tmp_path / "hyper"
+    assert main(["hyper", "train", "--model", "lenet5", "--epochs", "1", "--run-dir", str(run_dir),
+                 "--no-progress", "--option", "hidden=32", "--train-subset", "1500", "--test-subset", "600",
+                 "--val-size", "500"]) == 0
+    capsys.readouterr()
+    assert (run_dir / "hyper.pt").exists()
+    train = json.loads((run_dir / "train.json").read_text())
+    assert np.isfinite(train["calibration"]["threshold"])
+    out = tmp_path / "gen"
+    assert main(["hyper", "generate", str(run_dir), "--classes", "0,3,7", "--budget", "0.5", "--out", str(out),
+                 "--no-latency"]) == 0
+    printed = capsys.readouterr().out
+    assert "generated for classes [0, 3, 7]" in printed
+    report = json.loads((out / "report.json").read_text())
+    assert report["flops_fraction"] <= 0.5 and report["classes"] == [0, 3, 7]
+    model = load(out / "compressed.bcz")
+    assert model(torch.rand(2, 1, 28, 28)).shape == (2, 3)
+    assert main(["hyper", "generate", str(run_dir), "--classes", "0,3,3", "--out", str(out)]) == 2
+    assert "repeated" in capsys.readouterr().err
+    assert main(["hyper", "generate", str(run_dir), "--classes", "0,3", "--budget", "2", "--out", str(out)]) == 2
+    assert "budget must be in (0, 1]" in capsys.readouterr().err
