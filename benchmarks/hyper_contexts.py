@@ -123,11 +123,26 @@ def main() -> None:
     parser.add_argument("--budget-contexts", type=int, default=10)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--run-dir", default=None)
+    parser.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                        help="a HyperConfig field, e.g. --option budget_masking=true")
+    parser.add_argument("--reuse-baselines", default=None, metavar="JSON",
+                        help="take the retrained BC-GNJ figures of matching contexts from an earlier result file (they "
+                             "do not depend on the hypernetwork); magnitude pruning is redone at the new sizes")
+    parser.add_argument("--out-suffix", default="", help="suffix of the result names (variants)")
     args = parser.parse_args()
     log = print
     started = time.perf_counter()
     config = HyperRunConfig(model="lenet5", data=args.data, seed=args.seed)
     config.train = replace(config.train, epochs=args.epochs)
+    from bayescomp.cli import _options
+    from bayescomp.hyper import HyperConfig
+
+    config.hyper = HyperConfig(**_options(args.option, HyperConfig))
+    reused = {}
+    if args.reuse_baselines:
+        for e in json.loads(Path(args.reuse_baselines).read_text())["entries"]:
+            if "retrain_s" in e:
+                reused[tuple(e["classes"])] = {k: v for k, v in e.items() if k.startswith("retrain_")}
     run_dir = Path(args.run_dir or f"runs/hyper_lenet5_{args.data}")
     hyper = train_run(config, run_dir, progress=False)
     hyper.eval()
@@ -140,27 +155,19 @@ def main() -> None:
     for i, context in enumerate(contexts):
         first = hyper.generate_detailed(context)
         times = [first.generate_ms] + [hyper.generate_detailed(context).generate_ms for _ in range(4)]
-        entry = {"classes": list(context.classes), "budget": context.budget,
-                 "test_error_pct": context_error(first.model, data.test, context.classes),
-                 "weights_kept": first.weights_kept, "flops": first.flops, "flops_fraction": first.flops_fraction,
-                 "kept_architecture": "-".join(map(str, first.kept_architecture)),
-                 "generate_ms": statistics.median(times), "generate_ms_first": times[0],
-                 "teacher_test_error_pct": context_error(_cut_teacher(teacher, context.classes), data.test,
-                                                         context.classes),
-                 "unconditional_test_error_pct": context_error(cut_compressed(unconditional, context.classes),
-                                                               data.test, context.classes),
-                 "unconditional_weights_kept": weights_of(cut_compressed(unconditional, context.classes))}
-        if i < args.retrain:
-            entry.update(retrain_gnj(teacher, data, context.classes, args.retrain_epochs, args.seed))
-            entry["generate_vs_retrain_ratio"] = entry["generate_ms"] / 1000.0 / entry["retrain_s"]
-            entry.update(magnitude_at_size(teacher, data, context.classes, first.weights_kept,
-                                           args.magnitude_epochs, args.seed))
-        log(f"context {i + 1}/{len(contexts)} {list(context.classes)}: err {entry['test_error_pct']:.2f}% "
-            f"weights {entry['weights_kept']:,} ({entry['kept_architecture']}), {entry['generate_ms']:.1f} ms"
-            + (f"; retrained GNJ {entry['retrain_test_error_pct']:.2f}% {entry['retrain_weights_kept']:,} "
-               f"in {entry['retrain_s']:.0f}s; magnitude {entry['magnitude_test_error_pct']:.2f}%"
-               if "retrain_s" in entry else ""))
-        entries.append(entry)
+        entries.append({
+            "classes": list(context.classes), "budget": context.budget,
+            "test_error_pct": context_error(first.model, data.test, context.classes),
+            "weights_kept": first.weights_kept, "flops": first.flops, "flops_fraction": first.flops_fraction,
+            "kept_architecture": "-".join(map(str, first.kept_architecture)),
+            "generate_ms": statistics.median(times), "generate_ms_first": times[0],
+            "teacher_test_error_pct": context_error(_cut_teacher(teacher, context.classes), data.test,
+                                                    context.classes),
+            "unconditional_test_error_pct": context_error(cut_compressed(unconditional, context.classes),
+                                                          data.test, context.classes),
+            "unconditional_weights_kept": weights_of(cut_compressed(unconditional, context.classes))})
+        log(f"context {i + 1}/{len(contexts)} {list(context.classes)}: err {entries[-1]['test_error_pct']:.2f}% "
+            f"weights {first.weights_kept:,} ({entries[-1]['kept_architecture']}), {entries[-1]['generate_ms']:.1f} ms")
 
     budgets = [float(b) for b in args.budgets.split(",")]
     budget_rows = []
@@ -171,10 +178,6 @@ def main() -> None:
             budget_rows.append({"classes": list(ctx.classes), "budget": budget, "weights_kept": gen.weights_kept,
                                 "flops_fraction": gen.flops_fraction, "threshold": gen.threshold,
                                 "test_error_pct": context_error(gen.model, data.test, ctx.classes)})
-    monotone = all(
-        all(a["flops_fraction"] >= b["flops_fraction"] and a["weights_kept"] >= b["weights_kept"]
-            for a, b in zip(rows, rows[1:]))
-        for rows in ([r for r in budget_rows if r["classes"] == list(c.classes)] for c in contexts[:args.budget_contexts]))
     size_rows = []
     for k in range(2, data.num_classes + 1):
         for context in random_contexts(5, data.num_classes, [k], seed=99 + k):
@@ -183,8 +186,56 @@ def main() -> None:
                               "flops_fraction": gen.flops_fraction,
                               "test_error_pct": context_error(gen.model, data.test, context.classes)})
 
+    stem = f"lenet5_{args.data}_hyper{args.out_suffix}"
+    out_dir = RESULTS / f"hyper_lenet5_{args.data}{args.out_suffix}"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(run_dir / "hyper.pt", out_dir / "hyper.pt")
+    shutil.copyfile(run_dir / "hyper_run.json", out_dir / "hyper_run.json")
+    example = hyper.generate_detailed(contexts[0])
+    from bayescomp.compress.packed import save_packed
+
+    save_packed(example.model, out_dir / "generated_example.bcz", None,
+                {"classes": list(contexts[0].classes), "budget": 1.0, "kind": "hyper-generated"})
+    record = {"model": "lenet5", "data": args.data, "method": "hyper", "stem": stem, "summary": {},
+              "entries": entries, "hyper_options": args.option,
+              "budgets": budget_rows, "sizes_by_classes": size_rows,
+              "hypernetwork": {"file": f"benchmarks/results/{out_dir.name}/hyper.pt",
+                               "threshold": float(hyper.threshold), "config": train_summary["config"],
+                               "train_s": train_summary["train_s"], "calibration": train_summary["calibration"],
+                               "teacher_test_error_pct": train_summary["teacher_test_error_pct"],
+                               "epoch_s_mean": statistics.fmean(h["epoch_s"] for h in train_summary["history"])},
+              "unconditional_file": unconditional_file, "example_generated_file":
+                  f"benchmarks/results/{out_dir.name}/generated_example.bcz",
+              "command": this_command(), "device": "cpu", "torch_threads": torch.get_num_threads()}
+    plot(record, RESULTS / "plots")
+    write(record, started, args.retrain)
+    # the slow per-context baselines last; the record is rewritten after each, so a stopped run keeps its results
+    for i, (context, entry) in enumerate(zip(contexts[:args.retrain], entries)):
+        previous = reused.get(tuple(context.classes))
+        if previous and previous.get("retrain_epochs") == args.retrain_epochs:
+            entry.update(previous, retrain_reused_from=args.reuse_baselines)
+        else:
+            entry.update(retrain_gnj(teacher, data, context.classes, args.retrain_epochs, args.seed))
+        entry["generate_vs_retrain_ratio"] = entry["generate_ms"] / 1000.0 / entry["retrain_s"]
+        entry.update(magnitude_at_size(teacher, data, context.classes, entry["weights_kept"],
+                                       args.magnitude_epochs, args.seed))
+        log(f"baselines {i + 1}/{args.retrain} {list(context.classes)}: generated {entry['test_error_pct']:.2f}% "
+            f"{entry['weights_kept']:,}; retrained GNJ {entry['retrain_test_error_pct']:.2f}% "
+            f"{entry['retrain_weights_kept']:,} in {entry['retrain_s']:.0f}s; magnitude "
+            f"{entry['magnitude_test_error_pct']:.2f}%")
+        write(record, started, args.retrain)
+    log(json.dumps(record["summary"], indent=2))
+
+
+def summarize(entries: list[dict], budget_rows: list[dict]) -> dict:
     retrained = [e for e in entries if "retrain_s" in e]
     med = lambda key, rows=entries: statistics.median(e[key] for e in rows)  # noqa: E731
+    by_context: dict[tuple, list[dict]] = {}
+    for row in budget_rows:
+        by_context.setdefault(tuple(row["classes"]), []).append(row)
+    monotone = all(all(a["flops_fraction"] >= b["flops_fraction"] and a["weights_kept"] >= b["weights_kept"]
+                       for a, b in zip(rows, rows[1:]))
+                   for rows in (sorted(r, key=lambda x: -x["budget"]) for r in by_context.values()))
     summary = {
         "contexts": len(entries), "median_test_error_pct": med("test_error_pct"),
         "median_weights_kept": med("weights_kept"), "median_flops_fraction": med("flops_fraction"),
@@ -193,8 +244,8 @@ def main() -> None:
         "median_teacher_test_error_pct": med("teacher_test_error_pct"),
         "median_unconditional_test_error_pct": med("unconditional_test_error_pct"),
         "median_unconditional_weights_kept": med("unconditional_weights_kept"),
-        "retrained_contexts": len(retrained),
-        "budget_monotone": monotone,
+        "retrained_contexts": len(retrained), "budget_monotone": monotone,
+        "budgets_within_cap": all(r["flops_fraction"] <= r["budget"] + 1e-12 for r in budget_rows),
     }
     if retrained:
         summary.update({
@@ -209,31 +260,15 @@ def main() -> None:
             "contexts_both": sum(e["test_error_pct"] <= e["retrain_test_error_pct"] + 0.5
                                  and e["weights_kept"] <= e["retrain_weights_kept"] for e in retrained),
         })
-    out_dir = RESULTS / f"hyper_lenet5_{args.data}"
-    out_dir.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(run_dir / "hyper.pt", out_dir / "hyper.pt")
-    shutil.copyfile(run_dir / "hyper_run.json", out_dir / "hyper_run.json")
-    example = hyper.generate_detailed(contexts[0])
-    from bayescomp.compress.packed import save_packed
+    return summary
 
-    save_packed(example.model, out_dir / "generated_example.bcz", None,
-                {"classes": list(contexts[0].classes), "budget": 1.0, "kind": "hyper-generated"})
-    record = {"model": "lenet5", "data": args.data, "method": "hyper", "summary": summary, "entries": entries,
-              "budgets": budget_rows, "sizes_by_classes": size_rows,
-              "hypernetwork": {"file": f"benchmarks/results/hyper_lenet5_{args.data}/hyper.pt",
-                               "threshold": float(hyper.threshold), "config": train_summary["config"],
-                               "train_s": train_summary["train_s"], "calibration": train_summary["calibration"],
-                               "teacher_test_error_pct": train_summary["teacher_test_error_pct"],
-                               "epoch_s_mean": statistics.fmean(h["epoch_s"] for h in train_summary["history"])},
-              "unconditional_file": unconditional_file, "example_generated_file":
-                  f"benchmarks/results/hyper_lenet5_{args.data}/generated_example.bcz",
-              "wall_time_s": time.perf_counter() - started, "command": this_command(),
-              "device": "cpu", "torch_threads": torch.get_num_threads()}
-    path = RESULTS / f"lenet5_{args.data}_hyper.json"
-    path.write_text(json.dumps(record, indent=2))
-    plot(record, RESULTS / "plots")
-    (RESULTS / f"lenet5_{args.data}_hyper.md").write_text(markdown(record))
-    log(json.dumps(summary, indent=2))
+
+def write(record: dict, started: float, planned_retrain: int) -> None:
+    record["summary"] = summarize(record["entries"], record["budgets"])
+    record["complete"] = record["summary"]["retrained_contexts"] >= planned_retrain
+    record["wall_time_s"] = time.perf_counter() - started
+    (RESULTS / f"{record['stem']}.json").write_text(json.dumps(record, indent=2))
+    (RESULTS / f"{record['stem']}.md").write_text(markdown(record))
 
 
 def plot(record: dict, directory: Path) -> None:
@@ -243,7 +278,7 @@ def plot(record: dict, directory: Path) -> None:
     import matplotlib.pyplot as plt
 
     directory.mkdir(parents=True, exist_ok=True)
-    stem = f"lenet5_{record['data']}_hyper"
+    stem = record["stem"]
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     ks = sorted({r["k"] for r in record["sizes_by_classes"]})
     for ax, key, label in ((axes[0], "weights_kept", "weights kept"), (axes[1], "test_error_pct",

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import json
+import statistics
 import sys
 from pathlib import Path
 
@@ -190,11 +191,60 @@ def self_compression_section() -> list[str]:
     return lines + [""]
 
 
+def hyper_section() -> list[str]:
+    """Conditional compression with the Bayesian hypernetwork (benchmarks/hyper_contexts.py), if it has run."""
+    results = [json.loads(p.read_text()) for p in sorted(RESULTS.glob("*_hyper*.json"))]
+    if not results:
+        return []
+    lines = ["### Conditional compression: one hypernetwork, a network per context", "",
+             "From `python benchmarks/hyper_contexts.py --data <data>`: random contexts of 2-5 classes at budget 1; "
+             "errors are on the test images of the context's classes; medians over contexts. Retrained BC-GNJ: the "
+             "teacher cut to the context, trained with BC-GNJ on the context's data and compressed with the automatic "
+             "search; magnitude: the cut teacher pruned to the generated network's weight count and fine-tuned; "
+             "unconditional BC-GNJ: the Table 1 model (or one trained the same way) with its output cut to the "
+             "context.", "",
+             "| data | hypernetwork options | contexts | generated error | weights | MACs / dense | generate ms (median / max) | "
+             "retrained GNJ error | weights | retrain s | generate / retrain time | within 0.5 pt and no larger | "
+             "magnitude error (same size) | unconditional BC error | weights | teacher error |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        s = r["summary"]
+        retrain = (f"{s['median_retrain_test_error_pct']:.2f} % | {s['median_retrain_weights_kept']:,.0f} | "
+                   f"{s['median_retrain_s']:.0f} | {s['median_generate_vs_retrain_ratio']:.1e} | "
+                   f"{s['contexts_both']} of {s['retrained_contexts']} (error {s['contexts_within_0_5_of_retrain']}, "
+                   f"size {s['contexts_no_larger_than_retrain']}) | {s['median_magnitude_test_error_pct']:.2f} %"
+                   if s.get("retrained_contexts") else "– | – | – | – | – | –")
+        lines.append(
+            f"| {r['data']} | {', '.join(r.get('hyper_options') or ['defaults'])} | {s['contexts']} | "
+            f"{s['median_test_error_pct']:.2f} % | {s['median_weights_kept']:,.0f} | "
+            f"{100 * s['median_flops_fraction']:.1f} % | {s['median_generate_ms']:.1f} / {s['max_generate_ms']:.1f} | "
+            f"{retrain} | {s['median_unconditional_test_error_pct']:.2f} % | "
+            f"{s['median_unconditional_weights_kept']:,.0f} | {s['median_teacher_test_error_pct']:.2f} % |")
+    lines += ["", "Budgets (median over the budget contexts; the budget caps multiply-accumulates as a fraction of the "
+              "dense network's):", "", "| data | hypernetwork options | budget | MACs / dense | weights | error | monotone in "
+              "every context |", "|---|---|---|---|---|---|---|"]
+    for r in results:
+        for budget in sorted({b["budget"] for b in r["budgets"]}, reverse=True):
+            rows = [b for b in r["budgets"] if b["budget"] == budget]
+            lines.append(f"| {r['data']} | {', '.join(r.get('hyper_options') or ['defaults'])} | {budget:g} | {100 * statistics.median(b['flops_fraction'] for b in rows):.2f} % | "
+                         f"{statistics.median(b['weights_kept'] for b in rows):,.0f} | "
+                         f"{statistics.median(b['test_error_pct'] for b in rows):.2f} % | "
+                         f"{'yes' if r['summary']['budget_monotone'] else 'no'} |")
+    lines.append("")
+    for r in results:
+        for kind in ("classes", "budget"):
+            png = RESULTS / "plots" / f"{r.get('stem', 'lenet5_' + r['data'] + '_hyper')}_{kind}.png"
+            if png.exists():
+                lines.append(f"![{png.stem}](benchmarks/results/plots/{png.name})")
+    return lines + [""]
+
+
 def build() -> str:
     runs, costs = [], []
     for path in sorted(RESULTS.glob("*.json")):
         record = json.loads(path.read_text())
-        if path.name.startswith(("table1", "turbo_module_b", "turbo_exploration", "latency_compare", "cnn1-")):
+        if path.name.startswith(("table1", "turbo_module_b", "turbo_exploration", "latency_compare", "cnn1-")) \
+                or "_hyper" in path.name:
             continue
         (costs if path.name.startswith("epoch_cost_") else runs).append(record)
     order = {"lenet300": 0, "lenet5": 1, "vgg16": 2}
@@ -224,6 +274,7 @@ def build() -> str:
         parts += ["Turbo-VBI module B against a training epoch (`python benchmarks/turbo_module_b.py`):", "",
                   turbo_cost.read_text(), ""]
     parts += self_compression_section()
+    parts += hyper_section()
     if runs:
         parts += ["### Every run in detail", "", compression_table(runs), ""]
         parts += ["Commands: " + "; ".join(f"`{r['command']}`" for r in runs) + "", ""]

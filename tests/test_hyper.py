@@ -189,8 +189,8 @@ def test_context_loss_only_sees_the_context_classes(teacher, mnist_small):
     loss, nll, kl = context_loss(model, images, labels, context.vector(10), [4, 6], 1.0, 1000, 0.0)
     logits = teacher(images)[:, [4, 6]]
     expected = torch.nn.functional.cross_entropy(logits, labels)
-    assert float(nll) == pytest.approx(float(expected), rel=0.05)  # scales start at 1 with tiny noise
-    assert float(loss) == pytest.approx(float(nll))  # kl_scale 0
+    assert nll.item() == pytest.approx(expected.item(), rel=0.05)  # scales start at 1 with tiny noise
+    assert loss.item() == pytest.approx(nll.item())  # kl_scale 0
 
 
 # ---------------------------------------------------------------------------------------------------------- files
@@ -231,3 +231,26 @@ def test_cli_hyper_train_and_generate_end_to_end(tmp_path, capsys):
     assert "repeated" in capsys.readouterr().err
     assert main(["hyper", "generate", str(run_dir), "--classes", "0,3", "--budget", "2", "--out", str(out)]) == 2
     assert "budget must be in (0, 1]" in capsys.readouterr().err
+
+
+def test_budget_masked_training_runs_the_network_generation_would_give(teacher, mnist_small):
+    """With budget masking, the training loss of a context with b < 1 is the loss of the generated network (the
+    budget alone pruning); checked against the generated plain model (scales nearly deterministic)."""
+    import math
+
+    model = scrambled(teacher)
+    model.config.budget_masking = True
+    with torch.no_grad():
+        model.head_log_sigma2.weight.zero_()
+        model.head_log_sigma2.bias.fill_(-30.0)
+    model.config.max_log_sigma2 = 0.0
+    images, labels = next(restrict(mnist_small.train, [1, 5, 8]).batches(64))
+    context = Context.make([1, 5, 8], 10, 0.1)
+    _, nll, _ = context_loss(model, images, labels, context.vector(10), [1, 5, 8], 0.1, 1000, 0.0)
+    generated = generate(model, context, threshold=math.inf)
+    assert generated.flops_fraction <= 0.1
+    expected = torch.nn.functional.cross_entropy(generated.model(images), labels)
+    assert nll.item() == pytest.approx(expected.item(), rel=1e-4, abs=1e-5)
+    model.config.budget_masking = False
+    _, unmasked, _ = context_loss(model, images, labels, context.vector(10), [1, 5, 8], 0.1, 1000, 0.0)
+    assert unmasked.item() != pytest.approx(nll.item(), rel=1e-3)

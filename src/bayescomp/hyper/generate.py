@@ -137,6 +137,26 @@ def _fit_budget(model, chain, log_alpha, threshold, context, limit) -> tuple[Pru
     return best
 
 
+def budget_plan(model: HyperCompressor, log_alpha: torch.Tensor, context: Context,
+                threshold: float = math.inf) -> tuple[PruningPlan, float]:
+    """The plan generation would use for ``context`` given the log alphas (G,) of its scales: groups with log
+    alpha below ``threshold``, then fewer until the budget holds. Used by generation and, with ``threshold=inf``
+    (only the budget prunes), by budget-masked training."""
+    chain = build_chain(model.net)
+    return _fit_budget(model, chain, model.split(log_alpha.detach()), threshold, context,
+                       context.budget * model.dense_flops())
+
+
+def masked_scales(model: HyperCompressor, scales, plan: PruningPlan):
+    """Scales with the plan's removed groups set to 0; sides without scales get the plan's 0/1 masks."""
+    out = []
+    for (z_in, z_out), keep_in, keep_out in zip(scales, plan.in_keep, plan.out_keep):
+        z_in = keep_in.float() if z_in is None else z_in * keep_in
+        z_out = keep_out.float() if z_out is None else z_out * keep_out
+        out.append((z_in, z_out))
+    return out
+
+
 def _effective_teacher(model: HyperCompressor, mu_split) -> nn.Sequential:
     """A plain copy of the teacher whose weights are diag(mu_out) W~ diag(mu_in) and biases mu_out * b."""
     net = copy.deepcopy(model.net).eval()
@@ -192,12 +212,7 @@ def masked_posterior_mean_logits(model: HyperCompressor, images: torch.Tensor, g
     applied to its scales, restricted to the context's classes (what the generated network must equal)."""
     model.eval()
     mu, _ = model.posterior(generated.context.vector(model.num_classes).reshape(1, -1))
-    scales = []
-    for g, (m_in, m_out), keep_in, keep_out in zip(model.groups, model.split(mu[0]), generated.plan.in_keep,
-                                                    generated.plan.out_keep):
-        m_in = keep_in.float() if m_in is None else m_in * keep_in
-        m_out = keep_out.float() if m_out is None else m_out * keep_out
-        scales.append((m_in, m_out))
+    scales = masked_scales(model, model.split(mu[0]), generated.plan)
     return model.forward_with_scales(images, scales)[:, list(generated.context.classes)]
 
 

@@ -55,6 +55,9 @@ class HyperConfig:
         factorization: ``"input_output"`` (scales on both sides of every layer, the paper's factorisation),
             ``"input"`` or ``"output"`` (one side only; for ablations). UNVERIFIED exact form.
         budget_power: the KL of a context with budget b is weighted by ``b ** -budget_power``. UNVERIFIED.
+        budget_masking: in training, a context with budget b < 1 runs the network generation would give it at
+            that budget (groups removed in order of log alpha until its multiply-accumulates fit; no threshold),
+            so the shared weights learn to work when the budget cuts deep. UNVERIFIED (our addition).
         budget_min: training budgets are drawn log-uniformly from [budget_min, 1] ...
         full_budget_share: ... except this share of training contexts, which get budget 1.
         min_classes, max_classes: training contexts have a uniform number of classes in this range
@@ -72,6 +75,7 @@ class HyperConfig:
     max_log_sigma2: float = 0.0
     factorization: str = "input_output"
     budget_power: float = 1.0
+    budget_masking: bool = False
     budget_min: float = 0.05
     full_budget_share: float = 0.5
     min_classes: int = 2
@@ -254,7 +258,16 @@ def context_loss(model: HyperCompressor, images: torch.Tensor, labels: torch.Ten
     renumbered to positions in ``classes``) + ``budget ** -budget_power`` x KL / N_context."""
     mu, log_sigma2 = model.posterior(context_vec.reshape(1, -1))
     z = mu + torch.randn(images.shape[0], mu.shape[-1]) * (0.5 * log_sigma2).exp()
-    logits = model.forward_with_scales(images, model.split(z))[:, classes]
+    scales = model.split(z)
+    if model.config.budget_masking and budget < 1.0:
+        from bayescomp.hyper.context import Context
+        from bayescomp.hyper.generate import budget_plan, masked_scales
+
+        with torch.no_grad():
+            plan, _ = budget_plan(model, model.log_alpha(mu, log_sigma2)[0],
+                                  Context(tuple(classes), float(budget)))
+        scales = masked_scales(model, scales, plan)
+    logits = model.forward_with_scales(images, scales)[:, classes]
     nll = F.cross_entropy(logits, labels)
     kl = model.kl_divergence(mu, log_sigma2)[0]
     weight = budget ** (-model.config.budget_power)
