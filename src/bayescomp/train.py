@@ -112,6 +112,24 @@ def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimiz
     return torch.optim.Adam(groups, lr=config.lr, weight_decay=config.weight_decay, fused=True)
 
 
+def training_state(model: nn.Module, optimizer, scheduler, epoch: int, config: TrainConfig, history: list,
+                   **extra: Any) -> dict[str, Any]:
+    """Everything a resumed run needs to continue exactly: weights, optimiser, schedule, RNG states, history."""
+    return {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+            "epoch": epoch, "train_config": asdict(config), "torch_rng": torch.get_rng_state(),
+            "python_rng": random.getstate(), "numpy_rng": np.random.get_state(), "history": history, **extra}
+
+
+def restore_training_state(state: dict[str, Any], model: nn.Module, optimizer, scheduler) -> None:
+    """Load a :func:`training_state` checkpoint into the model, optimiser, schedule and the global RNGs."""
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    torch.set_rng_state(state["torch_rng"])
+    random.setstate(state["python_rng"])
+    np.random.set_state(state["numpy_rng"])
+
+
 def fit(
     model: nn.Module,
     data: DataBundle,
@@ -146,12 +164,7 @@ def fit(
                 f"checkpoint {checkpoint_path} was written with another training config "
                 f"({state.get('train_config')}); use a new run directory or --restart"
             )
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        torch.set_rng_state(state["torch_rng"])
-        random.setstate(state["python_rng"])
-        np.random.set_state(state["numpy_rng"])
+        restore_training_state(state, model, optimizer, scheduler)
         history.epochs = state["history"]
         start_epoch = state["epoch"]
         log(f"resumed from {checkpoint_path} at epoch {start_epoch}/{config.epochs}")
@@ -170,12 +183,8 @@ def fit(
         history.epochs.append(record)
         log(_epoch_line(record, config.epochs))
         if checkpoint_path:
-            save_checkpoint({
-                "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(), "epoch": epoch + 1, "train_config": asdict(config),
-                "torch_rng": torch.get_rng_state(), "python_rng": random.getstate(),
-                "numpy_rng": np.random.get_state(), "history": history.epochs,
-            }, checkpoint_path)
+            save_checkpoint(training_state(model, optimizer, scheduler, epoch + 1, config, history.epochs),
+                            checkpoint_path)
     return history
 
 

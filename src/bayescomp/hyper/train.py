@@ -10,7 +10,6 @@ checkpoint holding the RNG state, so an interrupted run resumes and ends as an u
 from __future__ import annotations
 
 import math
-import random
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -25,7 +24,10 @@ from bayescomp.data import DataBundle
 from bayescomp.hyper.context import Context, random_contexts, restrict
 from bayescomp.hyper.model import HyperCompressor, HyperConfig, context_loss
 from bayescomp.objective import kl_weight
-from bayescomp.train import NonFiniteLossError, TrainConfig, _lr_factor, make_optimizer, seed_everything
+from bayescomp.train import (
+    NonFiniteLossError, TrainConfig, _lr_factor, make_optimizer, restore_training_state, seed_everything,
+    training_state,
+)
 
 #: Learning-rate multipliers: the context-independent part of the log-variances (the head's bias) starts far (-9)
 #: from where the prior pulls unneeded groups, so it moves ten times faster (BC-GNJ's z_log_sigma2 reasoning);
@@ -80,12 +82,7 @@ def train_hypernetwork(model: HyperCompressor, data: DataBundle, config: TrainCo
         if state.get("train_config") != asdict(config) or state.get("hyper_config") != asdict(model.config):
             raise ValueError(f"checkpoint {checkpoint_path} was written with other settings; use a new run "
                              "directory or --restart")
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        torch.set_rng_state(state["torch_rng"])
-        random.setstate(state["python_rng"])
-        np.random.set_state(state["numpy_rng"])
+        restore_training_state(state, model, optimizer, scheduler)
         history, start = state["history"], state["epoch"]
         log(f"resumed from {checkpoint_path} at epoch {start}/{config.epochs}")
     labels = data.train.labels
@@ -131,12 +128,8 @@ def train_hypernetwork(model: HyperCompressor, data: DataBundle, config: TrainCo
             f"kl {record['kl']:.1f}  val err (10 contexts, unpruned) {record['val_context_error_pct']:.2f}%  "
             f"({record['epoch_s']:.1f}s)")
         if checkpoint_path:
-            save_checkpoint({
-                "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(), "epoch": epoch + 1, "train_config": asdict(config),
-                "hyper_config": asdict(model.config), "torch_rng": torch.get_rng_state(),
-                "python_rng": random.getstate(), "numpy_rng": np.random.get_state(), "history": history,
-            }, checkpoint_path)
+            save_checkpoint(training_state(model, optimizer, scheduler, epoch + 1, config, history,
+                                           hyper_config=asdict(model.config)), checkpoint_path)
     return history
 
 
