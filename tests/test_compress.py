@@ -160,11 +160,21 @@ def test_quantize_fixed_point_grid():
 
 
 @pytest.mark.parametrize("name", sorted(MODELS))
-def test_every_zoo_model_bayesifies_and_chains(name):
-    shape = (3, 32, 32) if name == "vgg16" else (1, 28, 28)
+def test_every_zoo_model_bayesifies_and_has_a_compression_path(name):
+    """Sequential zoo models are chains; the others (ResNets) are analysed as a dependency graph."""
+    shape = (3, 32, 32) if MODELS[name].default_data == "cifar10" else (1, 28, 28)
     model = create_model(name, 10, shape, [0.5] * shape[0], [0.25] * shape[0])
-    chain = build_chain(bayesify(model, "gnj"))
-    assert len(chain.layers) == sum(isinstance(m, (nn.Linear, nn.Conv2d)) for m in model.modules())
+    bayes = bayesify(model, "gnj")
+    layers = sum(isinstance(m, (nn.Linear, nn.Conv2d)) for m in model.modules())
+    assert sum(1 for _ in bayesian_layers(bayes)) == layers
+    if isinstance(model, nn.Sequential):
+        assert len(build_chain(bayes).layers) == layers
+    else:
+        from bayescomp.compress.graph import DependencyGraph
+
+        graph = DependencyGraph(bayes, torch.rand(2, *shape))
+        touched = {m.layer for g in graph.groups for m in g.members}
+        assert len(touched) == layers and graph.prunable_groups
 
 
 @pytest.mark.parametrize("prior", sorted(__import__("bayescomp.priors", fromlist=["PRIORS"]).PRIORS))

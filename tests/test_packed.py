@@ -223,8 +223,13 @@ def test_unsupported_module_raises_value_error(tmp_path):
     with pytest.raises(ValueError, match="Custom") as info:
         save_packed(nn.Sequential(nn.Linear(2, 2), Custom()), path)
     assert "Linear" in str(info.value) and "Conv2d" in str(info.value)  # lists the supported types
-    with pytest.raises(ValueError, match="Sequential"):
-        save_packed(nn.Sequential(nn.Sequential(nn.Linear(2, 2))), path)
+    class Scaled(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.scale = nn.Parameter(torch.ones(2))
+
+    with pytest.raises(ValueError, match="own tensors"):
+        save_packed(nn.Sequential(nn.Linear(2, 2), Scaled()), path)
     with pytest.raises(ValueError, match="only Linear and Conv2d"):
         save_packed(nn.Sequential(nn.Linear(2, 2), nn.ReLU()), path, {1: QuantSpec(0.5)})
     with pytest.raises(ValueError, match="reserved"):

@@ -268,6 +268,10 @@ class TensorData:
                 images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
             yield images.float().div_(255), labels
 
+    def example(self, n: int = 2) -> torch.Tensor:
+        """The first ``n`` images as the model sees them (float32 in [0, 1]); used to trace and export models."""
+        return self.images[:n].float().div_(255)
+
     def subset(self, n: int, seed: int = 0) -> TensorData:
         """``n`` random rows (kept in their original order), the same for the same ``seed``."""
         if not 1 <= n <= len(self):

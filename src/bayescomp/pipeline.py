@@ -23,7 +23,7 @@ from torch import nn
 from bayescomp.bayesify import bayesify, make_config
 from bayescomp.checkpoint import atomic_torch_save
 from bayescomp.compress import CompressConfig, CompressionResult, compress, prunable_modules, quantize_model
-from bayescomp.compress.packed import QuantSpec, save_packed
+from bayescomp.compress.packed import QuantSpec, packed_leaves, save_packed
 from bayescomp.data import DataBundle, load_dataset
 from bayescomp.models import MODELS, create_model
 from bayescomp.priors import PRIORS
@@ -35,6 +35,10 @@ DEFAULT_SCHEDULES: dict[str, tuple[TrainConfig, TrainConfig]] = {
                  TrainConfig(epochs=30, lr=3e-3, lr_schedule="cosine", kl_warmup_epochs=2)),
     "lenet5": (TrainConfig(epochs=10, lr=1e-3, lr_schedule="cosine"),
                TrainConfig(epochs=30, lr=3e-3, lr_schedule="cosine", kl_warmup_epochs=2)),
+    "resnet20": (TrainConfig(epochs=60, lr=1e-3, lr_schedule="cosine", weight_decay=1e-4, augment="crop_flip"),
+                 TrainConfig(epochs=30, lr=1e-3, lr_schedule="cosine", kl_warmup_epochs=2, augment="crop_flip")),
+    "resnet56": (TrainConfig(epochs=60, lr=1e-3, lr_schedule="cosine", weight_decay=1e-4, augment="crop_flip"),
+                 TrainConfig(epochs=30, lr=1e-3, lr_schedule="cosine", kl_warmup_epochs=2, augment="crop_flip")),
     "vgg16": (TrainConfig(epochs=60, lr=1e-3, lr_schedule="cosine", weight_decay=5e-4),
               TrainConfig(epochs=60, lr=1e-4, lr_schedule="cosine", kl_warmup_epochs=5)),
 }
@@ -222,7 +226,7 @@ def finetune_keeping_zeros(model: nn.Module, data: DataBundle, config: TrainConf
 
 def save_compressed(result: CompressionResult, path: Path, metadata: dict[str, Any]) -> int:
     quant = {}
-    modules = list(result.quantized_model)
+    modules = packed_leaves(result.quantized_model)
     layers = prunable_modules(result.quantized_model)
     for layer, precision in zip(layers, result.precisions):
         if precision.total_bits >= 32:  # float32 layers (e.g. magnitude pruning) are stored as they are

@@ -16,14 +16,20 @@ import matplotlib.ticker  # noqa: E402
 def plot_log_alpha(result, path: Path) -> Path:
     """Histogram of every layer's group log alpha with the chosen threshold."""
     n = len(result.log_alpha)
-    fig, axes = plt.subplots(1, n, figsize=(3.2 * n, 2.8), squeeze=False)
-    for ax, name, stats, threshold in zip(axes[0], result.layer_names, result.log_alpha, result.thresholds):
+    columns = min(n, 6)
+    rows = -(-n // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(3.2 * columns, 2.8 * rows), squeeze=False)
+    for ax in axes.flat[n:]:
+        ax.axis("off")
+    names = result.stat_names or result.layer_names
+    for ax, name, stats, threshold in zip(axes.flat, names, result.log_alpha, result.thresholds):
         ax.hist(stats.numpy(), bins=40, color="tab:blue", alpha=0.8)
         ax.axvline(threshold, color="tab:red", linestyle="--", label=f"threshold {threshold:.2f}")
         ax.set_title(f"{name} ({len(stats)} groups)", fontsize=9)
         ax.set_xlabel("pruning statistic (keep below)")
         ax.legend(fontsize=7)
-    axes[0][0].set_ylabel("groups")
+    for row in axes:
+        row[0].set_ylabel("groups")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -77,6 +77,8 @@ def regularity_fields(dense, compressed) -> dict[str, Any]:
 def block_format_latency(dense, small, input_shape) -> dict[str, Any]:
     """Run the compressed model's Linear layers in the 4x4 block-sparse format where that is measured faster (at
     batch 256); when some layer switches, measure the latency of that model too. Conv2d layers stay dense."""
+    if not isinstance(small, torch.nn.Sequential):  # the block format swaps Linear layers of a chain only
+        return {"decisions": [], "used": False}
     fast, decisions = choose_block_format(small, input_shape, batch_size=256, repeats=20)
     out: dict[str, Any] = {"decisions": decisions, "used": any(d["used_block_format"] for d in decisions)}
     if out["used"]:
@@ -88,6 +90,10 @@ def tradeoff_curve(model, result: CompressionResult, data, points: int = 19) -> 
     """Validation and test error of the masked posterior mean along one threshold shared by all layers; the grid
     spans the pooled group statistics (their range differs by method: log alpha, -E[log z], ...)."""
     pooled = torch.cat([s.double().flatten() for s in result.log_alpha])
+    pooled = pooled[torch.isfinite(pooled)]
+    if result.stat_names is not None:  # a graph: evaluate the pruned network at each point (fewer points)
+        grid = torch.quantile(pooled, torch.linspace(0.05, 1.0, max(points // 2, 2), dtype=torch.float64)) + 1e-6
+        return _graph_tradeoff(model, result, data, sorted({float(t) for t in grid}))
     grid = torch.quantile(pooled, torch.linspace(0.05, 1.0, points, dtype=torch.float64)) + 1e-6
     chain = build_chain(model)
     with deterministic_mode(model):
@@ -95,6 +101,23 @@ def tradeoff_curve(model, result: CompressionResult, data, points: int = 19) -> 
             chain, result.log_alpha,
             {"val": lambda: evaluate(model, data.val)["error_pct"],
              "test": lambda: evaluate(model, data.test)["error_pct"]}, sorted({float(t) for t in grid}))
+
+
+def _graph_tradeoff(model, result: CompressionResult, data, grid: list[float]) -> list[dict[str, float]]:
+    from bayescomp.compress import PruneError
+
+    graph, curve = result.graph, []
+    for threshold in grid:
+        try:
+            small = graph.prune(graph.keep_from_thresholds([threshold] * len(graph.prunable_groups)))
+        except PruneError:
+            continue
+        kept = sum(m.weight.numel() for m in prunable_modules(small))
+        curve.append({"threshold": threshold, "weights_kept": kept,
+                      "compression_architecture": result.weights_dense / kept,
+                      "val_error_pct": evaluate(small, data.val)["error_pct"],
+                      "test_error_pct": evaluate(small, data.test)["error_pct"]})
+    return curve
 
 
 def build_report(config, data, dense, model, result: CompressionResult, history, dense_eval, bayes_eval,

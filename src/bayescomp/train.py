@@ -56,6 +56,28 @@ class TrainConfig:
     seed: int = 0
     weight_decay: float = 0.0
     lr_scales: dict[str, float] = field(default_factory=dict)
+    augment: str = "none"
+
+    def __post_init__(self) -> None:
+        if self.augment not in AUGMENTATIONS:
+            raise ValueError(f"unknown augment {self.augment!r}; use {' or '.join(AUGMENTATIONS)}")
+
+
+def crop_flip(images: torch.Tensor, generator: torch.Generator, padding: int = 4) -> torch.Tensor:
+    """Random crops of the zero-padded images (same size as the input) and random horizontal flips."""
+    n, _, height, width = images.shape
+    padded = torch.nn.functional.pad(images, (padding, padding, padding, padding))
+    offsets = torch.randint(0, 2 * padding + 1, (n, 2), generator=generator)
+    flips = torch.rand(n, generator=generator) < 0.5
+    out = torch.empty_like(images)
+    for i in range(n):
+        top, left = int(offsets[i, 0]), int(offsets[i, 1])
+        crop = padded[i, :, top:top + height, left:left + width]
+        out[i] = crop.flip(-1) if bool(flips[i]) else crop
+    return out
+
+
+AUGMENTATIONS = ("none", "crop_flip")
 
 
 @dataclass
@@ -198,6 +220,8 @@ def _train_epoch(model, data, config, optimizer, epoch, n_train, steps, progress
     bar = tqdm(data.train.batches(config.batch_size, shuffle=True, generator=generator), total=steps,
                desc=f"epoch {epoch + 1}/{config.epochs}", disable=not progress, leave=False)
     for step, (images, labels) in enumerate(bar):
+        if config.augment == "crop_flip":
+            images = crop_flip(images, generator)
         scale = kl_weight(epoch + step / steps, config.kl_warmup_epochs)
         loss, nll, kl = objective(model(images), labels, model, n_train, scale)
         if not torch.isfinite(loss):

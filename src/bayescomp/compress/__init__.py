@@ -44,7 +44,10 @@ class CompressConfig:
             then explored up to ``search_range_pct`` points above the unpruned posterior mean.
         search_range_pct: how far the greedy candidates may go when ``finetune_search`` is on.
         fold_empty_units: remove neurons/filters whose incoming weights are all pruned, folding their constant
-            output into the next layer's bias (exact; see :mod:`bayescomp.compress.fold`).
+            output into the next layer's bias (exact; see :mod:`bayescomp.compress.fold`). Chains only.
+        graph_reduce: for networks that are not chains, how the statistics of the layers sharing a channel
+            combine: ``"min"`` (drop it only when every layer's posterior says so) or ``"mean"``
+            (see :mod:`bayescomp.compress.graph`).
     """
 
     thresholds: list[float] | float | str | None = None
@@ -55,6 +58,7 @@ class CompressConfig:
     finetune_search: bool = False
     search_range_pct: float = 3.0
     fold_empty_units: bool = True
+    graph_reduce: str = "min"
 
 
 @dataclass
@@ -74,6 +78,11 @@ class CompressionResult:
     log_alpha: list[torch.Tensor]
     search_path: list[dict[str, float]] = field(default_factory=list)
     base_val_error_pct: float | None = None
+    #: what each entry of ``log_alpha``/``thresholds`` ranks: the layers of a chain (``None``), or the roots of
+    #: the coupled channel groups of a graph (:mod:`bayescomp.compress.graph`)
+    stat_names: list[str] | None = None
+    #: the :class:`~bayescomp.compress.graph.DependencyGraph` the graph path pruned with (``None`` for chains)
+    graph: object | None = None
 
     @property
     def weights_nonzero(self) -> int:
@@ -145,15 +154,26 @@ def _with_folded_units(chain: Chain, plan: PruningPlan) -> PruningPlan:
 
 
 def compress(model: nn.Module, val: TensorData | None, config: CompressConfig | None = None,
-             log=None) -> CompressionResult:
+             log=None, example_input: torch.Tensor | None = None) -> CompressionResult:
     """Prune, shrink and quantise a trained Bayesian model. The model itself is left unchanged.
+
+    Sequential chains of Linear/Conv2d layers take the chain path (input-feature pruning of the first Linear
+    layer, folding of empty units); every other network (residual additions, concatenations, grouped or depthwise
+    convolutions, any ``nn.Module``) goes through the dependency graph of :mod:`bayescomp.compress.graph`, which
+    needs one example input: ``example_input``, or the first validation images.
 
     Raises:
         PruneError: the given thresholds would remove every unit of a layer.
-        UnsupportedModelError: the model is not a sequential chain of supported modules.
+        UnsupportedModelError: the model holds a module the compression path cannot prune.
     """
     config = config or CompressConfig()
-    chain = build_chain(model)
+    try:
+        chain = build_chain(model)
+    except UnsupportedModelError as chain_error:
+        if example_input is None and val is None:
+            raise UnsupportedModelError(f"{chain_error}; compressing it as a graph needs an example input "
+                                        "(example_input=, or validation data)") from chain_error
+        return compress_graph(model, val, config, example_input if example_input is not None else val.example(), log)
     stats = group_statistics(chain)
     path, base = [], None
     per_weight = [layer.module.weight_keep_mask() is not None for layer in chain.layers]
@@ -198,7 +218,105 @@ def compress(model: nn.Module, val: TensorData | None, config: CompressConfig | 
     )
 
 
+def _default_thresholds(model: nn.Module, thresholds):
+    """``None`` means the prior's own per-weight threshold for per-weight priors, the search otherwise."""
+    from bayescomp.priors.base import bayesian_layers
+
+    layers = [layer for _, layer in bayesian_layers(model)]
+    per_weight = [layer.weight_keep_mask() is not None for layer in layers]
+    if thresholds is None:
+        thresholds = "search" if not any(per_weight) else None
+    if isinstance(thresholds, str) and thresholds != "search":
+        raise ValueError(f"thresholds must be numbers, 'search' or None, got {thresholds!r}")
+    return thresholds
+
+
+def compress_graph(model: nn.Module, val: TensorData | None, config: CompressConfig, example_input: torch.Tensor,
+                   log=None) -> CompressionResult:
+    """The graph path of :func:`compress`: thresholds act on the coupled channel groups' statistics.
+
+    With per-weight priors (Sparse VD, Turbo-VBI) and no thresholds given, no channel is removed by a group
+    threshold: single weights are already zero in the posterior mean and the layers are stored sparsely.
+    """
+    from bayescomp.compress.graph import DependencyGraph
+    from bayescomp.compress.search import greedy_search, thresholds_for_counts
+
+    thresholds = _default_thresholds(model, config.thresholds)
+    with deterministic_mode(model):
+        graph = DependencyGraph(model, example_input, config.graph_reduce)
+        stats = graph.stats()
+        if not stats:
+            raise UnsupportedModelError("no channel of the model can be pruned (no Bayesian layer carries a group "
+                                        "statistic for a prunable channel group); bayesify and train it first")
+        path, base = [], None
+        if thresholds == "search":
+            if val is None:
+                raise ValueError("the automatic threshold search needs validation data")
+            subset = val if config.search_val_size is None else val.subset(config.search_val_size, seed=0)
+
+            def make(pruned: list[int]) -> list[torch.Tensor]:
+                keep = graph.keep_from_thresholds(thresholds_for_counts(stats, pruned))
+                for group, mask in zip(graph.prunable_groups, keep):
+                    if not bool(mask.any()):
+                        raise PruneError(f"group {group.root!r} would lose every channel")
+                return keep
+
+            def error(keep: list[torch.Tensor]) -> float:
+                with graph.masked(model, keep):
+                    return evaluate(model, subset)["error_pct"]
+
+            found = greedy_search(stats, make, graph.weights_kept, error, config.tolerance_pct, log=log,
+                                  describe=lambda keep: f"channels {[int(k.sum()) for k in keep]}")
+            keep, thresholds, path, base = found.plan, found.thresholds, found.path, found.base_val_error_pct
+        else:
+            if thresholds is None:
+                thresholds = [float("inf")] * len(stats)
+            elif not isinstance(thresholds, (list, tuple)):
+                thresholds = [float(thresholds)] * len(stats)
+            if len(thresholds) != len(stats):
+                raise ValueError(f"expected {len(stats)} thresholds (one per coupled channel group: "
+                                 f"{', '.join(g.root for g in graph.prunable_groups)}), got {len(thresholds)}")
+            thresholds = [float(t) for t in thresholds]
+            keep = graph.keep_from_thresholds(thresholds)
+        small = graph.prune(keep)
+        layers = dict(graph.bayes)
+        names, plan = graph.layer_keeps(keep)
+        variance_model = graph.prune(keep, lambda name, module: layers[name].posterior_weight_variance().detach()
+                                     if name in layers else torch.zeros_like(module.weight))
+    variances = [m.weight.detach() for m in prunable_modules(variance_model)]
+    weights = [m.weight.detach() for m in prunable_modules(small)]
+    per_weight = [name in layers and layers[name].weight_keep_mask() is not None for name in names]
+    variances = [v[w != 0] if flag and bool((w != 0).any()) else v for v, w, flag in zip(variances, weights, per_weight)]
+    precisions = layer_precisions(variances, weights, config.bits_reduce, config.min_bits)
+    return CompressionResult(
+        model=small,
+        quantized_model=quantize_model(small, precisions),
+        plan=plan,
+        thresholds=thresholds,
+        layer_names=names,
+        architecture_dense=_graph_architecture(graph.plain),
+        architecture_kept=_graph_architecture(small),
+        weights_dense=_weight_count(graph.plain),
+        weights_kept=_weight_count(small),
+        precisions=precisions,
+        log_alpha=stats,
+        search_path=path,
+        base_val_error_pct=base,
+        stat_names=[g.root for g in graph.prunable_groups],
+        graph=graph,
+    )
+
+
+def _weight_count(model: nn.Module) -> int:
+    return sum(m.weight.numel() for m in prunable_modules(model))
+
+
+def _graph_architecture(model: nn.Module) -> list[int]:
+    """Group counts as the papers write them: conv output filters, Linear input features."""
+    return [m.out_channels if isinstance(m, nn.Conv2d) else m.in_features for m in prunable_modules(model)]
+
+
 __all__ = [
     "CompressConfig", "CompressionResult", "PruneError", "PruningPlan", "UnsupportedModelError", "build_chain",
-    "compress", "masked", "plan_from_thresholds", "propagate", "quantize_model", "shrink",
+    "compress", "compress_graph", "masked", "plan_from_thresholds", "propagate", "quantize_model", "shrink",
 ]

@@ -40,6 +40,17 @@ rebuilds exactly the tensor the dense encoding would give: the decoded values at
 elsewhere. :func:`sparse_weight_bytes` gives a weight's blob size without writing a file, and
 :func:`packed_layer_info` reports the encoding and sizes of every layer of a file.
 
+Networks that are not a flat Sequential (format version 3)
+-----------------------------------------------------------
+A model whose structure is not a Sequential of supported modules (a ResNet, a user's ``nn.Module`` with residual
+connections) is stored as the same flat list of supported leaf modules, in depth-first order, plus a ``"tree"``
+entry in the header describing the containers: ``{"class": "package.module.Class", "attrs": {...}, "children":
+[[name, child], ...]}``, where ``child`` is a leaf index or another container. Loading imports each container class
+and rebuilds it *without calling its constructor* (``cls.__new__`` plus ``nn.Module.__init__``), sets its plain
+JSON attributes and attaches its children, so the class's ``forward`` runs on the stored leaves. Nothing is
+unpickled. A container that holds tensors itself (its own parameters or buffers) cannot be stored. Leaf indices are
+the keys of ``quant`` and of the reported bits and encodings.
+
 Version-1 files (written before sparse encodings existed; their weight entries carry no ``"encoding"`` and
 are all dense) are still read.
 
@@ -73,8 +84,9 @@ from torch import nn
 from bayescomp.modules import InputSelect, Normalize
 
 MAGIC = b"BCPK"
-FORMAT_VERSION = 2
-READABLE_VERSIONS = (1, 2)  # version 1: dense weights only
+FORMAT_VERSION = 2  # flat Sequential files; files with a module tree are version 3
+TREE_VERSION = 3
+READABLE_VERSIONS = (1, 2, 3)  # version 1: dense weights only; version 3: a module tree over the leaves
 RESERVED_KEY = "_packed"
 ENCODINGS = ("dense", "sparse_mask", "sparse_gaps")  # in order of preference when sizes tie
 _PREAMBLE = struct.Struct("<4sHIQ")  # magic, version, header_len, data_len
@@ -394,21 +406,56 @@ def _spec_of(index: int, module: nn.Module, quant: QuantSpec | None, blobs: _Blo
 # ----------------------------------------------------------------------------------------------- saving
 
 
+def is_flat(model: nn.Module) -> bool:
+    """Whether ``model`` is a Sequential of supported leaf modules (stored without a module tree)."""
+    return type(model) is nn.Sequential and all(type(m) in SUPPORTED_TYPES.values() for m in model)
+
+
+def packed_leaves(model: nn.Module) -> list[nn.Module]:
+    """The modules a packed file stores one spec for, in file order (the keys of ``quant`` index this list)."""
+    if is_flat(model):
+        return list(model)
+    if type(model) in SUPPORTED_TYPES.values():
+        return [model]
+    return [leaf for child in model.children() for leaf in packed_leaves(child)]
+
+
+def _tree_of(module: nn.Module, leaves: list[nn.Module], name: str = "") -> dict[str, Any] | int:
+    if type(module) in SUPPORTED_TYPES.values():
+        return next(i for i, leaf in enumerate(leaves) if leaf is module)
+    if list(module.parameters(recurse=False)) or list(module.buffers(recurse=False)):
+        raise ValueError(f"module {name or '<root>'!r} ({type(module).__name__}) holds its own tensors and cannot be "
+                         f"stored in a packed file; supported leaf types: {', '.join(sorted(SUPPORTED_TYPES))}")
+    attrs = {}
+    for key, value in vars(module).items():
+        if key.startswith("_") or key == "training":
+            continue
+        try:
+            json.dumps(value)
+        except (TypeError, ValueError):
+            continue
+        attrs[key] = value
+    cls = type(module)
+    dotted = f"{cls.__module__}.{cls.__qualname__}"
+    try:
+        importable = _import_class(dotted) is cls
+    except (ImportError, AttributeError):
+        importable = False
+    if not importable:
+        raise ValueError(f"module {name or '<root>'!r} ({cls.__name__}) cannot be stored in a packed file: its class "
+                         f"is not importable as {dotted!r} (define it at module level); supported leaf types: "
+                         f"{', '.join(sorted(SUPPORTED_TYPES))}")
+    return {"class": dotted, "attrs": attrs,
+            "children": [[child_name, _tree_of(child, leaves, f"{name}.{child_name}" if name else child_name)]
+                         for child_name, child in module.named_children()]}
+
+
 def _check_model(model: nn.Module, quant: dict[int, QuantSpec]) -> None:
-    if not isinstance(model, nn.Sequential):
-        raise ValueError(f"save_packed needs an nn.Sequential, got {type(model).__name__}")
-    modules = list(model)
-    for index, module in enumerate(modules):
-        if type(module) not in SUPPORTED_TYPES.values():
-            raise ValueError(
-                f"module {index} ({type(module).__name__}) cannot be stored in a packed file; supported "
-                "module types (exact classes, no subclasses or nested containers): "
-                f"{', '.join(sorted(SUPPORTED_TYPES))}"
-            )
+    modules = packed_leaves(model)
     for index, spec in quant.items():
         if not isinstance(index, int) or not 0 <= index < len(modules):
-            raise ValueError(f"quant key {index!r} is not a module index of the Sequential "
-                             f"(0..{len(modules) - 1})")
+            raise ValueError(f"quant key {index!r} is not a module index of the Sequential or of the stored "
+                             f"leaves (0..{len(modules) - 1})")
         if type(modules[index]) not in (nn.Linear, nn.Conv2d):
             raise ValueError(f"quant key {index}: module {index} is a {type(modules[index]).__name__}, "
                              "only Linear and Conv2d weights can be quantised")
@@ -444,14 +491,16 @@ def _atomic_write(path: Path, parts: list[bytes]) -> None:
         os.close(dir_fd)
 
 
-def save_packed(model: nn.Sequential, path: PathLike, quant: dict[int, QuantSpec] | None = None,
+def save_packed(model: nn.Module, path: PathLike, quant: dict[int, QuantSpec] | None = None,
                 metadata: dict | None = None) -> int:
     """Write ``model`` to ``path`` atomically in the packed format; returns the number of bytes written.
 
     Args:
-        model: an ``nn.Sequential`` of the supported module types (:data:`SUPPORTED_TYPES`).
-        quant: module index -> :class:`QuantSpec` for the Linear/Conv2d layers stored as packed integer codes
-            (weights off the grid are rounded to it with ``floor(w / step + 0.5)``).
+        model: an ``nn.Sequential`` of the supported module types (:data:`SUPPORTED_TYPES`), or any module tree
+            whose leaves are of those types (stored with a module tree, format version 3).
+        quant: module index (position in :func:`packed_leaves`) -> :class:`QuantSpec` for the Linear/Conv2d
+            layers stored as packed integer codes (weights off the grid are rounded to it with
+            ``floor(w / step + 0.5)``).
         metadata: JSON-serialisable dict stored in the header and returned by :func:`load_packed`.
 
     Raises:
@@ -463,13 +512,17 @@ def save_packed(model: nn.Sequential, path: PathLike, quant: dict[int, QuantSpec
         raise ValueError(f"metadata key {RESERVED_KEY!r} is reserved for the packed format")
     _check_model(model, quant)
     blobs = _BlobWriter()
-    specs = [_spec_of(i, m, quant.get(i), blobs) for i, m in enumerate(model)]
+    leaves = packed_leaves(model)
+    specs = [_spec_of(i, m, quant.get(i), blobs) for i, m in enumerate(leaves)]
+    content: dict[str, Any] = {"modules": specs, "metadata": metadata}
+    version = FORMAT_VERSION
+    if not is_flat(model):
+        content["tree"], version = _tree_of(model, leaves), TREE_VERSION
     try:
-        header = json.dumps({"modules": specs, "metadata": metadata}, allow_nan=True,
-                            separators=(",", ":")).encode("utf-8")
+        header = json.dumps(content, allow_nan=True, separators=(",", ":")).encode("utf-8")
     except (TypeError, ValueError) as error:
         raise ValueError(f"metadata is not JSON-serialisable: {error}") from error
-    body = _PREAMBLE.pack(MAGIC, FORMAT_VERSION, len(header), blobs.size) + header
+    body = _PREAMBLE.pack(MAGIC, version, len(header), blobs.size) + header
     crc = zlib.crc32(body)
     for part in blobs.parts:
         crc = zlib.crc32(part, crc)
@@ -670,8 +723,52 @@ def _module_fail(path: Path, index: int, spec: Any) -> Callable[[str], PackedFor
     return fail
 
 
-def load_packed(path: PathLike) -> tuple[nn.Sequential, dict]:
-    """Read a packed file (format version 1 or 2); returns the model (in eval mode) and its metadata.
+def _import_class(dotted: str) -> type:
+    import importlib
+
+    module_name, _, qualname = dotted.rpartition(".")
+    while module_name:
+        try:
+            owner: Any = importlib.import_module(module_name)
+            break
+        except ImportError:
+            module_name, _, head = module_name.rpartition(".")
+            qualname = f"{head}.{qualname}"
+    else:
+        raise ImportError(f"cannot import {dotted!r}")
+    for part in qualname.split("."):
+        owner = getattr(owner, part)
+    return owner
+
+
+def _build_tree(node: Any, leaves: list[nn.Module], path: Path) -> nn.Module:
+    if isinstance(node, int) and not isinstance(node, bool):
+        if not 0 <= node < len(leaves):
+            raise PackedFormatError(f"{path}: module tree names leaf {node}, the file has {len(leaves)}")
+        return leaves[node]
+    if not isinstance(node, dict) or not isinstance(node.get("class"), str):
+        raise PackedFormatError(f"{path}: malformed module tree node {str(node)[:80]!r}")
+    try:
+        cls = _import_class(node["class"])
+    except (ImportError, AttributeError) as error:
+        raise PackedFormatError(f"{path}: the model's class {node['class']!r} cannot be imported ({error}); "
+                                "import the package that defines it first") from error
+    if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
+        raise PackedFormatError(f"{path}: {node['class']!r} is not an nn.Module class")
+    module = cls.__new__(cls)
+    nn.Module.__init__(module)
+    for key, value in dict(node.get("attrs") or {}).items():
+        setattr(module, key, value)
+    for name, child in node.get("children") or []:
+        module.add_module(str(name), _build_tree(child, leaves, path))
+    return module
+
+
+def load_packed(path: PathLike) -> tuple[nn.Module, dict]:
+    """Read a packed file (format version 1, 2 or 3); returns the model (in eval mode) and its metadata.
+
+    Version-1/2 files hold an ``nn.Sequential``; version-3 files rebuild the stored module tree (its classes must
+    be importable: a zoo model's are, a user's model needs its package imported).
 
     The metadata is the dict given to :func:`save_packed` plus the reserved key ``"_packed"``:
     ``{"version": int (of the file), "bits": {module index: bits per stored value}, "steps": {module index:
@@ -705,6 +802,8 @@ def load_packed(path: PathLike) -> tuple[nn.Sequential, dict]:
             encodings[index] = weight.get("encoding", "dense")
     metadata = dict(header.get("metadata") or {})
     metadata[RESERVED_KEY] = {"version": version, "bits": bits, "steps": steps, "encodings": encodings}
+    if version >= TREE_VERSION and "tree" in header:
+        return _build_tree(header["tree"], modules, path).eval(), metadata
     return nn.Sequential(*modules).eval(), metadata
 
 
@@ -779,7 +878,7 @@ def packed_layer_info(path: PathLike) -> dict[int, dict[str, Any]]:
 
 
 __all__ = [
-    "ENCODINGS", "FORMAT_VERSION", "MAGIC", "PackedFormatError", "QuantSpec", "READABLE_VERSIONS",
+    "ENCODINGS", "FORMAT_VERSION", "MAGIC", "TREE_VERSION", "is_flat", "packed_leaves", "PackedFormatError", "QuantSpec", "READABLE_VERSIONS",
     "SUPPORTED_TYPES", "load_packed", "packed_layer_bits", "packed_layer_info", "save_packed",
     "sparse_weight_bytes",
 ]

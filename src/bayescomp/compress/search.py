@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import Any
 from dataclasses import dataclass, field
 
 import torch
@@ -56,15 +57,38 @@ def greedy_threshold_search(
     log: Callable[[str], None] | None = None,
 ) -> SearchResult:
     """Greedy search described in the module docstring; ``val_error()`` evaluates the model as currently masked."""
+
+    def error(plan: PruningPlan) -> float:
+        with masked(chain, plan):
+            return val_error()
+
+    return greedy_search(stats, lambda pruned: _plan(stats, chain, pruned), lambda plan: plan.weights_kept(chain),
+                         error, tolerance_pct, initial_fraction, log,
+                         lambda plan: f"arch {plan.kept_architecture(chain)}")
+
+
+def greedy_search(
+    stats: list[torch.Tensor],
+    make_plan: Callable[[list[int]], Any],
+    weights_kept: Callable[[Any], int],
+    error: Callable[[Any], float],
+    tolerance_pct: float,
+    initial_fraction: float = 0.125,
+    log: Callable[[str], None] | None = None,
+    describe: Callable[[Any], str] = lambda plan: "",
+) -> SearchResult:
+    """The greedy search over any grouping: ``stats[l]`` ranks the groups of unit ``l`` (a layer of a chain, or a
+    coupled channel group of a graph), ``make_plan(pruned)`` builds the plan that drops the ``pruned[l]`` groups
+    with the largest statistic in each unit (raising :class:`PruneError` if that empties something),
+    ``error(plan)`` is its validation error."""
     n_groups = [len(s) for s in stats]
     pruned = [0] * len(stats)
-    plan = _plan(stats, chain, pruned)
-    with masked(chain, plan):
-        base = val_error()
+    plan = make_plan(pruned)
+    base = error(plan)
     budget = base + tolerance_pct
     steps = [max(1, math.ceil(initial_fraction * n)) for n in n_groups]
-    frozen = [False] * len(stats)
-    current_error, kept = base, plan.weights_kept(chain)
+    frozen = [n == 0 for n in n_groups]
+    current_error, kept = base, weights_kept(plan)
     path = [{"weights_kept": kept, "val_error_pct": base, "pruned": list(pruned)}]
     while not all(frozen):
         best = None
@@ -74,16 +98,15 @@ def greedy_threshold_search(
             trial = list(pruned)
             trial[i] = min(n_groups[i], pruned[i] + steps[i])
             try:
-                trial_plan = _plan(stats, chain, trial)
+                trial_plan = make_plan(trial)
             except PruneError:
-                error = math.inf
+                trial_error = math.inf
             else:
-                with masked(chain, trial_plan):
-                    error = val_error()
-            if error <= budget:
-                gain = kept - trial_plan.weights_kept(chain)
+                trial_error = error(trial_plan)
+            if trial_error <= budget:
+                gain = kept - weights_kept(trial_plan)
                 if best is None or gain > best[0]:
-                    best = (gain, i, trial, trial_plan, error)
+                    best = (gain, i, trial, trial_plan, trial_error)
             elif steps[i] > 1:
                 steps[i] = max(1, steps[i] // 2)
             else:
@@ -91,12 +114,12 @@ def greedy_threshold_search(
         if best is None:
             continue
         _, i, pruned, plan, current_error = best
-        kept = plan.weights_kept(chain)
+        kept = weights_kept(plan)
         path.append({"weights_kept": kept, "val_error_pct": current_error, "pruned": list(pruned)})
         if pruned[i] >= n_groups[i]:
             frozen[i] = True
         if log:
-            log(f"  search: arch {plan.kept_architecture(chain)}  weights {kept}  val err {current_error:.2f}%")
+            log(f"  search: {describe(plan)}  weights {kept}  val err {current_error:.2f}%")
     return SearchResult(thresholds_for_counts(stats, pruned), plan, current_error, base, path)
 
 

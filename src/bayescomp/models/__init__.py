@@ -49,6 +49,6 @@ def create_model(
     return MODELS[name].builder(num_classes=num_classes, input_shape=tuple(input_shape), mean=mean, std=std)
 
 
-from bayescomp.models import lenet, vgg  # noqa: E402,F401  (registers the models)
+from bayescomp.models import lenet, resnet, vgg  # noqa: E402,F401  (registers the models)
 
 __all__ = ["MODELS", "ModelSpec", "create_model", "register_model"]

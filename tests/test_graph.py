@@ -1,0 +1,203 @@
+"""The dependency-graph compression path: residual additions, concatenations, batch norm, depthwise and grouped
+convolutions. Every pruned network is checked against the unpruned one with the pruned channels zeroed where they
+are read (an independent computation of what removal must give)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from bayescomp import bayesify, compress, fit
+from bayescomp.compress import CompressConfig, PruneError, UnsupportedModelError, prunable_modules
+from bayescomp.compress.graph import REDUCTIONS, DependencyGraph
+from bayescomp.compress.packed import load_packed, save_packed
+from bayescomp.models import MODELS, create_model
+from bayescomp.modules import Normalize
+from bayescomp.priors import PRIORS
+from bayescomp.priors.base import bayesian_layers, deterministic_mode
+from bayescomp.train import TrainConfig, evaluate
+
+
+class Branchy(nn.Module):
+    """A user's model: stem, a residual block, a depthwise-separable branch concatenated with a plain one, a
+    grouped conv, global pooling and a classifier."""
+
+    def __init__(self, in_channels: int = 1, num_classes: int = 10) -> None:
+        super().__init__()
+        self.normalize = Normalize((0.13,) * in_channels, (0.31,) * in_channels)
+        self.stem = nn.Conv2d(in_channels, 12, 3, padding=1)
+        self.stem_bn = nn.BatchNorm2d(12)
+        self.res1 = nn.Conv2d(12, 12, 3, padding=1, bias=False)
+        self.res1_bn = nn.BatchNorm2d(12)
+        self.res2 = nn.Conv2d(12, 12, 3, padding=1, bias=False)
+        self.res2_bn = nn.BatchNorm2d(12)
+        self.depthwise = nn.Conv2d(12, 12, 3, padding=1, groups=12)
+        self.pointwise = nn.Conv2d(12, 10, 1)
+        self.plain = nn.Conv2d(12, 6, 3, padding=1)
+        self.grouped = nn.Conv2d(16, 8, 3, padding=1, groups=2)
+        self.head = nn.Linear(16 + 8, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.relu(self.stem_bn(self.stem(self.normalize(x))))
+        x = F.relu(x + self.res2_bn(self.res2(F.relu(self.res1_bn(self.res1(x))))))
+        x = F.max_pool2d(x, 2)
+        both = torch.cat([F.relu(self.pointwise(F.relu(self.depthwise(x)))), F.relu(self.plain(x))], dim=1)
+        grouped = F.relu(self.grouped(both))
+        pooled = torch.cat([both, grouped], dim=1).mean(dim=(2, 3))
+        return self.head(pooled)
+
+
+def _noisy(model: nn.Module, prior: str = "gnj", seed: int = 0) -> nn.Module:
+    """A Bayesian copy with varied group statistics (as after training) and non-trivial batch-norm statistics."""
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        model.train()
+        model(torch.rand(32, *_input_shape(model)))
+    model.eval()
+    bayes = bayesify(model, prior)
+    generator = torch.Generator().manual_seed(seed)
+    for _, layer in bayesian_layers(bayes):
+        for name, param in layer.named_parameters():
+            if name in ("z_log_sigma2", "weight_log_sigma2"):
+                with torch.no_grad():
+                    param.copy_(torch.empty(param.shape).uniform_(-9.0, 3.0, generator=generator))
+    return bayes
+
+
+def _input_shape(model: nn.Module) -> tuple[int, int, int]:
+    first = next(m for m in model.modules() if isinstance(m, nn.Conv2d))
+    return (first.in_channels, 28, 28) if first.in_channels == 1 else (first.in_channels, 32, 32)
+
+
+def _graph_models() -> list[tuple[str, nn.Module]]:
+    models = [("branchy", Branchy())]
+    for key in sorted(MODELS):
+        model = create_model(key, 10, (3, 32, 32), (0.5,) * 3, (0.25,) * 3)
+        if not isinstance(model, nn.Sequential):
+            models.append((key, model))
+    return models
+
+
+@pytest.mark.parametrize("reduce", REDUCTIONS)
+@pytest.mark.parametrize("name,model", _graph_models(), ids=lambda v: v if isinstance(v, str) else "")
+def test_pruned_network_equals_masked_network(name, model, reduce):
+    bayes = _noisy(model)
+    x = torch.rand(8, *_input_shape(model))
+    with deterministic_mode(bayes):
+        graph = DependencyGraph(bayes, x, reduce)
+        stats = graph.stats()
+        assert stats, "no prunable group found"
+        keep = [s < torch.quantile(s.float(), 0.6) for s in stats]
+        keep = [k if k.any() else torch.ones_like(k) for k in keep]
+        small = graph.prune(keep)
+        with graph.masked(bayes, keep):
+            reference = bayes(x)
+    assert not any(True for _ in bayesian_layers(small))
+    assert torch.allclose(small(x), reference, atol=1e-5), (small(x) - reference).abs().max()
+    kept = sum(m.weight.numel() for m in prunable_modules(small))
+    dense = sum(m.weight.numel() for m in prunable_modules(graph.plain))
+    assert kept == graph.weights_kept(keep) < dense
+    names, plan = graph.layer_keeps(keep)  # the per-layer keeps describe the pruned shapes
+    for layer_name, keep_in, keep_out in zip(names, plan.in_keep, plan.out_keep):
+        module = small.get_submodule(layer_name)
+        assert module.weight.shape[0] == int(keep_out.sum())
+        assert (module.in_features if isinstance(module, nn.Linear) else module.in_channels) == int(keep_in.sum())
+    last = graph.outputs[0]
+    assert small.get_submodule(last).weight.shape[0] == 10  # the classes stay
+
+
+def test_group_statistic_reduces_the_members_log_alpha():
+    bayes = _noisy(Branchy())
+    graph = DependencyGraph(bayes, torch.rand(2, 1, 28, 28), "min")
+    mean_graph = DependencyGraph(bayes, torch.rand(2, 1, 28, 28), "mean")
+    layers = dict(bayesian_layers(bayes))
+    stem_group = next(g for g in graph.groups if any(m.layer == "res2" and m.side == "out" for m in g.members))
+    # the residual stream: stem and res2 write it, and the depthwise conv (whose filter c reads only channel c)
+    # is coupled to it, so a channel goes only when all three posteriors say so
+    writers = torch.stack([layers[n].group_log_alpha().detach().double() for n in ("stem", "res2", "depthwise")])
+    assert {m.layer for m in stem_group.members if m.side == "out"} == {"stem", "res2", "depthwise"}
+    assert torch.allclose(stem_group.stat, writers.min(dim=0).values)
+    mean_group = next(g for g in mean_graph.groups if g.root == stem_group.root)
+    assert torch.allclose(mean_group.stat, writers.mean(dim=0))
+    # channels read by the grouped conv are kept whole: removing them must keep its groups equal in size
+    blocked = [g for g in graph.groups if any(m.layer == "grouped" for m in g.members)]
+    assert blocked and all(not g.prunable for g in blocked)
+
+
+def test_kept_variances_follow_the_surgery():
+    bayes = _noisy(create_model("resnet20", 10, (3, 32, 32), (0.5,) * 3, (0.25,) * 3))
+    result = compress(bayes, None, CompressConfig(thresholds=-2.0), example_input=torch.rand(2, 3, 32, 32))
+    layers = dict(bayesian_layers(bayes))
+    for name, keep_in, keep_out, module in zip(result.layer_names, result.plan.in_keep, result.plan.out_keep,
+                                               prunable_modules(result.model)):
+        mean = layers[name].posterior_mean_weight().detach()[keep_out][:, keep_in]
+        assert torch.equal(module.weight.detach(), mean)
+    assert result.weights_kept < result.weights_dense
+    assert len(result.bits_per_layer) == len(result.layer_names)
+    assert result.stat_names and len(result.thresholds) == len(result.stat_names)
+
+
+def test_thresholds_that_prune_everything_raise_and_change_nothing():
+    bayes = _noisy(Branchy())
+    before = {k: v.clone() for k, v in bayes.state_dict().items()}
+    with pytest.raises(PruneError, match="every channel"):
+        compress(bayes, None, CompressConfig(thresholds=-1e9), example_input=torch.rand(2, 1, 28, 28))
+    assert all(torch.equal(before[k], v) for k, v in bayes.state_dict().items())
+    with pytest.raises(ValueError, match="one per coupled channel group"):
+        compress(bayes, None, CompressConfig(thresholds=[0.0] * 9), example_input=torch.rand(2, 1, 28, 28))
+
+
+def test_unsupported_layers_are_named():
+    class WithEmbedding(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(1, 4, 3)
+            self.table = nn.Embedding(10, 4)
+
+        def forward(self, x):
+            return self.conv(x).mean(dim=(2, 3)) + self.table.weight[0]
+
+    with pytest.raises(UnsupportedModelError, match="'table'.*Embedding"):
+        DependencyGraph(WithEmbedding(), torch.rand(2, 1, 8, 8))
+    with pytest.raises(UnsupportedModelError, match="example input"):
+        compress(_noisy(Branchy()), None, CompressConfig(thresholds=0.0))
+
+
+@pytest.mark.parametrize("prior", sorted(PRIORS))
+def test_every_prior_compresses_a_residual_model(prior):
+    bayes = _noisy(Branchy(), prior)
+    x = torch.rand(4, 1, 28, 28)
+    result = compress(bayes, None, CompressConfig(thresholds=0.0), example_input=x)
+    graph = result.graph
+    keep = graph.keep_from_thresholds(result.thresholds)
+    with deterministic_mode(bayes), graph.masked(bayes, keep):
+        reference = bayes(x)
+    assert torch.allclose(result.model(x), reference, atol=1e-5)
+
+
+def test_user_residual_model_end_to_end(mnist_small, tmp_path):
+    """A user-defined model with a residual block, concatenations, a depthwise and a grouped conv: dense
+    training, Bayesian training, the threshold search, the small plain model and its packed file."""
+    torch.manual_seed(0)
+    model = Branchy()
+    fit(model, mnist_small, TrainConfig(epochs=2, lr=3e-3, batch_size=64), progress=False, log=lambda *_: None)
+    bayes = bayesify(model, "gnj")
+    fit(bayes, mnist_small, TrainConfig(epochs=2, lr=3e-3, batch_size=64, lr_scales={"z_log_sigma2": 10.0}),
+        progress=False, log=lambda *_: None)
+    config = CompressConfig(tolerance_pct=1.0)
+    result = compress(bayes, mnist_small.val, config)
+    assert isinstance(result.model, Branchy) and not any(True for _ in bayesian_layers(result.model))
+    assert result.weights_kept < result.weights_dense
+    base = result.base_val_error_pct
+    assert evaluate(result.model, mnist_small.val)["error_pct"] <= base + config.tolerance_pct + 1e-9
+    x = mnist_small.val.example(16)
+    keep = result.graph.keep_from_thresholds(result.thresholds)
+    with deterministic_mode(bayes), result.graph.masked(bayes, keep):
+        assert torch.allclose(result.model(x), bayes(x), atol=1e-5)
+    path = tmp_path / "branchy.bcz"
+    save_packed(result.quantized_model, path)
+    loaded, meta = load_packed(path)
+    assert type(loaded) is Branchy and meta["_packed"]["version"] == 3
+    assert torch.equal(loaded(x), result.quantized_model(x))
