@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import sys
 from pathlib import Path
 
 from bayescomp.checkpoint import CheckpointError
 from bayescomp.compress import CompressConfig, PruneError, UnsupportedModelError
+from bayescomp.compress.packed import PackedFormatError
 from bayescomp.data import DataError
+from bayescomp.export import ExportError
 from bayescomp.models import MODELS
 from bayescomp.priors import PRIORS
 from bayescomp.train import NonFiniteLossError, TrainConfig
@@ -17,7 +20,7 @@ from bayescomp.train import NonFiniteLossError, TrainConfig
 METHODS = (*sorted(PRIORS), "magnitude", "self")
 
 KNOWN_ERRORS = (DataError, PruneError, UnsupportedModelError, NonFiniteLossError, CheckpointError, ValueError,
-                FileNotFoundError)
+                FileNotFoundError, PackedFormatError, ExportError)
 
 
 def _floats(text: str) -> list[float] | float | str:
@@ -84,7 +87,19 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--no-plots", action="store_true", help="skip the plots")
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
     run.add_argument("--restart", action="store_true", help="discard an existing run in --run-dir and start over")
+    run.add_argument("--nproc", type=int, default=1,
+                     help="data-parallel processes (torchrun; gloo on CPU, nccl on GPU); --batch-size stays the "
+                          "global batch, split across the processes")
     _add_hyper_parser(sub)
+    exp = sub.add_parser("export", help="export a run's compressed model (checked against PyTorch on test images)",
+                         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    exp.add_argument("run_dir", help="the run directory written by `bayescomp run`")
+    exp.add_argument("--format", required=True, choices=("onnx", "torchscript", "torch_export", "packed"),
+                     help="onnx (run by onnxruntime), torchscript, torch_export (.pt2) or packed (.bcz)")
+    exp.add_argument("--out", default=None, help="output file (default: RUN_DIR/compressed.<suffix>)")
+    exp.add_argument("--onnx-exporter", choices=("dynamo", "torchscript"), default="dynamo",
+                     help="torch.onnx exporter")
+    exp.add_argument("--data-dir", default=None, help="folder with the data sets (default: the run's)")
     rep = sub.add_parser("report", help="print the report of a finished run")
     rep.add_argument("run_dir", help="the run directory written by `bayescomp run`")
     rep.add_argument("--json", action="store_true", help="print the JSON instead of markdown")
@@ -225,6 +240,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     from bayescomp.pipeline import RunConfig, run
     from bayescomp.report import render_markdown
 
+    if args.nproc < 1:
+        raise ValueError(f"--nproc must be at least 1, got {args.nproc}")
+    if args.nproc > 1 and "LOCAL_RANK" not in os.environ:  # re-run this command under torchrun
+        from bayescomp.distributed import relaunch_with_torchrun
+
+        return relaunch_with_torchrun(args.nproc, _without_nproc(args.argv))
+
     data = args.data or (MODELS[args.model].default_data if args.model in MODELS else "mnist")
     options = {"clip_var": args.clip_var, "tau0": args.tau0, "sparsity": args.sparsity, "scope": args.scope,
                "rounds": args.rounds, "structured": args.structured or None}
@@ -250,6 +272,27 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _without_nproc(argv: list[str]) -> list[str]:
+    out, skip = [], False
+    for item in argv:
+        if skip:
+            skip = False
+        elif item == "--nproc":
+            skip = True
+        elif not item.startswith("--nproc="):
+            out.append(item)
+    return out
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from bayescomp.export import export_run
+
+    result = export_run(args.run_dir, args.format, args.out, args.data_dir, args.onnx_exporter)
+    print(f"wrote {result['path']} ({result['bytes']:,} bytes); outputs match PyTorch on {result['check_examples']} "
+          f"test images within {result['max_abs_diff']:.2g} (max abs difference of the logits)")
+    return 0
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     import json
 
@@ -267,6 +310,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "hyper":
             return cmd_hyper(args)
+        if args.command == "export":
+            return cmd_export(args)
         return cmd_run(args) if args.command == "run" else cmd_report(args)
     except KeyboardInterrupt:
         print("\ninterrupted; run the same command again to resume from the last completed epoch",
