@@ -138,6 +138,10 @@ def build_report(config, data, dense, model, result: CompressionResult, history,
         "kept_architecture": _arch(result.architecture_kept),
         "layers": result.layer_names,
         "thresholds": result.thresholds,
+        "compression_path": "chain" if result.stat_names is None else "graph",
+        "coupled_groups": None if result.stat_names is None else [
+            {"root": name, "channels": int(stat.numel()), "kept": int((stat < threshold).sum())}
+            for name, stat, threshold in zip(result.stat_names, result.log_alpha, result.thresholds)],
         "weights_dense": result.weights_dense,
         "weights_kept": result.weights_kept,
         "kept_weight_fraction": result.weights_kept / result.weights_dense,

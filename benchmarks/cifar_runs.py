@@ -1,0 +1,75 @@
+"""CIFAR-10 runs: ResNet-20/56 (and VGG-16) compressed end to end with BC-GNJ or BC-GHS, published with the results
+contract plus ``onnx_max_abs_diff`` (the compressed model exported to ONNX and run by onnxruntime on 64 test images).
+
+The defaults are the zoo's schedules (``bayescomp.pipeline.DEFAULT_SCHEDULES``: 60 dense + 30 or 60 Bayesian
+epochs), meant for a GPU; ``--dense-epochs`` / ``--epochs`` shorten them for a CPU. A finished or interrupted run in
+``--run-dir`` is resumed, not redone. Usage::
+
+    python benchmarks/cifar_runs.py --model resnet20 --method gnj --dense-epochs 8 --epochs 6   # the 2-core CPU run
+    python benchmarks/cifar_runs.py --model vgg16 --method gnj --device cuda                     # the paper's VGG-16
+    python benchmarks/cifar_runs.py --model vgg16 --method ghs --device cuda
+
+Writes ``benchmarks/results/<model>_cifar10_<method>.{json,md,bcz}`` and the run's plots.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+from dataclasses import replace
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import publish, this_command  # noqa: E402
+
+from bayescomp.compress import CompressConfig  # noqa: E402
+from bayescomp.compress.packed import load_packed  # noqa: E402
+from bayescomp.data import load_dataset  # noqa: E402
+from bayescomp.export import export_model  # noqa: E402
+from bayescomp.pipeline import RunConfig, run  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="resnet20", choices=("resnet20", "resnet56", "vgg16"))
+    parser.add_argument("--method", default="gnj", choices=("gnj", "ghs"))
+    parser.add_argument("--dense-epochs", type=int, default=None)
+    parser.add_argument("--epochs", type=int, default=None)
+    parser.add_argument("--tolerance", type=float, default=0.5, help="search tolerance, points of validation error")
+    parser.add_argument("--search-val-size", type=int, default=2000, help="validation images used by the search")
+    parser.add_argument("--run-dir", default=None)
+    parser.add_argument("--device", default=None, help="training device (cpu, cuda); default: cuda if available")
+    parser.add_argument("--hardware", default=None, help="what the run ran on, for the result file")
+    args = parser.parse_args()
+
+    config = RunConfig(model=args.model, data="cifar10", method=args.method,
+                       compress=CompressConfig(tolerance_pct=args.tolerance, bits_reduce="max",
+                                               search_val_size=args.search_val_size))
+    if args.dense_epochs is not None:
+        config.dense = replace(config.dense, epochs=args.dense_epochs)
+    if args.epochs is not None:
+        config.bayes = replace(config.bayes, epochs=args.epochs)
+    run_dir = Path(args.run_dir or f"runs/cifar/{args.model}_cifar10_{args.method}")
+    kwargs = {} if args.device is None else {"device": args.device}
+    report = run(config, run_dir, progress=False, command=this_command(), **kwargs)
+
+    model, _ = load_packed(run_dir / "compressed.bcz")
+    images = load_dataset("cifar10", test_subset=64).test.example(64)
+    with tempfile.TemporaryDirectory() as tmp:
+        exported = export_model(model, "onnx", Path(tmp) / "compressed.onnx", images)
+    extra = {"onnx_max_abs_diff": exported["max_abs_diff"], "onnx_max_rel_diff": exported["max_rel_diff"],
+             "hardware": args.hardware or f"{os.cpu_count()}-core CPU" + (f", {args.device}" if args.device else ""),
+             "dense_epochs": config.dense.epochs, "epochs": config.bayes.epochs}
+    path = publish(report, run_dir, extra)
+    print(f"{args.model} {args.method}: test error {report['test_error_pct']:.2f}% (dense "
+          f"{report['dense_test_error_pct']:.2f}%), {report['compression_architecture']:.1f}x architecture, "
+          f"{report['compression_bits']:.1f}x with bits, ONNX max |diff| {exported['max_abs_diff']:.1e}; wrote {path}")
+    print(json.dumps({k: report[k] for k in ("kept_architecture", "flops_dense", "flops_compressed")}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
