@@ -67,7 +67,9 @@ def _noisy(model: nn.Module, prior: str = "gnj", seed: int = 0) -> nn.Module:
 
 
 def _input_shape(model: nn.Module) -> tuple[int, int, int]:
-    first = next(m for m in model.modules() if isinstance(m, nn.Conv2d))
+    first = next(m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear)))
+    if isinstance(first, nn.Linear):
+        return (1, 28, 28)
     return (first.in_channels, 28, 28) if first.in_channels == 1 else (first.in_channels, 32, 32)
 
 
@@ -201,3 +203,22 @@ def test_user_residual_model_end_to_end(mnist_small, tmp_path):
     loaded, meta = load_packed(path)
     assert type(loaded) is Branchy and meta["_packed"]["version"] == 3
     assert torch.equal(loaded(x), result.quantized_model(x))
+
+
+@pytest.mark.parametrize("search", ["greedy", "global"])
+def test_searches_keep_the_validation_error_within_tolerance(search, mnist_small):
+    """Both searches on the residual model and on a chain: the chosen network's validation error (on the search's
+    own split) is within the tolerance of the unpruned posterior mean's, and something is pruned."""
+    torch.manual_seed(0)
+    for model in (Branchy(), create_model("lenet300", 10, (1, 28, 28), [0.13], [0.31])):
+        fit(model, mnist_small, TrainConfig(epochs=1, lr=3e-3, batch_size=64), progress=False, log=lambda *_: None)
+        bayes = _noisy(model)
+        config = CompressConfig(tolerance_pct=2.0, search=search)
+        result = compress(bayes, mnist_small.val, config)
+        with deterministic_mode(bayes):
+            assert result.base_val_error_pct == pytest.approx(evaluate(bayes, mnist_small.val)["error_pct"])
+        pruned_error = evaluate(result.model, mnist_small.val)["error_pct"]
+        assert pruned_error <= result.base_val_error_pct + 2.0 + 1e-9
+        assert result.weights_kept < result.weights_dense
+    with pytest.raises(ValueError, match="unknown search"):
+        CompressConfig(search="random")

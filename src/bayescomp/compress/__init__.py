@@ -17,11 +17,14 @@ from bayescomp.compress.masks import (
     PruneError, PruningPlan, full_architecture, group_keep_from_thresholds, group_statistics, masked, propagate,
 )
 from bayescomp.compress.precision import LayerPrecision, layer_precisions, quantize_fixed_point
-from bayescomp.compress.search import greedy_threshold_search
+from bayescomp.compress.search import global_threshold_search, greedy_threshold_search
 from bayescomp.compress.shrink import kept_weight_variances, shrink
 from bayescomp.data import TensorData
 from bayescomp.priors.base import deterministic_mode
 from bayescomp.train import evaluate
+
+
+SEARCHES = ("auto", "greedy", "global")
 
 
 @dataclass
@@ -48,6 +51,9 @@ class CompressConfig:
         graph_reduce: for networks that are not chains, how the statistics of the layers sharing a channel
             combine: ``"min"`` (drop it only when every layer's posterior says so) or ``"mean"``
             (see :mod:`bayescomp.compress.graph`).
+        search: ``"greedy"`` (per-layer thresholds, see :mod:`bayescomp.compress.search`), ``"global"`` (one
+            threshold for all, by bisection: a few evaluations, for deep networks) or ``"auto"``: greedy for chains,
+            global for graphs with more than 8 coupled groups (a ResNet-20 has 12).
     """
 
     thresholds: list[float] | float | str | None = None
@@ -59,6 +65,11 @@ class CompressConfig:
     search_range_pct: float = 3.0
     fold_empty_units: bool = True
     graph_reduce: str = "min"
+    search: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.search not in SEARCHES:
+            raise ValueError(f"unknown search {self.search!r}; use {', '.join(SEARCHES)}")
 
 
 @dataclass
@@ -187,9 +198,18 @@ def compress(model: nn.Module, val: TensorData | None, config: CompressConfig | 
             if val is None:
                 raise ValueError("the automatic threshold search needs validation data")
             subset = val if config.search_val_size is None else val.subset(config.search_val_size, seed=0)
-            result = greedy_threshold_search(
-                chain, stats, lambda: evaluate(model, subset)["error_pct"], config.tolerance_pct, log=log
-            )
+            if config.search == "global":
+                def error(plan: PruningPlan) -> float:
+                    with masked(chain, plan):
+                        return evaluate(model, subset)["error_pct"]
+
+                result = global_threshold_search(
+                    stats, lambda t: propagate(chain, group_keep_from_thresholds(stats, t)),
+                    lambda plan: plan.weights_kept(chain), error, config.tolerance_pct, log)
+            else:
+                result = greedy_threshold_search(
+                    chain, stats, lambda: evaluate(model, subset)["error_pct"], config.tolerance_pct, log=log
+                )
             plan, thresholds, path, base = result.plan, result.thresholds, result.path, result.base_val_error_pct
         else:
             plan, thresholds = plan_from_thresholds(chain, thresholds)
@@ -255,18 +275,21 @@ def compress_graph(model: nn.Module, val: TensorData | None, config: CompressCon
             subset = val if config.search_val_size is None else val.subset(config.search_val_size, seed=0)
 
             def make(pruned: list[int]) -> list[torch.Tensor]:
-                keep = graph.keep_from_thresholds(thresholds_for_counts(stats, pruned))
-                for group, mask in zip(graph.prunable_groups, keep):
-                    if not bool(mask.any()):
-                        raise PruneError(f"group {group.root!r} would lose every channel")
-                return keep
+                return make_keep(graph, thresholds_for_counts(stats, pruned))
 
             def error(keep: list[torch.Tensor]) -> float:
                 with graph.masked(model, keep):
                     return evaluate(model, subset)["error_pct"]
 
-            found = greedy_search(stats, make, graph.weights_kept, error, config.tolerance_pct, log=log,
-                                  describe=lambda keep: f"channels {[int(k.sum()) for k in keep]}")
+            def describe(keep: list[torch.Tensor]) -> str:
+                return f"channels {[int(k.sum()) for k in keep]}"
+
+            if config.search == "global" or (config.search == "auto" and len(stats) > 8):
+                found = global_threshold_search(stats, lambda t: make_keep(graph, t), graph.weights_kept, error,
+                                                config.tolerance_pct, log, describe)
+            else:
+                found = greedy_search(stats, make, graph.weights_kept, error, config.tolerance_pct, log=log,
+                                      describe=describe)
             keep, thresholds, path, base = found.plan, found.thresholds, found.path, found.base_val_error_pct
         else:
             if thresholds is None:
@@ -305,6 +328,15 @@ def compress_graph(model: nn.Module, val: TensorData | None, config: CompressCon
         stat_names=[g.root for g in graph.prunable_groups],
         graph=graph,
     )
+
+
+def make_keep(graph, thresholds: list[float]) -> list[torch.Tensor]:
+    """Per-group keep masks for ``thresholds``; :class:`PruneError` if a group would lose every channel."""
+    keep = graph.keep_from_thresholds(thresholds)
+    for group, mask in zip(graph.prunable_groups, keep):
+        if not bool(mask.any()):
+            raise PruneError(f"group {group.root!r} would lose every channel")
+    return keep
 
 
 def _weight_count(model: nn.Module) -> int:
