@@ -239,15 +239,94 @@ def hyper_section() -> list[str]:
     return lines + [""]
 
 
+def cifar_section(runs: list[dict]) -> list[str]:
+    """CIFAR-10 runs (benchmarks/cifar_runs.py): networks with residual connections go through the graph path."""
+    cifar = [r for r in runs if r["data"] == "cifar10"]
+    if not cifar:
+        return []
+    lines = ["### CIFAR-10: ResNet-20 (dependency-graph path) and VGG-16", "",
+             "From `python benchmarks/cifar_runs.py` (command per row below). Errors on the 10,000 test images; "
+             "× architecture = all weights / weights kept; × bits adds the per-layer bit widths; ONNX = max |logit "
+             "difference| of the compressed model exported to ONNX and run by onnxruntime, on 64 test images.", "",
+             "| model | method | hardware | dense epochs | Bayesian epochs | dense error | compressed error | "
+             "× architecture | × bits | × file | FLOPs dense → compressed | latency b1 / b256 (ms, dense → compressed) "
+             "| ONNX max abs diff |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in cifar:
+        lat = r.get("latency_ms") or {}
+        latency = "–"
+        if lat.get("dense") and lat.get("compressed"):
+            latency = (f"{lat['dense'].get('batch1', float('nan')):.1f} → {lat['compressed'].get('batch1', float('nan')):.1f}"
+                       f" / {lat['dense'].get('batch256', float('nan')):.0f} → "
+                       f"{lat['compressed'].get('batch256', float('nan')):.0f}")
+        lines.append(
+            f"| {r['model']} | {r['method']} | {r.get('hardware', '–')} | {r.get('dense_epochs')} | {r.get('epochs')} | "
+            f"{r['dense_test_error_pct']:.2f} % | {r['test_error_pct']:.2f} % | {r['compression_architecture']:.1f} | "
+            f"{r['compression_bits']:.1f} | {r['compression_file']:.1f} | {r['flops_dense']:,} → "
+            f"{r['flops_compressed']:,} | {latency} | {r.get('onnx_max_abs_diff', float('nan')):.1e} |")
+    lines += ["", "Commands: " + "; ".join(f"`{r['command']}`" for r in cifar), ""]
+    if not any(r["model"] == "vgg16" for r in cifar):
+        lines += ["VGG-16/CIFAR-10 (paper: BC-GNJ 8.6 % at 14x, BC-GHS 9.0 % at 18x) has not been run: no GPU was "
+                  "available to the sessions that built this; `python benchmarks/cifar_runs.py --model vgg16 --method "
+                  "gnj --device cuda` (and `--method ghs`) runs it.", ""]
+    return lines
+
+
+def onnx_section() -> list[str]:
+    """ONNX export of every zoo model (benchmarks/onnx_export.py)."""
+    records = [json.loads(p.read_text()) for p in sorted(RESULTS.glob("onnx_*.json"))]
+    if not records:
+        return []
+    lines = ["### ONNX export: every zoo model, equality with PyTorch and onnxruntime latency", "",
+             "From `python benchmarks/onnx_export.py`: each zoo model (dense, fresh weights) and each committed "
+             "compressed model exported with torch.onnx (dynamo), run by onnxruntime (CPU provider) on 64 test images "
+             "at two batch sizes. Max abs diff = largest |ONNX − PyTorch| logit difference; in brackets, the distance "
+             "of PyTorch float32 and of onnxruntime from the same network run in float64. Latency: median ms, 1 "
+             "thread.", "",
+             "| model | data | ONNX of | max abs diff (PyTorch vs f64, ORT vs f64) | ms batch 1 | ms batch 64 | "
+             "speed-up b1 / b64 |", "|---|---|---|---|---|---|---|"]
+    for r in records:
+        check = r["float64_check"]
+        dense = r["ort_latency_ms_dense"]
+        lines.append(f"| {r['model']} | {r['data']} | dense | {r['onnx_max_abs_diff']:.1e} "
+                     f"({check['torch_float32_vs_float64']:.1e}, {check['onnxruntime_vs_float64']:.1e}) | "
+                     f"{dense['batch1_threads1']:.3f} | {dense['batch64_threads1']:.2f} | – |")
+        for c in r["compressed"]:
+            check, lat = c["float64_check"], c["ort_latency_ms"]
+            lines.append(f"| {r['model']} | {r['data']} | {c['file']} | {c['onnx_max_abs_diff']:.1e} "
+                         f"({check['torch_float32_vs_float64']:.1e}, {check['onnxruntime_vs_float64']:.1e}) | "
+                         f"{lat['batch1_threads1']:.3f} | {lat['batch64_threads1']:.2f} | "
+                         f"{c['speedup']['batch1_threads1']:.1f}x / {c['speedup']['batch64_threads1']:.1f}x |")
+    worst = max(r["onnx_max_abs_diff_all"] for r in records)
+    over = [f"{r['model']}/{c['file']}" for r in records for c in r["compressed"] if c["onnx_max_abs_diff"] > 1e-5]
+    over += [f"{r['model']} dense" for r in records if r["onnx_max_abs_diff"] > 1e-5]
+    lines += ["", f"Largest difference over all exports: {worst:.1e}" + (
+        f"; above 1e-5: {', '.join(over)} (there PyTorch's own float32 result is as far from float64 as "
+        "onnxruntime's)." if over else " (every export within 1e-5)."), "",
+        "Commands: " + "; ".join(sorted({f"`{r['command']}`" for r in records})), ""]
+    return lines
+
+
+def ddp_section() -> list[str]:
+    """Data-parallel training (benchmarks/ddp.py)."""
+    records = [json.loads(p.read_text()) for p in sorted(RESULTS.glob("ddp_*.json"))]
+    lines = []
+    for r in records:
+        md = RESULTS / f"ddp_{r['model']}_{r['data']}.md"
+        if md.exists():
+            lines += ["### Data-parallel training (DDP, gloo)", "", md.read_text(), ""]
+    return lines
+
+
 def build() -> str:
     runs, costs = [], []
     for path in sorted(RESULTS.glob("*.json")):
         record = json.loads(path.read_text())
-        if path.name.startswith(("table1", "turbo_module_b", "turbo_exploration", "latency_compare", "cnn1-")) \
+        if path.name.startswith(("table1", "turbo_module_b", "turbo_exploration", "latency_compare", "cnn1-", "onnx_",
+                                 "ddp_")) \
                 or "_hyper" in path.name:
             continue
         (costs if path.name.startswith("epoch_cost_") else runs).append(record)
-    order = {"lenet300": 0, "lenet5": 1, "vgg16": 2}
+    order = {"lenet300": 0, "lenet5": 1, "vgg16": 2, "resnet20": 3, "resnet56": 4}
     runs.sort(key=lambda r: (order.get(r["model"], 9), r["method"]))
     parts = [START, "", "Generated by `python benchmarks/make_tables.py` from `benchmarks/results/*.json`.", ""]
     if runs or costs:
@@ -275,6 +354,9 @@ def build() -> str:
                   turbo_cost.read_text(), ""]
     parts += self_compression_section()
     parts += hyper_section()
+    parts += cifar_section(runs)
+    parts += onnx_section()
+    parts += ddp_section()
     if runs:
         parts += ["### Every run in detail", "", compression_table(runs), ""]
         parts += ["Commands: " + "; ".join(f"`{r['command']}`" for r in runs) + "", ""]
