@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from bayescomp import distributed as dist_utils
 from bayescomp.bayesify import bayesify, make_config
 from bayescomp.checkpoint import atomic_torch_save
 from bayescomp.compress import CompressConfig, CompressionResult, compress, prunable_modules, quantize_model
@@ -147,22 +148,34 @@ def build_dense(config: RunConfig, data: DataBundle) -> nn.Sequential:
 
 
 def dense_model(config: RunConfig, data: DataBundle, log=print, progress: bool = True) -> nn.Sequential:
-    """Train the plain network, or reuse the cached one trained with the same settings."""
+    """Train the plain network, or reuse the cached one trained with the same settings.
+
+    Data-parallel (torchrun): the ranks train it together; only rank 0 writes the cache, and a cache entry is
+    used only if every rank could read it, so that all ranks take the same branch.
+    """
     key = json.dumps({"model": config.model, "data": config.data, "dense": asdict(config.dense),
                       "val_size": config.val_size, "train_subset": config.train_subset}, sort_keys=True)
     path = cache_dir() / "dense" / f"{config.model}_{config.data}_{hashlib.sha1(key.encode()).hexdigest()[:12]}.pt"
     seed_everything(config.seed)
     model = build_dense(config, data)
+    loaded = False
     if path.exists():
         try:
             model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-            log(f"reusing cached dense model {path}")
-            return model
+            loaded = True
         except Exception as error:  # noqa: BLE001 - a bad cache entry is retrained, never trusted
             log(f"cached dense model {path} unreadable ({error}); retraining it")
+    if dist_utils.all_true(loaded):
+        log(f"reusing cached dense model {path}")
+        return model
+    if loaded:  # another rank could not read it: start from the same fresh model as that rank
+        seed_everything(config.seed)
+        model = build_dense(config, data)
     log(f"training the dense {config.model} on {config.data} ({config.dense.epochs} epochs)")
     fit(model, data, config.dense, checkpoint_path=path.with_suffix(".ckpt"), progress=progress, log=log)
-    atomic_torch_save(model.state_dict(), path)
+    if dist_utils.is_main():
+        atomic_torch_save(model.state_dict(), path)
+    dist_utils.barrier()
     return model
 
 
@@ -237,11 +250,45 @@ def save_compressed(result: CompressionResult, path: Path, metadata: dict[str, A
 
 def run(config: RunConfig, run_dir: str | Path, log=print, progress: bool = True, restart: bool = False,
         command: str | None = None) -> dict[str, Any]:
-    """Run the whole job into ``run_dir`` and return the report (also written as report.json / report.md)."""
-    from bayescomp.report import build_report, write_report  # local: report imports plotting lazily
+    """Run the whole job into ``run_dir`` and return the report (also written as report.json / report.md).
 
+    Under torchrun (``bayescomp run --nproc N``) the ranks train data-parallel; rank 0 searches the thresholds,
+    every rank reads its masks from its own posterior with them and they must agree (``report["ddp"]``), then
+    rank 0 alone compresses, writes the files and sends the report to the other ranks, which return it too.
+    """
     started = time.perf_counter()
+    dist_utils.init_from_env()
+    if dist_utils.is_distributed() and config.method in NON_PRIOR_METHODS:
+        raise ValueError(f"--method {config.method} does not support data-parallel training (--nproc > 1); "
+                         f"use one of the priors: {', '.join(sorted(PRIORS))}")
+    if not dist_utils.is_main():
+        log = lambda *_: None  # noqa: E731
     run_dir = Path(run_dir)
+    if dist_utils.is_main():
+        _prepare_run_dir(config, run_dir, restart, log)
+    dist_utils.barrier()
+    data = load_data(config)
+    log(f"data: {config.data} train {len(data.train)}, val {len(data.val)}, test {len(data.test)}")
+    dense = dense_model(config, data, log, progress)
+    dense_eval = evaluate(dense, data.test)
+    log(f"dense test error {dense_eval['error_pct']:.2f}%")
+
+    if config.method == "magnitude":
+        return _run_magnitude(config, run_dir, data, dense, dense_eval, started, log, progress, command)
+    if config.method == "self":
+        return _run_self(config, run_dir, data, dense, dense_eval, started, log, progress, command)
+    seed_everything(config.seed)
+    model = bayesify(dense, config.method, config.prior)
+    log(f"Bayesian training ({config.method}, {config.bayes.epochs} epochs)")
+    history = fit(model, data, config.bayes, checkpoint_path=run_dir / "bayes.ckpt", progress=progress, log=log)
+    if dist_utils.is_distributed():
+        return _finish_distributed(config, run_dir, data, dense, dense_eval, model, history, started, log,
+                                   progress, command)
+    return _finish(config, run_dir, data, dense, dense_eval, model, history, started, log, progress, command)
+
+
+def _prepare_run_dir(config: RunConfig, run_dir: Path, restart: bool, log) -> None:
+    """Check that ``run_dir`` holds no run with other settings (or clear it with ``restart``); write run.json."""
     run_dir.mkdir(parents=True, exist_ok=True)
     record_path = run_dir / "run.json"
     if record_path.exists() and not restart:
@@ -259,26 +306,50 @@ def run(config: RunConfig, run_dir: str | Path, log=print, progress: bool = True
         for name in ("bayes.ckpt", "bayes.ckpt.prev", "finetune.ckpt", "finetune.ckpt.prev"):
             (run_dir / name).unlink(missing_ok=True)
     record_path.write_text(json.dumps(config.to_dict(), indent=2))
-    data = load_data(config)
-    log(f"data: {config.data} train {len(data.train)}, val {len(data.val)}, test {len(data.test)}")
-    dense = dense_model(config, data, log, progress)
-    dense_eval = evaluate(dense, data.test)
-    log(f"dense test error {dense_eval['error_pct']:.2f}%")
 
-    if config.method == "magnitude":
-        return _run_magnitude(config, run_dir, data, dense, dense_eval, started, log, progress, command)
-    if config.method == "self":
-        return _run_self(config, run_dir, data, dense, dense_eval, started, log, progress, command)
-    seed_everything(config.seed)
-    model = bayesify(dense, config.method, config.prior)
-    log(f"Bayesian training ({config.method}, {config.bayes.epochs} epochs)")
-    history = fit(model, data, config.bayes, checkpoint_path=run_dir / "bayes.ckpt", progress=progress, log=log)
+
+def _finish_distributed(config: RunConfig, run_dir: Path, data: DataBundle, dense: nn.Module, dense_eval: dict,
+                        model: nn.Module, history, started: float, log, progress: bool,
+                        command: str | None) -> dict[str, Any]:
+    """After data-parallel training: rank 0 searches the thresholds, every rank derives its masks from its own
+    posterior with them, the masks must agree; then rank 0 compresses and reports alone (``local_only``) and
+    every rank returns rank 0's report."""
+    result = None
+    if dist_utils.is_main():
+        with dist_utils.local_only():
+            result = _compress(config, data, model, log, progress)
+    thresholds = dist_utils.broadcast(result.thresholds if result is not None else None)
+    digest = dist_utils.mask_digest(model, thresholds, data.val.example())
+    ddp = {"ranks": dist_utils.world_size(), "same_masks": dist_utils.all_equal(digest),
+           "backend": dist_utils.backend(), "mask_digest": digest}
+    if not ddp["same_masks"]:
+        raise RuntimeError(f"the ranks' posteriors give different masks with thresholds {thresholds}: "
+                           "data-parallel training went out of sync")
+    report = None
+    if dist_utils.is_main():
+        with dist_utils.local_only():
+            report = _finish(config, run_dir, data, dense, dense_eval, model, history, started, log, progress,
+                             command, result=result, ddp=ddp)
+    return dist_utils.broadcast(report)
+
+
+def _compress(config: RunConfig, data: DataBundle, model: nn.Module, log, progress: bool) -> CompressionResult:
+    if config.compress.finetune_search and config.finetune.epochs > 0:
+        return finetune_aware_compress(model, data, config, log)
+    return compress(model, data.val, config.compress, log=log if progress else None)
+
+
+def _finish(config: RunConfig, run_dir: Path, data: DataBundle, dense: nn.Module, dense_eval: dict,
+            model: nn.Module, history, started: float, log, progress: bool, command: str | None,
+            result: CompressionResult | None = None, ddp: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Compress the trained posterior (unless ``result`` is given), fine-tune, pack, measure and report: the
+    single-process tail of :func:`run`; ``ddp`` is recorded in the report."""
+    from bayescomp.report import build_report, write_report  # local: report imports plotting lazily
+
     bayes_eval = evaluate(model, data.test)
     log(f"Bayesian posterior-mean test error {bayes_eval['error_pct']:.2f}%; compressing")
-    if config.compress.finetune_search and config.finetune.epochs > 0:
-        result = finetune_aware_compress(model, data, config, log)
-    else:
-        result = compress(model, data.val, config.compress, log=log if progress else None)
+    if result is None:
+        result = _compress(config, data, model, log, progress)
     before_finetune = None
     if config.finetune.epochs > 0:
         before_finetune = evaluate(result.model, data.test)["error_pct"]
@@ -292,6 +363,8 @@ def run(config: RunConfig, run_dir: str | Path, log=print, progress: bool = True
     report = build_report(config, data, dense, model, result, history, dense_eval, bayes_eval,
                           file_bytes, run_dir, started, command or " ".join(sys.argv), git_commit())
     report["test_error_pct_pruned_before_finetune"] = before_finetune
+    if ddp is not None:
+        report["ddp"] = ddp
     write_report(report, run_dir, model=model, result=result, data=data, plots=config.plots)
     return report
 

@@ -4,6 +4,10 @@ One loop serves both: for a plain model the KL is zero and the loss is the cross
 any point resumes from the last completed epoch and ends exactly as an uninterrupted run would (the data order
 of epoch e comes from a generator seeded with (seed, e), and the global RNG state used for the posterior noise is
 checkpointed with the weights).
+
+Under ``torchrun`` (see :mod:`bayescomp.distributed`) the same loop trains data-parallel: ``batch_size`` stays the
+global batch, every rank draws the same global batches and takes its contiguous slice, and the gradient equals the
+single-process one (see :func:`_train_epoch`).
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from bayescomp import distributed as dist_utils
 from bayescomp.checkpoint import load_checkpoint, save_checkpoint
 from bayescomp.data import DataBundle, TensorData
 from bayescomp.objective import kl_weight, variational_loss
@@ -63,12 +68,20 @@ class TrainConfig:
             raise ValueError(f"unknown augment {self.augment!r}; use {' or '.join(AUGMENTATIONS)}")
 
 
-def crop_flip(images: torch.Tensor, generator: torch.Generator, padding: int = 4) -> torch.Tensor:
-    """Random crops of the zero-padded images (same size as the input) and random horizontal flips."""
+def crop_flip(images: torch.Tensor, generator: torch.Generator, padding: int = 4,
+              rows: slice | None = None) -> torch.Tensor:
+    """Random crops of the zero-padded images (same size as the input) and random horizontal flips.
+
+    ``rows``: augment and return only these images, drawing the random numbers for all of them (a data-parallel
+    rank's slice of the global batch then gets exactly the crops a single process would give it).
+    """
     n, _, height, width = images.shape
-    padded = torch.nn.functional.pad(images, (padding, padding, padding, padding))
     offsets = torch.randint(0, 2 * padding + 1, (n, 2), generator=generator)
     flips = torch.rand(n, generator=generator) < 0.5
+    if rows is not None:
+        images, offsets, flips = images[rows], offsets[rows], flips[rows]
+        n = images.shape[0]
+    padded = torch.nn.functional.pad(images, (padding, padding, padding, padding))
     out = torch.empty_like(images)
     for i in range(n):
         top, left = int(offsets[i, 0]), int(offsets[i, 1])
@@ -169,17 +182,27 @@ def fit(
         stop_after_epochs: stop (as if interrupted) after this many epochs of this call (used by tests).
         objective: ``(outputs, labels, model, n_train, kl_scale) -> (loss, nll, kl)``; default
             :func:`bayescomp.objective.variational_loss` (cross-entropy on logits + KL / N). Density-propagating
-            models (:mod:`bayescomp.selfcompress`) pass their Gaussian-likelihood ELBO here.
+            models (:mod:`bayescomp.selfcompress`) pass their Gaussian-likelihood ELBO here. Data-parallel
+            training needs ``loss = nll + (terms that do not depend on the batch)`` with ``nll`` a per-example mean,
+            which holds for every objective of the library.
+
+    Under torchrun (``WORLD_SIZE > 1``) the model is wrapped in ``DistributedDataParallel`` for the training
+    steps only; ``model`` itself stays unwrapped (hooks, checkpoints). Rank 0 logs and writes the checkpoint.
+
     Raises:
         NonFiniteLossError: the loss became NaN/inf; the checkpoint of the last good epoch is left intact.
     """
+    dist_utils.init_from_env()
+    distributed = dist_utils.is_distributed()
+    if not dist_utils.is_main():
+        log, progress = (lambda *_: None), False
     optimizer = make_optimizer(model, config)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda e: _lr_factor(config.lr_schedule, e, config.epochs)
     )
     history, start_epoch = TrainHistory(), 0
     seed_everything(config.seed)
-    state = load_checkpoint(checkpoint_path) if checkpoint_path else None
+    state = _load_in_turn(checkpoint_path) if checkpoint_path else None
     if state is not None:
         if state.get("train_config") != asdict(config):
             raise ValueError(
@@ -193,25 +216,57 @@ def fit(
     n_train = len(data.train)
     steps_per_epoch = math.ceil(n_train / config.batch_size)
     has_bayes = any(True for _ in bayesian_layers(model)) or hasattr(model, "kl_divergence")
+    net = torch.nn.parallel.DistributedDataParallel(model) if distributed else None
     for epoch in range(start_epoch, config.epochs):
         if stop_after_epochs is not None and epoch - start_epoch >= stop_after_epochs:
             break
+        if distributed:  # independent posterior noise per rank, reproducible on resume
+            torch.manual_seed(_rank_seed(config.seed, epoch, dist_utils.rank()))
         record = _train_epoch(model, data, config, optimizer, epoch, n_train, steps_per_epoch, progress, has_bayes,
-                              objective or variational_loss)
+                              objective or variational_loss, net)
         for _, layer in bayesian_layers(model):
             layer.on_epoch_end()
         scheduler.step()
         record.update({f"val_{k}": v for k, v in evaluate(model, data.val).items()})
         history.epochs.append(record)
         log(_epoch_line(record, config.epochs))
-        if checkpoint_path:
+        if checkpoint_path and dist_utils.is_main():
             save_checkpoint(training_state(model, optimizer, scheduler, epoch + 1, config, history.epochs),
                             checkpoint_path)
     return history
 
 
+def _load_in_turn(path: str | Path) -> dict[str, Any] | None:
+    """Load a checkpoint on rank 0 first (it may set a corrupt file aside), then on the other ranks."""
+    state = load_checkpoint(path) if dist_utils.is_main() else None
+    dist_utils.barrier()
+    if not dist_utils.is_main():
+        state = load_checkpoint(path)
+    if not dist_utils.all_equal(None if state is None else state["epoch"]):
+        raise RuntimeError(f"the ranks read different checkpoints from {path}")
+    return state
+
+
+def _rank_seed(seed: int, epoch: int, rank: int) -> int:
+    """Seed of a rank's posterior noise in an epoch: the ranks must not draw the same noise for their slices."""
+    return (seed * 1_000_003 + epoch * 7_919 + rank * 104_729 + 1) % (2**63)
+
+
 def _train_epoch(model, data, config, optimizer, epoch, n_train, steps, progress, has_bayes,
-                 objective) -> dict[str, float]:
+                 objective, net: nn.Module | None = None) -> dict[str, float]:
+    """One pass over the training split; ``net`` is the ``DistributedDataParallel`` wrapper when data-parallel.
+
+    Data-parallel, with W ranks and global batch B: every rank draws the same global batch (same seeded order and
+    augmentation) and computes the objective on its contiguous slice of n_r examples, then rescales its NLL term:
+    local loss = (n_r W / B) * mean NLL over the slice + kl_scale * KL / N. DDP averages the gradients over the W
+    ranks, so the NLL part becomes the mean over the global batch and the KL term, identical on every rank, is
+    counted once per model, not once per rank: the gradient is the single-process gradient of the same batch.
+    The logged loss / NLL are the global-batch values (one all-reduce per step, which also makes every rank
+    stop together on a non-finite loss).
+    """
+    if net is not None:
+        return _train_epoch_ddp(model, net, data, config, optimizer, epoch, n_train, steps, progress, has_bayes,
+                                objective)
     model.train()
     generator = torch.Generator().manual_seed(config.seed * 100_003 + epoch)
     layers = [layer for _, layer in bayesian_layers(model)]
@@ -240,6 +295,68 @@ def _train_epoch(model, data, config, optimizer, epoch, n_train, steps, progress
         totals["kl"] += kl.item()
         if progress and step % 50 == 0:
             bar.set_postfix(loss=f"{loss.item():.4f}")
+    record = {k: v / max(steps, 1) for k, v in totals.items()}
+    record.update(epoch=epoch + 1, epoch_s=time.perf_counter() - start, lr=optimizer.param_groups[0]["lr"])
+    if has_bayes:
+        record["kl_weight"] = kl_weight(epoch + 1, config.kl_warmup_epochs)
+    return record
+
+
+def shard_loss(net: nn.Module, model: nn.Module, objective: Any, images: torch.Tensor, labels: torch.Tensor,
+               n_train: int, kl_scale: float, augment: Any = None):
+    """This rank's loss on its contiguous slice of the global batch ``(images, labels)``.
+
+    Returns ``(local, loss, nll, kl, share)``: ``local`` = ``loss + (n_r W / B - 1) * nll`` is what this rank
+    back-propagates (see :func:`_train_epoch`; ``loss``, ``nll``, ``kl`` are the objective's values on the slice)
+    and ``share`` = n_r / B weights the slice's mean NLL in the global mean. A rank whose slice is empty (a last
+    batch smaller than W) runs one example with weight 0, so it still takes part in the gradient all-reduce with
+    its KL term. ``augment(images, rows)``, if given, augments the global batch and returns the rows.
+    """
+    batch, world = labels.numel(), dist_utils.world_size()
+    lo, hi = dist_utils.shard(batch)
+    count = hi - lo
+    rows = slice(lo, hi) if count else slice(0, 1)
+    images = augment(images, rows) if augment is not None else images[rows]
+    loss, nll, kl = objective(net(images), labels[rows], model, n_train, kl_scale)
+    local = loss if count * world == batch else loss + nll * (count * world / batch - 1.0)
+    return local, loss, nll, kl, count / batch
+
+
+def _train_epoch_ddp(model, net, data, config, optimizer, epoch, n_train, steps, progress, has_bayes,
+                     objective) -> dict[str, float]:
+    net.train()
+    world = dist_utils.world_size()
+    generator = torch.Generator().manual_seed(config.seed * 100_003 + epoch)
+    layers = [layer for _, layer in bayesian_layers(model)]
+    totals = {"loss": 0.0, "nll": 0.0, "kl": 0.0}
+    start = time.perf_counter()
+    bar = tqdm(data.train.batches(config.batch_size, shuffle=True, generator=generator), total=steps,
+               desc=f"epoch {epoch + 1}/{config.epochs}", disable=not progress, leave=False)
+    augment = (lambda x, rows: crop_flip(x, generator, rows=rows)) if config.augment == "crop_flip" else None
+    for step, (images, labels) in enumerate(bar):
+        scale = kl_weight(epoch + step / steps, config.kl_warmup_epochs)
+        local, loss, nll, kl, share = shard_loss(net, model, objective, images, labels, n_train, scale, augment)
+        summary = torch.tensor([nll.item() * share, 0.0 if torch.isfinite(local) else 1.0],
+                               dtype=torch.float64, device=loss.device)
+        torch.distributed.all_reduce(summary)
+        if summary[1].item() > 0:
+            raise NonFiniteLossError(
+                f"loss became non-finite on {int(summary[1].item())} of {world} ranks at epoch {epoch + 1}, step "
+                f"{step + 1} (this rank: loss {loss.item():.4g}, nll={nll.item():.4g}, kl={kl.item():.4g}); the "
+                "checkpoint of the last completed epoch is kept. Try a lower --lr, a KL warm-up (--kl-warmup) or "
+                "variance clipping."
+            )
+        optimizer.zero_grad(set_to_none=True)
+        local.backward()
+        optimizer.step()
+        for layer in layers:
+            layer.apply_constraints()
+        global_nll = summary[0].item()
+        totals["loss"] += global_nll + (loss.item() - nll.item())
+        totals["nll"] += global_nll
+        totals["kl"] += kl.item()
+        if progress and step % 50 == 0:
+            bar.set_postfix(loss=f"{totals['loss'] / (step + 1):.4f}")
     record = {k: v / max(steps, 1) for k, v in totals.items()}
     record.update(epoch=epoch + 1, epoch_s=time.perf_counter() - start, lr=optimizer.param_groups[0]["lr"])
     if has_bayes:
