@@ -19,7 +19,7 @@ CONTRACT = [
     "weights_nonzero", "compression_nonzero", "compression_csr", "compression_csr_bits", "epochs", "dense_epochs", "epoch_s_mean",
     "finetune_epochs", "test_error_pct_pruned_before_finetune", "wall_time_s", "command", "git_commit", "device", "torch_threads", "config", "tradeoff_curve", "search_path",
     "dense_block_share", "nonzero_blocks", "blocks_per_nonzero", "mean_row_run", "neurons_removed", "regularity",
-    "block_format", "module_b_sweep_s", "epoch_s", "calibration", "compression_path", "coupled_groups",
+    "block_format", "module_b_sweep_s", "epoch_s", "calibration", "compression_path", "coupled_groups", "training", "ddp",
 ]
 
 

@@ -43,6 +43,7 @@ def main() -> None:
     parser.add_argument("--search-val-size", type=int, default=2000, help="validation images used by the search")
     parser.add_argument("--run-dir", default=None)
     parser.add_argument("--device", default=None, help="training device (cpu, cuda); default: cuda if available")
+    parser.add_argument("--amp", action="store_true", help="bfloat16 autocast in training (GPU)")
     parser.add_argument("--hardware", default=None, help="what the run ran on, for the result file")
     args = parser.parse_args()
 
@@ -54,8 +55,7 @@ def main() -> None:
     if args.epochs is not None:
         config.bayes = replace(config.bayes, epochs=args.epochs)
     run_dir = Path(args.run_dir or f"runs/cifar/{args.model}_cifar10_{args.method}")
-    kwargs = {} if args.device is None else {"device": args.device}
-    report = run(config, run_dir, progress=False, command=this_command(), **kwargs)
+    report = run(config, run_dir, progress=False, command=this_command(), device=args.device, amp=args.amp)
 
     model, _ = load_packed(run_dir / "compressed.bcz")
     images = load_dataset("cifar10", test_subset=64).test.example(64)

@@ -115,3 +115,29 @@ def test_fit_trains_a_density_propagating_model_with_its_own_objective(mnist_sma
     after = evaluate(model, mnist_small.test)["error_pct"]
     assert before > 50 and after < 25, (before, after)
     assert all(math.isfinite(e["loss"]) for e in history.epochs) and history.epochs[-1]["kl"] > 0
+
+
+def test_mixed_precision_keeps_the_variance_parameters_in_float32(mnist_small):
+    """bfloat16 autocast (CPU here; CUDA on a GPU) trains the Bayesian model: parameters, their gradients and the
+    KL stay float32, the loss stays finite, and the result is close to the float32 run of the same seed."""
+    from bayescomp import bayesify
+    from bayescomp.models import create_model
+    from bayescomp.objective import collect_kl
+    from bayescomp.train import AutocastForward
+
+    torch.manual_seed(0)
+    dense = create_model("lenet300", 10, (1, 28, 28), [0.13], [0.31])
+    fit(dense, mnist_small, TrainConfig(epochs=1, lr=3e-3), progress=False, log=lambda *_: None)
+    runs = {}
+    for amp in (False, True):
+        model = bayesify(dense, "gnj")
+        history = fit(model, mnist_small, TrainConfig(epochs=1, lr=1e-3), progress=False, log=lambda *_: None,
+                      amp=amp, device="cpu")
+        assert all(p.dtype == torch.float32 for p in model.parameters())
+        assert collect_kl(model).dtype == torch.float32
+        runs[amp] = history.epochs[-1]
+    out = AutocastForward(model, "cpu")(mnist_small.val.example(4))
+    assert out.dtype == torch.float32
+    assert math.isfinite(runs[True]["loss"])
+    assert abs(runs[True]["val_error_pct"] - runs[False]["val_error_pct"]) < 3.0
+    assert abs(runs[True]["nll"] - runs[False]["nll"]) < 0.1

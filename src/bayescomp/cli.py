@@ -87,6 +87,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--no-plots", action="store_true", help="skip the plots")
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
     run.add_argument("--restart", action="store_true", help="discard an existing run in --run-dir and start over")
+    run.add_argument("--device", default=None,
+                     help="training device, e.g. cuda or cuda:1 (default: cpu); compression and measurement use the CPU")
+    run.add_argument("--amp", action="store_true",
+                     help="mixed precision: bfloat16 layer products in training, float32 parameters, variances and KL")
     run.add_argument("--nproc", type=int, default=1,
                      help="data-parallel processes (torchrun; gloo on CPU, nccl on GPU); --batch-size stays the "
                           "global batch, split across the processes")
@@ -265,7 +269,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         config.finetune = replace(config.finetune, epochs=args.finetune_epochs)
     run_dir = Path(args.run_dir or f"runs/{args.model}_{data}_{args.method}")
     command = "bayescomp " + " ".join(shlex.quote(a) for a in args.argv)
-    report = run(config, run_dir, progress=not args.no_progress, restart=args.restart, command=command)
+    report = run(config, run_dir, progress=not args.no_progress, restart=args.restart, command=command,
+                 device=args.device, amp=args.amp)
     print()
     print(render_markdown(report))
     print(f"run directory: {run_dir}  (compressed model: {run_dir / 'compressed.bcz'})")

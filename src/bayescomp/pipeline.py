@@ -147,7 +147,8 @@ def build_dense(config: RunConfig, data: DataBundle) -> nn.Sequential:
     return create_model(config.model, data.num_classes, data.input_shape, data.mean, data.std)
 
 
-def dense_model(config: RunConfig, data: DataBundle, log=print, progress: bool = True) -> nn.Sequential:
+def dense_model(config: RunConfig, data: DataBundle, log=print, progress: bool = True,
+                device: str | None = None, amp: bool = False) -> nn.Sequential:
     """Train the plain network, or reuse the cached one trained with the same settings.
 
     Data-parallel (torchrun): the ranks train it together; only rank 0 writes the cache, and a cache entry is
@@ -172,7 +173,8 @@ def dense_model(config: RunConfig, data: DataBundle, log=print, progress: bool =
         seed_everything(config.seed)
         model = build_dense(config, data)
     log(f"training the dense {config.model} on {config.data} ({config.dense.epochs} epochs)")
-    fit(model, data, config.dense, checkpoint_path=path.with_suffix(".ckpt"), progress=progress, log=log)
+    fit(model, data, config.dense, checkpoint_path=path.with_suffix(".ckpt"), progress=progress, log=log,
+        device=device, amp=amp)
     if dist_utils.is_main():
         atomic_torch_save(model.state_dict(), path)
     dist_utils.barrier()
@@ -249,12 +251,16 @@ def save_compressed(result: CompressionResult, path: Path, metadata: dict[str, A
 
 
 def run(config: RunConfig, run_dir: str | Path, log=print, progress: bool = True, restart: bool = False,
-        command: str | None = None) -> dict[str, Any]:
+        command: str | None = None, device: str | None = None, amp: bool = False) -> dict[str, Any]:
     """Run the whole job into ``run_dir`` and return the report (also written as report.json / report.md).
 
     Under torchrun (``bayescomp run --nproc N``) the ranks train data-parallel; rank 0 searches the thresholds,
     every rank reads its masks from its own posterior with them and they must agree (``report["ddp"]``), then
     rank 0 alone compresses, writes the files and sends the report to the other ranks, which return it too.
+
+    ``device`` / ``amp``: where the dense and Bayesian training run and whether they use bfloat16 autocast (see
+    :func:`bayescomp.train.fit`); compression, measurement and the report always run on the CPU. They do not change
+    what a run means, so they are not part of ``run.json``; the report records them under ``training``.
     """
     started = time.perf_counter()
     dist_utils.init_from_env()
@@ -269,7 +275,7 @@ def run(config: RunConfig, run_dir: str | Path, log=print, progress: bool = True
     dist_utils.barrier()
     data = load_data(config)
     log(f"data: {config.data} train {len(data.train)}, val {len(data.val)}, test {len(data.test)}")
-    dense = dense_model(config, data, log, progress)
+    dense = dense_model(config, data, log, progress, device, amp)
     dense_eval = evaluate(dense, data.test)
     log(f"dense test error {dense_eval['error_pct']:.2f}%")
 
@@ -280,11 +286,14 @@ def run(config: RunConfig, run_dir: str | Path, log=print, progress: bool = True
     seed_everything(config.seed)
     model = bayesify(dense, config.method, config.prior)
     log(f"Bayesian training ({config.method}, {config.bayes.epochs} epochs)")
-    history = fit(model, data, config.bayes, checkpoint_path=run_dir / "bayes.ckpt", progress=progress, log=log)
+    history = fit(model, data, config.bayes, checkpoint_path=run_dir / "bayes.ckpt", progress=progress, log=log,
+                  device=device, amp=amp)
+    training = {"device": str(device or "cpu"), "amp": amp}
     if dist_utils.is_distributed():
         return _finish_distributed(config, run_dir, data, dense, dense_eval, model, history, started, log,
-                                   progress, command)
-    return _finish(config, run_dir, data, dense, dense_eval, model, history, started, log, progress, command)
+                                   progress, command, training)
+    return _finish(config, run_dir, data, dense, dense_eval, model, history, started, log, progress, command,
+                   training=training)
 
 
 def _prepare_run_dir(config: RunConfig, run_dir: Path, restart: bool, log) -> None:
@@ -310,7 +319,7 @@ def _prepare_run_dir(config: RunConfig, run_dir: Path, restart: bool, log) -> No
 
 def _finish_distributed(config: RunConfig, run_dir: Path, data: DataBundle, dense: nn.Module, dense_eval: dict,
                         model: nn.Module, history, started: float, log, progress: bool,
-                        command: str | None) -> dict[str, Any]:
+                        command: str | None, training: dict[str, Any] | None = None) -> dict[str, Any]:
     """After data-parallel training: rank 0 searches the thresholds, every rank derives its masks from its own
     posterior with them, the masks must agree; then rank 0 compresses and reports alone (``local_only``) and
     every rank returns rank 0's report."""
@@ -329,7 +338,7 @@ def _finish_distributed(config: RunConfig, run_dir: Path, data: DataBundle, dens
     if dist_utils.is_main():
         with dist_utils.local_only():
             report = _finish(config, run_dir, data, dense, dense_eval, model, history, started, log, progress,
-                             command, result=result, ddp=ddp)
+                             command, result=result, ddp=ddp, training=training)
     return dist_utils.broadcast(report)
 
 
@@ -341,7 +350,8 @@ def _compress(config: RunConfig, data: DataBundle, model: nn.Module, log, progre
 
 def _finish(config: RunConfig, run_dir: Path, data: DataBundle, dense: nn.Module, dense_eval: dict,
             model: nn.Module, history, started: float, log, progress: bool, command: str | None,
-            result: CompressionResult | None = None, ddp: dict[str, Any] | None = None) -> dict[str, Any]:
+            result: CompressionResult | None = None, ddp: dict[str, Any] | None = None,
+            training: dict[str, Any] | None = None) -> dict[str, Any]:
     """Compress the trained posterior (unless ``result`` is given), fine-tune, pack, measure and report: the
     single-process tail of :func:`run`; ``ddp`` is recorded in the report."""
     from bayescomp.report import build_report, write_report  # local: report imports plotting lazily
@@ -365,6 +375,7 @@ def _finish(config: RunConfig, run_dir: Path, data: DataBundle, dense: nn.Module
     report["test_error_pct_pruned_before_finetune"] = before_finetune
     if ddp is not None:
         report["ddp"] = ddp
+    report["training"] = training or {"device": "cpu", "amp": False}
     write_report(report, run_dir, model=model, result=result, data=data, plots=config.plots)
     return report
 

@@ -126,13 +126,39 @@ def _logits(outputs: Any) -> torch.Tensor:
 def evaluate(model: nn.Module, data: TensorData, batch_size: int = 1000) -> dict[str, float]:
     """Test error (%) and mean NLL of the deterministic (posterior-mean) model."""
     errors, nll, count = 0, 0.0, 0
+    device = _device_of(model)
     with deterministic_mode(model):
-        for images, labels in data.batches(batch_size):
+        for images, labels in data.batches(batch_size, device=None if device.type == "cpu" else device):
             logits = _logits(model(images))
             nll += torch.nn.functional.cross_entropy(logits, labels, reduction="sum").item()
             errors += (logits.argmax(1) != labels).sum().item()
             count += labels.numel()
     return {"error_pct": 100.0 * errors / max(count, 1), "nll": nll / max(count, 1)}
+
+
+def _device_of(model: nn.Module) -> torch.device:
+    first = next(model.parameters(), None)
+    return torch.device("cpu") if first is None else first.device
+
+
+class AutocastForward(nn.Module):
+    """Runs ``net``'s forward under bfloat16 autocast and returns float32 outputs (mixed precision).
+
+    Only the layer products (matmuls, convolutions, including the Bayesian layers' variance products) run in
+    bfloat16; parameters, their gradients, the optimiser state, the KL and the loss stay float32. bfloat16 keeps
+    float32's exponent range, so the posterior variances exp(log sigma^2) (down to about e^-20 here) neither underflow
+    nor lose their scale, which float16 (smallest normal 6e-5) would; their products carry 8 significant bits, enough
+    for a noise standard deviation. The variance parameters therefore train in float32 as before.
+    """
+
+    def __init__(self, net: nn.Module, device_type: str) -> None:
+        super().__init__()
+        self.net, self.device_type = net, device_type
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(self.device_type, dtype=torch.bfloat16):
+            out = self.net(images)
+        return out.float() if isinstance(out, torch.Tensor) else out
 
 
 def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
@@ -174,6 +200,8 @@ def fit(
     stop_after_epochs: int | None = None,
     log: Any = print,
     objective: Any = None,
+    device: str | torch.device | None = None,
+    amp: bool = False,
 ) -> TrainHistory:
     """Train ``model`` in place on ``data.train``; validate on ``data.val`` after each epoch.
 
@@ -185,6 +213,11 @@ def fit(
             models (:mod:`bayescomp.selfcompress`) pass their Gaussian-likelihood ELBO here. Data-parallel
             training needs ``loss = nll + (terms that do not depend on the batch)`` with ``nll`` a per-example mean,
             which holds for every objective of the library.
+        device: train on this device (e.g. ``"cuda"``); the model is moved there for training and moved back to
+            where it was afterwards. On CUDA the posterior noise comes from the CUDA generator, which checkpoints
+            do not hold, so a resumed GPU run is statistically, not bit-for-bit, the same.
+        amp: mixed precision: the forward's layer products in bfloat16 (see :class:`AutocastForward`); on CPU
+            this is slower on most processors and only useful for testing.
 
     Under torchrun (``WORLD_SIZE > 1``) the model is wrapped in ``DistributedDataParallel`` for the training
     steps only; ``model`` itself stays unwrapped (hooks, checkpoints). Rank 0 logs and writes the checkpoint.
@@ -196,6 +229,18 @@ def fit(
     distributed = dist_utils.is_distributed()
     if not dist_utils.is_main():
         log, progress = (lambda *_: None), False
+    home = _device_of(model)
+    place = torch.device(device) if device is not None else home
+    model.to(place)
+    try:
+        return _fit(model, data, config, checkpoint_path, progress, stop_after_epochs, log, objective, place, amp,
+                    distributed)
+    finally:
+        model.to(home)
+
+
+def _fit(model, data, config, checkpoint_path, progress, stop_after_epochs, log, objective, place: torch.device,
+         amp: bool, distributed: bool) -> TrainHistory:
     optimizer = make_optimizer(model, config)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda e: _lr_factor(config.lr_schedule, e, config.epochs)
@@ -217,13 +262,17 @@ def fit(
     steps_per_epoch = math.ceil(n_train / config.batch_size)
     has_bayes = any(True for _ in bayesian_layers(model)) or hasattr(model, "kl_divergence")
     net = torch.nn.parallel.DistributedDataParallel(model) if distributed else None
+    forward = net if net is not None else model
+    if amp:
+        forward = AutocastForward(forward, place.type)
     for epoch in range(start_epoch, config.epochs):
         if stop_after_epochs is not None and epoch - start_epoch >= stop_after_epochs:
             break
         if distributed:  # independent posterior noise per rank, reproducible on resume
             torch.manual_seed(_rank_seed(config.seed, epoch, dist_utils.rank()))
         record = _train_epoch(model, data, config, optimizer, epoch, n_train, steps_per_epoch, progress, has_bayes,
-                              objective or variational_loss, net)
+                              objective or variational_loss, forward if net is not None else None,
+                              None if place.type == "cpu" else place, forward)
         for _, layer in bayesian_layers(model):
             layer.on_epoch_end()
         scheduler.step()
@@ -253,7 +302,8 @@ def _rank_seed(seed: int, epoch: int, rank: int) -> int:
 
 
 def _train_epoch(model, data, config, optimizer, epoch, n_train, steps, progress, has_bayes,
-                 objective, net: nn.Module | None = None) -> dict[str, float]:
+                 objective, net: nn.Module | None = None, device: torch.device | None = None,
+                 forward: nn.Module | None = None) -> dict[str, float]:
     """One pass over the training split; ``net`` is the ``DistributedDataParallel`` wrapper when data-parallel.
 
     Data-parallel, with W ranks and global batch B: every rank draws the same global batch (same seeded order and
@@ -266,19 +316,21 @@ def _train_epoch(model, data, config, optimizer, epoch, n_train, steps, progress
     """
     if net is not None:
         return _train_epoch_ddp(model, net, data, config, optimizer, epoch, n_train, steps, progress, has_bayes,
-                                objective)
+                                objective, device)
+    forward = forward or model
     model.train()
     generator = torch.Generator().manual_seed(config.seed * 100_003 + epoch)
     layers = [layer for _, layer in bayesian_layers(model)]
     totals = {"loss": 0.0, "nll": 0.0, "kl": 0.0}
     start = time.perf_counter()
-    bar = tqdm(data.train.batches(config.batch_size, shuffle=True, generator=generator), total=steps,
+    batches = data.train.batches(config.batch_size, shuffle=True, generator=generator, device=device)
+    bar = tqdm(batches, total=steps,
                desc=f"epoch {epoch + 1}/{config.epochs}", disable=not progress, leave=False)
     for step, (images, labels) in enumerate(bar):
         if config.augment == "crop_flip":
             images = crop_flip(images, generator)
         scale = kl_weight(epoch + step / steps, config.kl_warmup_epochs)
-        loss, nll, kl = objective(model(images), labels, model, n_train, scale)
+        loss, nll, kl = objective(forward(images), labels, model, n_train, scale)
         if not torch.isfinite(loss):
             raise NonFiniteLossError(
                 f"loss became {loss.item()} at epoch {epoch + 1}, step {step + 1} (nll={nll.item():.4g}, "
@@ -323,14 +375,15 @@ def shard_loss(net: nn.Module, model: nn.Module, objective: Any, images: torch.T
 
 
 def _train_epoch_ddp(model, net, data, config, optimizer, epoch, n_train, steps, progress, has_bayes,
-                     objective) -> dict[str, float]:
+                     objective, device: torch.device | None = None) -> dict[str, float]:
     net.train()
     world = dist_utils.world_size()
     generator = torch.Generator().manual_seed(config.seed * 100_003 + epoch)
     layers = [layer for _, layer in bayesian_layers(model)]
     totals = {"loss": 0.0, "nll": 0.0, "kl": 0.0}
     start = time.perf_counter()
-    bar = tqdm(data.train.batches(config.batch_size, shuffle=True, generator=generator), total=steps,
+    batches = data.train.batches(config.batch_size, shuffle=True, generator=generator, device=device)
+    bar = tqdm(batches, total=steps,
                desc=f"epoch {epoch + 1}/{config.epochs}", disable=not progress, leave=False)
     augment = (lambda x, rows: crop_flip(x, generator, rows=rows)) if config.augment == "crop_flip" else None
     for step, (images, labels) in enumerate(bar):
