@@ -27,10 +27,11 @@ def this_command() -> str:
     return "python " + " ".join(shlex.quote(a) for a in [f"benchmarks/{Path(sys.argv[0]).name}", *sys.argv[1:]])
 
 
-def publish(report: dict, run_dir: Path, extra: dict | None = None) -> Path:
-    """Copy a run's report (contract fields) and compressed model into benchmarks/results/."""
+def publish(report: dict, run_dir: Path, extra: dict | None = None, suffix: str = "") -> Path:
+    """Copy a run's report (contract fields) and compressed model into benchmarks/results/ (``suffix`` names a
+    second setting of the same model, data and method)."""
     RESULTS.mkdir(parents=True, exist_ok=True)
-    stem = f"{report['model']}_{report['data']}_{report['method']}"
+    stem = f"{report['model']}_{report['data']}_{report['method']}{suffix}"
     record = {k: report[k] for k in CONTRACT if k in report}
     record["compressed_file"] = f"{stem}.bcz"
     record.update(extra or {})

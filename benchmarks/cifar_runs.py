@@ -41,6 +41,9 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=None)
     parser.add_argument("--tolerance", type=float, default=0.5, help="search tolerance, points of validation error")
     parser.add_argument("--search-val-size", type=int, default=2000, help="validation images used by the search")
+    parser.add_argument("--search", default="auto", choices=("auto", "greedy", "global"),
+                        help="threshold search (auto: one global threshold for graphs with many coupled groups)")
+    parser.add_argument("--variant", default=None, help="suffix of the result files, for a second setting")
     parser.add_argument("--run-dir", default=None)
     parser.add_argument("--device", default=None, help="training device (cpu, cuda); default: cuda if available")
     parser.add_argument("--amp", action="store_true", help="bfloat16 autocast in training (GPU)")
@@ -49,7 +52,7 @@ def main() -> None:
 
     config = RunConfig(model=args.model, data="cifar10", method=args.method,
                        compress=CompressConfig(tolerance_pct=args.tolerance, bits_reduce="max",
-                                               search_val_size=args.search_val_size))
+                                               search_val_size=args.search_val_size, search=args.search))
     if args.dense_epochs is not None:
         config.dense = replace(config.dense, epochs=args.dense_epochs)
     if args.epochs is not None:
@@ -64,7 +67,7 @@ def main() -> None:
     extra = {"onnx_max_abs_diff": exported["max_abs_diff"], "onnx_max_rel_diff": exported["max_rel_diff"],
              "hardware": args.hardware or f"{os.cpu_count()}-core CPU" + (f", {args.device}" if args.device else ""),
              "dense_epochs": config.dense.epochs, "epochs": config.bayes.epochs}
-    path = publish(report, run_dir, extra)
+    path = publish(report, run_dir, extra, suffix=f"_{args.variant}" if args.variant else "")
     print(f"{args.model} {args.method}: test error {report['test_error_pct']:.2f}% (dense "
           f"{report['dense_test_error_pct']:.2f}%), {report['compression_architecture']:.1f}x architecture, "
           f"{report['compression_bits']:.1f}x with bits, ONNX max |diff| {exported['max_abs_diff']:.1e}; wrote {path}")

@@ -248,18 +248,18 @@ def cifar_section(runs: list[dict]) -> list[str]:
              "From `python benchmarks/cifar_runs.py` (command per row below). Errors on the 10,000 test images; "
              "× architecture = all weights / weights kept; × bits adds the per-layer bit widths; ONNX = max |logit "
              "difference| of the compressed model exported to ONNX and run by onnxruntime, on 64 test images.", "",
-             "| model | method | hardware | dense epochs | Bayesian epochs | dense error | compressed error | "
+             "| model | method | search | hardware | dense epochs | Bayesian epochs | dense error | compressed error | "
              "× architecture | × bits | × file | FLOPs dense → compressed | latency b1 / b256 (ms, dense → compressed) "
-             "| ONNX max abs diff |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| ONNX max abs diff |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in cifar:
         lat = r.get("latency_ms") or {}
         latency = "–"
         if lat.get("dense") and lat.get("compressed"):
-            latency = (f"{lat['dense'].get('batch1', float('nan')):.1f} → {lat['compressed'].get('batch1', float('nan')):.1f}"
-                       f" / {lat['dense'].get('batch256', float('nan')):.0f} → "
-                       f"{lat['compressed'].get('batch256', float('nan')):.0f}")
+            latency = (f"{lat['dense'].get('batch_1', float('nan')):.1f} → {lat['compressed'].get('batch_1', float('nan')):.1f}"
+                       f" / {lat['dense'].get('batch_256', float('nan')):.0f} → "
+                       f"{lat['compressed'].get('batch_256', float('nan')):.0f}")
         lines.append(
-            f"| {r['model']} | {r['method']} | {r.get('hardware', '–')} | {r.get('dense_epochs')} | {r.get('epochs')} | "
+            f"| {r['model']} | {r['method']} | {r['config']['compress'].get('search', 'auto')} | {r.get('hardware', '–')} | {r.get('dense_epochs')} | {r.get('epochs')} | "
             f"{r['dense_test_error_pct']:.2f} % | {r['test_error_pct']:.2f} % | {r['compression_architecture']:.1f} | "
             f"{r['compression_bits']:.1f} | {r['compression_file']:.1f} | {r['flops_dense']:,} → "
             f"{r['flops_compressed']:,} | {latency} | {r.get('onnx_max_abs_diff', float('nan')):.1e} |")
