@@ -277,7 +277,7 @@ def onnx_section() -> list[str]:
     if not records:
         return []
     lines = ["### ONNX export: every zoo model, equality with PyTorch and onnxruntime latency", "",
-             "From `python benchmarks/onnx_export.py`: each zoo model (dense, fresh weights) and each committed "
+             "From `python benchmarks/onnx_export.py`: each zoo model (dense, fresh weights, batch-norm statistics from 256 training images) and each committed "
              "compressed model exported with torch.onnx (dynamo), run by onnxruntime (CPU provider) on 64 test images "
              "at two batch sizes. Max abs diff = largest |ONNX − PyTorch| logit difference; in brackets, the distance "
              "of PyTorch float32 and of onnxruntime from the same network run in float64. Latency: median ms, 1 "

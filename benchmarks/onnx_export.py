@@ -1,8 +1,8 @@
 """ONNX export of every zoo model and of the committed compressed models: equality with PyTorch (onnxruntime) and
 onnxruntime latency of compressed versus dense.
 
-For each zoo model the dense network (freshly initialised: equality and latency do not depend on the weights) is
-exported and compared with PyTorch on real test images of its data set; each compressed model committed in
+For each zoo model the dense network (freshly initialised, its batch-norm statistics computed on 256 training
+images: equality and latency do not depend on the trained weights) is exported and compared with PyTorch on real test images of its data set; each compressed model committed in
 ``benchmarks/results/<model>_<data>_<method>.bcz`` is exported the same way, and both are timed in onnxruntime
 (CPU execution provider) at batch 1 and 64 with 1 and 2 threads (median of repeated runs after a warm-up).
 Writes ``benchmarks/results/onnx_<model>_<data>.json`` and ``.md``.
@@ -46,6 +46,24 @@ def ort_latency_ms(path: Path, shape: tuple[int, ...], batch: int, threads: int,
     return statistics.median(times)
 
 
+def calibrate_batchnorm(model: torch.nn.Module, images: torch.Tensor) -> None:
+    """Batch-norm running statistics from real images (no weight changes), as a trained network would have them;
+    freshly initialised statistics let a deep residual stack grow its activations to logits of 1e4 and more."""
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    if not norms:
+        return
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average over the calibration batches
+    model.train()
+    with torch.no_grad():
+        for batch in images.split(64):
+            model(batch)
+    for m in norms:
+        m.momentum = 0.1
+    model.eval()
+
+
 def float64_errors(model: torch.nn.Module, path: Path, images: torch.Tensor) -> dict[str, float]:
     """How far PyTorch float32 and onnxruntime float32 each are from the same network run in float64."""
     import copy
@@ -79,6 +97,7 @@ def main() -> None:
         images = data.test.example(args.examples)
         shape = tuple(data.input_shape)
         dense = create_model(key, data.num_classes, shape, data.mean, data.std).eval()
+        calibrate_batchnorm(dense, data.train.example(256))
         dense_export = export_model(dense, "onnx", workdir / f"{key}_dense.onnx", images, args.exporter)
         dense_latency = latencies(Path(dense_export["path"]), shape)
         record = {
