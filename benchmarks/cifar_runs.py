@@ -39,6 +39,7 @@ def main() -> None:
     parser.add_argument("--method", default="gnj", choices=("gnj", "ghs"))
     parser.add_argument("--dense-epochs", type=int, default=None)
     parser.add_argument("--epochs", type=int, default=None)
+    parser.add_argument("--lr", type=float, default=None, help="learning rate of the Bayesian phase")
     parser.add_argument("--tolerance", type=float, default=0.5, help="search tolerance, points of validation error")
     parser.add_argument("--search-val-size", type=int, default=2000, help="validation images used by the search")
     parser.add_argument("--search", default="auto", choices=("auto", "greedy", "global"),
@@ -57,6 +58,8 @@ def main() -> None:
         config.dense = replace(config.dense, epochs=args.dense_epochs)
     if args.epochs is not None:
         config.bayes = replace(config.bayes, epochs=args.epochs)
+    if args.lr is not None:
+        config.bayes = replace(config.bayes, lr=args.lr)
     run_dir = Path(args.run_dir or f"runs/cifar/{args.model}_cifar10_{args.method}")
     report = run(config, run_dir, progress=False, command=this_command(), device=args.device, amp=args.amp)
 
