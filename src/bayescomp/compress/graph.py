@@ -30,6 +30,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from bayescomp.compress.chain import UnsupportedModelError
 from bayescomp.compress.masks import PruneError, PruningPlan
 from bayescomp.priors.base import BayesianLayer, bayesian_layers
 
@@ -81,8 +82,6 @@ def _set_submodule(root: nn.Module, name: str, module: nn.Module) -> None:
 
 
 def _check_supported(model: nn.Module) -> None:
-    from bayescomp.compress.chain import UnsupportedModelError
-
     for name, module in model.named_modules():
         if isinstance(module, SUPPORTED_WEIGHTED) or not list(module.parameters(recurse=False)):
             continue
@@ -111,8 +110,6 @@ class DependencyGraph:
     """The coupled channel groups of a (Bayesian or plain) model, and the pruned plain models built from them."""
 
     def __init__(self, model: nn.Module, example_input: torch.Tensor, reduce: str = "min") -> None:
-        from bayescomp.compress.chain import UnsupportedModelError
-
         if reduce not in REDUCTIONS:
             raise ValueError(f"unknown reduce {reduce!r}; use {' or '.join(REDUCTIONS)}")
         _check_supported(model)
