@@ -347,11 +347,7 @@ def _train_epoch(model, data, config, optimizer, epoch, n_train, steps, progress
         totals["kl"] += kl.item()
         if progress and step % 50 == 0:
             bar.set_postfix(loss=f"{loss.item():.4f}")
-    record = {k: v / max(steps, 1) for k, v in totals.items()}
-    record.update(epoch=epoch + 1, epoch_s=time.perf_counter() - start, lr=optimizer.param_groups[0]["lr"])
-    if has_bayes:
-        record["kl_weight"] = kl_weight(epoch + 1, config.kl_warmup_epochs)
-    return record
+    return _epoch_record(totals, steps, epoch, start, optimizer, has_bayes, config)
 
 
 def shard_loss(net: nn.Module, model: nn.Module, objective: Any, images: torch.Tensor, labels: torch.Tensor,
@@ -410,6 +406,12 @@ def _train_epoch_ddp(model, net, data, config, optimizer, epoch, n_train, steps,
         totals["kl"] += kl.item()
         if progress and step % 50 == 0:
             bar.set_postfix(loss=f"{totals['loss'] / (step + 1):.4f}")
+    return _epoch_record(totals, steps, epoch, start, optimizer, has_bayes, config)
+
+
+def _epoch_record(totals: dict[str, float], steps: int, epoch: int, start: float, optimizer, has_bayes: bool,
+                  config: TrainConfig) -> dict[str, float]:
+    """Per-step means of the epoch's sums, plus the epoch number, its time, the learning rate and KL weight."""
     record = {k: v / max(steps, 1) for k, v in totals.items()}
     record.update(epoch=epoch + 1, epoch_s=time.perf_counter() - start, lr=optimizer.param_groups[0]["lr"])
     if has_bayes:

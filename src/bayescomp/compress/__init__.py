@@ -217,10 +217,7 @@ def compress(model: nn.Module, val: TensorData | None, config: CompressConfig | 
             plan = _with_folded_units(chain, plan)
         small = shrink(chain, plan)
         variances = kept_weight_variances(chain, plan)
-    weights = [m.weight.detach() for m in prunable_modules(small)]
-    # per-weight priors: bits come from the weights that are actually stored (the non-zero ones)
-    variances = [v[w != 0] if flag and bool((w != 0).any()) else v for v, w, flag in zip(variances, weights, per_weight)]
-    precisions = layer_precisions(variances, weights, config.bits_reduce, config.min_bits)
+    precisions = _stored_precisions(small, variances, per_weight, config)
     return CompressionResult(
         model=small,
         quantized_model=quantize_model(small, precisions),
@@ -307,10 +304,8 @@ def compress_graph(model: nn.Module, val: TensorData | None, config: CompressCon
         variance_model = graph.prune(keep, lambda name, module: layers[name].posterior_weight_variance().detach()
                                      if name in layers else torch.zeros_like(module.weight))
     variances = [m.weight.detach() for m in prunable_modules(variance_model)]
-    weights = [m.weight.detach() for m in prunable_modules(small)]
     per_weight = [name in layers and layers[name].weight_keep_mask() is not None for name in names]
-    variances = [v[w != 0] if flag and bool((w != 0).any()) else v for v, w, flag in zip(variances, weights, per_weight)]
-    precisions = layer_precisions(variances, weights, config.bits_reduce, config.min_bits)
+    precisions = _stored_precisions(small, variances, per_weight, config)
     return CompressionResult(
         model=small,
         quantized_model=quantize_model(small, precisions),
@@ -337,6 +332,15 @@ def make_keep(graph, thresholds: list[float]) -> list[torch.Tensor]:
         if not bool(mask.any()):
             raise PruneError(f"group {group.root!r} would lose every channel")
     return keep
+
+
+def _stored_precisions(small: nn.Module, variances: list, per_weight: list[bool],
+                       config: CompressConfig) -> list[LayerPrecision]:
+    """Per-layer bits of the shrunk model; for per-weight priors they come from the weights actually stored (the
+    non-zero ones)."""
+    weights = [m.weight.detach() for m in prunable_modules(small)]
+    variances = [v[w != 0] if flag and bool((w != 0).any()) else v for v, w, flag in zip(variances, weights, per_weight)]
+    return layer_precisions(variances, weights, config.bits_reduce, config.min_bits)
 
 
 def _weight_count(model: nn.Module) -> int:
