@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 from torch import nn
 
+from bayescomp.models.pretrained import load_pretrained
+
 
 @dataclass(frozen=True)
 class ModelSpec:
@@ -42,11 +44,21 @@ def create_model(
     input_shape: Sequence[int] = (1, 28, 28),
     mean: Sequence[float] = (0.0,),
     std: Sequence[float] = (1.0,),
+    pretrained: bool = False,
+    data: str | None = None,
 ) -> nn.Sequential:
-    """Build a zoo model by key; unknown keys raise a ``ValueError`` listing the known ones."""
+    """Build a zoo model by key; unknown keys raise a ``ValueError`` listing the known ones.
+
+    ``pretrained=True`` loads the weights shipped for ``data`` (default: the model's default data set), checked
+    against their SHA-256 (:mod:`bayescomp.models.pretrained`); build the model with that data set's classes,
+    shape and normalisation.
+    """
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; known models: {', '.join(sorted(MODELS))}")
-    return MODELS[name].builder(num_classes=num_classes, input_shape=tuple(input_shape), mean=mean, std=std)
+    model = MODELS[name].builder(num_classes=num_classes, input_shape=tuple(input_shape), mean=mean, std=std)
+    if pretrained:
+        load_pretrained(model, name, data or MODELS[name].default_data)
+    return model
 
 
 from bayescomp.models import lenet, resnet, vgg  # noqa: E402,F401  (registers the models)
