@@ -26,12 +26,12 @@ test: $(STAMP_TEST)
 	$(PY) -m pytest -q
 
 bench: $(STAMP_TEST)
-	$(PY) benchmarks/gnj_mnist.py
+	$(PY) -m benchmarks.gnj_mnist
 	$(PY) benchmarks/epoch_cost.py
-	$(PY) benchmarks/make_tables.py
+	$(PY) -m benchmarks.make_tables
 
 tables: $(STAMP)
-	$(PY) benchmarks/make_tables.py
+	$(PY) -m benchmarks.make_tables
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

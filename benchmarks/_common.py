@@ -1,4 +1,8 @@
-"""Helpers shared by the benchmark scripts: result files follow the contract in the README."""
+"""Helpers shared by the benchmark scripts: the result-file contract, the reproducing command, publishing a run.
+
+Kept free of ``benchmarks.*`` imports so that scripts still run as files (``python benchmarks/epoch_cost.py``)
+as well as modules (``python -m benchmarks.table1``).
+"""
 
 from __future__ import annotations
 
@@ -24,7 +28,8 @@ CONTRACT = [
 
 
 def this_command() -> str:
-    return "python " + " ".join(shlex.quote(a) for a in [f"benchmarks/{Path(sys.argv[0]).name}", *sys.argv[1:]])
+    """The command line that reproduces this run, as ``python -m benchmarks.<script> ...`` from the repository root."""
+    return "python -m " + " ".join(shlex.quote(a) for a in [f"benchmarks.{Path(sys.argv[0]).stem}", *sys.argv[1:]])
 
 
 def publish(report: dict, run_dir: Path, extra: dict | None = None, suffix: str = "") -> Path:

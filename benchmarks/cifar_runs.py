@@ -5,9 +5,9 @@ The defaults are the zoo's schedules (``bayescomp.pipeline.DEFAULT_SCHEDULES``: 
 epochs), meant for a GPU; ``--dense-epochs`` / ``--epochs`` shorten them for a CPU. A finished or interrupted run in
 ``--run-dir`` is resumed, not redone. Usage::
 
-    python benchmarks/cifar_runs.py --model resnet20 --method gnj --dense-epochs 8 --epochs 6   # the 2-core CPU run
-    python benchmarks/cifar_runs.py --model vgg16 --method gnj --device cuda                     # the paper's VGG-16
-    python benchmarks/cifar_runs.py --model vgg16 --method ghs --device cuda
+    python -m benchmarks.cifar_runs --model resnet20 --method gnj --dense-epochs 8 --epochs 6   # the 2-core CPU run
+    python -m benchmarks.cifar_runs --model vgg16 --method gnj --device cuda                     # the paper's VGG-16
+    python -m benchmarks.cifar_runs --model vgg16 --method ghs --device cuda
 
 Writes ``benchmarks/results/<model>_cifar10_<method>.{json,md,bcz}`` and the run's plots.
 """
@@ -17,20 +17,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import tempfile
 from dataclasses import replace
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from _common import publish, this_command  # noqa: E402
-
-from bayescomp.compress import CompressConfig  # noqa: E402
-from bayescomp.compress.packed import load_packed  # noqa: E402
-from bayescomp.data import load_dataset  # noqa: E402
-from bayescomp.export import export_model  # noqa: E402
-from bayescomp.pipeline import RunConfig, run  # noqa: E402
+from bayescomp.compress import CompressConfig
+from bayescomp.compress.packed import load_packed
+from bayescomp.data import load_dataset
+from bayescomp.export import export_model
+from bayescomp.pipeline import RunConfig, run
+from benchmarks._common import publish, this_command
 
 
 def main() -> None:

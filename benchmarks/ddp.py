@@ -7,7 +7,7 @@ throughput (examples per second of the training loop, validation excluded; the s
 all cores' threads and with one thread). Writes
 benchmarks/results/ddp_<model>_<data>.json/.md.
 
-    python benchmarks/ddp.py [--model lenet300] [--data mnist] [--epochs 3] [--batch-size 128]
+    python -m benchmarks.ddp [--model lenet300] [--data mnist] [--epochs 3] [--batch-size 128]
 """
 
 from __future__ import annotations
@@ -25,14 +25,12 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS, this_command  # noqa: E402
-
-from bayescomp import distributed  # noqa: E402
-from bayescomp.bayesify import bayesify  # noqa: E402
-from bayescomp.compress import CompressConfig, compress  # noqa: E402
-from bayescomp.pipeline import RunConfig, build_dense, dense_model, git_commit, load_data  # noqa: E402
-from bayescomp.train import fit, seed_everything  # noqa: E402
+from bayescomp import distributed
+from bayescomp.bayesify import bayesify
+from bayescomp.compress import CompressConfig, compress
+from bayescomp.pipeline import RunConfig, build_dense, dense_model, git_commit, load_data
+from bayescomp.train import fit, seed_everything
+from benchmarks._common import RESULTS, this_command
 
 METHOD = "gnj"
 

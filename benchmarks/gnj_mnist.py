@@ -2,22 +2,18 @@
 
 Writes benchmarks/results/<model>_mnist_gnj.{json,md,bcz} and plots. Usage:
 
-    python benchmarks/gnj_mnist.py --models lenet300 lenet5 [--epochs-lenet300 N] [--epochs-lenet5 N]
+    python -m benchmarks.gnj_mnist --models lenet300 lenet5 [--epochs-lenet300 N] [--epochs-lenet5 N]
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 from dataclasses import replace
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from _common import publish, this_command  # noqa: E402
-
-from bayescomp.compress import CompressConfig  # noqa: E402
-from bayescomp.pipeline import RunConfig, run  # noqa: E402
+from bayescomp.compress import CompressConfig
+from bayescomp.pipeline import RunConfig, run
+from benchmarks._common import publish, this_command
 
 
 def main() -> None:

@@ -1,7 +1,7 @@
 """Conditional compression with the Bayesian hypernetwork (issue 7): generated networks against baselines.
 
-    python benchmarks/hyper_contexts.py --data mnist
-    python benchmarks/hyper_contexts.py --data fashion-mnist
+    python -m benchmarks.hyper_contexts --data mnist
+    python -m benchmarks.hyper_contexts --data fashion-mnist
 
 1. Trains (or resumes) the hypernetwork for LeNet-5-Caffe into ``runs/hyper_lenet5_<data>`` and calibrates its
    generation threshold on validation contexts (:mod:`bayescomp.hyper.pipeline`).
@@ -26,24 +26,21 @@ import copy
 import json
 import shutil
 import statistics
-import sys
 import time
 from dataclasses import replace
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS, this_command  # noqa: E402
-
-from bayescomp import bayesify, compress, load  # noqa: E402
-from bayescomp.compress import CompressConfig, prunable_modules  # noqa: E402
-from bayescomp.data import DataBundle  # noqa: E402
-from bayescomp.hyper import Context, context_error, random_contexts, restrict  # noqa: E402
-from bayescomp.hyper.pipeline import HyperRunConfig, _cut_teacher, _run_config, load_run_data, train_run  # noqa: E402
-from bayescomp.magnitude import MagnitudeConfig, magnitude_compress, prune_and_finetune  # noqa: E402
-from bayescomp.pipeline import DEFAULT_LR_SCALES, dense_model  # noqa: E402
-from bayescomp.train import TrainConfig, evaluate, fit, seed_everything  # noqa: E402
+from bayescomp import bayesify, compress, load
+from bayescomp.compress import CompressConfig, prunable_modules
+from bayescomp.data import DataBundle
+from bayescomp.hyper import Context, context_error, random_contexts, restrict
+from bayescomp.hyper.pipeline import HyperRunConfig, _cut_teacher, _run_config, load_run_data, train_run
+from bayescomp.magnitude import MagnitudeConfig, magnitude_compress, prune_and_finetune
+from bayescomp.pipeline import DEFAULT_LR_SCALES, dense_model
+from bayescomp.train import TrainConfig, evaluate, fit, seed_everything
+from benchmarks._common import RESULTS, this_command
 
 
 def context_bundle(data: DataBundle, classes) -> DataBundle:

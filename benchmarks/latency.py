@@ -6,25 +6,22 @@ against the committed compressed file, loaded with ``bayescomp.load``, at batch 
 the machine's thread count. It rewrites ``latency_ms`` in each result JSON (keeping the old figures under
 ``latency_ms_during_training``) and records the command.
 
-    python benchmarks/latency.py [--threads N] [results/<stem>.json ...]
+    python -m benchmarks.latency [--threads N] [results/<stem>.json ...]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS, this_command  # noqa: E402
-
-import bayescomp  # noqa: E402
-from bayescomp.data import DATASETS  # noqa: E402
-from bayescomp.models import create_model  # noqa: E402
-from bayescomp.report import measure_latency_pair  # noqa: E402
+import bayescomp
+from bayescomp.data import DATASETS
+from bayescomp.models import create_model
+from bayescomp.report import measure_latency_pair
+from benchmarks._common import RESULTS, this_command
 
 
 def main() -> None:

@@ -6,7 +6,7 @@ methods and measures them in rounds (every round times every model once, in rota
 float32, on the machine's thread count and on one thread. It reports each model's median over rounds and the
 range, and writes ``benchmarks/results/latency_compare_<model>_mnist.{json,md}``::
 
-    python benchmarks/latency_compare.py --model lenet5 --methods gnj turbo svd [--rounds 9]
+    python -m benchmarks.latency_compare --model lenet5 --methods gnj turbo svd [--rounds 9]
 """
 
 from __future__ import annotations
@@ -14,18 +14,14 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS, this_command  # noqa: E402
-
-import bayescomp  # noqa: E402
-from bayescomp.data import DATASETS  # noqa: E402
-from bayescomp.measure import measure_latency  # noqa: E402
-from bayescomp.pipeline import git_commit  # noqa: E402
+import bayescomp
+from bayescomp.data import DATASETS
+from bayescomp.measure import measure_latency
+from bayescomp.pipeline import git_commit
+from benchmarks._common import RESULTS, this_command
 
 SETTINGS = {"batch_1": (1, None, 300), "batch_256": (256, None, 20), "batch_1_1thread": (1, 1, 300),
             "batch_256_1thread": (256, 1, 20)}

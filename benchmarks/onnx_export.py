@@ -7,8 +7,8 @@ images: equality and latency do not depend on the trained weights) is exported a
 (CPU execution provider) at batch 1 and 64 with 1 and 2 threads (median of repeated runs after a warm-up).
 Writes ``benchmarks/results/onnx_<model>_<data>.json`` and ``.md``.
 
-    python benchmarks/onnx_export.py                 # every zoo model
-    python benchmarks/onnx_export.py --models lenet5
+    python -m benchmarks.onnx_export                 # every zoo model
+    python -m benchmarks.onnx_export --models lenet5
 """
 
 from __future__ import annotations
@@ -16,21 +16,19 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import torch  # noqa: E402
+import torch
 
-from _common import RESULTS, this_command  # noqa: E402
-from bayescomp.compress.packed import load_packed  # noqa: E402
-from bayescomp.data import load_dataset  # noqa: E402
-from bayescomp.export import export_model, onnx_outputs, onnx_session  # noqa: E402
-from bayescomp.measure import count_flops  # noqa: E402
-from bayescomp.models import MODELS, create_model  # noqa: E402
-from bayescomp.pipeline import git_commit  # noqa: E402
+from bayescomp.compress.packed import load_packed
+from bayescomp.data import load_dataset
+from bayescomp.export import export_model, onnx_outputs, onnx_session
+from bayescomp.measure import count_flops
+from bayescomp.models import MODELS, create_model
+from bayescomp.pipeline import git_commit
+from benchmarks._common import RESULTS, this_command
 
 
 def ort_latency_ms(path: Path, shape: tuple[int, ...], batch: int, threads: int, repeats: int) -> float:

@@ -16,7 +16,7 @@ Network (digest B.1): Conv2d(1, N, 5) -> ReLU -> MaxPool2d(2) -> Flatten -> Line
 Writes ``benchmarks/results/cnn1-<N>_<data>_self.{json,bcz}`` (the posterior-mean network of the self-compressed
 model) and the plots ``benchmarks/results/plots/cnn1_<data>_self_{accuracy,norms}.png``::
 
-    python benchmarks/self_compression_cnn1.py [--data mnist fashion-mnist] [--kernels 10 25 50 100] [--epochs 5]
+    python -m benchmarks.self_compression_cnn1 [--data mnist fashion-mnist] [--kernels 10 25 50 100] [--epochs 5]
 
 The KL weight: the library's objective is NLL + kl_scale * KL / N_train; ``--kl-weight`` multiplies KL / N_train.
 The authors' TF2 code uses loss = NLL + 0.01 * KL per example (digest B.4), i.e. kl_weight = 0.01 * N_train; whether
@@ -28,23 +28,19 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import sys
 import time
-from pathlib import Path
 
 import torch
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS, this_command  # noqa: E402
-
-from bayescomp.compress.packed import save_packed  # noqa: E402
-from bayescomp.data import load_dataset  # noqa: E402
-from bayescomp.pipeline import git_commit  # noqa: E402
-from bayescomp.selfcompress import density_from_plain  # noqa: E402
-from bayescomp.selfcompress.objective import gaussian_elbo_loss  # noqa: E402
-from bayescomp.selfcompress.prune import kernel_norms, remove_kernels  # noqa: E402
-from bayescomp.train import TrainConfig, evaluate, fit, seed_everything  # noqa: E402
+from bayescomp.compress.packed import save_packed
+from bayescomp.data import load_dataset
+from bayescomp.pipeline import git_commit
+from bayescomp.selfcompress import density_from_plain
+from bayescomp.selfcompress.objective import gaussian_elbo_loss
+from bayescomp.selfcompress.prune import kernel_norms, remove_kernels
+from bayescomp.train import TrainConfig, evaluate, fit, seed_everything
+from benchmarks._common import RESULTS, this_command
 
 CONV = 0  # index of the conv layer in both networks
 

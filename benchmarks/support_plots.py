@@ -3,25 +3,22 @@ read from the run directory, compressed with the run's own settings (before fine
 and each layer's kept weights are drawn on its dense weight grid. Writes
 ``benchmarks/results/plots/<model>_<data>_<method>_support.png``::
 
-    python benchmarks/support_plots.py runs/table1/lenet5_mnist_svd runs/table1/lenet300_mnist_svd
+    python -m benchmarks.support_plots runs/table1/lenet5_mnist_svd runs/table1/lenet300_mnist_svd
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS  # noqa: E402
-
-from bayescomp.bayesify import bayesify  # noqa: E402
-from bayescomp.compress import compress  # noqa: E402
-from bayescomp.pipeline import RunConfig, build_dense, load_data  # noqa: E402
-from bayescomp.plots import plot_support_patterns  # noqa: E402
+from bayescomp.bayesify import bayesify
+from bayescomp.compress import compress
+from bayescomp.pipeline import RunConfig, build_dense, load_data
+from bayescomp.plots import plot_support_patterns
+from benchmarks._common import RESULTS
 
 
 def support_plot(run_dir: Path) -> Path:

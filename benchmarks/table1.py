@@ -6,9 +6,9 @@ recipe BC-GHS shares, and are read from ``benchmarks/results``), publishes every
 at a time, and writes ``benchmarks/results/table1.{json,md}`` plus the comparison plot
 ``benchmarks/results/plots/table1_error_vs_compression.png``. Usage::
 
-    python benchmarks/table1.py                      # everything
-    python benchmarks/table1.py --models lenet5 --methods ghs
-    python benchmarks/table1.py --table-only         # rebuild the table from the committed results
+    python -m benchmarks.table1                      # everything
+    python -m benchmarks.table1 --models lenet5 --methods ghs
+    python -m benchmarks.table1 --table-only         # rebuild the table from the committed results
 
 A finished run whose ``report.json`` matches its settings is reused, so an interrupted table resumes.
 """
@@ -17,22 +17,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from dataclasses import replace
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from _common import RESULTS, publish, this_command  # noqa: E402
-
-from bayescomp.compress import CompressConfig  # noqa: E402
-from bayescomp.compress.packed import load_packed  # noqa: E402
-from bayescomp.data import DATASETS  # noqa: E402
-from bayescomp.measure import compression_csr, count_flops, csr_storage_bits  # noqa: E402
-from bayescomp.models import create_model  # noqa: E402
-from bayescomp.pipeline import RunConfig, run  # noqa: E402
-from bayescomp.report import block_format_latency, regularity_fields  # noqa: E402
+from bayescomp.compress import CompressConfig
+from bayescomp.compress.packed import load_packed
+from bayescomp.data import DATASETS
+from bayescomp.measure import compression_csr, count_flops, csr_storage_bits
+from bayescomp.models import create_model
+from bayescomp.pipeline import RunConfig, run
+from bayescomp.report import block_format_latency, regularity_fields
+from benchmarks._common import RESULTS, publish, this_command
 
 MODELS = ("lenet300", "lenet5")
 METHODS = ("ghs", "svd", "turbo", "self", "magnitude")
@@ -71,7 +67,8 @@ MAGNITUDE_SWEEP: dict[str, list[tuple[bool, float]]] = {
 }
 MAGNITUDE_FINETUNE_EPOCHS = 10
 
-#: Published figures (digest §1.7 and §2.3): error %, architecture, compression after pruning / after precision.
+#: Published figures (Louizos et al. 2017, Table 1; Molchanov et al. 2017 via its authors' README; Han et al.
+#: 2015): error %, architecture, compression after pruning / after precision.
 PUBLISHED = {
     ("lenet300", "gnj"): "1.8 % (UNVERIFIED), 278-98-13, 9.3x",
     ("lenet300", "ghs"): "1.8 % (UNVERIFIED), 311-86-14, 9.5x",
@@ -80,8 +77,8 @@ PUBLISHED = {
     ("lenet5", "gnj"): "1.0 %, 8-13-88-13, 108x / 361x",
     ("lenet5", "ghs"): "1.0 %, 5-10-76-16, 156x / 419x",
     ("lenet5", "svd"): "0.75 %, 280x non-zero (BC's table: 1.0 %, 63x* / 228x)",
-    ("lenet300", "turbo"): "not retrievable (digest §3.4)",
-    ("lenet5", "turbo"): "not retrievable (digest §3.4)",
+    ("lenet300", "turbo"): "not available (paper text not read)",
+    ("lenet5", "turbo"): "not available (paper text not read)",
     ("lenet300", "self"): "– (the paper uses a one-conv-layer net)",
     ("lenet5", "self"): "– (the paper uses a one-conv-layer net)",
     ("lenet5", "magnitude"): "Han et al.: 0.77 %, 12x non-zero",

@@ -6,32 +6,28 @@ error of the pruned model and of its quantised versions with the ``max`` and ``m
 record to ``benchmarks/results/table1_variants.json`` (shown under the table). These figures look at the test set,
 so any setting adopted from them is disclosed as such in the README.
 
-    python benchmarks/table1_variants.py lenet5 ghs --tolerance 2.0 --finetune-epochs 20 --finetune-lr 1e-3
+    python -m benchmarks.table1_variants lenet5 ghs --tolerance 2.0 --finetune-epochs 20 --finetune-lr 1e-3
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 from dataclasses import replace
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from _common import RESULTS, this_command  # noqa: E402
-from table1 import build_config  # noqa: E402
-
-from bayescomp.bayesify import bayesify  # noqa: E402
-from bayescomp.compress import compress, prunable_modules, quantize_model  # noqa: E402
-from bayescomp.compress.chain import build_chain  # noqa: E402
-from bayescomp.compress.precision import layer_precisions  # noqa: E402
-from bayescomp.compress.shrink import kept_weight_variances  # noqa: E402
-from bayescomp.pipeline import build_dense, load_data  # noqa: E402
-from bayescomp.priors import deterministic_mode  # noqa: E402
-from bayescomp.train import evaluate, fit  # noqa: E402
+from bayescomp.bayesify import bayesify
+from bayescomp.compress import compress, prunable_modules, quantize_model
+from bayescomp.compress.chain import build_chain
+from bayescomp.compress.precision import layer_precisions
+from bayescomp.compress.shrink import kept_weight_variances
+from bayescomp.pipeline import build_dense, load_data
+from bayescomp.priors import deterministic_mode
+from bayescomp.train import evaluate, fit
+from benchmarks._common import RESULTS, this_command
+from benchmarks.table1 import build_config
 
 
 def main() -> None:

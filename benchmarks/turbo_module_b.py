@@ -9,7 +9,7 @@ Measures, on the CPU with the current thread count:
 
 and the ratios. Writes ``benchmarks/results/turbo_module_b_lenet5_mnist.{json,md}``::
 
-    python benchmarks/turbo_module_b.py [--epochs 2]
+    python -m benchmarks.turbo_module_b [--epochs 2]
 """
 
 from __future__ import annotations
@@ -18,21 +18,17 @@ import argparse
 import json
 import math
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS, this_command  # noqa: E402
-
-from bayescomp import bayesify  # noqa: E402
-from bayescomp.data import load_dataset  # noqa: E402
-from bayescomp.models import create_model  # noqa: E402
-from bayescomp.pipeline import git_commit  # noqa: E402
-from bayescomp.priors.base import bayesian_layers  # noqa: E402
-from bayescomp.train import TrainConfig, fit  # noqa: E402
+from bayescomp import bayesify
+from bayescomp.data import load_dataset
+from bayescomp.models import create_model
+from bayescomp.pipeline import git_commit
+from bayescomp.priors.base import bayesian_layers
+from bayescomp.train import TrainConfig, fit
+from benchmarks._common import RESULTS, this_command
 
 
 def median_seconds(fn, repeats: int) -> float:
