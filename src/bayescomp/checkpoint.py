@@ -1,34 +1,48 @@
-"""Atomic checkpoints that survive interruptions and detect corruption.
+"""Atomic checkpoints that survive interruptions, detect corruption and never run code when loaded.
 
 A checkpoint is written to a temporary file in the same directory, flushed to disk and moved over the old one
-with ``os.replace`` (atomic on POSIX), so a crash mid-write never leaves a half-written file behind. The
-previous checkpoint is kept as ``<name>.prev``; if the newest cannot be read, loading falls back to it (and
-renames the bad file ``<name>.corrupt`` for inspection) instead of losing the run.
+with ``os.replace`` (atomic on POSIX), so a crash mid-write never leaves a half-written file behind; a ``.tmp``
+left by a kill during the write is deleted the next time the checkpoint is loaded. The previous checkpoint is
+kept as ``<name>.prev``; if the newest cannot be read, or its content does not match its checksum, loading
+falls back to it (and renames the bad file ``<name>.corrupt`` for inspection) instead of losing the run.
+
+File layout (version 2): one header line ``BAYESCOMP-CKPT 2 sha256=<hex>\\n`` followed by the bytes of a
+``torch.save`` of the state. The SHA-256 covers every payload byte, so a zeroed or flipped block anywhere is
+caught, not only truncation. The payload is read with ``torch.load(weights_only=True)``: only tensors and plain
+Python containers/scalars, never a pickled callable. NumPy arrays (the NumPy RNG state) are stored as tensors
+plus their dtype name so that the restricted loader needs no extra allowed types.
 """
 
 from __future__ import annotations
 
+import hashlib
+import io
 import os
+import pickle
 import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
+
+MAGIC = b"BAYESCOMP-CKPT 2 sha256="
+_ARRAY_TAG = "__bayescomp_ndarray__"
 
 
 class CheckpointError(RuntimeError):
-    """A checkpoint could not be read (corrupt, truncated, or not a bayescomp checkpoint)."""
+    """A checkpoint could not be read (corrupt, truncated, unsafe, or not a bayescomp checkpoint)."""
 
 
-def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
-    """``torch.save`` to ``path`` atomically (temp file + fsync + ``os.replace``)."""
+def atomic_write_bytes(data: bytes, path: str | os.PathLike) -> None:
+    """Write ``data`` to ``path`` atomically (temp file + fsync + ``os.replace``)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as handle:
-            torch.save(obj, handle)
+            handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
@@ -38,32 +52,125 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
         raise
 
 
+def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
+    """``torch.save`` to ``path`` atomically (temp file + fsync + ``os.replace``)."""
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    atomic_write_bytes(buffer.getvalue(), path)
+
+
+def safe_torch_load(source: str | os.PathLike | io.BytesIO, name: str | os.PathLike, what: str) -> Any:
+    """``torch.load(weights_only=True)``; a file that needs more than tensors and plain containers is refused.
+
+    Args:
+        name: the file named in errors. what: what kind of file it is ("checkpoint", "hypernetwork file", ...).
+
+    Raises:
+        CheckpointError: the file is unreadable, or it would need arbitrary code to load (refused, not run).
+    """
+    try:
+        return torch.load(source, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise
+    except Exception as error:  # noqa: BLE001 - unpickling/zip failures surface as many exception types
+        text = str(error)
+        if isinstance(error, pickle.UnpicklingError) and "global" in text.lower():
+            reason = next((line for line in text.splitlines() if "global" in line.lower()), "").strip()[:300]
+            raise CheckpointError(
+                f"{what} {name} refused: it names Python objects that would run code when loaded ({reason}); "
+                "only tensors and plain values are allowed. Nothing was executed. Do not use this file; "
+                "recreate it with bayescomp."
+            ) from None
+        raise CheckpointError(f"{what} {name} cannot be read ({type(error).__name__}: {_short(text)}); it is "
+                              "corrupt or truncated") from None
+
+
+def _short(text: str) -> str:
+    """The informative line of a torch.load error (its boilerplate suggests ``weights_only=False``: not for us)."""
+    skip = ("Weights only load failed", "Please file an issue", "Check the documentation")
+    lines = [line.strip() for line in text.splitlines() if line.strip() and not line.startswith(skip)]
+    return (lines[0] if lines else text)[:300]
+
+
+def _encode(value: Any) -> Any:
+    """NumPy arrays/scalars -> tensors / Python scalars, recursively, so ``weights_only`` loading suffices."""
+    if isinstance(value, np.ndarray):
+        return {_ARRAY_TAG: torch.from_numpy(value.astype(np.int64) if value.dtype == np.uint32 else value.copy()),
+                "dtype": str(value.dtype)}
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, dict):
+        return {key: _encode(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_encode(item) for item in value)
+    return value
+
+
+def _decode(value: Any) -> Any:
+    if isinstance(value, dict):
+        if _ARRAY_TAG in value:
+            return value[_ARRAY_TAG].numpy().astype(np.dtype(value["dtype"]))
+        return {key: _decode(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_decode(item) for item in value)
+    return value
+
+
 def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> None:
-    """Write ``state`` atomically, keeping the previous checkpoint as ``<path>.prev``."""
+    """Write ``state`` atomically with a SHA-256 header, keeping the previous checkpoint as ``<path>.prev``."""
     path = Path(path)
+    buffer = io.BytesIO()
+    torch.save(_encode({"format": "bayescomp-checkpoint", "version": 2, **state}), buffer)
+    payload = buffer.getvalue()
+    header = MAGIC + hashlib.sha256(payload).hexdigest().encode() + b"\n"
     if path.exists():
         os.replace(path, path.with_name(path.name + ".prev"))
-    atomic_torch_save({"format": "bayescomp-checkpoint", "version": 1, **state}, path)
+    atomic_write_bytes(header + payload, path)
 
 
 def _read(path: Path) -> dict[str, Any]:
     try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as error:  # noqa: BLE001 - any unpickling/zip failure means the file is unusable
-        raise CheckpointError(f"checkpoint {path} cannot be read ({type(error).__name__}: {error})") from error
+        raw = path.read_bytes()
+    except OSError as error:
+        raise CheckpointError(f"checkpoint {path} cannot be read ({error})") from None
+    if raw.startswith(MAGIC):
+        end = raw.find(b"\n", len(MAGIC))
+        digest, payload = raw[len(MAGIC):end].decode("ascii", "replace"), raw[end + 1:]
+        if end < 0 or hashlib.sha256(payload).hexdigest() != digest:
+            raise CheckpointError(f"checkpoint {path} is corrupt: its content does not match its SHA-256 checksum")
+        state = safe_torch_load(io.BytesIO(payload), path, "checkpoint")
+    else:  # version 1 (no checksum) or not a checkpoint at all; still only the restricted loader
+        state = safe_torch_load(path, path, "checkpoint")
     if not isinstance(state, dict) or state.get("format") != "bayescomp-checkpoint":
         raise CheckpointError(f"{path} is not a bayescomp checkpoint")
+    missing = [key for key in ("epoch",) if key not in state]
+    if missing:
+        raise CheckpointError(f"checkpoint {path} lacks the keys {missing}; it was not written by bayescomp")
+    state = _decode(state)
+    state["checkpoint_file"] = str(path)
     return state
 
 
-def load_checkpoint(path: str | os.PathLike) -> dict[str, Any] | None:
-    """Load a checkpoint; ``None`` if none exists.
+def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
+    """Delete ``.<name>.*.tmp`` files that a kill during :func:`save_checkpoint` left beside ``path``."""
+    path = Path(path)
+    if not path.parent.is_dir():
+        return []
+    stale = sorted(path.parent.glob(f".{path.name}.*.tmp"))
+    for item in stale:
+        item.unlink(missing_ok=True)
+    return stale
 
-    If the newest file is corrupt and ``<path>.prev`` is readable, warn, move the bad file to ``<path>.corrupt``
-    and return the previous one (one epoch is lost, not the run). Otherwise raise :class:`CheckpointError`
-    saying what to do; the bad file is left untouched.
+
+def load_checkpoint(path: str | os.PathLike) -> dict[str, Any] | None:
+    """Load a checkpoint; ``None`` if none exists. ``state["checkpoint_file"]`` names the file actually used.
+
+    If the newest file is corrupt (unreadable, checksum mismatch, or unsafe) and ``<path>.prev`` is good, warn,
+    move the bad file to ``<path>.corrupt`` and return the previous one (one epoch is lost, not the run).
+    Otherwise raise :class:`CheckpointError` saying what to do; the bad file is left untouched.
     """
     path = Path(path)
+    remove_stale_temporaries(path)
     previous = path.with_name(path.name + ".prev")
     if not path.exists():
         return _read(previous) if previous.exists() else None

@@ -13,6 +13,7 @@ import os
 import subprocess
 import sys
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ from torch import nn
 
 from bayescomp import distributed as dist_utils
 from bayescomp.bayesify import bayesify, make_config
-from bayescomp.checkpoint import atomic_torch_save
+from bayescomp.checkpoint import atomic_torch_save, safe_torch_load
 from bayescomp.compress import CompressConfig, CompressionResult, compress, prunable_modules, quantize_model
 from bayescomp.compress.packed import QuantSpec, packed_leaves, save_packed
 from bayescomp.data import DataBundle, load_dataset
@@ -162,10 +163,12 @@ def dense_model(config: RunConfig, data: DataBundle, log=print, progress: bool =
     loaded = False
     if path.exists():
         try:
-            model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+            model.load_state_dict(safe_torch_load(path, path, "cached dense model"))  # never runs code
             loaded = True
         except Exception as error:  # noqa: BLE001 - a bad cache entry is retrained, never trusted
-            log(f"cached dense model {path} unreadable ({error}); retraining it")
+            warnings.warn(f"{error}; not used, the dense model is retrained and the cache entry replaced",
+                          stacklevel=2)
+            log(f"cached dense model {path} not used ({error}); retraining it")
     if dist_utils.all_true(loaded):
         log(f"reusing cached dense model {path}")
         return model

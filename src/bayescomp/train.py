@@ -257,7 +257,7 @@ def _fit(model, data, config, checkpoint_path, progress, stop_after_epochs, log,
         restore_training_state(state, model, optimizer, scheduler)
         history.epochs = state["history"]
         start_epoch = state["epoch"]
-        log(f"resumed from {checkpoint_path} at epoch {start_epoch}/{config.epochs}")
+        log(f"resumed from {state.get('checkpoint_file', checkpoint_path)} at epoch {start_epoch}/{config.epochs}")
     n_train = len(data.train)
     steps_per_epoch = math.ceil(n_train / config.batch_size)
     has_bayes = any(True for _ in bayesian_layers(model)) or hasattr(model, "kl_divergence")

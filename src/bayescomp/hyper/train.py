@@ -84,7 +84,7 @@ def train_hypernetwork(model: HyperCompressor, data: DataBundle, config: TrainCo
                              "directory or --restart")
         restore_training_state(state, model, optimizer, scheduler)
         history, start = state["history"], state["epoch"]
-        log(f"resumed from {checkpoint_path} at epoch {start}/{config.epochs}")
+        log(f"resumed from {state.get('checkpoint_file', checkpoint_path)} at epoch {start}/{config.epochs}")
     labels = data.train.labels
     by_class = [torch.nonzero(labels == c).flatten() for c in range(model.num_classes)]
     steps = math.ceil(len(data.train) / config.batch_size)
@@ -141,6 +141,9 @@ def save_hypernetwork(model: HyperCompressor, path: str | Path, metadata: dict[s
                        "input_shape": list(model.input_shape), "metadata": metadata}, path)
 
 
+_HYPER_KEYS = ("state_dict", "config", "num_classes", "input_shape", "metadata")
+
+
 def load_hypernetwork(path: str | Path, teacher: torch.nn.Sequential | None = None) -> HyperCompressor:
     """Load a compressor written by :func:`save_hypernetwork`. Zoo teachers are rebuilt from the metadata; a
     user-defined teacher's structure is passed as ``teacher`` (its weights are replaced by the saved ones).
@@ -148,25 +151,35 @@ def load_hypernetwork(path: str | Path, teacher: torch.nn.Sequential | None = No
     Raises:
         CheckpointError: the file is missing, truncated or not a hypernetwork file.
     """
-    from bayescomp.checkpoint import CheckpointError
+    from bayescomp.checkpoint import CheckpointError, safe_torch_load
     from bayescomp.models import create_model
 
     path = Path(path)
     if path.is_dir():
         path = path / "hyper.pt"
-    try:
-        blob = torch.load(path, map_location="cpu", weights_only=False)
-    except FileNotFoundError:
-        raise CheckpointError(f"{path}: no such hypernetwork file; train one with `bayescomp hyper train`") from None
-    except Exception as error:  # noqa: BLE001 - truncated/corrupt files surface as many exception types
-        raise CheckpointError(f"{path}: unreadable hypernetwork file ({type(error).__name__}: {error}); it is "
-                              "corrupt or truncated, train it again") from None
+    if not path.exists():
+        raise CheckpointError(f"{path}: no such hypernetwork file; train one with `bayescomp hyper train`")
+    blob = safe_torch_load(path, path, "hypernetwork file")  # tensors and plain values only: never runs code
     if not isinstance(blob, dict) or blob.get("format") != "bayescomp-hyper-1":
         raise CheckpointError(f"{path}: not a bayescomp hypernetwork file")
+    missing = [key for key in _HYPER_KEYS if key not in blob]
+    if missing or not isinstance(blob["metadata"], dict) or not isinstance(blob["config"], dict):
+        raise CheckpointError(f"hypernetwork file {path} lacks the keys {missing or ['metadata/config as dicts']}; "
+                              "it is damaged or was not written by bayescomp, train it again")
     meta = blob["metadata"]
-    if teacher is None:
-        teacher = create_model(meta["model"], blob["num_classes"], blob["input_shape"], meta["mean"], meta["std"])
-    model = HyperCompressor(teacher, blob["num_classes"], tuple(blob["input_shape"]), HyperConfig(**blob["config"]))
-    model.load_state_dict(blob["state_dict"])
+    try:
+        config = HyperConfig(**blob["config"])
+        if teacher is None:
+            teacher = create_model(meta["model"], blob["num_classes"], blob["input_shape"], meta["mean"],
+                                   meta["std"])
+        model = HyperCompressor(teacher, blob["num_classes"], tuple(blob["input_shape"]), config)
+    except (TypeError, KeyError, ValueError) as error:
+        raise CheckpointError(f"hypernetwork file {path} has an invalid config or metadata ({error}); "
+                              "train it again") from None
+    try:
+        model.load_state_dict(blob["state_dict"])
+    except (RuntimeError, TypeError, AttributeError) as error:
+        raise CheckpointError(f"hypernetwork file {path}: its weights do not fit the model it describes "
+                              f"({str(error)[:200]}); train it again") from None
     model.metadata = meta
     return model.eval()
