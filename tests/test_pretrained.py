@@ -1,0 +1,70 @@
+"""Shipped pretrained weights: checked by SHA-256, refused when corrupt, and as accurate as their manifest says."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+
+from bayescomp.data import load_dataset
+from bayescomp.models import create_model
+from bayescomp.models import pretrained as pretrained_mod
+from bayescomp.train import evaluate
+
+
+def _shipped():
+    return pretrained_mod.list_pretrained()
+
+
+def test_some_weights_ship():
+    assert ("lenet300", "mnist") in _shipped()
+
+
+@pytest.mark.parametrize("model,data", _shipped())
+def test_shipped_weights_reproduce_their_manifest(model, data):
+    bundle = load_dataset(data)
+    net = create_model(model, bundle.num_classes, bundle.input_shape, bundle.mean, bundle.std, pretrained=True,
+                       data=data)
+    manifest = pretrained_mod.read_manifest(model, data)
+    if model.startswith("resnet"):  # a seeded 1,000-image slice keeps the suite fast; 10,000 for the LeNets
+        test = bundle.test.subset(1000, seed=0)
+        # binomial standard error of an error rate p on 1,000 images, 4 sigma
+        p = manifest["test_error_pct"] / 100
+        tolerance = 400 * (p * (1 - p) / 1000) ** 0.5
+    else:
+        # the full test set; two images of slack for float summation order on other thread counts
+        test, tolerance = bundle.test, 0.02 + 1e-9
+    error = evaluate(net, test)["error_pct"]
+    assert abs(error - manifest["test_error_pct"]) <= tolerance, (error, manifest["test_error_pct"])
+
+
+def test_corrupt_weights_are_refused(tmp_path, monkeypatch):
+    for path in pretrained_mod.WEIGHTS_DIR.glob("lenet300_mnist.*"):
+        shutil.copy(path, tmp_path / path.name)
+    weights = tmp_path / "lenet300_mnist.pt"
+    raw = bytearray(weights.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    weights.write_bytes(bytes(raw))
+    monkeypatch.setattr(pretrained_mod, "WEIGHTS_DIR", tmp_path)
+    with pytest.raises(pretrained_mod.PretrainedWeightsError, match="SHA-256"):
+        create_model("lenet300", pretrained=True)
+
+
+def test_unknown_pair_names_what_ships():
+    with pytest.raises(pretrained_mod.PretrainedWeightsError, match="lenet300/mnist"):
+        create_model("vgg16", 10, (3, 32, 32), (0.5,) * 3, (0.25,) * 3, pretrained=True, data="cifar10")
+
+
+def test_weights_that_do_not_fit_are_refused():
+    with pytest.raises(pretrained_mod.PretrainedWeightsError, match="do not fit"):
+        create_model("lenet300", num_classes=7, pretrained=True)
+
+
+def test_manifest_records_how_the_weights_were_made():
+    for model, data in _shipped():
+        manifest = json.loads(pretrained_mod.manifest_path(model, data).read_text())
+        assert manifest["command"].startswith("python benchmarks/pretrain.py")
+        assert manifest["sha256"] and manifest["epochs"] > 0 and manifest["train_time_s"] > 0
+        assert isinstance(torch.load(pretrained_mod.WEIGHTS_DIR / manifest["file"], weights_only=True), dict)
