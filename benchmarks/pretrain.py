@@ -161,6 +161,7 @@ def main() -> None:
     manifest = {
         "model": args.model, "data": args.data, "file": out.name,
         "sha256": hashlib.sha256(out.read_bytes()).hexdigest(),
+        "val_size": len(data.val), "split_seed": 0,
         "val_error_pct": fp32_val, "test_error_pct": test, "epochs": args.epochs, "batch_size": args.batch_size,
         "lr": args.lr, "weight_decay": weight_decay, "precision": args.precision, "seed": args.seed,
         "train_time_s": round(train_time, 1), "threads": torch.get_num_threads(),

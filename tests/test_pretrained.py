@@ -68,3 +68,16 @@ def test_manifest_records_how_the_weights_were_made():
         assert manifest["command"].startswith("python benchmarks/pretrain.py")
         assert manifest["sha256"] and manifest["epochs"] > 0 and manifest["train_time_s"] > 0
         assert isinstance(torch.load(pretrained_mod.WEIGHTS_DIR / manifest["file"], weights_only=True), dict)
+
+
+def test_run_from_pretrained_weights_needs_their_split(tmp_path):
+    from bayescomp.pipeline import RunConfig, dense_model
+
+    data = load_dataset("mnist", val_size=5000, seed=0)
+    config = RunConfig(model="lenet300", data="mnist", pretrained=True)
+    dense = dense_model(config, data, log=lambda *_: None)
+    reference = create_model("lenet300", 10, data.input_shape, data.mean, data.std, pretrained=True)
+    assert all(torch.equal(a, b) for a, b in zip(dense.state_dict().values(), reference.state_dict().values()))
+    with pytest.raises(ValueError, match="split"):
+        dense_model(RunConfig(model="lenet300", data="mnist", pretrained=True, val_size=1000),
+                    load_dataset("mnist", val_size=1000), log=lambda *_: None)

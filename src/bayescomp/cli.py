@@ -85,6 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--test-subset", type=int, default=None, help="use only this many test examples")
     run.add_argument("--no-latency", action="store_true", help="skip the latency measurement")
     run.add_argument("--no-plots", action="store_true", help="skip the plots")
+    run.add_argument("--pretrained", action="store_true",
+                     help="start from the dense weights shipped with the package instead of training them")
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
     run.add_argument("--restart", action="store_true", help="discard an existing run in --run-dir and start over")
     run.add_argument("--device", default=None,
@@ -260,6 +262,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     config = RunConfig(model=args.model, data=data, method=args.method, seed=args.seed, data_dir=args.data_dir,
                        val_size=args.val_size, train_subset=args.train_subset, test_subset=args.test_subset,
                        prior=prior, latency=not args.no_latency, plots=not args.no_plots,
+                       pretrained=args.pretrained,
                        compress=CompressConfig(thresholds=args.thresholds, tolerance_pct=args.tolerance,
                                                bits_reduce=args.bits_reduce,
                                                finetune_search=args.finetune_search))

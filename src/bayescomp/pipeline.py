@@ -28,6 +28,7 @@ from bayescomp.compress import CompressConfig, CompressionResult, compress, prun
 from bayescomp.compress.packed import QuantSpec, packed_leaves, save_packed
 from bayescomp.data import DataBundle, load_dataset
 from bayescomp.models import MODELS, create_model
+from bayescomp.models.pretrained import load_pretrained, read_manifest
 from bayescomp.priors import PRIORS
 from bayescomp.train import TrainConfig, evaluate, fit, seed_everything
 
@@ -94,6 +95,9 @@ class RunConfig:
     compress: CompressConfig = field(default_factory=CompressConfig)
     latency: bool = True
     plots: bool = True
+    #: start from the dense weights shipped with the package (:mod:`bayescomp.models.pretrained`) instead of
+    #: training the dense model; they were trained on one split, so the run must use the same split.
+    pretrained: bool = False
 
     def __post_init__(self) -> None:
         if self.model not in MODELS:
@@ -155,6 +159,8 @@ def dense_model(config: RunConfig, data: DataBundle, log=print, progress: bool =
     Data-parallel (torchrun): the ranks train it together; only rank 0 writes the cache, and a cache entry is
     used only if every rank could read it, so that all ranks take the same branch.
     """
+    if config.pretrained:
+        return _pretrained_dense(config, data, log)
     key = json.dumps({"model": config.model, "data": config.data, "dense": asdict(config.dense),
                       "val_size": config.val_size, "train_subset": config.train_subset}, sort_keys=True)
     path = cache_dir() / "dense" / f"{config.model}_{config.data}_{hashlib.sha1(key.encode()).hexdigest()[:12]}.pt"
@@ -181,6 +187,23 @@ def dense_model(config: RunConfig, data: DataBundle, log=print, progress: bool =
     if dist_utils.is_main():
         atomic_torch_save(model.state_dict(), path)
     dist_utils.barrier()
+    return model
+
+
+def _pretrained_dense(config: RunConfig, data: DataBundle, log) -> nn.Module:
+    """The shipped dense weights, after checking that the run's validation split is the one they never saw."""
+    manifest = read_manifest(config.model, config.data)
+    split = (manifest.get("val_size"), manifest.get("split_seed"))
+    if split != (config.val_size, config.seed) or config.train_subset is not None:
+        raise ValueError(
+            f"--pretrained: the shipped {config.model}/{config.data} weights were trained with val_size "
+            f"{split[0]} and split seed {split[1]} (full training split); this run uses val_size {config.val_size}, "
+            f"seed {config.seed}, train_subset {config.train_subset}, so its validation images could be ones the "
+            "weights were trained on. Use the same split or train the dense model (drop --pretrained).")
+    model = build_dense(config, data)
+    load_pretrained(model, config.model, config.data)
+    log(f"dense model: shipped pretrained weights for {config.model}/{config.data} "
+        f"(test error {manifest['test_error_pct']:.2f} % when trained; {manifest['command']})")
     return model
 
 
