@@ -160,3 +160,88 @@ def test_crafted_dense_cache_is_not_run_and_is_replaced(tmp_path, monkeypatch):
     assert not marker.exists()
     assert any("retraining" in line for line in logs)
     torch.load(cached, weights_only=True)  # the replacement is a plain state dict again
+
+
+SMALL = ["--train-subset", "600", "--val-size", "200", "--test-subset", "200", "--dense-epochs", "1",
+         "--epochs", "1", "--batch-size", "100", "--no-progress", "--no-latency", "--no-plots"]
+
+
+@pytest.mark.parametrize("args,option", [
+    (["--epochs", "-1"], "--epochs"),
+    (["--dense-epochs", "-2"], "--dense-epochs"),
+    (["--finetune-epochs", "-1"], "--finetune-epochs"),
+    (["--batch-size", "0"], "--batch-size"),
+    (["--lr", "0"], "--lr"),
+    (["--lr", "-0.1"], "--lr"),
+    (["--lr", "nan"], "--lr"),
+    (["--lr", "inf"], "--lr"),
+    (["--tolerance", "-0.5"], "--tolerance"),
+    (["--tolerance", "nan"], "--tolerance"),
+    (["--val-size", "0"], "--val-size"),
+    (["--kl-warmup", "-1"], "--kl-warmup"),
+    (["--train-subset", "0"], "--train-subset"),
+    (["--nproc", "0"], "--nproc"),
+    (["--thresholds", "1,2"], "--thresholds"),  # lenet300 has 3 prunable layers
+    (["--thresholds", "nan"], "--thresholds"),
+    (["--clip-var", "-1"], "--clip-var"),
+    (["--prior-option", "clip_var=abc"], "clip_var"),
+    (["--prior-option", "clip_var=-1"], "clip_var"),
+    (["--prior-option", "z_sampling=3"], "z_sampling"),
+    (["--method", "turbo", "--prior-option", "p01=1.5"], "p01"),
+    (["--method", "magnitude", "--sparsity", "-0.1"], "--sparsity"),
+])
+def test_cli_bad_values_exit_2_naming_the_option_before_any_training(args, option, tmp_path, capsys,
+                                                                       monkeypatch):
+    monkeypatch.setenv("BAYESCOMP_CACHE", str(tmp_path / "cache"))
+    run_dir = tmp_path / "r"
+    code = main(["run", "--model", "lenet300", "--run-dir", str(run_dir), *SMALL, *args])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert option in err and "Traceback" not in err
+    assert not (tmp_path / "cache" / "dense").exists()  # nothing trained
+    assert not list(run_dir.glob("*.ckpt")) if run_dir.exists() else True
+
+
+@pytest.mark.parametrize("args,option", [
+    (["train", "--epochs", "-1"], "--epochs"),
+    (["train", "--batch-size", "0"], "--batch-size"),
+    (["train", "--lr", "nan"], "--lr"),
+    (["train", "--option", "hidden=abc"], "hidden"),
+    (["train", "--option", "hidden=-3"], "hidden"),
+    (["generate", "some/hyper.pt", "--classes", "0,1", "--budget", "0", "--out", "x"], "--budget"),
+    (["generate", "some/hyper.pt", "--classes", "0,1", "--budget", "1.5", "--out", "x"], "--budget"),
+])
+def test_cli_hyper_bad_values_exit_2(args, option, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code = main(["hyper", *args, *(["--run-dir", str(tmp_path / "h")] if args[0] == "train" else [])])
+    err = capsys.readouterr().err
+    assert code == 2 and option in err and "Traceback" not in err
+    assert not (tmp_path / "h").exists()
+
+
+def test_report_json_with_missing_keys_is_named(tmp_path, capsys):
+    (tmp_path / "report.json").write_text(json.dumps({"model": "lenet300"}))
+    assert main(["report", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "report.json" in err and "test_error_pct" in err
+
+
+def test_val_size_zero_is_refused_by_the_api():
+    from bayescomp.pipeline import RunConfig
+
+    with pytest.raises(ValueError, match="--val-size must be an integer >= 1"):
+        RunConfig(val_size=0)
+
+
+def test_report_warns_next_to_misleading_headlines():
+    from bayescomp.report import report_warnings
+
+    good = {"dense_test_error_pct": 1.8, "test_error_pct_bayes": 1.9, "test_error_pct": 2.0, "n_val": 5000,
+            "weights_kept": 9000, "weights_dense": 266200, "kept_architecture": "600-100-50-10"}
+    assert report_warnings(good) == []
+    chance = {**good, "test_error_pct": 89.7}
+    assert any("compressed model is at or near chance" in w for w in report_warnings(chance))
+    tiny = {**good, "n_val": 20}
+    assert any("only 20 examples" in w for w in report_warnings(tiny))
+    empty = {**good, "kept_architecture": "1-1-1-10", "weights_kept": 12}
+    assert any("kept almost nothing" in w for w in report_warnings(empty))

@@ -14,6 +14,7 @@ from torch import nn
 
 from bayescomp.priors import get_prior
 from bayescomp.priors.base import BayesianLayer
+from bayescomp.validate import check_config_values
 
 #: Layers that carry no weights of their own and can sit between prunable layers.
 PASS_THROUGH: tuple[type[nn.Module], ...] = (
@@ -25,6 +26,9 @@ PASS_THROUGH: tuple[type[nn.Module], ...] = (
 def make_config(prior: str, config: Any = None, **overrides: Any) -> Any:
     """The prior's config dataclass: ``config`` itself, a dict of fields, or the defaults, with ``overrides``."""
     spec = get_prior(prior)
+    if isinstance(config, dict):
+        check_config_values(spec.config_cls, config, "option")
+    check_config_values(spec.config_cls, overrides, "option")
     if config is None:
         config = spec.config_cls()
     elif isinstance(config, dict):

@@ -15,12 +15,14 @@ from bayescomp.data import DataError
 from bayescomp.export import ExportError
 from bayescomp.models import MODELS
 from bayescomp.priors import PRIORS
+from bayescomp.runlock import RunDirLockedError
 from bayescomp.train import NonFiniteLossError, TrainConfig
+from bayescomp.validate import check_cli_values, check_config_values
 
 METHODS = (*sorted(PRIORS), "magnitude", "self")
 
 KNOWN_ERRORS = (DataError, PruneError, UnsupportedModelError, NonFiniteLossError, CheckpointError, ValueError,
-                FileNotFoundError, PackedFormatError, ExportError)
+                FileNotFoundError, PackedFormatError, ExportError, RunDirLockedError)
 
 
 def _floats(text: str) -> list[float] | float | str:
@@ -109,7 +111,24 @@ def build_parser() -> argparse.ArgumentParser:
     rep = sub.add_parser("report", help="print the report of a finished run")
     rep.add_argument("run_dir", help="the run directory written by `bayescomp run`")
     rep.add_argument("--json", action="store_true", help="print the JSON instead of markdown")
+    _add_data_bench_parsers(sub)
     return parser
+
+
+def _add_data_bench_parsers(sub) -> None:
+    fmt = argparse.ArgumentDefaultsHelpFormatter
+    data = sub.add_parser("data", help="fetch the built-in data sets where no local copy exists", formatter_class=fmt)
+    dsub = data.add_subparsers(dest="data_command", required=True)
+    down = dsub.add_parser("download", help="download, verify (same MD5s as the loader) and unpack data sets; "
+                                            "nothing is fetched where the local copy exists", formatter_class=fmt)
+    down.add_argument("names", nargs="+", metavar="NAME", help="mnist, fashion-mnist, cifar10")
+    down.add_argument("--data-dir", default=None,
+                      help="folder to fill (default: $BAYESCOMP_DATA, else ~/.cache/bayescomp/data; "
+                           "../shared/data is used as is when it holds the files)")
+    down.add_argument("--mirror", default=None,
+                      help="base URL of a mirror laid out as URL/<folder>/<file> (default: $BAYESCOMP_MIRROR, "
+                           "else each data set's canonical public mirror)")
+    down.add_argument("--retries", type=int, default=4, help="further attempts after a network error")
 
 
 def _add_hyper_parser(sub) -> None:
@@ -161,6 +180,7 @@ def _options(items: list[str], config_cls, flag: str = "--option") -> dict:
             out[key] = json.loads(value)
         except json.JSONDecodeError:
             out[key] = value
+    check_config_values(config_cls, out, flag)  # types and ranges, before any work starts
     return out
 
 
@@ -198,7 +218,7 @@ def _train_config(base: TrainConfig, args: argparse.Namespace, bayes: bool) -> T
     from dataclasses import replace
 
     changes = {}
-    if args.batch_size:
+    if args.batch_size is not None:  # 0 is an error (checked), not "unset"
         changes["batch_size"] = args.batch_size
     if bayes:
         if args.epochs is not None:
@@ -311,15 +331,28 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_data(args: argparse.Namespace) -> int:
+    from bayescomp.download import download_dataset
+
+    if args.retries < 0:
+        raise ValueError(f"--retries must be >= 0, got {args.retries}")
+    for name in args.names:
+        download_dataset(name, args.data_dir, args.mirror, retries=args.retries)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     args.argv = argv
     try:
+        check_cli_values(args)  # every numeric option, before any work starts
         if args.command == "hyper":
             return cmd_hyper(args)
         if args.command == "export":
             return cmd_export(args)
+        if args.command == "data":
+            return cmd_data(args)
         return cmd_run(args) if args.command == "run" else cmd_report(args)
     except KeyboardInterrupt:
         print("\ninterrupted; run the same command again to resume from the last completed epoch",

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from bayescomp import distributed as dist_utils
+from bayescomp import runlock
 from bayescomp.bayesify import bayesify, make_config
 from bayescomp.checkpoint import atomic_torch_save, safe_torch_load
 from bayescomp.compress import CompressConfig, CompressionResult, compress, prunable_modules, quantize_model
@@ -31,6 +32,7 @@ from bayescomp.models import MODELS, create_model
 from bayescomp.models.pretrained import load_pretrained, read_manifest
 from bayescomp.priors import PRIORS
 from bayescomp.train import TrainConfig, evaluate, fit, seed_everything
+from bayescomp.validate import check_threshold_count
 
 #: Training defaults per model key (dense pre-training, Bayesian training); see the README for the reasoning.
 DEFAULT_SCHEDULES: dict[str, tuple[TrainConfig, TrainConfig]] = {
@@ -100,6 +102,9 @@ class RunConfig:
     pretrained: bool = False
 
     def __post_init__(self) -> None:
+        if isinstance(self.val_size, bool) or not isinstance(self.val_size, int) or self.val_size < 1:
+            raise ValueError(f"--val-size must be an integer >= 1 (the threshold search and the per-epoch "
+                             f"validation need examples), got {self.val_size!r}")
         if self.model not in MODELS:
             raise ValueError(f"unknown model {self.model!r}; known models: {', '.join(sorted(MODELS))}")
         if self.method not in NON_PRIOR_METHODS and self.method not in PRIORS:
@@ -296,11 +301,22 @@ def run(config: RunConfig, run_dir: str | Path, log=print, progress: bool = True
     if not dist_utils.is_main():
         log = lambda *_: None  # noqa: E731
     run_dir = Path(run_dir)
+    lock = runlock.acquire(run_dir, log) if dist_utils.is_main() else None  # one writer per run directory
+    try:
+        return _run(config, run_dir, log, progress, restart, command, device, amp, started)
+    finally:
+        if lock is not None:
+            runlock.release(lock)
+
+
+def _run(config: RunConfig, run_dir: Path, log, progress: bool, restart: bool, command: str | None,
+         device: str | None, amp: bool, started: float) -> dict[str, Any]:
     if dist_utils.is_main():
         _prepare_run_dir(config, run_dir, restart, log)
     dist_utils.barrier()
     data = load_data(config)
     log(f"data: {config.data} train {len(data.train)}, val {len(data.val)}, test {len(data.test)}")
+    _check_thresholds_fit(config, data)
     dense = dense_model(config, data, log, progress, device, amp)
     dense_eval = evaluate(dense, data.test)
     log(f"dense test error {dense_eval['error_pct']:.2f}%")
@@ -320,6 +336,20 @@ def run(config: RunConfig, run_dir: str | Path, log=print, progress: bool = True
                                    progress, command, training)
     return _finish(config, run_dir, data, dense, dense_eval, model, history, started, log, progress, command,
                    training=training)
+
+
+def _check_thresholds_fit(config: RunConfig, data: DataBundle) -> None:
+    """A list of thresholds must match the model's prunable layers: checked before any training."""
+    thresholds = config.compress.thresholds
+    if not isinstance(thresholds, (list, tuple)):
+        return
+    from bayescomp.compress.chain import UnsupportedModelError, build_chain
+
+    try:
+        layers = len(build_chain(build_dense(config, data)).layers)
+    except UnsupportedModelError:  # graph models: the count of coupled groups is checked when compressing
+        return
+    check_threshold_count(thresholds, layers, config.model)
 
 
 def _prepare_run_dir(config: RunConfig, run_dir: Path, restart: bool, log) -> None:

@@ -196,6 +196,8 @@ def render_markdown(report: dict[str, Any]) -> str:
     lines = [
         f"# bayescomp report: {report['model']} on {report['data']}, method {report['method']}",
         "",
+        *[f"> **Warning:** {text}" for text in report_warnings(report)],
+        *([""] if report_warnings(report) else []),
         "| | test error | architecture | weights |",
         "|---|---|---|---|",
         f"| dense | {report['dense_test_error_pct']:.2f} % | {report['architecture_dense']} | {report['weights_dense']:,} |",
@@ -284,11 +286,54 @@ def write_report(report: dict[str, Any], run_dir: Path, model=None, result=None,
         (run_dir / "report.json").write_text(json.dumps(report, indent=2))
 
 
+#: keys every report of ``bayescomp run`` holds; a report.json without them was not written by it (or was cut).
+REQUIRED_KEYS = ("model", "data", "method", "test_error_pct", "dense_test_error_pct", "kept_architecture",
+                 "weights_dense", "weights_kept", "compression_architecture")
+
+
 def load_report(run_dir: str | Path) -> dict[str, Any]:
     path = Path(run_dir) / "report.json"
     if not path.exists():
         raise FileNotFoundError(f"no report in {run_dir} (expected {path}); run `bayescomp run` first")
-    return json.loads(path.read_text())
+    try:
+        report = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"{path} is not valid JSON ({error}); run `bayescomp run` again") from None
+    missing = [key for key in REQUIRED_KEYS if not isinstance(report, dict) or key not in report]
+    if missing:
+        raise ValueError(f"{path} lacks the keys {missing}; it was not written by `bayescomp run` or was damaged")
+    return report
+
+
+#: Fewer validation examples than this make the threshold search's error estimate too coarse to trust.
+SMALL_VAL = 500
+
+
+def report_warnings(report: dict[str, Any]) -> list[str]:
+    """Conditions under which the report's headline figures mislead (issue 15, item 5).
+
+    A compression ratio of a network at chance accuracy, or chosen on a handful of validation examples, or
+    that kept almost nothing, is not a result; the report says so next to the figures.
+    """
+    classes = int(report.get("num_classes") or 10)
+    chance = 100.0 * (1 - 1 / classes)
+    out = []
+    for key, name in (("dense_test_error_pct", "dense model"), ("test_error_pct_bayes", "Bayesian model"),
+                      ("test_error_pct", "compressed model")):
+        value = report.get(key)
+        if value is not None and value >= 0.8 * chance:
+            out.append(f"the {name} is at or near chance accuracy (test error {value:.2f} %, chance "
+                       f"{chance:.1f} %): its compression figures do not describe a working network")
+    n_val = report.get("n_val")
+    if n_val is not None and n_val < SMALL_VAL:
+        out.append(f"the validation split has only {n_val} examples: the pruning level chosen on it is unreliable "
+                   f"(use --val-size >= {SMALL_VAL})")
+    kept, dense = report.get("weights_kept"), report.get("weights_dense")
+    hidden = [int(w) for w in str(report.get("kept_architecture", "")).split("-")[:-1] if w.strip().isdigit()]
+    if (kept is not None and dense and kept / dense < 1e-3) or any(w <= 1 for w in hidden):
+        out.append(f"the compressed network kept almost nothing ({report.get('kept_architecture')}, {kept} of "
+                   f"{dense} weights): check its test error before reading the compression ratio")
+    return out
 
 
 def render_generated_markdown(report: dict[str, Any]) -> str:
