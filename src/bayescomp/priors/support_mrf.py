@@ -25,6 +25,17 @@ trees, so BP is exact on 1 x C and R x 1 grids. On larger grids it is the usual 
 close for weak coupling, but with strong coupling (default prior) a posterior with two competing modes (e.g.
 a region all on vs all off) gives BP several fixed points and BP commits to one of them, so a marginal can be
 far from exact. :func:`exact_grid_marginals` enumerates all supports of small grids: the tests' reference.
+
+**Neuron level** (``MarkovGridPrior.p_neuron``; our reconstruction of the paper's neuron-level structure, whose
+text could not be read here: UNVERIFIED). Every row r (an output neuron or filter) gets one more binary variable
+t_r with prior P(t_r = 1) = p_neuron, joined to every node of its row by the hard factor phi(t, s) = 0 iff t = 0 and
+s = 1: a neuron that is off has all its weights off, a neuron that is on leaves its row to the Markov chains.
+Summing t_r out multiplies the prior of a support by p_neuron + (1 - p_neuron) [row r empty], i.e. an empty row
+is 1/p_neuron times more likely a priori, so a row whose weights have only weak evidence switches off as a
+whole while a row with a few strong weights is untouched. In log-odds, node (r, c) sends its neuron
+softplus(h) (h: its belief without the neuron's message), and the neuron sends back logsigmoid(logit p_neuron +
+the other nodes' messages). The neuron edges close loops with the row chain, so BP is approximate even on a
+1 x C grid; with uncoupled chains (p01 = p11 both ways) every row is a star and BP is exact.
 """
 
 from __future__ import annotations
@@ -36,7 +47,10 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["GridBPResult", "MarkovGridPrior", "exact_grid_marginals", "grid_bp", "logaddexp_message"]
+__all__ = [
+    "GridBPResult", "MarkovGridPrior", "exact_grid_marginals", "exact_neuron_marginals", "grid_bp",
+    "logaddexp_message",
+]
 
 _MAX_EXACT_NODES = 16
 _SATURATION = 40.0  # see the logaddexp fallback in _message_fn
@@ -52,11 +66,12 @@ class MarkovGridPrior:
     p_start: float = 0.1  # P(active) of a chain's first node
     p01_vertical: float | None = None  # None: same as p01
     p11_vertical: float | None = None  # None: same as p11
+    p_neuron: float | None = None  # P(row's neuron on); None: no neuron level (module docstring)
 
     def __post_init__(self) -> None:
-        for name in ("p01", "p11", "p_start", "p01_vertical", "p11_vertical"):
+        for name in ("p01", "p11", "p_start", "p01_vertical", "p11_vertical", "p_neuron"):
             value = getattr(self, name)
-            if value is None and name.endswith("_vertical"):
+            if value is None and name in ("p01_vertical", "p11_vertical", "p_neuron"):
                 continue
             if not isinstance(value, numbers.Real) or not 0.0 < float(value) < 1.0:
                 raise ValueError(f"MarkovGridPrior.{name} must be a probability in the open interval (0, 1),"
@@ -71,6 +86,17 @@ class MarkovGridPrior:
     def start_log_odds(self) -> float:
         """log(p_start / (1 - p_start)): the log-odds a start factor adds to its node."""
         return math.log(self.p_start) - math.log1p(-self.p_start)
+
+    @property
+    def message_count(self) -> int:
+        """Incoming message tensors per node: four grid neighbours, plus the row's neuron when it has one."""
+        return 4 if self.p_neuron is None else 5
+
+    def neuron_log_odds(self) -> float:
+        """log(p_neuron / (1 - p_neuron)); only meaningful when the prior has a neuron level."""
+        if self.p_neuron is None:
+            raise ValueError("this MarkovGridPrior has no neuron level (p_neuron is None)")
+        return math.log(self.p_neuron) - math.log1p(-self.p_neuron)
 
     def stationary_active(self) -> float:
         """Stationary P(active) of the horizontal chain, p01 / (1 - p11 + p01); meant for initialising pi."""
@@ -89,9 +115,10 @@ class GridBPResult:
 
     marginal_log_odds: torch.Tensor  # evidence + extrinsic, shape like the evidence
     extrinsic_log_odds: torch.Tensor  # start factors + incoming messages: all but the node's own evidence
-    messages: torch.Tensor  # (4, *evidence.shape): incoming log-odds from the left, right, up, down neighbour
+    messages: torch.Tensor  # (4 or 5, *evidence.shape): incoming log-odds from left, right, up, down (, neuron)
     iterations: int  # sweeps run
     max_change: float  # largest |change| of any message in the last sweep (inf if no sweep ran)
+    neuron_log_odds: torch.Tensor | None = None  # (..., R): log-odds P(t_r = 1) of each row's neuron, if any
 
 
 def _direction_tables(prior: MarkovGridPrior) -> torch.Tensor:
@@ -167,17 +194,34 @@ def _zero_borders(messages: torch.Tensor) -> torch.Tensor:
 MessageFn = Callable[[torch.Tensor], torch.Tensor]
 
 
-def _sweep(messages: torch.Tensor, unary: torch.Tensor, message_fn: MessageFn) -> torch.Tensor:
-    """One flooding update: all four new message tensors from the old ones (no damping).
+def _neuron_inputs(belief: torch.Tensor, messages: torch.Tensor) -> torch.Tensor:
+    """Node -> neuron log-odds softplus(h), h = the node's belief without the neuron's own message (hard factor)."""
+    return torch.nn.functional.softplus(belief - messages[4])
+
+
+def _neuron_log_odds(unary: torch.Tensor, messages: torch.Tensor, neuron_prior: float) -> torch.Tensor:
+    """Each row's neuron belief: its prior log-odds plus every node's message, shape (..., R)."""
+    return neuron_prior + _neuron_inputs(unary + messages.sum(0), messages).sum(-1)
+
+
+def _sweep(messages: torch.Tensor, unary: torch.Tensor, message_fn: MessageFn,
+           neuron_prior: float | None = None) -> torch.Tensor:
+    """One flooding update: all new message tensors from the old ones (no damping).
 
     The sender's h is its unary log-odds plus all its incoming messages except the one from the receiver.
+    With a neuron level, the neuron's message to node (r, c) is logsigmoid of its prior plus the other nodes'
+    softplus messages (module docstring).
     """
-    belief = unary + messages[0] + messages[1] + messages[2] + messages[3]
-    h = torch.empty_like(messages)
+    belief = unary + messages.sum(0)
+    new = torch.empty_like(messages)
+    if neuron_prior is not None:
+        into_neuron = _neuron_inputs(belief, messages)
+        cavity = into_neuron.sum(-1, keepdim=True) + neuron_prior - into_neuron
+        new[4] = torch.nn.functional.logsigmoid(cavity)
+    h = torch.empty_like(messages[:4])
     for k, back in enumerate((1, 0, 3, 2)):  # the receiver of direction k is the sender's neighbour `back`
         torch.sub(belief, messages[back], out=h[k])
     out = message_fn(h)  # at the sender's position; shift each direction onto its receiver
-    new = torch.empty_like(messages)
     new[0, ..., :, 1:], new[0, ..., :, 0] = out[0, ..., :, :-1], 0.0
     new[1, ..., :, :-1], new[1, ..., :, -1] = out[1, ..., :, 1:], 0.0
     new[2, ..., 1:, :], new[2, ..., 0, :] = out[2, ..., :-1, :], 0.0
@@ -199,7 +243,8 @@ def grid_bp(evidence_log_odds: torch.Tensor, prior: MarkovGridPrior, iterations:
 
     Leading dimensions are independent grids. Runs at most ``iterations`` parallel sweeps, each damped as
     ``(1 - damping) * new + damping * old``, and stops early once the largest message change is below
-    ``tol``. ``messages`` (shape (4, *evidence.shape)) warm-starts from a previous result; None = zeros.
+    ``tol``. ``messages`` (shape (``prior.message_count``, *evidence.shape)) warm-starts from a previous result;
+    None = zeros. With ``prior.p_neuron`` set, the result also carries each row's neuron log-odds.
     """
     if evidence_log_odds.dim() < 2 or not evidence_log_odds.is_floating_point():
         raise ValueError("evidence_log_odds must be a floating tensor of shape (..., R, C)")
@@ -209,7 +254,7 @@ def grid_bp(evidence_log_odds: torch.Tensor, prior: MarkovGridPrior, iterations:
         raise ValueError(f"iterations must be >= 0, got {iterations}")
     with torch.no_grad():
         evidence = evidence_log_odds.detach()
-        shape = (4, *evidence.shape)
+        shape = (prior.message_count, *evidence.shape)
         if messages is None:
             msgs = evidence.new_zeros(shape)
         elif tuple(messages.shape) != shape:
@@ -219,26 +264,44 @@ def grid_bp(evidence_log_odds: torch.Tensor, prior: MarkovGridPrior, iterations:
             msgs = _zero_borders(msgs)
         start = _start_log_odds_field(evidence, prior)
         unary, message_fn = evidence + start, _message_fn(prior, evidence)
+        neuron_prior = None if prior.p_neuron is None else prior.neuron_log_odds()
         sweeps, max_change = 0, math.inf
         for _ in range(iterations):
-            new = _sweep(msgs, unary, message_fn)
+            new = _sweep(msgs, unary, message_fn, neuron_prior)
             if damping > 0.0:
                 new.mul_(1.0 - damping).add_(msgs, alpha=damping)
             max_change = _largest_change(new, msgs)
             msgs, sweeps = new, sweeps + 1
             if max_change < tol:
                 break
-        extrinsic = start + msgs[0] + msgs[1] + msgs[2] + msgs[3]
+        extrinsic = start + msgs.sum(0)
+        neurons = None if neuron_prior is None else _neuron_log_odds(unary, msgs, neuron_prior)
         return GridBPResult(marginal_log_odds=evidence + extrinsic, extrinsic_log_odds=extrinsic,
-                            messages=msgs, iterations=sweeps, max_change=max_change)
+                            messages=msgs, iterations=sweeps, max_change=max_change, neuron_log_odds=neurons)
 
 
 def exact_grid_marginals(evidence_log_odds: torch.Tensor, prior: MarkovGridPrior) -> torch.Tensor:
     """P(s_n = 1) of every node by enumerating all 2^(R*C) supports (R*C <= 16): the reference for grid_bp.
 
     The log joint of a support s is sum_n s_n (e_n + start terms) plus the log tables of every horizontal and
-    vertical edge, exactly the factor graph of the module docstring. Leading batch dimensions are allowed.
+    vertical edge, exactly the factor graph of the module docstring; with a neuron level, each row adds
+    log(p_neuron + (1 - p_neuron) [row empty]) (its neuron summed out). Leading batch dimensions are allowed.
     """
+    return _exact_marginals(evidence_log_odds, prior)[0]
+
+
+def exact_neuron_marginals(evidence_log_odds: torch.Tensor, prior: MarkovGridPrior) -> torch.Tensor:
+    """P(t_r = 1) of every row's neuron by the same enumeration, shape (..., R); needs ``prior.p_neuron``.
+
+    Given a support s, P(t_r = 1 | s) = p_neuron / (p_neuron + (1 - p_neuron) [row r empty]).
+    """
+    if prior.p_neuron is None:
+        raise ValueError("exact_neuron_marginals needs a MarkovGridPrior with p_neuron set")
+    return _exact_marginals(evidence_log_odds, prior)[1]
+
+
+def _exact_marginals(evidence_log_odds: torch.Tensor, prior: MarkovGridPrior
+                     ) -> tuple[torch.Tensor, torch.Tensor | None]:
     if evidence_log_odds.dim() < 2:
         raise ValueError("evidence_log_odds must have shape (..., R, C)")
     rows, cols = evidence_log_odds.shape[-2:]
@@ -255,6 +318,15 @@ def exact_grid_marginals(evidence_log_odds: torch.Tensor, prior: MarkovGridPrior
     for table, first, second in edges:
         pair = 2 * configs[:, first.reshape(-1)] + configs[:, second.reshape(-1)]
         log_joint = log_joint + table.reshape(-1)[pair].sum(1, keepdim=True)
+    neuron_on = None
+    if prior.p_neuron is not None:
+        empty = (configs.view(-1, rows, cols).sum(-1) == 0).to(torch.float64)  # (2^n, R)
+        row_factor = prior.p_neuron + (1.0 - prior.p_neuron) * empty
+        log_joint = log_joint + row_factor.log().sum(1, keepdim=True)
+        neuron_on = prior.p_neuron / row_factor  # P(t_r = 1 | s)
     weights = torch.softmax(log_joint, dim=0)
-    marginals = configs.to(torch.float64).T @ weights  # (n, B)
-    return marginals.T.reshape(evidence.shape).to(evidence_log_odds.dtype)
+    marginals = (configs.to(torch.float64).T @ weights).T.reshape(evidence.shape).to(evidence_log_odds.dtype)
+    if neuron_on is None:
+        return marginals, None
+    neurons = (neuron_on.T @ weights).T.reshape(*evidence.shape[:-1]).to(evidence_log_odds.dtype)
+    return marginals, neurons

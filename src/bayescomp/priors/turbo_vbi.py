@@ -81,6 +81,10 @@ class TurboVBIConfig:
             the bound, a weight whose mean has shrunk below the spike's scale is declared inactive.
         train_clip: zero the weights with pi~ <= 0.5 in the training forward as well (off: the spike shrinks them).
         threshold: keep weight n iff -logit pi~_n < threshold (0: pi~ > 0.5).
+        neuron_support: add the neuron level to module B: one support variable per output neuron / filter (grid
+            row), on with prior probability ``p_neuron``, that forces its whole row off when it is off, so a
+            filter switches off as a whole (:mod:`bayescomp.priors.support_mrf`; our reconstruction, UNVERIFIED).
+        p_neuron: the neuron level's prior P(neuron on); an empty row is 1/p_neuron times more likely a priori.
     """
 
     slab_std: float = 3.0
@@ -104,6 +108,8 @@ class TurboVBIConfig:
     sigma_clip: float | None = 1.0
     train_clip: bool = False
     threshold: float = 0.0
+    neuron_support: bool = False
+    p_neuron: float = 0.1
     name: str = "turbo"
 
     def __post_init__(self) -> None:
@@ -125,7 +131,7 @@ class TurboVBIConfig:
 
     def mrf(self) -> MarkovGridPrior:
         return MarkovGridPrior(p01=self.p01, p11=self.p11, p_start=self.p_start, p01_vertical=self.p01_vertical,
-                               p11_vertical=self.p11_vertical)
+                               p11_vertical=self.p11_vertical, p_neuron=self.p_neuron if self.neuron_support else None)
 
 
 class _TurboMixin(PerWeightGaussian):
@@ -144,7 +150,9 @@ class _TurboMixin(PerWeightGaussian):
         self.register_buffer("prior_log_odds", torch.zeros_like(grid))  # logit pi (module B's message to A)
         self.register_buffer("precision_mean", torch.ones_like(grid))  # E[rho]
         self.register_buffer("precision_log_mean", torch.zeros_like(grid))  # E[ln rho]
-        self.register_buffer("bp_messages", torch.zeros(4, *grid.shape))
+        self.register_buffer("bp_messages", torch.zeros(cfg.mrf().message_count, *grid.shape))
+        if cfg.neuron_support:  # log-odds q(neuron on) per grid row, module B's neuron marginal
+            self.register_buffer("neuron_log_odds", torch.zeros(grid.shape[0]))
         self.register_buffer("weight_scale", torch.ones(()))
         self.register_buffer("steps", torch.zeros((), dtype=torch.long))
         self.module_b_seconds = 0.0  # wall time spent in module B (not saved)
@@ -178,7 +186,12 @@ class _TurboMixin(PerWeightGaussian):
                         self.config.bp_damping, self.config.bp_tol)
         self.prior_log_odds.copy_(prior.extrinsic_log_odds)
         self.support_log_odds.copy_(prior.extrinsic_log_odds)
+        self._store_neurons(prior)
         self.turbo_update()
+
+    def _store_neurons(self, result) -> None:
+        if result.neuron_log_odds is not None:
+            self.neuron_log_odds.copy_(result.neuron_log_odds)
 
     @torch.no_grad()
     def turbo_update(self) -> None:
@@ -199,6 +212,7 @@ class _TurboMixin(PerWeightGaussian):
             self.bp_messages.copy_(result.messages)
             self.prior_log_odds.copy_(result.extrinsic_log_odds)
             self.support_log_odds.copy_(result.extrinsic_log_odds + evidence)
+            self._store_neurons(result)
         support = torch.sigmoid(self.support_log_odds)
         if structured:
             e_rho, e_log_rho = expected_precision(support, active, inactive)
