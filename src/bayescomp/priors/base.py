@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from bayescomp.priors.fused import VarianceCache, linear_lrt, sample_lrt
+
 
 class BayesianLayer(nn.Module):
     """Base class of Bayesian Linear/Conv2d layers with one scale per group.
@@ -31,6 +33,24 @@ class BayesianLayer(nn.Module):
 
     group_dim: Literal["in", "out"]
     deterministic: bool = False
+    #: training forward through the fused Functions of :mod:`bayescomp.priors.fused` (False: the plain autograd
+    #: ops, kept as the reference the fused path is tested against and for the benchmark's unfused variant)
+    fused: bool = True
+
+    def _variance_cache(self) -> VarianceCache:
+        cache = self.__dict__.get("_variances")
+        if cache is None:
+            cache = self.__dict__["_variances"] = VarianceCache()
+        return cache
+
+    def _variance(self, name: str, fresh: bool = False) -> torch.Tensor:
+        """exp(getattr(self, name)), detached; ``fresh`` recomputes it (the training forward does), otherwise the
+        value of the same parameter version is reused (the KL after the forward: one exp pass per step, not two)."""
+        return self._variance_cache().get(name, getattr(self, name), fresh)
+
+    def _variance_store(self, name: str, value: torch.Tensor) -> None:
+        """Remember exp(getattr(self, name)) computed by a forward (conv layers keep it in their autograd graph)."""
+        self._variance_cache().put(name, getattr(self, name), value)
 
     def kl_divergence(self) -> torch.Tensor:
         """KL(q || p) summed over the layer's parameters (a scalar)."""
@@ -151,6 +171,23 @@ class PerWeightGaussian(BayesianLayer):
     def posterior_weight_variance(self) -> torch.Tensor:
         return self.weight_log_sigma2.exp()
 
+    def _fused_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The training forward of :meth:`forward` through the fused Functions (same random draws, same output)."""
+        sigma2 = self._variance("weight_log_sigma2", fresh=True)
+        if self.group_dim == "in":
+            mean = self.weight_mu
+            if self.config.train_clip:
+                keep = self.weight_keep_mask()
+                mean, sigma2 = mean * keep, sigma2 * keep
+            noise = torch.randn(x.shape[0], self.out_features, device=x.device, dtype=x.dtype)
+            return linear_lrt(x, None, mean, self.weight_log_sigma2, sigma2, self.bias_mu, None, None, noise)
+        mean, variance = self.weight_mu, self.weight_log_sigma2.exp()
+        if self.config.train_clip:
+            keep = self.weight_keep_mask()
+            mean, variance = mean * keep, variance * keep
+        mean_out = self._product(x, mean, self.bias_mu)
+        return sample_lrt(mean_out, self._product(x * x, variance, None), torch.randn_like(mean_out))
+
     def _train_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
         mean, variance = self.weight_mu, self.weight_log_sigma2.exp()
         if self.config.train_clip:
@@ -164,6 +201,8 @@ class PerWeightGaussian(BayesianLayer):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.deterministic:
             return self._product(x, self.posterior_mean_weight(), self.bias_mu)
+        if self.fused:
+            return self._fused_forward(x)
         mean, variance = self._train_weights()
         noise_var = self._product(x * x, variance, None).add_(1e-8).sqrt_()
         return torch.addcmul(self._product(x, mean, self.bias_mu), noise_var, torch.randn_like(noise_var))

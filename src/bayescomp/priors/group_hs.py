@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from bayescomp.priors.base import BayesianConv2d, BayesianLayer, BayesianLinear, PriorSpec, register_prior
-from bayescomp.priors.group_nj import kl_standard_normal
+from bayescomp.priors.group_nj import _fused_conv, _fused_linear, check_z_sampling, kl_standard_normal
 
 _EPS = 1e-8
 _LOG_2PI = math.log(2.0 * math.pi)
@@ -64,6 +64,8 @@ class GroupHSConfig:
         threshold: default threshold on the statistic when the automatic search is not used (log_scale: prune
             groups with E[log z] < -threshold, i.e. scale below ~1e-3 for 6.9). UNVERIFIED, hence searched by
             default.
+        z_sampling: ``"example"`` (log s and log z~ drawn per example) or ``"batch"`` (once per mini-batch); what
+            it changes is described at :func:`bayescomp.priors.group_nj.check_z_sampling`.
     """
 
     tau0: float = 1e-5
@@ -72,9 +74,11 @@ class GroupHSConfig:
     point_estimate: str = "mean"
     prune_statistic: str = "log_scale"
     threshold: float = 6.9
+    z_sampling: str = "example"
     name: str = "ghs"
 
     def __post_init__(self) -> None:
+        check_z_sampling(self.z_sampling)
         if not self.tau0 > 0:
             raise ValueError(f"tau0 must be positive, got {self.tau0}")
         if self.point_estimate not in POINT_ESTIMATES:
@@ -153,10 +157,12 @@ class _GroupHSMixin(BayesianLayer):
         return z.view(shape)
 
     def _sample_z(self, batch: int) -> torch.Tensor:
+        """z per example, (batch, groups); with ``z_sampling="batch"`` one row, (1, groups), shared by the batch."""
+        rows = 1 if self.config.z_sampling == "batch" else batch
         ms, vs = self._log_s_moments()
         mz, vz = self._log_zt_moments()
-        eps_s = torch.randn(batch, 1, device=mz.device, dtype=mz.dtype)
-        eps_z = torch.randn(batch, mz.numel(), device=mz.device, dtype=mz.dtype)
+        eps_s = torch.randn(rows, 1, device=mz.device, dtype=mz.dtype)
+        eps_z = torch.randn(rows, mz.numel(), device=mz.device, dtype=mz.dtype)
         return torch.exp(ms + vs.sqrt() * eps_s + mz + vz.sqrt() * eps_z)
 
     # ------------------------------------------------------------------ interface
@@ -174,9 +180,9 @@ class _GroupHSMixin(BayesianLayer):
         lmu, llv = self.scale_group_mu, self.scale_group_log_sigma2
         kl = kl + kl_lognormal_gamma(lmu[0], llv[0], 0.5, 0.0).sum()
         kl = kl + kl_lognormal_invgamma(lmu[1], llv[1], 0.5, 0.0).sum()
-        kl = kl + kl_standard_normal(self.weight_mu, self.weight_log_sigma2)
+        kl = kl + kl_standard_normal(self.weight_mu, self.weight_log_sigma2, self._variance("weight_log_sigma2"))
         if self.bias_mu is not None:
-            kl = kl + kl_standard_normal(self.bias_mu, self.bias_log_sigma2)
+            kl = kl + kl_standard_normal(self.bias_mu, self.bias_log_sigma2, self._variance("bias_log_sigma2"))
         return kl
 
     def posterior_mean_weight(self) -> torch.Tensor:
@@ -216,6 +222,8 @@ class LinearGroupHS(_GroupHSMixin, BayesianLinear):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.deterministic:
             return F.linear(x, self.posterior_mean_weight(), self.bias_mu)
+        if self.fused:
+            return _fused_linear(self, x)
         x_scaled = x * self._sample_z(x.shape[0])
         mean = F.linear(x_scaled, self.weight_mu, self.bias_mu)
         bias_var = self.bias_log_sigma2.exp() if self.bias_mu is not None else None
@@ -241,6 +249,8 @@ class Conv2dGroupHS(_GroupHSMixin, BayesianConv2d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.deterministic:
             return self._conv(x, self.posterior_mean_weight(), self.posterior_mean_bias())
+        if self.fused:
+            return _fused_conv(self, x)
         mean = self._conv(x, self.weight_mu, self.bias_mu)
         bias_var = self.bias_log_sigma2.exp() if self.bias_mu is not None else None
         var = self._conv(x.pow(2), self.weight_log_sigma2.exp(), bias_var)

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from bayescomp.priors.base import BayesianConv2d, BayesianLayer, BayesianLinear, PriorSpec, register_prior
+from bayescomp.priors.fused import linear_lrt, sample_lrt
 
 K1, K2, K3 = 0.63576, 1.87320, 1.48695
 _EPS = 1e-8
@@ -43,12 +44,35 @@ class GroupNJConfig:
         init_log_sigma2: initial log-variance of weights and group scales (reference: -9).
         threshold: default log-alpha pruning threshold (keep group if log alpha < threshold); the automatic
             threshold search in :mod:`bayescomp.compress.masks` usually replaces it.
+        z_sampling: ``"example"`` draws the group scales z once per example (the paper's estimator) or
+            ``"batch"`` once per mini-batch, shared by its examples (see :func:`check_z_sampling`).
     """
 
     clip_var: float | None = 0.2
     init_log_sigma2: float = -9.0
     threshold: float = -3.0
+    z_sampling: str = "example"
     name: str = "gnj"
+
+    def __post_init__(self) -> None:
+        check_z_sampling(self.z_sampling)
+
+
+Z_SAMPLINGS = ("example", "batch")
+
+
+def check_z_sampling(value: str) -> None:
+    """Validate a ``z_sampling`` option (BC-GNJ and BC-GHS).
+
+    ``"example"``: every example of a mini-batch gets its own draw of the group scales z, so the z noise averages
+    over the batch and the gradient estimator has the variance of local reparameterisation (Kingma et al. 2015):
+    O(1/B) in the batch size. ``"batch"``: one z per mini-batch, folded into the weight columns (Linear: mu z,
+    sigma² z²). The z noise is then common to the batch and its contribution to the gradient variance no longer
+    falls with B (it is that of sampling the group scales once per step); the weight noise stays local. The
+    gradient stays unbiased, and the first layer needs no input gradient, which saves one of its products.
+    """
+    if value not in Z_SAMPLINGS:
+        raise ValueError(f"z_sampling must be one of {Z_SAMPLINGS}, got {value!r}")
 
 
 def kl_log_uniform_approx(log_alpha: torch.Tensor) -> torch.Tensor:
@@ -65,8 +89,8 @@ class _StandardNormalKL(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, mu: torch.Tensor, log_sigma2: torch.Tensor) -> torch.Tensor:
-        sigma2 = log_sigma2.exp()
+    def forward(ctx, mu: torch.Tensor, log_sigma2: torch.Tensor, sigma2: torch.Tensor | None) -> torch.Tensor:
+        sigma2 = log_sigma2.exp() if sigma2 is None else sigma2
         ctx.save_for_backward(mu, sigma2)
         total = sigma2.sum() - log_sigma2.sum() + torch.dot(mu.reshape(-1), mu.reshape(-1)) - mu.numel()
         return 0.5 * total
@@ -76,12 +100,15 @@ class _StandardNormalKL(torch.autograd.Function):
         mu, sigma2 = ctx.saved_tensors
         grad_mu = mu * grad if ctx.needs_input_grad[0] else None
         grad_log_sigma2 = (sigma2 - 1.0).mul_(0.5 * grad) if ctx.needs_input_grad[1] else None
-        return grad_mu, grad_log_sigma2
+        return grad_mu, grad_log_sigma2, None
 
 
-def kl_standard_normal(mu: torch.Tensor, log_sigma2: torch.Tensor) -> torch.Tensor:
-    """Sum of KL(N(mu, sigma²) || N(0, 1)) over all elements (closed form, hand-written gradient)."""
-    return _StandardNormalKL.apply(mu, log_sigma2)
+def kl_standard_normal(mu: torch.Tensor, log_sigma2: torch.Tensor,
+                       sigma2: torch.Tensor | None = None) -> torch.Tensor:
+    """Sum of KL(N(mu, sigma²) || N(0, 1)) over all elements (closed form, hand-written gradient).
+
+    ``sigma2``: exp(log_sigma2) when the caller has it already (detached; the forward's value is reused)."""
+    return _StandardNormalKL.apply(mu, log_sigma2, None if sigma2 is None else sigma2.detach())
 
 
 class _GroupNJMixin(BayesianLayer):
@@ -112,9 +139,9 @@ class _GroupNJMixin(BayesianLayer):
 
     def kl_divergence(self) -> torch.Tensor:
         kl = kl_log_uniform_approx(self.group_log_alpha()).sum()
-        kl = kl + kl_standard_normal(self.weight_mu, self.weight_log_sigma2)
+        kl = kl + kl_standard_normal(self.weight_mu, self.weight_log_sigma2, self._variance("weight_log_sigma2"))
         if self.bias_mu is not None:
-            kl = kl + kl_standard_normal(self.bias_mu, self.bias_log_sigma2)
+            kl = kl + kl_standard_normal(self.bias_mu, self.bias_log_sigma2, self._variance("bias_log_sigma2"))
         return kl
 
     def posterior_mean_weight(self) -> torch.Tensor:
@@ -136,7 +163,9 @@ class _GroupNJMixin(BayesianLayer):
                     self.bias_log_sigma2.clamp_(max=bound)
 
     def _sample_z(self, batch: int) -> torch.Tensor:
-        eps = torch.randn(batch, self.z_mu.numel(), device=self.z_mu.device, dtype=self.z_mu.dtype)
+        """z per example, (batch, groups); with ``z_sampling="batch"`` one row, (1, groups), shared by the batch."""
+        rows = 1 if self.config.z_sampling == "batch" else batch
+        eps = torch.randn(rows, self.z_mu.numel(), device=self.z_mu.device, dtype=self.z_mu.dtype)
         return self.z_mu + eps * (0.5 * self.z_log_sigma2).exp()
 
 
@@ -156,6 +185,8 @@ class LinearGroupNJ(_GroupNJMixin, BayesianLinear):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.deterministic:
             return F.linear(x, self.posterior_mean_weight(), self.bias_mu)
+        if self.fused:
+            return _fused_linear(self, x)
         x_scaled = x * self._sample_z(x.shape[0])
         mean = F.linear(x_scaled, self.weight_mu, self.bias_mu)
         bias_var = self.bias_log_sigma2.exp() if self.bias_mu is not None else None
@@ -181,6 +212,8 @@ class Conv2dGroupNJ(_GroupNJMixin, BayesianConv2d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.deterministic:
             return self._conv(x, self.posterior_mean_weight(), self.posterior_mean_bias())
+        if self.fused:
+            return _fused_conv(self, x)
         mean = self._conv(x, self.weight_mu, self.bias_mu)
         bias_var = self.bias_log_sigma2.exp() if self.bias_mu is not None else None
         var = self._conv(x.pow(2), self.weight_log_sigma2.exp(), bias_var)
@@ -190,6 +223,34 @@ class Conv2dGroupNJ(_GroupNJMixin, BayesianConv2d):
     def extra_repr(self) -> str:
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
                 f"padding={self.padding}, groups=out")
+
+
+def _fused_linear(layer: BayesianLinear, x: torch.Tensor) -> torch.Tensor:
+    """Training forward of a group-scaled Linear layer (GNJ, GHS) through :func:`linear_lrt`; same draws, in the
+    same order, as the unfused forward (z first, then the output noise)."""
+    z = layer._sample_z(x.shape[0])
+    if layer.config.z_sampling == "batch":
+        z = z[0]
+    sigma2 = layer._variance("weight_log_sigma2", fresh=True)
+    bias_sigma2 = None if layer.bias_mu is None else layer._variance("bias_log_sigma2", fresh=True)
+    noise = torch.randn(x.shape[0], layer.out_features, device=x.device, dtype=x.dtype)
+    return linear_lrt(x, z, layer.weight_mu, layer.weight_log_sigma2, sigma2, layer.bias_mu,
+                      layer.bias_log_sigma2, bias_sigma2, noise)
+
+
+def _fused_conv(layer: BayesianConv2d, x: torch.Tensor) -> torch.Tensor:
+    """Training forward of a group-scaled Conv2d layer (GNJ, GHS): the two convolutions by autograd, the
+    sampling and the output scaling by :func:`sample_lrt`; same draws as the unfused forward."""
+    mean = layer._conv(x, layer.weight_mu, layer.bias_mu)
+    variance = layer.weight_log_sigma2.exp()
+    layer._variance_store("weight_log_sigma2", variance)
+    bias_var = None
+    if layer.bias_mu is not None:
+        bias_var = layer.bias_log_sigma2.exp()
+        layer._variance_store("bias_log_sigma2", bias_var)
+    var = layer._conv(x * x, variance, bias_var)
+    z = layer._sample_z(x.shape[0])[:, :, None, None]
+    return sample_lrt(mean, var, torch.randn_like(mean), z)
 
 
 register_prior(PriorSpec(

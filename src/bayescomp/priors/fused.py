@@ -1,0 +1,195 @@
+"""Fused kernels of the Bayesian layers' training step: local reparameterisation with hand-written gradients.
+
+Local reparameterisation (Kingma, Salimans, Welling, NIPS 2015, Sec. 2.3; used by Louizos et al. 2017, Sec. 3 and
+Molchanov et al. 2017, Sec. 2.2) samples the pre-activation b = x W^T from its Gaussian marginal:
+mean m = x mu^T + bias, variance v = x² sigma²^T + bias variance, b = m + sqrt(v + eps) noise. Written with
+autograd ops this is a dozen small elementwise passes per layer, each saving its inputs; on a small network those
+passes, not the two matrix products, dominate the step (research/performance-measurements.md, sec. 2). The
+Functions below do the same arithmetic with one saved ratio noise / (2 sqrt(v + eps)) and the gradients in closed
+form:
+
+    dL/dm = g,   dL/dv = g * noise / (2 sqrt(v + eps)),   dL/dlog sigma² = (dL/dv)^T x² * sigma²
+
+``exp(log sigma²)`` is passed in detached, so the layer computes it once per step and the KL reuses it
+(:class:`VarianceCache`). Under autocast the products run in the autocast dtype (bfloat16 on CPU) and everything
+returned to the parameters is float32, as with :class:`bayescomp.train.AutocastForward`.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch.optim.optimizer import register_optimizer_step_post_hook
+
+EPS = 1e-8
+
+
+def compute_dtype(x: torch.Tensor) -> torch.dtype:
+    """The dtype the layer products run in: the autocast dtype when autocast is on for x's device (and x is a
+    float32 or lower-precision input), else x's own dtype."""
+    device_type = x.device.type
+    if torch.is_autocast_enabled(device_type) and x.dtype != torch.float64:
+        return torch.get_autocast_dtype(device_type)
+    return x.dtype
+
+
+def _cast(t: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
+    return None if t is None else t.to(dtype)
+
+
+class _LinearLRT(torch.autograd.Function):
+    """Linear layer under local reparameterisation with an optional group scale z on the inputs.
+
+    ``z`` is ``None`` (no group scale), shaped (B, in) (one z per example: the inputs are scaled, x * z) or (in,)
+    (one z per mini-batch: folded into the weight columns, mu * z and sigma² * z², so no input gradient is needed
+    where x needs none, e.g. the first layer).
+    """
+
+    @staticmethod
+    def forward(ctx, x, z, weight_mu, weight_log_sigma2, weight_sigma2, bias_mu, bias_log_sigma2, bias_sigma2,
+                noise):
+        dtype = compute_dtype(x)
+        with torch.autocast(x.device.type, enabled=False):
+            per_batch = z is not None and z.dim() == 1
+            xs = x * z if (z is not None and not per_batch) else x
+            mean_w, var_w = weight_mu, weight_sigma2
+            if per_batch:
+                mean_w, var_w = weight_mu * z, weight_sigma2 * z.square()
+            xs_c, xs2_c = xs.to(dtype), xs.square().to(dtype)
+            mean_w_c, var_w_c = mean_w.to(dtype), var_w.to(dtype)
+            mean = F.linear(xs_c, mean_w_c, _cast(bias_mu, dtype))
+            var = F.linear(xs2_c, var_w_c, _cast(bias_sigma2, dtype))
+            std = var.add_(EPS).sqrt_()
+            noise = noise.to(dtype)
+            out = torch.addcmul(mean, std, noise)
+            ratio = torch.div(noise, std).mul_(0.5)
+        ctx.per_batch = per_batch
+        ctx.save_for_backward(x, z, xs_c, xs2_c, mean_w_c, var_w_c, weight_mu, weight_sigma2, bias_sigma2, ratio)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, z, xs, xs2, mean_w, var_w, weight_mu, weight_sigma2, bias_sigma2, ratio = ctx.saved_tensors
+        need = ctx.needs_input_grad
+        with torch.autocast(grad.device.type, enabled=False):
+            g, out_dtype = grad.to(xs.dtype), weight_mu.dtype
+            g_var = g * ratio
+            grads = [None] * 9
+            if need[5]:
+                grads[5] = g.sum(0).to(out_dtype)
+            if need[6]:
+                grads[6] = g_var.sum(0).to(out_dtype) * bias_sigma2
+            if need[2] or need[3] or (ctx.per_batch and need[1]):
+                g_mean_w = g.t().mm(xs).to(out_dtype)
+                g_var_w = g_var.t().mm(xs2).to(out_dtype)
+                if ctx.per_batch:
+                    grads[2] = g_mean_w * z if need[2] else None
+                    g_var_w_raw = g_var_w * weight_sigma2
+                    grads[3] = g_var_w_raw * z.square() if need[3] else None
+                    if need[1]:
+                        grads[1] = (g_mean_w * weight_mu).sum(0) + 2.0 * z * g_var_w_raw.sum(0)
+                else:
+                    grads[2] = g_mean_w
+                    grads[3] = g_var_w.mul_(weight_sigma2)
+            example_z = z is not None and not ctx.per_batch
+            if need[0] or (example_z and need[1]):
+                g_xs = g.mm(mean_w).to(out_dtype)
+                g_xs.addcmul_(xs.to(out_dtype), g_var.mm(var_w).to(out_dtype), value=2.0)
+                if example_z:
+                    grads[1] = g_xs * x if need[1] else None
+                    grads[0] = g_xs.mul_(z) if need[0] else None
+                else:
+                    grads[0] = g_xs
+        return tuple(grads)
+
+
+def linear_lrt(x: torch.Tensor, z: torch.Tensor | None, weight_mu: torch.Tensor, weight_log_sigma2: torch.Tensor,
+               weight_sigma2: torch.Tensor, bias_mu: torch.Tensor | None, bias_log_sigma2: torch.Tensor | None,
+               bias_sigma2: torch.Tensor | None, noise: torch.Tensor) -> torch.Tensor:
+    """Sampled pre-activation m + sqrt(v + eps) * noise of a Bayesian Linear layer (see the module docstring).
+
+    ``weight_sigma2`` / ``bias_sigma2`` are ``exp`` of the log-variances, detached (gradients reach the
+    log-variances through the hand-written backward); ``noise`` is standard normal, shaped like the output.
+    """
+    return _LinearLRT.apply(x, z, weight_mu, weight_log_sigma2, weight_sigma2.detach(), bias_mu, bias_log_sigma2,
+                            None if bias_sigma2 is None else bias_sigma2.detach(), noise)
+
+
+class _SampleLRT(torch.autograd.Function):
+    """b = (m + sqrt(v + eps) noise) * z from the two products' outputs, for layers whose products autograd keeps
+    (convolutions); ``z`` is ``None`` or broadcastable to ``m`` (per example (B, C, 1, 1) or per batch (1, C, 1, 1))."""
+
+    @staticmethod
+    def forward(ctx, mean, var, noise, z):
+        std = var.add(EPS).sqrt_()
+        noise = noise.to(std.dtype)
+        pre = torch.addcmul(mean, std, noise)
+        ratio = noise.div(std).mul_(0.5)
+        ctx.z_shape = None if z is None else z.shape
+        ctx.save_for_backward(ratio, z, pre if (z is not None and z.requires_grad) else None)
+        return pre if z is None else pre * z.to(pre.dtype)
+
+    @staticmethod
+    def backward(ctx, grad):
+        ratio, z, pre = ctx.saved_tensors
+        g = grad if z is None else grad * z.to(grad.dtype)
+        g_z = None
+        if z is not None and ctx.needs_input_grad[3]:
+            dims = [i for i, (a, b) in enumerate(zip(ctx.z_shape, grad.shape)) if a == 1 and b != 1]
+            g_z = (grad * pre).sum(dims, keepdim=True).to(z.dtype)
+        g_mean = g if ctx.needs_input_grad[0] else None
+        g_var = g * ratio if ctx.needs_input_grad[1] else None
+        return g_mean, g_var, None, g_z
+
+
+def sample_lrt(mean: torch.Tensor, var: torch.Tensor, noise: torch.Tensor,
+               z: torch.Tensor | None = None) -> torch.Tensor:
+    """(mean + sqrt(var + eps) * noise) * z with one saved ratio instead of autograd's chain of saved tensors."""
+    return _SampleLRT.apply(mean, var, noise, z)
+
+
+_OPTIMIZER_STEPS = [0]
+
+
+def _count_optimizer_step(optimizer, args, kwargs) -> None:
+    _OPTIMIZER_STEPS[0] += 1
+
+
+# fused optimisers update parameters without bumping their version counters, so the cache also keys on a count of
+# optimiser steps (a global post-step hook, registered once)
+register_optimizer_step_post_hook(_count_optimizer_step)
+
+
+class VarianceCache:
+    """exp(log sigma²) computed once per step: the training forward computes it, the KL after it reuses it.
+
+    Keyed by the parameter's storage, its in-place version counter and the number of optimiser steps taken so far
+    (``torch.optim`` post-step hook; the fused Adam kernel does not bump version counters), so an optimiser step, a
+    clamp or a ``load_state_dict`` invalidates the entry. The training forward always recomputes it (``fresh``).
+    The cached value is detached: the gradients reach the log-variance through the fused Functions, which need the
+    value only.
+    """
+
+    def __init__(self) -> None:
+        self._entries: dict[str, tuple[tuple[int, int, int, int], torch.Tensor]] = {}
+
+    @staticmethod
+    def _key(log_sigma2: torch.Tensor) -> tuple[int, int, int, int]:
+        return log_sigma2.data_ptr(), log_sigma2._version, log_sigma2.numel(), _OPTIMIZER_STEPS[0]
+
+    def get(self, name: str, log_sigma2: torch.Tensor, fresh: bool = False) -> torch.Tensor:
+        key = self._key(log_sigma2)
+        entry = self._entries.get(name)
+        if not fresh and entry is not None and entry[0] == key:
+            return entry[1]
+        with torch.no_grad():
+            value = log_sigma2.detach().exp()
+        self._entries[name] = (key, value)
+        return value
+
+    def put(self, name: str, log_sigma2: torch.Tensor, value: torch.Tensor) -> None:
+        """Store exp(log_sigma2) that a forward computed anyway (detached)."""
+        self._entries[name] = (self._key(log_sigma2), value.detach())
+
+    def __deepcopy__(self, memo) -> VarianceCache:
+        return VarianceCache()
