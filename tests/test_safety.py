@@ -245,3 +245,141 @@ def test_report_warns_next_to_misleading_headlines():
     assert any("only 20 examples" in w for w in report_warnings(tiny))
     empty = {**good, "kept_architecture": "1-1-1-10", "weights_kept": 12}
     assert any("kept almost nothing" in w for w in report_warnings(empty))
+
+
+class _PlainSubclass(torch.nn.Linear):
+    """A subclass that only adds a name: behaves exactly like nn.Linear."""
+
+
+class _ScaledLinear(torch.nn.Linear):
+    def forward(self, x):
+        return 2 * super().forward(x)
+
+
+def test_linear_subclass_is_converted_and_trained_or_refused_by_name():
+    import bayescomp
+    from bayescomp.priors.base import bayesian_layers
+
+    model = torch.nn.Sequential(_PlainSubclass(8, 6), torch.nn.ReLU(), torch.nn.Linear(6, 3))
+    bayes = bayescomp.bayesify(model, "gnj")
+    assert len(list(bayesian_layers(bayes))) == 2  # the subclass no longer stays deterministic
+    torch.testing.assert_close(bayes[0].weight_mu, model[0].weight)  # posterior means start at its weights
+    with pytest.raises(TypeError, match=r"'0' \(_ScaledLinear\) subclasses Linear"):
+        bayescomp.bayesify(torch.nn.Sequential(_ScaledLinear(8, 6)), "gnj")
+
+
+class _Tokens(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.proj = torch.nn.Linear(8, 4)
+
+    def forward(self, x):
+        return self.proj(x).mean(dim=1)
+
+
+@pytest.mark.parametrize("prior", ["gnj", "ghs", "svd", "turbo"])
+def test_linear_on_tokens_is_refused_clearly(prior):
+    import bayescomp
+
+    tokens = torch.randn(2, 5, 8)
+    with pytest.raises(TypeError, match=r"\['proj'\] receive inputs with more than two dimensions"):
+        bayescomp.bayesify(_Tokens(), prior, example_input=tokens)
+    bayes = bayescomp.bayesify(_Tokens(), prior)  # without an example: refused at the forward, by name
+    with pytest.raises(ValueError, match=r"'proj' got an input of shape \(2, 5, 8\)"):
+        bayes(tokens)
+    assert bayes.proj(torch.randn(3, 8)).shape == (3, 4)  # [batch, features] still works
+
+
+def test_run_directory_lock_refuses_a_live_owner_and_takes_over_a_stale_one(tmp_path):
+    import subprocess
+    import sys
+
+    from bayescomp.runlock import LOCK_NAME, RunDirLockedError, acquire, release, run_dir_lock
+
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (tmp_path / LOCK_NAME).write_text(f"{sleeper.pid} {os.uname().nodename}\n")
+        with pytest.raises(RunDirLockedError, match=rf"in use by the running process {sleeper.pid}"):
+            acquire(tmp_path, log=lambda *_: None)
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    logs: list[str] = []
+    path = acquire(tmp_path, log=logs.append)  # the owner is gone: stale
+    assert "stale lock" in logs[0]
+    assert path.read_text().split()[0] == str(os.getpid())
+    release(path)
+    assert not path.exists()
+    with run_dir_lock(tmp_path) as held:
+        assert held.exists()
+    assert not held.exists()
+
+
+def test_second_run_into_a_locked_directory_exits_2(tmp_path, capsys):
+    import subprocess
+    import sys
+
+    from bayescomp.runlock import LOCK_NAME
+
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        run_dir = tmp_path / "r"
+        run_dir.mkdir()
+        (run_dir / LOCK_NAME).write_text(f"{sleeper.pid} {os.uname().nodename}\n")
+        code = main(["run", "--model", "lenet300", "--run-dir", str(run_dir), *SMALL])
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    err = capsys.readouterr().err
+    assert code == 2 and str(sleeper.pid) in err and "Traceback" not in err
+    assert not (run_dir / "run.json").exists()
+
+
+def _turbo_own_loop(mnist_small, hook: bool):
+    import bayescomp
+    from bayescomp.models import create_model
+
+    torch.manual_seed(0)
+    dense = create_model("lenet300", 10, (1, 28, 28))
+    model = bayescomp.bayesify(dense, "turbo", {"update_every": 5})
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    for images, labels in mnist_small.train.batches(200, shuffle=True):
+        loss = torch.nn.functional.cross_entropy(model(images), labels)
+        loss = loss + bayescomp.kl_loss(model) / len(mnist_small.train)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        if hook:
+            bayescomp.after_step(model)
+    if hook:
+        bayescomp.after_epoch(model)
+    return model
+
+
+def test_turbo_own_loop_without_the_hook_is_flagged_and_with_it_updates(mnist_small):
+    import warnings
+
+    from bayescomp.hooks import never_updated_turbo_layers, warn_if_turbo_never_updated
+
+    without = _turbo_own_loop(mnist_small, hook=False)
+    assert len(never_updated_turbo_layers(without)) == 3
+    with pytest.warns(UserWarning, match="never updated.*bayescomp.after_step"):
+        warn_if_turbo_never_updated(without)
+    with_hook = _turbo_own_loop(mnist_small, hook=True)
+    assert never_updated_turbo_layers(with_hook) == []
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        warn_if_turbo_never_updated(with_hook)
+
+
+def test_kl_loss_is_the_sum_the_trainer_divides_by_n():
+    import bayescomp
+    from bayescomp.objective import variational_loss
+    from bayescomp.priors.base import bayesian_layers
+
+    model = bayescomp.bayesify(torch.nn.Sequential(torch.nn.Linear(6, 4), torch.nn.ReLU(), torch.nn.Linear(4, 3)))
+    by_hand = sum(layer.kl_divergence() for _, layer in bayesian_layers(model))
+    torch.testing.assert_close(bayescomp.kl_loss(model), by_hand)
+    logits, targets = torch.randn(5, 3), torch.tensor([0, 1, 2, 0, 1])
+    loss, nll, _ = variational_loss(logits, targets, model, n_train=1000)
+    torch.testing.assert_close(loss, torch.nn.functional.cross_entropy(logits, targets) + by_hand / 1000)

@@ -13,6 +13,7 @@ from torch import nn
 from bayescomp.bayesify import bayesify
 from bayescomp.compress import CompressConfig, CompressionResult, PruneError, compress
 from bayescomp.data import DataBundle, DataError, load_dataset
+from bayescomp.hooks import after_epoch, after_step, kl_loss
 from bayescomp.models import MODELS, create_model
 from bayescomp.magnitude import MagnitudeConfig, magnitude_compress, prune_and_finetune
 from bayescomp.priors import PRIORS, GroupHSConfig, GroupNJConfig, SparseVDConfig, TurboVBIConfig
@@ -43,6 +44,7 @@ def report(run_dir: str | Path) -> dict:
 __all__ = [
     "MODELS", "PRIORS", "CompressConfig", "CompressionResult", "DataBundle", "DataError", "GroupHSConfig",
     "GroupNJConfig", "MagnitudeConfig", "NonFiniteLossError", "PruneError", "SparseVDConfig", "TrainConfig", "TurboVBIConfig",
-    "bayesify", "compress", "create_model", "evaluate", "fit", "load", "load_dataset", "magnitude_compress",
+    "after_epoch", "after_step", "bayesify", "compress", "create_model", "evaluate", "fit", "kl_loss", "load",
+    "load_dataset", "magnitude_compress",
     "prune_and_finetune", "report",
 ]

@@ -178,6 +178,9 @@ def compress(model: nn.Module, val: TensorData | None, config: CompressConfig | 
         UnsupportedModelError: the model holds a module the compression path cannot prune.
     """
     config = config or CompressConfig()
+    from bayescomp.hooks import warn_if_turbo_never_updated
+
+    warn_if_turbo_never_updated(model)  # an own loop without bayescomp.after_step prunes nothing
     try:
         chain = build_chain(model)
     except UnsupportedModelError as chain_error:
