@@ -1,4 +1,4 @@
-"""Per-layer bit precision from the posterior variance (Louizos et al. 2017, Sec. 4; digest §1.6).
+"""Per-layer bit precision from the posterior variance (Louizos et al. 2017, Sec. 4; authors' compression.py).
 
 A weight whose posterior variance is large need not be stored precisely. With t significand bits the unit
 round-off is 2^-t; a weight "needs" every t for which 2^-t still exceeds twice its marginal variance, so its bit

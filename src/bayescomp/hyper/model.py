@@ -11,11 +11,11 @@ hypernetwork, maps a context (multi-hot classes, log budget; :class:`~bayescomp.
 posterior q(z | c) = N(mu(c), sigma²(c)) of every scale, under the log-uniform prior of BC-GNJ; log alpha =
 log sigma² - log mu² decides which groups survive, as in Louizos et al. (2017).
 
-Choices the digest marks UNVERIFIED (the paper's full text was not available), each an option of
+Choices marked UNVERIFIED (only the paper's abstract was available, arXiv 2205.06404), each an option of
 :class:`HyperConfig`:
 
-* W~ is a point estimate (no weight posterior): the scales carry all the uncertainty, as in the digest's
-  "deterministic W~ initialised from the teacher" variant. The log-uniform KL depends only on log alpha, so it is
+* W~ is a point estimate (no weight posterior): the scales carry all the uncertainty, as in the
+  "deterministic W~ initialised from the teacher" variant of the reconstruction. The log-uniform KL depends only on log alpha, so it is
   invariant to trading scale between W~ and z.
 * The budget b weights the KL by ``b ** -budget_power`` (b = 1: the BC-GNJ objective), and generation caps the
   generated network's multiply-accumulates at ``b`` times the dense network's.

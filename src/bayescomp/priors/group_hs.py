@@ -1,6 +1,6 @@
 """BC-GHS: Bayesian Compression with the group horseshoe prior (Louizos, Ullrich, Welling, NIPS 2017, Sec. 3.2).
 
-Prior, non-centred (digest §1.4)::
+Prior, non-centred (paper Sec. 3.2, as reconstructed)::
 
     s ~ C+(0, tau0)            one global scale per layer
     z~_i ~ C+(0, 1)             one local scale per group (input neuron of a Linear, output filter of a Conv2d)
@@ -18,8 +18,8 @@ variance v_i (sums of the halves / quarters of the factors' parameters). Trainin
 and log z~_i per example and group (the exact joint, s shared by the layer's groups), then uses the local
 reparameterisation of BC-GNJ: inputs scaled by z (Linear) or outputs scaled by z (Conv2d).
 
-The paper's full text was not available to us (digest §0); the structure above matches two independent
-third-party implementations. Choices the digest marks UNVERIFIED are options of :class:`GroupHSConfig`, each with
+The paper's full text was not available to us; the structure above matches two independent
+third-party implementations. Choices not verified against the paper (UNVERIFIED) are options of :class:`GroupHSConfig`, each with
 the reason for its default, and every KL is tested against Monte Carlo in ``tests/test_group_hs.py``.
 """
 
@@ -47,11 +47,11 @@ class GroupHSConfig:
     """Options of BC-GHS, saved with every run.
 
     Args:
-        tau0: scale of the global half-Cauchy C+(0, tau0). UNVERIFIED in the digest (recalled 1e-5, also the value
+        tau0: scale of the global half-Cauchy C+(0, tau0). UNVERIFIED against the paper (recalled 1e-5, also the value
             of a third-party implementation); we keep 1e-5 because a small global scale is what makes the horseshoe
             sparsity-inducing: every group that stays active pays about log(1/tau0) nats for escaping the global
             shrinkage through its heavy-tailed local scale, and saves them when it is pruned. tau0 is the *scale*
-            of s (Gamma rate 1/tau0² on s_a), not its square (the digest's parametrisation warning).
+            of s (Gamma rate 1/tau0² on s_a), not its square (a common parametrisation slip).
         clip_var: upper bound on the variances of w~ after each step (as for BC-GNJ; ``None`` disables).
         init_log_sigma2: initial log-variance of w~ and of the log-normal scale factors.
         point_estimate: the deterministic group scale used for evaluation, pruning and the compressed weights:
@@ -88,7 +88,7 @@ class GroupHSConfig:
 
 
 def kl_lognormal_gamma(mu: torch.Tensor, log_sigma2: torch.Tensor, shape: float, log_rate: float) -> torch.Tensor:
-    """Elementwise KL(LN(mu, sigma²) || Gamma(shape, rate)), closed form (digest §1.4, derived):
+    """Elementwise KL(LN(mu, sigma²) || Gamma(shape, rate)), closed form (derived here):
     lnΓ(a) - a ln λ - a mu + λ exp(mu + sigma²/2) - 1/2 - 1/2 ln(2π sigma²)."""
     sigma2 = log_sigma2.exp()
     return (math.lgamma(shape) - shape * log_rate - shape * mu + torch.exp(log_rate + mu + 0.5 * sigma2)
@@ -97,7 +97,7 @@ def kl_lognormal_gamma(mu: torch.Tensor, log_sigma2: torch.Tensor, shape: float,
 
 def kl_lognormal_invgamma(mu: torch.Tensor, log_sigma2: torch.Tensor, shape: float,
                           log_scale: float) -> torch.Tensor:
-    """Elementwise KL(LN(mu, sigma²) || InvGamma(shape, scale)), closed form (digest §1.4, derived):
+    """Elementwise KL(LN(mu, sigma²) || InvGamma(shape, scale)), closed form (derived here):
     lnΓ(a) - a ln β + a mu + β exp(-mu + sigma²/2) - 1/2 - 1/2 ln(2π sigma²)."""
     sigma2 = log_sigma2.exp()
     return (math.lgamma(shape) - shape * log_scale + shape * mu + torch.exp(log_scale - mu + 0.5 * sigma2)
@@ -190,7 +190,7 @@ class _GroupHSMixin(BayesianLayer):
         return self.weight_mu * self._z_view(self._z_point())
 
     def posterior_weight_variance(self) -> torch.Tensor:
-        """Var(w_ij) = (sigma² + mu²) E[z²] - mu² E[z]² with E[z^k] = exp(k m + k² v / 2) (digest §1.4)."""
+        """Var(w_ij) = (sigma² + mu²) E[z²] - mu² E[z]² with E[z^k] = exp(k m + k² v / 2) (log-normal moments)."""
         m, v = self.log_scale_moments()
         ez2 = self._z_view(torch.exp(2 * m + 2 * v))
         ez_sq = self._z_view(torch.exp(2 * m + v))

@@ -5,7 +5,7 @@ output filter (Conv2d), so a scale that collapses removes a whole neuron/filter.
 Posterior (paper Eq. 6): q(z_i) = N(mu_z, sigma_z²) (additive parametrisation, log alpha_i = log sigma_z² −
 log mu_z²) and q(w_ij | z_i) = N(z_i mu_ij, z_i² sigma_ij²).
 
-KL (digest §1.3): the group term uses the approximation of Molchanov et al. (2017, Eq. 14) with the constant −k1
+KL (Louizos et al. 2017): the group term uses the approximation of Molchanov et al. (2017, Eq. 14) with the constant −k1
 so that it is >= 0 and vanishes as alpha -> inf; the conditional weight term is exactly
 0.5 (−log sigma² + sigma² + mu² − 1), independent of z. Biases carry a N(0, 1) prior as in the reference code.
 The conv KL uses −0.5·log sigma² and exp(log sigma²) (the reference code's 2017 conv bug, fixed there in 2018).
@@ -148,7 +148,7 @@ class _GroupNJMixin(BayesianLayer):
         return self.weight_mu * self._z_view(self.z_mu)
 
     def posterior_weight_variance(self) -> torch.Tensor:
-        """Var(w_ij) = sigma_z²(sigma_ij² + mu_ij²) + sigma_ij² mu_z² (digest §1.3, as in the reference code)."""
+        """Var(w_ij) = sigma_z²(sigma_ij² + mu_ij²) + sigma_ij² mu_z² (as in the authors' reference code)."""
         z_var = self._z_view(self.z_log_sigma2.exp())
         z_mu2 = self._z_view(self.z_mu.pow(2))
         w_var = self.weight_log_sigma2.exp()

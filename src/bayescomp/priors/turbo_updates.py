@@ -8,7 +8,7 @@ with a binary support s_n whose prior probability pi_n = P(s_n = 1) comes from m
 :mod:`bayescomp.priors.support_mrf`). Given the weight posterior's second moment x_n = E_q[w_n²] = mu_n² + sigma_n²,
 both steps are closed form. Two variational families are offered (``TurboVBIConfig.factorization``):
 
-* ``"mean_field"``: q(rho) q(s), as in the first author's public federated-learning demo (digest §3.3):
+* ``"mean_field"``: q(rho) q(s), as in the first author's public federated-learning demo (d_turbo_vbi_demo.py):
   rho-step  a~ = pi~ a + (1 - pi~) a_bar + c1,   b~ = c2 x + pi~ b + (1 - pi~) b_bar;
   s-step    logit pi~ = logit pi + [a ln b - ln G(a) + (a - 1) E ln rho - b E rho] - [same with a_bar, b_bar].
   Its fixed points are sticky: E rho is computed under the current mixture, so a weight believed active keeps the
@@ -20,7 +20,7 @@ both steps are closed form. Two variational families are offered (``TurboVBIConf
 
 The constants (c1, c2) are (1/2, 1/2) for a real Gaussian weight (exact VB; default) and (1, 1) for the
 complex-Gaussian convention that the reference demo inherits from channel estimation (``convention="complex"``).
-Which form the TSP paper prints could not be checked (digest §3.3, UNVERIFIED); both are tested against direct
+Which form the TSP paper prints could not be checked (UNVERIFIED); both are tested against direct
 numerical optimisation of the ELBO in ``tests/test_turbo_vbi.py``.
 """
 

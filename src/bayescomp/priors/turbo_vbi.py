@@ -1,6 +1,6 @@
 """Turbo-VBI: structured Bayesian compression with a three-layer prior (Xia, Tsang, Lau, IEEE TSP 2023).
 
-Prior (digest §3.2): w_n | rho_n ~ N(0, 1/rho_n); rho_n | s_n ~ Gamma(a, b) if the support s_n = 1 (active: a broad
+Prior (reconstruction): w_n | rho_n ~ N(0, 1/rho_n); rho_n | s_n ~ Gamma(a, b) if the support s_n = 1 (active: a broad
 slab) else Gamma(a_bar, b_bar) (inactive: a narrow spike at zero); s ~ a Markov random field over the layer's
 weight grid (rows = output neurons, columns = inputs; a conv weight (out, in, kh, kw) is its GEMM matrix
 (out, in*kh*kw), so a filter is a row and a kernel slice a run of kh*kw neighbours). The MRF makes active weights
