@@ -19,7 +19,10 @@ $(STAMP_TEST): pyproject.toml | $(PY)
 	$(PY) -m pip install -q -e '.[test]'
 	touch $@ $(STAMP)
 
+# Without a local copy (../shared/data, --data-dir or $$BAYESCOMP_DATA) MNIST is fetched into ~/.cache/bayescomp/data
+# first (mirror: $$BAYESCOMP_MIRROR, else the canonical one); with a local copy nothing is downloaded.
 demo: $(STAMP)
+	$(VENV)/bin/bayescomp data download mnist
 	$(VENV)/bin/bayescomp run --model lenet300 --data mnist --method gnj --run-dir runs/demo
 
 test: $(STAMP_TEST)

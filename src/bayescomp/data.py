@@ -77,18 +77,27 @@ DATASETS: dict[str, DatasetSpec] = {
 }
 
 
+def download_cache_dir() -> Path:
+    """Where ``bayescomp data download`` puts data sets: ``$BAYESCOMP_CACHE/data`` (``~/.cache/bayescomp/data``)."""
+    return Path(os.environ.get("BAYESCOMP_CACHE") or Path.home() / ".cache" / "bayescomp") / "data"
+
+
 def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> Path:
-    """The data folder: ``data_dir``, else ``$BAYESCOMP_DATA``, else ``shared/data`` beside the repository."""
+    """The data folder: ``data_dir``, else ``$BAYESCOMP_DATA``, else ``shared/data`` beside the repository, else
+    the download cache (:func:`download_cache_dir`) when ``bayescomp data download`` has filled it."""
     if data_dir is not None:
         path, source = Path(data_dir).expanduser(), "the data_dir argument / --data-dir"
     elif os.environ.get("BAYESCOMP_DATA"):
         path, source = Path(os.environ["BAYESCOMP_DATA"]).expanduser(), "$BAYESCOMP_DATA"
+    elif not DEFAULT_DATA_DIR.is_dir() and download_cache_dir().is_dir():
+        path, source = download_cache_dir(), "the download cache"
     else:
         path, source = DEFAULT_DATA_DIR, "the default beside the repository"
     if not path.is_dir():
         raise DataError(
             f"data directory not found: tried {path.absolute()} (from {source}). Point --data-dir or "
-            f"BAYESCOMP_DATA at a folder holding mnist/, fashion-mnist/ and cifar-10/ (default: {DEFAULT_DATA_DIR})")
+            f"BAYESCOMP_DATA at a folder holding mnist/, fashion-mnist/ and cifar-10/ (default: {DEFAULT_DATA_DIR}), "
+            f"or fetch a data set with `bayescomp data download NAME` (into {download_cache_dir()})")
     return path
 
 
