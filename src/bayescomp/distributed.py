@@ -21,7 +21,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from datetime import timedelta
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 import torch.distributed as dist
@@ -78,8 +78,55 @@ def init_from_env() -> bool:
 
 
 def _destroy() -> None:
-    if dist.is_initialized():
+    if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def shutdown(success: bool) -> None:
+    """Leave the process group on this rank: after a successful run every rank meets at a barrier first, so no
+    rank tears its connections down while another still talks to it; after a failure, leave at once (torchrun
+    ends the other ranks). Safe to call when no group exists."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    try:
+        if success and dist.get_world_size() > 1:
+            dist.barrier()
+    finally:
+        dist.destroy_process_group()
+
+
+def run_worker(main: Any, argv: list[str] | None = None) -> NoReturn:
+    """Run ``main(argv)`` as a torchrun worker and exit with its code, the process group torn down cleanly.
+
+    A worker that returned from ``main`` used to leave the group to interpreter shutdown (``atexit``), where the
+    gloo/nccl threads could still be running while C++ destructors ran: the rank then died with SIGABRT
+    ("terminate called without an active exception") after a complete, correct run, and torchrun reported
+    failure. Here the group is destroyed explicitly on every path, the streams are flushed, and the process
+    leaves with ``os._exit`` so that no destructor of a background thread can change the exit code.
+    """
+    import traceback
+
+    code = 1
+    try:
+        code = int(main(argv) or 0)
+    except SystemExit as stop:  # argparse and friends
+        code = stop.code if isinstance(stop.code, int) else (0 if stop.code is None else 1)
+    except BaseException:  # noqa: BLE001 - reported, then the group is left and the worker exits non-zero
+        traceback.print_exc()
+        code = 1
+    try:
+        shutdown(code == 0)
+    except Exception as error:  # noqa: BLE001 - a failed teardown must not hide the run's own result
+        print(f"bayescomp: warning: leaving the process group failed ({error})", file=sys.stderr)
+        code = code or 1
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+def in_torchrun_worker() -> bool:
+    """Whether this process is a rank started by torchrun (``LOCAL_RANK`` and ``WORLD_SIZE > 1`` set)."""
+    return "LOCAL_RANK" in os.environ and int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
 @contextlib.contextmanager
