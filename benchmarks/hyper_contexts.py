@@ -22,7 +22,6 @@ Writes benchmarks/results/lenet5_<data>_hyper.{json,md}, plots, the trained hype
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import shutil
 import statistics
@@ -96,18 +95,6 @@ def unconditional_model(data_name: str, log) -> tuple[torch.nn.Sequential, str]:
     return load(run_dir / "compressed.bcz"), str(run_dir / "compressed.bcz")
 
 
-def cut_compressed(model, classes):
-    """A compressed plain model with its output cut to ``classes`` (its last layer's rows)."""
-    cut = copy.deepcopy(model).eval()
-    last = prunable_modules(cut)[-1]
-    index = torch.as_tensor(list(classes))
-    with torch.no_grad():
-        last.weight = torch.nn.Parameter(last.weight[index].clone())
-        last.bias = torch.nn.Parameter(last.bias[index].clone())
-    last.out_features = len(index)
-    return cut
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default="mnist")
@@ -160,9 +147,9 @@ def main() -> None:
             "generate_ms": statistics.median(times), "generate_ms_first": times[0],
             "teacher_test_error_pct": context_error(_cut_teacher(teacher, context.classes), data.test,
                                                     context.classes),
-            "unconditional_test_error_pct": context_error(cut_compressed(unconditional, context.classes),
+            "unconditional_test_error_pct": context_error(_cut_teacher(unconditional, context.classes),
                                                           data.test, context.classes),
-            "unconditional_weights_kept": weights_of(cut_compressed(unconditional, context.classes))})
+            "unconditional_weights_kept": weights_of(_cut_teacher(unconditional, context.classes))})
         log(f"context {i + 1}/{len(contexts)} {list(context.classes)}: err {entries[-1]['test_error_pct']:.2f}% "
             f"weights {first.weights_kept:,} ({entries[-1]['kept_architecture']}), {entries[-1]['generate_ms']:.1f} ms")
 
