@@ -250,3 +250,55 @@ def test_fine_tuning_a_per_weight_pruned_model_keeps_its_zeros(mnist_small):
         assert type(layer) is nn.Linear and set(dict(layer.named_parameters())) == {"weight", "bias"}
         assert bool((layer.weight[zero] == 0).all())  # pruned weights stayed pruned
         assert not torch.equal(layer.weight[~zero], old[~zero])  # the others were trained
+
+
+def _filter_with_two_moderate_weights(neuron_support: bool, evidence_target: float) -> Conv2dTurboVBI:
+    """Filters 0-2 carry large weights; filter 3 is near zero except two weights whose own collapsed evidence
+    (found by bisection) is ``evidence_target``."""
+    torch.manual_seed(0)
+    config = TurboVBIConfig(p01=0.3, p11=0.7, p_start=0.5, neuron_support=neuron_support, p_neuron=0.01)
+    layer = Conv2dTurboVBI.from_conv2d(nn.Conv2d(2, 4, 3), config)
+    with torch.no_grad():
+        layer.weight_scale.fill_(0.5)
+        low, high = 1e-8, 1.0
+        for _ in range(100):
+            mid = math.sqrt(low * high)
+            evidence = structured_posteriors(torch.tensor([mid], dtype=torch.float64), layer.gamma_pair())[2].item()
+            low, high = (mid, high) if evidence < evidence_target else (low, mid)
+        layer.weight_log_sigma2.fill_(-20)
+        layer.weight_mu.normal_(0, 0.5)
+        layer.weight_mu[3] = 1e-4
+        layer.weight_mu[3, 0, 0, 0] = layer.weight_mu[3, 1, 2, 2] = math.sqrt(low)
+        for _ in range(5):
+            layer.turbo_update()
+    return layer
+
+
+def test_neuron_support_switches_a_weak_filter_off_as_a_whole():
+    """Two weights with evidence +1.5 each keep filter 3 alive under the plain MRF; with the neuron level
+    (p_neuron = 0.01: the row's total softplus evidence 2 x 1.7 < log 100) the filter's neuron goes off, all its
+    weights are pruned and the structured path removes the filter; the strong filters are untouched."""
+    plain = _filter_with_two_moderate_weights(False, 1.5)
+    assert plain.weight_keep_mask()[3].sum() == 2 and not hasattr(plain, "neuron_log_odds")
+    layer = _filter_with_two_moderate_weights(True, 1.5)
+    keep = layer.weight_keep_mask()
+    assert not keep[3].any() and layer.neuron_log_odds[3] < 0 and (layer.neuron_log_odds[:3] > 10).all()
+    assert torch.equal(keep[:3], plain.weight_keep_mask()[:3])
+    groups = layer.group_log_alpha() < layer.config.threshold
+    assert groups.tolist() == [True, True, True, False]
+    assert layer.bp_messages.shape == (5, 4, 18)
+    strong = _filter_with_two_moderate_weights(True, 4.0)  # 2 x 4 > log 100: the evidence outweighs the prior
+    assert strong.weight_keep_mask()[3].sum() == 2 and strong.neuron_log_odds[3] > 0
+
+
+def test_state_dict_round_trip_with_neuron_support():
+    config = TurboVBIConfig(neuron_support=True, p_neuron=0.05)
+    layer = _layer(Conv2dTurboVBI, config, 2, 3, 3)
+    for _ in range(4):
+        layer.turbo_update()
+    copy = Conv2dTurboVBI(2, 3, 3, config=config)
+    copy.load_state_dict(layer.state_dict())
+    for name in ("support_log_odds", "prior_log_odds", "bp_messages", "neuron_log_odds"):
+        assert torch.equal(getattr(copy, name), getattr(layer, name)), name
+    with pytest.raises(ValueError, match="p_neuron"):
+        TurboVBIConfig(neuron_support=True, p_neuron=0.0)

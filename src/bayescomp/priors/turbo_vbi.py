@@ -127,6 +127,8 @@ class TurboVBIConfig:
             raise ValueError(f"sigma_clip must be positive or None, got {self.sigma_clip}")
         if self.update_every < 0 or self.exchanges < 1 or self.bp_iterations < 1:
             raise ValueError("update_every must be >= 0, exchanges and bp_iterations >= 1")
+        if not 0.0 < self.p_neuron < 1.0:
+            raise ValueError(f"p_neuron must be a probability in the open interval (0, 1), got {self.p_neuron}")
         self.mrf()  # validates the probabilities
 
     def mrf(self) -> MarkovGridPrior:
