@@ -383,3 +383,33 @@ def test_kl_loss_is_the_sum_the_trainer_divides_by_n():
     logits, targets = torch.randn(5, 3), torch.tensor([0, 1, 2, 0, 1])
     loss, nll, _ = variational_loss(logits, targets, model, n_train=1000)
     torch.testing.assert_close(loss, torch.nn.functional.cross_entropy(logits, targets) + by_hand / 1000)
+
+
+@pytest.mark.parametrize("body,code,traceback", [
+    ("return 0", 0, False), ("return 2", 2, False), ("raise RuntimeError('boom')", 1, True)])
+def test_worker_exit_code_is_the_runs_result(body, code, traceback):
+    import subprocess
+    import sys
+
+    script = f"from bayescomp.distributed import run_worker\ndef main(argv):\n    {body}\nrun_worker(main)\n"
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == code
+    assert ("Traceback" in done.stderr) == traceback
+
+
+def test_resume_message_names_the_checkpoint_actually_used(mnist_small, tmp_path):
+    from bayescomp.models import create_model
+    from bayescomp.train import TrainConfig, fit
+
+    config = TrainConfig(epochs=3, batch_size=500)
+    path = tmp_path / "bayes.ckpt"
+    model = create_model("lenet300", 10, (1, 28, 28))
+    fit(model, mnist_small, config, checkpoint_path=path, progress=False, stop_after_epochs=2, log=lambda *_: None)
+    raw = bytearray(path.read_bytes())
+    raw[len(raw) // 2] ^= 0x01  # one flipped bit in the newest checkpoint
+    path.write_bytes(bytes(raw))
+    logs: list[str] = []
+    with pytest.warns(UserWarning, match="checksum"):
+        fit(create_model("lenet300", 10, (1, 28, 28)), mnist_small, config, checkpoint_path=path, progress=False,
+            log=logs.append)
+    assert any(f"resumed from {path}.prev at epoch 1/3" in line for line in logs), logs
