@@ -413,3 +413,16 @@ def test_resume_message_names_the_checkpoint_actually_used(mnist_small, tmp_path
         fit(create_model("lenet300", 10, (1, 28, 28)), mnist_small, config, checkpoint_path=path, progress=False,
             log=logs.append)
     assert any(f"resumed from {path}.prev at epoch 1/3" in line for line in logs), logs
+
+
+def test_cli_resuming_a_crafted_checkpoint_exits_2_and_runs_nothing(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("BAYESCOMP_CACHE", str(tmp_path / "cache"))
+    run_dir, marker = tmp_path / "r", tmp_path / "marker"
+    run_dir.mkdir()
+    _hostile_checkpoint(run_dir / "bayes.ckpt", marker, with_header=True)
+    code = main(["run", "--model", "lenet300", "--run-dir", str(run_dir), *SMALL])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert str(run_dir / "bayes.ckpt") in err and "refused" in err and "Traceback" not in err
+    assert not marker.exists()
+    assert not (run_dir / "report.json").exists()
