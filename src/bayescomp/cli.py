@@ -129,6 +129,16 @@ def _add_data_bench_parsers(sub) -> None:
                       help="base URL of a mirror laid out as URL/<folder>/<file> (default: $BAYESCOMP_MIRROR, "
                            "else each data set's canonical public mirror)")
     down.add_argument("--retries", type=int, default=4, help="further attempts after a network error")
+    bench = sub.add_parser("bench", help="latency of a compressed model (and its dense zoo architecture) in eager "
+                                         "PyTorch and onnxruntime at batch 1 and 256", formatter_class=fmt)
+    bench.add_argument("path", help="a run directory (its compressed.bcz) or a .bcz file")
+    bench.add_argument("--rounds", type=int, default=5, help="interleaved timing rounds (median over them)")
+    bench.add_argument("--threads", type=int, default=None,
+                       help="intra-op threads for both runtimes (default: torch's current number)")
+    bench.add_argument("--input-shape", default=None,
+                       help="C,H,W without the batch, for a file that does not record its data set")
+    bench.add_argument("--no-onnx", action="store_true", help="time eager PyTorch only")
+    bench.add_argument("--json", action="store_true", help="print the JSON instead of markdown")
 
 
 def _add_hyper_parser(sub) -> None:
@@ -341,6 +351,19 @@ def cmd_data(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    import json
+
+    from bayescomp.runtime import bench_file, format_bench
+
+    if args.rounds < 1 or (args.threads is not None and args.threads < 1):
+        raise ValueError(f"--rounds and --threads must be at least 1, got {args.rounds} and {args.threads}")
+    result = bench_file(args.path, rounds=args.rounds, threads=args.threads, input_shape=args.input_shape,
+                        onnx=not args.no_onnx)
+    print(json.dumps(result, indent=2) if args.json else format_bench(result))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
@@ -353,6 +376,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_export(args)
         if args.command == "data":
             return cmd_data(args)
+        if args.command == "bench":
+            return cmd_bench(args)
         return cmd_run(args) if args.command == "run" else cmd_report(args)
     except KeyboardInterrupt:
         print("\ninterrupted; run the same command again to resume from the last completed epoch",

@@ -34,6 +34,7 @@ from bayescomp.compress.blocks import choose_block_format, regularity_metrics
 from bayescomp.compress.chain import build_chain
 from bayescomp.compress.search import sweep_global_thresholds
 from bayescomp.priors.base import deterministic_mode
+from bayescomp.runtime import compare_runtimes, format_runtime_latency
 from bayescomp.train import evaluate
 
 
@@ -181,6 +182,7 @@ def build_report(config, data, dense, model, result: CompressionResult, history,
     if config.latency:
         report["latency_ms"] = measure_latency_pair(dense, result.quantized_model, input_shape)
         report["block_format"] = block_format_latency(dense, result.quantized_model, input_shape)
+        report["runtime_latency"] = compare_runtimes(dense, result.quantized_model, input_shape)
     report["tradeoff_curve"] = [] if model is None else tradeoff_curve(model, result, data)
     report["search_path"] = result.search_path
     report["history"] = history.epochs
@@ -245,6 +247,8 @@ def render_markdown(report: dict[str, Any]) -> str:
             label = key.replace("batch_", "").replace("_1thread", " (1 thread)")
             lines.append(f"| {label} | {latency['dense'][key]:.3f} | {latency['compressed'][key]:.3f} "
                          f"| {latency['speedup'][key]:.1f}x |")
+    if report.get("runtime_latency"):
+        lines += [""] + format_runtime_latency(report["runtime_latency"])
     calibration = report.get("calibration")
     if calibration:
         curve = {round(p["rejected_fraction"], 2): p["accuracy_pct"] for p in calibration["rejection_curve"]}

@@ -1,0 +1,216 @@
+"""Latency where users deploy: eager PyTorch and onnxruntime, dense and compressed, interleaved.
+
+Per-operator overhead dominates small models in eager PyTorch, so a compressed model with far fewer FLOPs can gain
+little there while an ahead-of-time runtime (onnxruntime, CPU provider) shows the saving. The report and
+``bayescomp bench RUN_DIR|model.bcz`` time both runtimes with the same thread count and say which is faster.
+onnxruntime is optional (extra ``export``): without it only eager PyTorch is timed and the result says so.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+
+def _onnx_sessions(models: dict[str, nn.Module], input_shape: tuple[int, ...], threads: int,
+                   folder: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """ONNX export of each model (onnxruntime CPU provider, ``threads`` intra-op threads) and a note; on a
+    machine without onnxruntime, or for a model the exporter refuses, no sessions and a note saying why."""
+    from bayescomp import export
+
+    try:
+        import onnxruntime
+    except ImportError:
+        return {}, {"onnxruntime": None, "onnxruntime_note": "onnxruntime is not installed, so only eager PyTorch "
+                    "was measured; pip install 'bayescomp[export]' to measure the ONNX runtime too"}
+    example = torch.rand((2, *input_shape), generator=torch.Generator().manual_seed(1))
+    sessions, diff = {}, 0.0
+    try:
+        for label, model in models.items():
+            path = export.export_onnx(model.eval(), example, Path(folder) / f"{label}.onnx", exporter="torchscript")
+            sessions[label] = export.onnx_session(path, threads)
+            with torch.inference_mode():
+                expected = model(example)
+                gap = float((export.onnx_outputs(sessions[label], example) - expected).abs().max())
+            if not gap <= 1e-4 * max(1.0, float(expected.abs().max())):
+                raise export.ExportError(f"the ONNX outputs of the {label} model differ from PyTorch by {gap:.3g}")
+            diff = max(diff, gap)
+    except Exception as error:  # noqa: BLE001 - exporter and runtime errors vary; eager timing still stands
+        return {}, {"onnxruntime": onnxruntime.__version__,
+                    "onnxruntime_note": f"not measured: {type(error).__name__}: {error}"}
+    return sessions, {"onnxruntime": onnxruntime.__version__, "onnx_max_abs_diff": diff}
+
+
+def _runner(runtime: str, model: nn.Module | Any, x: torch.Tensor):
+    """A no-argument callable running one forward pass of ``model`` (eager, or an onnxruntime session)."""
+    if runtime == "eager":
+        return lambda: model(x)
+    name, feed = model.get_inputs()[0].name, x.numpy()
+    return lambda: model.run(None, {name: feed})
+
+
+def compare_runtimes(dense: nn.Module | None, compressed: nn.Module, input_shape: tuple[int, ...],
+                     batch_sizes: tuple[int, ...] = (1, 256), rounds: int = 5, repeats: int = 300,
+                     threads: int | None = None, onnx: bool = True, max_time_s: float = 1.0) -> dict[str, Any]:
+    """Median CPU float32 latency of the dense and compressed models in eager PyTorch and in onnxruntime.
+
+    Per-operator overhead dominates small models in eager PyTorch, so a compressed model with far fewer FLOPs can
+    gain little there while an ahead-of-time runtime shows the saving; users deploy with both. Every (runtime,
+    model) pair is timed in each of ``rounds`` interleaved rounds (``repeats / rounds`` passes each, at most
+    ``max_time_s`` per pair and round, 1/8 of the repeats at batch >= 64), and the figure is the median over rounds,
+    so machine noise hits all pairs alike. onnxruntime uses the CPU provider with the same intra-op thread count
+    as torch (``threads``, default torch's current). ``dense=None`` times the compressed model alone.
+
+    Returns ``{"median_ms": {runtime: {model: {"batch_<n>": ms}}}, "speedup": {runtime: {"batch_<n>": dense /
+    compressed}}, "speedup_vs_dense_eager": {runtime: {...}}, "fastest": {"batch_<n>": "runtime compressed"},
+    "threads", "rounds", "device", "dtype", "onnxruntime" (version or None), "onnxruntime_note" (why it is
+    missing), "onnx_max_abs_diff"}``.
+    """
+    import tempfile
+
+    if rounds < 1 or repeats < 1 or not batch_sizes or min(batch_sizes) < 1:
+        raise ValueError(f"need rounds >= 1, repeats >= 1 and batch sizes >= 1; got {rounds}, {repeats}, "
+                         f"{batch_sizes}")
+    previous = torch.get_num_threads()
+    threads = int(threads or previous)
+    models = {"compressed": compressed} if dense is None else {"dense": dense, "compressed": compressed}
+    states = {label: model.training for label, model in models.items()}
+    samples: dict[tuple[str, str, int], list[float]] = {}
+    try:
+        torch.set_num_threads(threads)
+        for model in models.values():
+            model.eval()
+        with tempfile.TemporaryDirectory() as folder, torch.inference_mode():
+            sessions, info = _onnx_sessions(models, input_shape, threads, folder) if onnx else \
+                ({}, {"onnxruntime": None, "onnxruntime_note": "onnxruntime not requested"})
+            targets = {("eager", label): model for label, model in models.items()}
+            targets.update({("onnxruntime", label): session for label, session in sessions.items()})
+            inputs = {b: torch.rand((b, *input_shape), generator=torch.Generator().manual_seed(0))
+                      for b in batch_sizes}
+            for _ in range(rounds):
+                for batch in batch_sizes:
+                    count = max(3, repeats // rounds // (8 if batch >= 64 else 1))
+                    for (runtime, label), target in targets.items():
+                        times = _timed(_runner(runtime, target, inputs[batch]), count, max(2, count // 5),
+                                       max_time_s)
+                        samples.setdefault((runtime, label, batch), []).append(float(np.median(times)) * 1e3)
+    finally:
+        torch.set_num_threads(previous)
+        for label, model in models.items():
+            model.train(states[label])
+    return _runtime_summary(samples, batch_sizes, threads, rounds, info)
+
+
+def _timed(fn, count: int, warmup: int, max_time_s: float) -> list[float]:
+    """Seconds of ``count`` calls of ``fn`` after ``warmup`` untimed ones (stopping after ``max_time_s``)."""
+    for _ in range(warmup):
+        fn()
+    times: list[float] = []
+    while len(times) < count and sum(times) < max_time_s:
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def _runtime_summary(samples: dict, batch_sizes: tuple[int, ...], threads: int, rounds: int,
+                     info: dict[str, Any]) -> dict[str, Any]:
+    median: dict[str, dict[str, dict[str, float]]] = {}
+    for (runtime, label, batch), values in samples.items():
+        median.setdefault(runtime, {}).setdefault(label, {})[f"batch_{batch}"] = float(np.median(values))
+    keys = [f"batch_{b}" for b in batch_sizes]
+    out: dict[str, Any] = {"median_ms": median, "threads": threads, "rounds": rounds, "device": "cpu",
+                           "dtype": "float32", **info}
+    if all("dense" in per for per in median.values()):
+        out["speedup"] = {rt: {k: per["dense"][k] / per["compressed"][k] for k in keys} for rt, per in median.items()}
+        out["speedup_vs_dense_eager"] = {rt: {k: median["eager"]["dense"][k] / per["compressed"][k] for k in keys}
+                                         for rt, per in median.items()}
+    out["fastest"] = {k: min(((rt, label) for rt, per in median.items() for label in per),
+                             key=lambda pair: median[pair[0]][pair[1]][k]) for k in keys}
+    out["fastest"] = {k: f"{rt} {label}" for k, (rt, label) in out["fastest"].items()}
+    return out
+
+
+def format_runtime_latency(result: dict[str, Any]) -> list[str]:
+    """Markdown lines for :func:`compare_runtimes`: one row per batch size, and which runtime/model is faster."""
+    median = result["median_ms"]
+    columns = [(rt, label) for rt in ("eager", "onnxruntime") if rt in median for label in median[rt]]
+    names = {"eager": "eager PyTorch", "onnxruntime": "onnxruntime"}
+    lines = [f"Latency by runtime (CPU, float32, {result['threads']} threads, median of {result['rounds']} "
+             "interleaved rounds, ms):", "",
+             "| batch | " + " | ".join(f"{names[rt]} {label}" for rt, label in columns)
+             + (" | speed-up eager | speed-up onnxruntime | fastest |" if "speedup" in result else " | fastest |"),
+             "|---" * (len(columns) + (4 if "speedup" in result else 2)) + "|"]
+    for key in next(iter(median.values()))[columns[0][1]]:
+        row = [f"{median[rt][label][key]:.3f}" for rt, label in columns]
+        if "speedup" in result:
+            row += [f"{result['speedup'][rt][key]:.1f}x" if rt in result["speedup"] else "-"
+                    for rt in ("eager", "onnxruntime")]
+        row.append(result["fastest"][key])
+        lines.append(f"| {key.removeprefix('batch_')} | " + " | ".join(row) + " |")
+    if "onnxruntime_note" in result:
+        lines += ["", f"onnxruntime: {result['onnxruntime_note']}"]
+    elif "speedup_vs_dense_eager" in result:
+        fast = result["speedup_vs_dense_eager"]["onnxruntime"]
+        lines += ["", "compressed in onnxruntime vs dense in eager PyTorch: "
+                  + ", ".join(f"{v:.1f}x at batch {k.removeprefix('batch_')}" for k, v in fast.items())]
+    return lines
+
+
+def _parse_shape(text: str) -> tuple[int, ...]:
+    try:
+        shape = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        shape = ()
+    if not shape or min(shape) < 1:
+        raise ValueError(f"--input-shape must be positive integers like 1,28,28 (no batch), got {text!r}")
+    return shape
+
+
+def bench_file(path: str | Path, rounds: int = 5, threads: int | None = None, input_shape: str | None = None,
+               onnx: bool = True, repeats: int = 300) -> dict[str, Any]:
+    """:func:`compare_runtimes` for a packed model (``model.bcz``, or a run directory's ``compressed.bcz``).
+
+    When the file records the zoo model and data set it came from (every ``bayescomp run`` does), the dense
+    model is that zoo architecture with fresh weights (latency does not depend on the weight values) and the
+    input shape is the data set's; otherwise the compressed model is timed alone on ``input_shape`` ("C,H,W").
+    """
+    from bayescomp.compress.packed import load_packed
+    from bayescomp.data import DATASETS
+    from bayescomp.models import MODELS, create_model
+
+    path = Path(path)
+    file = path / "compressed.bcz" if path.is_dir() else path
+    if not file.is_file():
+        raise FileNotFoundError(f"{path}: no packed model there; give a .bcz file or a run directory holding "
+                                "compressed.bcz (written by `bayescomp run`)")
+    compressed, meta = load_packed(file)
+    run = meta.get("run") if isinstance(meta.get("run"), dict) else {}
+    spec = DATASETS.get(run.get("data"))
+    dense, dense_note = None, "none (the file does not name its zoo model; only the compressed model is timed)"
+    if spec is not None and run.get("model") in MODELS:
+        torch.manual_seed(0)
+        dense = create_model(run["model"], spec.num_classes, spec.input_shape, spec.mean, spec.std)
+        dense_note = f"zoo {run['model']} for {spec.name}, fresh weights (latency does not depend on their values)"
+    if input_shape is not None:
+        shape = _parse_shape(input_shape)
+    elif spec is not None:
+        shape = spec.input_shape
+    else:
+        raise ValueError(f"{file} does not record its data set; give --input-shape C,H,W")
+    result = compare_runtimes(dense, compressed, shape, rounds=rounds, threads=threads, onnx=onnx, repeats=repeats)
+    return {"file": str(file), "dense": dense_note, "input_shape": list(shape), **result}
+
+
+def format_bench(result: dict[str, Any]) -> str:
+    """The ``bayescomp bench`` printout."""
+    head = [f"{result['file']} (input {tuple(result['input_shape'])}; dense reference: {result['dense']})", ""]
+    return "\n".join(head + format_runtime_latency(result))
+
+
+__all__ = ["bench_file", "compare_runtimes", "format_bench", "format_runtime_latency"]

@@ -1,0 +1,120 @@
+"""Latency in eager PyTorch and onnxruntime (dense vs compressed), `bayescomp bench`, and the missing-runtime path.
+Timing is kept cheap: few rounds and repeats; the assertions are on structure, consistency and order of calls,
+plus one speed comparison with a FLOPs ratio of about 500x that noise cannot invert."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from bayescomp import runtime
+from bayescomp.cli import main
+
+RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
+
+
+def _mlp(widths: list[int]) -> nn.Sequential:
+    layers: list[nn.Module] = [nn.Flatten()]
+    for a, b in zip(widths[:-1], widths[1:]):
+        layers += [nn.Linear(a, b), nn.ReLU()]
+    return nn.Sequential(*layers[:-1])
+
+
+def test_compare_runtimes_is_consistent_and_orders_by_flops():
+    torch.manual_seed(0)
+    dense, small = _mlp([64, 1024, 1024, 10]), _mlp([64, 8, 10])
+    dense.train()
+    out = runtime.compare_runtimes(dense, small, (1, 8, 8), batch_sizes=(1, 64), rounds=2, repeats=12, threads=1)
+    assert dense.training and out["threads"] == 1 and out["rounds"] == 2
+    assert out["onnxruntime"] is not None and "onnxruntime_note" not in out
+    assert out["onnx_max_abs_diff"] < 1e-4
+    median = out["median_ms"]
+    for rt in ("eager", "onnxruntime"):
+        for label in ("dense", "compressed"):
+            assert set(median[rt][label]) == {"batch_1", "batch_64"}
+            assert all(v > 0 for v in median[rt][label].values())
+        for key in ("batch_1", "batch_64"):
+            assert out["speedup"][rt][key] == pytest.approx(median[rt]["dense"][key] / median[rt]["compressed"][key])
+            assert out["speedup_vs_dense_eager"][rt][key] == pytest.approx(
+                median["eager"]["dense"][key] / median[rt]["compressed"][key])
+    for key in ("batch_1", "batch_64"):
+        every = {f"{rt} {label}": median[rt][label][key] for rt in median for label in median[rt]}
+        assert out["fastest"][key] == min(every, key=every.get)
+    # 2.1M vs 0.6k MACs per example: at batch 64 the dense model is slower in both runtimes
+    assert out["speedup"]["eager"]["batch_64"] > 1 and out["speedup"]["onnxruntime"]["batch_64"] > 1
+    text = "\n".join(runtime.format_runtime_latency(out))
+    assert "onnxruntime compressed" in text and "| 64 |" in text and "vs dense in eager PyTorch" in text
+
+
+class _Recorder(nn.Module):
+    def __init__(self, label: str, log: list[str]) -> None:
+        super().__init__()
+        self.label, self.log, self.linear = label, log, nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.log.append(self.label)
+        return self.linear(x)
+
+
+def test_models_are_timed_interleaved_in_every_round():
+    log: list[str] = []
+    rounds = 3
+    runtime.compare_runtimes(_Recorder("d", log), _Recorder("c", log), (4,), batch_sizes=(1,), rounds=rounds,
+                             repeats=3 * rounds, onnx=False)
+    runs = [label for i, label in enumerate(log) if i == 0 or log[i - 1] != label]  # one entry per contiguous run
+    assert runs == ["d", "c"] * rounds
+
+
+def test_missing_onnxruntime_is_reported_not_fatal(monkeypatch):
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # `import onnxruntime` now raises ImportError
+    out = runtime.compare_runtimes(_mlp([16, 4]), _mlp([16, 4]), (16,), batch_sizes=(1,), rounds=1, repeats=3)
+    assert out["onnxruntime"] is None and "not installed" in out["onnxruntime_note"]
+    assert set(out["median_ms"]) == {"eager"}
+    assert "pip install 'bayescomp[export]'" in "\n".join(runtime.format_runtime_latency(out))
+
+
+def test_unexportable_model_is_reported_not_fatal(monkeypatch):
+    from bayescomp import export
+
+    def refuse(*args, **kwargs):
+        raise export.ExportError("ONNX export of Weird failed: unsupported operator")
+
+    monkeypatch.setattr(export, "export_onnx", refuse)
+    out = runtime.compare_runtimes(None, _mlp([3, 2]), (3,), batch_sizes=(1,), rounds=1, repeats=3)
+    assert "not measured" in out["onnxruntime_note"] and "unsupported operator" in out["onnxruntime_note"]
+    assert set(out["median_ms"]) == {"eager"} and "speedup" not in out
+    assert out["fastest"]["batch_1"] == "eager compressed"
+
+
+def test_wrong_onnx_outputs_are_not_timed(monkeypatch):
+    from bayescomp import export
+
+    real = export.onnx_outputs
+    monkeypatch.setattr(export, "onnx_outputs", lambda session, images: real(session, images) + 1.0)
+    out = runtime.compare_runtimes(_mlp([3, 2]), _mlp([3, 2]), (3,), batch_sizes=(1,), rounds=1, repeats=3)
+    assert "differ from PyTorch" in out["onnxruntime_note"] and set(out["median_ms"]) == {"eager"}
+
+
+def test_bench_cli_on_a_committed_compressed_model(capsys):
+    code = main(["bench", str(RESULTS / "lenet5_mnist_gnj.bcz"), "--rounds", "1", "--threads", "1", "--json"])
+    assert code == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["input_shape"] == [1, 28, 28] and "zoo lenet5" in out["dense"]
+    assert set(out["median_ms"]) == {"eager", "onnxruntime"}
+    assert set(out["median_ms"]["onnxruntime"]) == {"dense", "compressed"}
+    assert out["onnx_max_abs_diff"] < 1e-4
+
+
+def test_bench_cli_bad_input_exits_2(tmp_path, capsys):
+    assert main(["bench", str(tmp_path / "missing.bcz")]) == 2
+    assert "no packed model" in capsys.readouterr().err
+    assert main(["bench", str(RESULTS / "lenet5_mnist_gnj.bcz"), "--rounds", "0"]) == 2
+    assert main(["bench", str(RESULTS / "lenet5_mnist_gnj.bcz"), "--input-shape", "1,x"]) == 2
+    err = capsys.readouterr().err
+    assert "--rounds" in err and "--input-shape" in err and "Traceback" not in err
