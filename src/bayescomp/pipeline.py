@@ -344,12 +344,20 @@ def _check_thresholds_fit(config: RunConfig, data: DataBundle) -> None:
     if not isinstance(thresholds, (list, tuple)):
         return
     from bayescomp.compress.chain import UnsupportedModelError, build_chain
+    from bayescomp.compress.graph import DependencyGraph
 
+    dense = build_dense(config, data)
     try:
-        layers = len(build_chain(build_dense(config, data)).layers)
-    except UnsupportedModelError:  # graph models: the count of coupled groups is checked when compressing
-        return
-    check_threshold_count(thresholds, layers, config.model)
+        layers = len(build_chain(dense).layers)
+    except UnsupportedModelError:  # graph models: one threshold per coupled channel group of the Bayesian model
+        if config.method not in PRIORS:
+            return
+        try:
+            graph = DependencyGraph(bayesify(dense, config.method, config.prior), data.val.example())
+            layers = len(graph.prunable_groups)
+        except UnsupportedModelError:
+            return  # not traceable: compress names the problem
+    check_threshold_count(thresholds, layers, config.model)  # the RNG is reseeded before the dense model
 
 
 def _prepare_run_dir(config: RunConfig, run_dir: Path, restart: bool, log) -> None:

@@ -64,8 +64,8 @@ def check_cli_values(args: Any) -> None:
 def check_threshold_count(thresholds: Any, layers: int, model: str) -> None:
     """A list of thresholds must have one entry per prunable layer (or be a single number)."""
     if isinstance(thresholds, (list, tuple)) and len(thresholds) not in (1, layers):
-        raise ValueError(f"--thresholds: {model} has {layers} prunable layers, so give 1 or {layers} thresholds, "
-                         f"got {len(thresholds)}")
+        raise ValueError(f"--thresholds: {model} has {layers} prunable layers (or coupled channel groups), so "
+                         f"give 1 or {layers} thresholds, got {len(thresholds)}")
 
 
 # Fields whose value must be > 0 (scales, variances, shapes); probabilities must lie in [0, 1].
