@@ -12,7 +12,7 @@ from torch import nn
 from bayescomp import bayesify, compress, fit
 from bayescomp.compress import CompressConfig, PruneError, UnsupportedModelError, prunable_modules
 from bayescomp.compress.graph import REDUCTIONS, DependencyGraph
-from bayescomp.compress.packed import load_packed, save_packed
+from bayescomp.compress.packed import PackedFormatError, load_packed, save_packed
 from bayescomp.models import MODELS, create_model
 from bayescomp.modules import Normalize
 from bayescomp.priors import PRIORS
@@ -200,7 +200,9 @@ def test_user_residual_model_end_to_end(mnist_small, tmp_path):
         assert torch.allclose(result.model(x), bayes(x), atol=1e-5)
     path = tmp_path / "branchy.bcz"
     save_packed(result.quantized_model, path)
-    loaded, meta = load_packed(path)
+    with pytest.raises(PackedFormatError, match="Branchy"):  # a user's class is rebuilt only when passed
+        load_packed(path)
+    loaded, meta = load_packed(path, classes=[Branchy])
     assert type(loaded) is Branchy and meta["_packed"]["version"] == 3
     assert torch.equal(loaded(x), result.quantized_model(x))
 

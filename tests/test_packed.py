@@ -574,3 +574,140 @@ def test_committed_file_rebuilds_and_writes_back_identically(path, tmp_path):
     with torch.no_grad():
         out = model(x)
         assert torch.isfinite(out).all() and torch.equal(out, reloaded(x))
+
+
+# ------------------------------------------------------------- loading never runs code named in the file
+
+
+class TwoBranch(nn.Module):
+    """A user's container: a residual branch scaled by a plain attribute (stored in the file's module tree)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.scale = 0.5
+        self.body = nn.Sequential(nn.Linear(4, 4), nn.ReLU())
+        self.head = nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(x + self.scale * self.body(x))
+
+
+def _tree_file(tmp_path: Path) -> tuple[Path, nn.Module]:
+    torch.manual_seed(3)
+    model = TwoBranch().eval()
+    path = tmp_path / "user.bcz"
+    save_packed(model, path, {0: QuantSpec(2**-6)})
+    return path, model
+
+
+def test_file_naming_a_module_outside_the_allowlist_is_refused_without_importing_it(tmp_path, monkeypatch):
+    """A crafted file with a valid CRC names a class in a module whose import would write a marker file: the
+    loader refuses it by name, and the module is never imported."""
+    import importlib
+    import sys
+
+    import bayescomp
+
+    marker = tmp_path / "imported.marker"
+    (tmp_path / "bcz_payload_mod.py").write_text(
+        "from pathlib import Path\nfrom torch import nn\n"
+        f"Path({str(marker)!r}).write_text('payload ran')\n"
+        "class Payload(nn.Module):\n    pass\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    path, _ = _tree_file(tmp_path)
+
+    def name_payload(header: dict) -> None:
+        header["tree"]["class"] = "bcz_payload_mod.Payload"
+
+    rewrite(path, name_payload)
+    for load in (load_packed, bayescomp.load, lambda p: load_packed(p, classes=[TwoBranch])):
+        with pytest.raises(PackedFormatError, match=r"bcz_payload_mod\.Payload") as info:
+            load(path)
+        assert "classes=[Payload]" in str(info.value) and str(path) in str(info.value)
+        assert not marker.exists() and "bcz_payload_mod" not in sys.modules
+    importlib.import_module("bcz_payload_mod")  # the payload is live: importing it is what the loader avoided
+    assert marker.exists()
+    monkeypatch.delitem(sys.modules, "bcz_payload_mod")
+
+
+def test_user_class_is_rebuilt_only_when_passed_or_registered(tmp_path):
+    import bayescomp
+    from bayescomp.compress.packed import UntrustedClassError, register_packable, unregister_packable
+
+    path, model = _tree_file(tmp_path)
+    x = torch.randn(5, 4, generator=torch.Generator().manual_seed(0))
+    with pytest.raises(UntrustedClassError, match="TwoBranch") as info:
+        load_packed(path)
+    assert "classes=[TwoBranch]" in str(info.value) and "register_packable(TwoBranch)" in str(info.value)
+    expected = quantized(nn.Sequential(model.body[0]), {0: QuantSpec(2**-6)})[0].weight
+    for loaded in (load_packed(path, classes=[TwoBranch])[0], bayescomp.load(path, classes=[TwoBranch])):
+        assert type(loaded) is TwoBranch and loaded.scale == 0.5 and not loaded.training
+        assert torch.equal(loaded.body[0].weight, expected)
+        with torch.no_grad():
+            assert torch.equal(loaded(x), loaded.head(x + 0.5 * loaded.body(x)))
+    assert register_packable(TwoBranch) is TwoBranch
+    try:
+        assert type(bayescomp.load(path)) is TwoBranch
+    finally:
+        unregister_packable(TwoBranch)
+    with pytest.raises(UntrustedClassError):
+        load_packed(path)
+
+    def saved_from_a_script(header: dict) -> None:  # a model saved by `python train.py` is __main__.TwoBranch
+        header["tree"]["class"] = "__main__.TwoBranch"
+
+    rewrite(path, saved_from_a_script)
+    assert type(load_packed(path, classes=[TwoBranch])[0]) is TwoBranch
+    for bad in (TwoBranch(), "TwoBranch", nn.Linear, dict):
+        with pytest.raises(TypeError, match="classes"):
+            load_packed(path, classes=[bad])
+
+
+def _set_tree_attr(key, value, node_path=()) -> Callable[[dict], None]:
+    def edit(header: dict) -> None:
+        node = header["tree"]
+        for index in node_path:
+            node = node["children"][index][1]
+        node.setdefault("attrs", {})[key] = value
+    return edit
+
+
+def _set_spec(index: int, key: str, value) -> Callable[[dict], None]:
+    def edit(header: dict) -> None:
+        header["modules"][index][key] = value
+    return edit
+
+
+@pytest.mark.parametrize("edit, message", [
+    (_set_tree_attr("forward", 1), "shadow TwoBranch.forward"),
+    (_set_tree_attr("_modules", {}), "public identifiers"),
+    (_set_tree_attr("__class__", "x"), "public identifiers"),
+    (_set_tree_attr("training", True), "training flag"),
+    (_set_tree_attr("head", 3), "child module"),
+    (_set_tree_attr("eval", 3), "shadow TwoBranch.eval"),
+    (_set_tree_attr("scale", 1.0, node_path=(0,)), "Sequential has no stored attributes"),
+    (_set_spec(0, "args", {"in_features": 4, "out_features": 4, "bias": True, "device": "meta"}), "'device'"),
+    (_set_spec(0, "args", {"in_features": 4, "out_features": 4, "bias": True, "dtype": "float64"}), "'dtype'"),
+    (_set_spec(1, "args", {"inplace": False, "negative_slope": 3}), "'negative_slope'"),
+    (_set_spec(2, "num_batches_tracked", 5), "'num_batches_tracked'"),
+    (_set_spec(0, "args", [4, 4]), "not an object"),
+])
+def test_crafted_header_attributes_are_refused(tmp_path, edit, message):
+    """Only the fields the format defines for each module kind are accepted (docs/file-format.md): no extra
+    constructor arguments, blob names or spec keys on leaves, and only plain data attributes on containers."""
+    path, _ = _tree_file(tmp_path)
+    rewrite(path, edit)
+    with pytest.raises(PackedFormatError, match=message) as info:
+        load_packed(path, classes=[TwoBranch])
+    assert str(path) in str(info.value)
+
+
+def test_extra_blob_on_a_leaf_is_refused(tmp_path):
+    path, _ = _tree_file(tmp_path)
+
+    def add_blob(header: dict) -> None:
+        header["modules"][0]["blobs"]["weight_log_sigma2"] = dict(header["modules"][0]["blobs"]["bias"])
+
+    rewrite(path, add_blob)
+    with pytest.raises(PackedFormatError, match="'weight_log_sigma2'.*not defined for Linear"):
+        load_packed(path, classes=[TwoBranch])

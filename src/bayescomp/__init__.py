@@ -6,12 +6,14 @@ Pipeline: plain model -> :func:`bayesify` -> :func:`fit` -> :func:`compress` -> 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 from torch import nn
 
 from bayescomp.bayesify import bayesify
 from bayescomp.compress import CompressConfig, CompressionResult, PruneError, compress
+from bayescomp.compress.packed import register_packable
 from bayescomp.data import DataBundle, DataError, load_dataset
 from bayescomp.hooks import after_epoch, after_step, kl_loss
 from bayescomp.models import MODELS, create_model
@@ -22,15 +24,16 @@ from bayescomp.train import NonFiniteLossError, TrainConfig, evaluate, fit
 __version__ = "0.1.0"
 
 
-def load(path: str | Path) -> nn.Module:
+def load(path: str | Path, classes: Sequence[type[nn.Module]] = ()) -> nn.Module:
     """Load a compressed model file (``.bcz``) as a plain ``nn.Module`` in eval mode.
 
     The model takes images scaled to [0, 1] (N x C x H x W) and returns logits; its input normalisation is
-    part of the model.
+    part of the model. Loading never imports code named in the file: a model of your own classes (not a zoo
+    model) loads only when you pass them, ``load(path, classes=[MyNet])``, or :func:`register_packable` them.
     """
     from bayescomp.compress.packed import load_packed
 
-    model, _ = load_packed(path)
+    model, _ = load_packed(path, classes=classes)
     return model
 
 
@@ -46,5 +49,5 @@ __all__ = [
     "GroupNJConfig", "MagnitudeConfig", "NonFiniteLossError", "PruneError", "SparseVDConfig", "TrainConfig", "TurboVBIConfig",
     "after_epoch", "after_step", "bayesify", "compress", "create_model", "evaluate", "fit", "kl_loss", "load",
     "load_dataset", "magnitude_compress",
-    "prune_and_finetune", "report",
+    "prune_and_finetune", "register_packable", "report",
 ]

@@ -15,6 +15,7 @@ The format is specified in docs/file-format.md. The package is split by concern:
 * :mod:`~bayescomp.compress.packed.modules`: the module codec table (one entry per supported leaf type);
 * :mod:`~bayescomp.compress.packed.container`: framing, CRC and the atomic writer;
 * :mod:`~bayescomp.compress.packed.tree`: networks that are not a flat Sequential;
+* :mod:`~bayescomp.compress.packed.classes`: the allowlist of container classes a file may rebuild;
 * :mod:`~bayescomp.compress.packed.files`: :func:`save_packed` / :func:`load_packed`;
 * :mod:`~bayescomp.compress.packed.inspection`: per-layer bits and encodings without building the model.
 """
@@ -23,6 +24,9 @@ from __future__ import annotations
 
 from bayescomp.compress.packed.bits import (
     bits_needed, dequantize_codes, pack_uint, quantize_codes, unpack_uint,
+)
+from bayescomp.compress.packed.classes import (
+    BUILTIN_CLASSES, UntrustedClassError, register_packable, unregister_packable,
 )
 from bayescomp.compress.packed.files import load_packed, save_packed
 from bayescomp.compress.packed.format import (
@@ -35,9 +39,11 @@ from bayescomp.compress.packed.tree import is_flat, packed_leaves
 from bayescomp.compress.packed.weights import sparse_weight_bytes
 
 __all__ = [
-    "ENCODINGS", "FORMAT_VERSION", "MAGIC", "READABLE_VERSIONS", "RESERVED_KEY", "SUPPORTED_TYPES",
+    "BUILTIN_CLASSES", "ENCODINGS", "FORMAT_VERSION", "MAGIC", "READABLE_VERSIONS", "RESERVED_KEY",
+    "SUPPORTED_TYPES",
     "TREE_VERSION", "PackedFormatError", "QuantSpec", "bits_needed", "dequantize_codes", "is_flat",
-    "load_packed", "pack_uint",
-    "packed_layer_bits", "packed_layer_info", "packed_leaves", "quantize_codes", "save_packed",
-    "sparse_weight_bytes", "unpack_uint",
+    "UntrustedClassError", "load_packed", "pack_uint",
+    "packed_layer_bits", "packed_layer_info", "packed_leaves", "quantize_codes", "register_packable",
+    "save_packed",
+    "sparse_weight_bytes", "unpack_uint", "unregister_packable",
 ]

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from torch import nn
 
 from bayescomp.compress.packed.blobs import BlobWriter
+from bayescomp.compress.packed.classes import ClassResolver
 from bayescomp.compress.packed.container import read_checked, write_container
 from bayescomp.compress.packed.format import (
     DECODE_ERRORS, FORMAT_VERSION, RESERVED_KEY, TREE_VERSION, PackedFormatError, PathLike, QuantSpec,
@@ -85,11 +87,13 @@ def _decode_leaves(path: Path, header: dict[str, Any], data: memoryview,
     return modules, {"version": version, "bits": bits, "steps": steps, "encodings": encodings}
 
 
-def load_packed(path: PathLike) -> tuple[nn.Module, dict]:
+def load_packed(path: PathLike, classes: Iterable[type[nn.Module]] = ()) -> tuple[nn.Module, dict]:
     """Read a packed file (format version 1, 2 or 3); returns the model (in eval mode) and its metadata.
 
-    Version-1/2 files hold an ``nn.Sequential``; version-3 files rebuild the stored module tree (its classes
-    must be importable: a zoo model's are, a user's model needs its package imported).
+    Version-1/2 files hold an ``nn.Sequential``; version-3 files rebuild the stored module tree. Loading never
+    imports a module named in the file: a tree's container classes must be torch containers, bayescomp's
+    models, classes registered with :func:`register_packable`, or among ``classes`` (your own model's
+    container classes, e.g. ``classes=[MyNet, MyBlock]``).
 
     The metadata is the dict given to :func:`save_packed` plus the reserved key ``"_packed"``:
     ``{"version": int (of the file), "bits": {module index: bits per stored value}, "steps": {module index:
@@ -98,13 +102,16 @@ def load_packed(path: PathLike) -> tuple[nn.Module, dict]:
     Raises:
         PackedFormatError: the file is not a packed file, has another version, is truncated, corrupted or
             malformed (including inconsistent sparse weights), or names a module type this version does not
-            know. The message names the file.
+            know. The message names the file. :class:`UntrustedClassError` (a subclass) when the tree names a
+            class outside the allowlist and ``classes``; the message names the class and says how to pass it.
+        TypeError: an entry of ``classes`` is not an ``nn.Module`` container class.
     """
+    resolver = ClassResolver(classes)
     path = Path(path)
     header, data, version = read_checked(path)
     modules, summary = _decode_leaves(path, header, data, version)
     metadata = dict(header.get("metadata") or {})
     metadata[RESERVED_KEY] = summary
     if version >= TREE_VERSION and "tree" in header:
-        return build_tree(header["tree"], modules, path).eval(), metadata
+        return build_tree(header["tree"], modules, path, resolver).eval(), metadata
     return nn.Sequential(*modules).eval(), metadata

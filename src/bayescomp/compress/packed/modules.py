@@ -1,9 +1,10 @@
 """Module codecs: one table entry per supported leaf type, with its encoder beside its decoder.
 
-Each entry says which constructor arguments the header stores (``args``) and how the module's tensors are
-written and read back. Adding a leaf type is one :func:`register_codec` call; the format specification
-(docs/file-format.md) lists the table. Nothing here runs code named by a file: the header's ``type`` is looked
-up in this table and nowhere else.
+Each entry says which constructor arguments the header stores (``args``), which tensors (``blobs``), and how
+they are written and read back. Adding a leaf type is one :func:`register_codec` call; the format
+specification (docs/file-format.md) lists the table. Nothing here runs code named by a file: the header's
+``type`` is looked up in this table and nowhere else, and a spec may hold only the fields its entry declares
+(no ``device=`` or ``dtype=`` smuggled into a constructor, no tensor set on an attribute the type lacks).
 """
 
 from __future__ import annotations
@@ -26,20 +27,28 @@ Decoder = Callable[[dict[str, Any], memoryview, Fail, int], nn.Module]
 
 @dataclass(frozen=True)
 class ModuleCodec:
-    """How one leaf type is stored: ``encode`` gives the spec fields after ``type``, ``decode`` rebuilds."""
+    """How one leaf type is stored: ``encode`` gives the spec fields after ``type``, ``decode`` rebuilds.
+
+    ``args``, ``tensors`` and ``extra`` are the only constructor arguments, blob names and further spec keys a
+    file may give this type.
+    """
 
     kind: type[nn.Module]
     encode: Encoder
     decode: Decoder
+    args: tuple[str, ...]
+    tensors: tuple[str, ...] = ()
+    extra: tuple[str, ...] = ()
 
 
 MODULE_CODECS: dict[type[nn.Module], ModuleCodec] = {}
 SUPPORTED_TYPES: dict[str, type[nn.Module]] = {}
 
 
-def register_codec(kind: type[nn.Module], encode: Encoder, decode: Decoder) -> None:
+def register_codec(kind: type[nn.Module], encode: Encoder, decode: Decoder, args: tuple[str, ...],
+                   tensors: tuple[str, ...] = (), extra: tuple[str, ...] = ()) -> None:
     """Add a leaf type to the format (its header ``type`` is the class name)."""
-    MODULE_CODECS[kind] = ModuleCodec(kind, encode, decode)
+    MODULE_CODECS[kind] = ModuleCodec(kind, encode, decode, args, tensors, extra)
     SUPPORTED_TYPES[kind.__name__] = kind
 
 
@@ -85,7 +94,7 @@ def _simple(kind: type[nn.Module], names: tuple[str, ...]) -> None:
     def decode(spec: dict[str, Any], data: memoryview, fail: Fail, version: int) -> nn.Module:
         return kind(**_args(spec))
 
-    register_codec(kind, encode, decode)
+    register_codec(kind, encode, decode, names)
 
 
 # ---------------------------------------------------------------------------- bayescomp's input modules
@@ -161,12 +170,17 @@ def _with_tensors(kind: type[nn.Module]) -> Decoder:
     return decode
 
 
-register_codec(Normalize, _encode_normalize, _decode_normalize)
-register_codec(InputSelect, _encode_input_select, _decode_input_select)
-for _kind in (nn.Linear, nn.Conv2d):
-    register_codec(_kind, _encode_layer, _with_tensors(_kind))
+_CONV_ARGS = ("in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation", "groups", "bias",
+              "padding_mode")
+_BN_ARGS = ("num_features", "eps", "momentum", "affine", "track_running_stats")
+register_codec(Normalize, _encode_normalize, _decode_normalize, ("mean", "std"))
+register_codec(InputSelect, _encode_input_select, _decode_input_select, ("in_features",), ("indices",))
+register_codec(nn.Linear, _encode_layer, _with_tensors(nn.Linear), ("in_features", "out_features", "bias"),
+               ("weight", "bias"))
+register_codec(nn.Conv2d, _encode_layer, _with_tensors(nn.Conv2d), _CONV_ARGS, ("weight", "bias"))
 for _kind in (nn.BatchNorm1d, nn.BatchNorm2d):
-    register_codec(_kind, _encode_batch_norm, _with_tensors(_kind))
+    register_codec(_kind, _encode_batch_norm, _with_tensors(_kind), _BN_ARGS,
+                   ("weight", "bias", "running_mean", "running_var"), ("num_batches_tracked",))
 for _kind, _names in (
     (nn.Flatten, ("start_dim", "end_dim")),
     (nn.ReLU, ("inplace",)),
@@ -196,10 +210,27 @@ def encode_module(index: int, module: nn.Module, quant: QuantSpec | None,
         raise ValueError(f"module {index} ({type(module).__name__}): {error}") from error
 
 
+def _check_fields(spec: dict[str, Any], codec: ModuleCodec, fail: Fail) -> None:
+    """Refuse spec keys, constructor arguments and blob names the format does not define for this type."""
+    for where, given, allowed in (("spec", spec, ("type", "args", "blobs", *codec.extra)),
+                                  ("args", spec.get("args", {}), codec.args),
+                                  ("blobs", spec.get("blobs", {}), codec.tensors)):
+        if not isinstance(given, dict):
+            raise fail(f"malformed module spec ({where!r} is a {type(given).__name__}, not an object)")
+        unknown = sorted(str(key) for key in given if key not in allowed)
+        if unknown:
+            raise fail(f"{where} field(s) {', '.join(map(repr, unknown))} are not defined for "
+                       f"{codec.kind.__name__} in the packed format "
+                       f"(allowed: {', '.join(allowed) or 'none'})")
+
+
 def decode_module(spec: dict[str, Any], data: memoryview, fail: Fail, version: int) -> nn.Module:
-    """Rebuild one leaf module from its spec; only types in the codec table are known."""
+    """Rebuild one leaf module from its spec; only types in the codec table and their declared fields are
+    accepted."""
     name = spec.get("type")
-    kind = SUPPORTED_TYPES.get(name)
+    kind = SUPPORTED_TYPES.get(name) if isinstance(name, str) else None
     if kind is None:
         raise fail(f"unknown module type {name!r} (known: {', '.join(sorted(SUPPORTED_TYPES))})")
-    return MODULE_CODECS[kind].decode(spec, data, fail, version)
+    codec = MODULE_CODECS[kind]
+    _check_fields(spec, codec, fail)
+    return codec.decode(spec, data, fail, version)

@@ -2,8 +2,9 @@
 
 A ResNet or a user's ``nn.Module`` with residual connections is stored as its supported leaf modules (the
 module codec table) and a ``"tree"`` header entry naming each container's class, its plain JSON attributes and
-its children. Loading rebuilds a container without calling its constructor, so its own ``forward`` runs on the
-stored leaves (docs/file-format.md, "Module tree").
+its children. Loading looks each class up on the allowlist (:mod:`bayescomp.compress.packed.classes`; a file
+never makes us import anything) and rebuilds it without calling its constructor, so its own ``forward`` runs
+on the stored leaves (docs/file-format.md, "Module tree").
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any
 
 from torch import nn
 
+from bayescomp.compress.packed.classes import ClassResolver, check_attrs
 from bayescomp.compress.packed.format import PackedFormatError
 from bayescomp.compress.packed.modules import SUPPORTED_TYPES
 
@@ -33,6 +35,8 @@ def packed_leaves(model: nn.Module) -> list[nn.Module]:
 
 
 def _import_class(dotted: str) -> type:
+    """The class of a live module by its own dotted name (used when saving, to check a loader can name it;
+    never called with a name read from a file)."""
     import importlib
 
     module_name, _, qualname = dotted.rpartition(".")
@@ -93,25 +97,23 @@ def tree_of(module: nn.Module, leaves: list[nn.Module], name: str = "") -> dict[
                          for child_name, child in module.named_children()]}
 
 
-def build_tree(node: Any, leaves: list[nn.Module], path: Path) -> nn.Module:
-    """Rebuild the module tree over the decoded leaves."""
+def build_tree(node: Any, leaves: list[nn.Module], path: Path, resolver: ClassResolver) -> nn.Module:
+    """Rebuild the module tree over the decoded leaves, with classes from ``resolver`` only."""
     if isinstance(node, int) and not isinstance(node, bool):
         if not 0 <= node < len(leaves):
             raise PackedFormatError(f"{path}: module tree names leaf {node}, the file has {len(leaves)}")
         return leaves[node]
     if not isinstance(node, dict) or not isinstance(node.get("class"), str):
         raise PackedFormatError(f"{path}: malformed module tree node {str(node)[:80]!r}")
-    try:
-        cls = _import_class(node["class"])
-    except (ImportError, AttributeError) as error:
-        raise PackedFormatError(f"{path}: the model's class {node['class']!r} cannot be imported ({error}); "
-                                "import the package that defines it first") from error
-    if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
-        raise PackedFormatError(f"{path}: {node['class']!r} is not an nn.Module class")
+    cls = resolver.resolve(node["class"], path)
+    children = node.get("children") or []
+    if not isinstance(children, list) or not all(isinstance(c, list) and len(c) == 2 for c in children):
+        raise PackedFormatError(f"{path}: malformed children of module tree node {node['class']!r}")
+    attrs = check_attrs(cls, node.get("attrs") or {}, {str(name) for name, _ in children}, path)
     module = cls.__new__(cls)
     nn.Module.__init__(module)
-    for key, value in dict(node.get("attrs") or {}).items():
+    for key, value in attrs.items():
         setattr(module, key, value)
-    for name, child in node.get("children") or []:
-        module.add_module(str(name), build_tree(child, leaves, path))
+    for name, child in children:
+        module.add_module(str(name), build_tree(child, leaves, path, resolver))
     return module
