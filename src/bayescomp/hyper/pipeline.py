@@ -62,11 +62,20 @@ def load_run_data(config: HyperRunConfig) -> DataBundle:
 
 def train_run(config: HyperRunConfig, run_dir: str | Path, log=print, progress: bool = True,
               restart: bool = False) -> HyperCompressor:
-    """Train, calibrate and save a compressor into ``run_dir`` (resumes an interrupted run with the same settings)."""
+    """Train, calibrate and save a compressor into ``run_dir`` (resumes an interrupted run with the same settings).
+
+    Raises:
+        RunDirLockedError: another live process trains into ``run_dir``.
+    """
+    from bayescomp.runlock import run_dir_lock
+
+    with run_dir_lock(run_dir, log):  # one writer per run directory
+        return _train_run(config, Path(run_dir), log, progress, restart)
+
+
+def _train_run(config: HyperRunConfig, run_dir: Path, log, progress: bool, restart: bool) -> HyperCompressor:
     from bayescomp.pipeline import dense_model
 
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
     record = run_dir / "hyper_run.json"
     current = json.loads(json.dumps(asdict(config)))
     if record.exists() and not restart and json.loads(record.read_text()) != current:
