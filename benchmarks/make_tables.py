@@ -1,6 +1,7 @@
 """Generate RESULTS.md from benchmarks/results/*.json (every table in it is computed, never typed by hand).
 
-    python -m benchmarks.make_tables          # (or `make tables`) rewrites RESULTS.md from the committed results
+    python -m benchmarks.make_tables          # (or `make tables`) rewrites RESULTS.md and the README's headline table
+    python -m benchmarks.make_tables --check  # exit 1 if either is out of date (the test suite runs this)
 
 Rows whose post-training setting was chosen after looking at test-set figures are marked with
 :data:`TEST_SET_MARK` and explained under :data:`CHOSEN_ON_TEST`, so a reader can discount them.
@@ -8,6 +9,7 @@ Rows whose post-training setting was chosen after looking at test-set figures ar
 
 from __future__ import annotations
 
+import argparse
 import json
 import re
 from pathlib import Path
@@ -338,25 +340,36 @@ def headline_table() -> str:
     return "\n".join(lines + ["", f"{TEST_SET_MARK} setting chosen after reading test-set figures; see RESULTS.md."])
 
 
-def update_readme_headline() -> bool:
-    """Rewrite the README's headline block between its markers; False (and nothing written) if they are missing."""
-    text = README.read_text()
+def readme_with_headline(text: str) -> str | None:
+    """``text`` (the README) with its headline block regenerated; ``None`` if the markers are missing."""
     if HEADLINE_START not in text or HEADLINE_END not in text:
-        return False
+        return None
     head, rest = text.split(HEADLINE_START, 1)
     tail = rest.split(HEADLINE_END, 1)[1]
-    README.write_text(f"{head}{HEADLINE_START}\n{headline_table()}\n{HEADLINE_END}{tail}")
-    return True
+    return f"{head}{HEADLINE_START}\n{headline_table()}\n{HEADLINE_END}{tail}"
 
 
-def main() -> None:
-    OUTPUT.write_text(build())
-    print(f"{OUTPUT.relative_to(ROOT)} written from {RESULTS.relative_to(ROOT)}/")
-    if update_readme_headline():
-        print("README.md headline table updated")
-    else:
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--check", action="store_true",
+                        help="write nothing; exit 1 if RESULTS.md or the README's headline table is out of date")
+    args = parser.parse_args(argv)
+    results, readme = build(), README.read_text()
+    new_readme = readme_with_headline(readme)
+    if new_readme is None:
         print(f"README.md has no {HEADLINE_START} ... {HEADLINE_END} block: headline table not written")
+        new_readme = readme
+    if args.check:
+        stale = [name for name, old, new in (("RESULTS.md", OUTPUT.read_text() if OUTPUT.exists() else "", results),
+                                             ("README.md", readme, new_readme)) if old != new]
+        if stale:
+            print(f"out of date: {', '.join(stale)}; run python -m benchmarks.make_tables")
+        return 1 if stale else 0
+    OUTPUT.write_text(results)
+    README.write_text(new_readme)
+    print(f"RESULTS.md and the README's headline table written from {RESULTS.relative_to(ROOT)}/")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())
