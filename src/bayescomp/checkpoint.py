@@ -28,6 +28,9 @@ import numpy as np
 import torch
 
 MAGIC = b"BAYESCOMP-CKPT 2 sha256="
+#: what :func:`bayescomp.train.training_state` writes and a resumed run reads
+TRAINING_KEYS = ("model", "optimizer", "scheduler", "epoch", "train_config", "torch_rng", "python_rng", "numpy_rng",
+                 "history")
 _ARRAY_TAG = "__bayescomp_ndarray__"
 
 
@@ -36,7 +39,8 @@ class CheckpointError(RuntimeError):
 
 
 def atomic_write_bytes(data: bytes, path: str | os.PathLike) -> None:
-    """Write ``data`` to ``path`` atomically (temp file + fsync + ``os.replace``)."""
+    """Write ``data`` to ``path`` atomically (temp file + fsync + ``os.replace``, then fsync of the directory so
+    the rename itself survives a crash). The one atomic writer of bayescomp: checkpoints and packed files."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -50,6 +54,16 @@ def atomic_write_bytes(data: bytes, path: str | os.PathLike) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+    try:  # make the rename durable where the platform allows it
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(dir_fd)
+    except OSError:
+        pass
+    finally:
+        os.close(dir_fd)
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
@@ -143,7 +157,8 @@ def _read(path: Path) -> dict[str, Any]:
         state = safe_torch_load(path, path, "checkpoint")
     if not isinstance(state, dict) or state.get("format") != "bayescomp-checkpoint":
         raise CheckpointError(f"{path} is not a bayescomp checkpoint")
-    missing = [key for key in ("epoch",) if key not in state]
+    required = TRAINING_KEYS if "model" in state else ("epoch",)  # a trainer's state needs all of its parts
+    missing = [key for key in required if key not in state]
     if missing:
         raise CheckpointError(f"checkpoint {path} lacks the keys {missing}; it was not written by bayescomp")
     state = _decode(state)

@@ -5,49 +5,19 @@ Layout (little-endian; docs/file-format.md)::
     b"BCPK" | version u16 | header_len u32 | data_len u64 | header (UTF-8 JSON) | data | crc32 u32
 
 Every check here (magic, version, declared lengths, trailing bytes, checksum, JSON) runs before any module is
-rebuilt, so a damaged file is refused as a whole with a message naming it.
+rebuilt, so a damaged file is refused as a whole with a message naming it. Files are written with the one
+atomic writer shared with checkpoints (:func:`bayescomp.checkpoint.atomic_write_bytes`).
 """
 
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import zlib
 from pathlib import Path
 from typing import Any
 
+from bayescomp.checkpoint import atomic_write_bytes
 from bayescomp.compress.packed.format import CRC, MAGIC, PREAMBLE, READABLE_VERSIONS, PackedFormatError
-
-
-def atomic_write(path: Path, parts: list[bytes]) -> None:
-    """Write ``parts`` to ``path`` through a temp file in the same directory, fsync and ``os.replace``, so a
-    crash never leaves a half-written file (the old one stays intact) and no temp file is left behind."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            for part in parts:
-                handle.write(part)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        try:
-            os.unlink(tmp_name)
-        except FileNotFoundError:
-            pass
-        raise
-    try:  # make the rename itself durable where the platform allows it
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(dir_fd)
-    except OSError:
-        pass
-    finally:
-        os.close(dir_fd)
 
 
 def write_container(path: Path, version: int, content: dict[str, Any], blobs: list[bytes],
@@ -65,7 +35,7 @@ def write_container(path: Path, version: int, content: dict[str, Any], blobs: li
     for part in blobs:
         crc = zlib.crc32(part, crc)
     parts = [body, *blobs, CRC.pack(crc & 0xFFFFFFFF)]
-    atomic_write(path, parts)
+    atomic_write_bytes(b"".join(parts), path)
     return sum(len(p) for p in parts)
 
 
