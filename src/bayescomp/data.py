@@ -1,6 +1,6 @@
 """Real benchmark data (MNIST, Fashion-MNIST, CIFAR-10) as in-memory uint8 tensors, checksum-verified.
 
-Layout of the data folder (see ``shared/data/README.md``)::
+Layout of the data folder::
 
     <data_dir>/mnist/{train,t10k}-{images-idx3,labels-idx1}-ubyte.gz          gzipped IDX
     <data_dir>/fashion-mnist/{train,t10k}-{images-idx3,labels-idx1}-ubyte.gz  gzipped IDX
