@@ -94,7 +94,8 @@ def _worker(rank: int, port: int, out: str, case: str) -> None:
         # (2) a whole epoch (8 steps, the last one a single example) with Adam
         model = _model(data)
         set_deterministic(model, True)
-        history = fit(model, data, CONFIG, progress=False, log=lambda *_: None)
+        # float32: the ranks' bf16 roundings of their slices differ from one rounding of the whole batch
+        history = fit(model, data, CONFIG, progress=False, log=lambda *_: None, precision="fp32")
         result["params"] = {n: p.detach().clone() for n, p in model.named_parameters()}
         result["record"] = history.epochs[-1]
     else:  # "sync": a short stochastic run; every rank must end with the same weights, buffers and masks
@@ -124,7 +125,7 @@ def test_two_ranks_give_the_single_process_gradient_and_training(tmp_path, monke
     data = _data()
     model = _model(data)
     set_deterministic(model, True)
-    single = fit(model, data, CONFIG, progress=False, log=lambda *_: None).epochs[-1]
+    single = fit(model, data, CONFIG, progress=False, log=lambda *_: None, precision="fp32").epochs[-1]
     for result in ranks:
         gap = max(float((p.detach() - result["params"][n]).abs().max()) for n, p in model.named_parameters())
         assert gap < 1e-5, gap

@@ -164,3 +164,24 @@ def test_fused_layers_train_under_bfloat16_autocast_with_float32_gradients():
         ref = grads[False][name]
         assert (g - ref).norm() <= 0.1 * ref.norm() + 1e-6, name
     assert any(layer.fused for _, layer in bayesian_layers(model))
+
+
+def test_clipped_log_uniform_kl_matches_the_autograd_formula_and_its_gradient():
+    """Value against kl_log_uniform_approx of the clipped log alpha (independent autograd code); gradient by
+    gradcheck in float64, with weights on both sides of the clip bounds."""
+    from bayescomp.priors.fused import kl_log_uniform_clipped, log_theta2
+    from bayescomp.priors.group_nj import kl_log_uniform_approx
+
+    torch.manual_seed(6)
+    mu = torch.randn(40, dtype=torch.float64) * 2
+    mu[-5:] = 1e-3  # tiny means: log alpha above the upper clip
+    log_s2 = torch.linspace(-14, 6, 40, dtype=torch.float64)
+    log_alpha = (log_s2 - torch.log(mu.square() + 1e-8)).clamp(-8, 8)
+    assert (log_alpha == 8).any() and (log_alpha == -8).any() and ((log_alpha > -8) & (log_alpha < 8)).any()
+    expected = kl_log_uniform_approx(log_alpha).sum()
+    got = kl_log_uniform_clipped(mu, log_s2, log_theta2(mu), -8.0, 8.0)
+    assert torch.allclose(got, expected, rtol=1e-12)
+    mu.requires_grad_()
+    log_s2.requires_grad_()
+    assert torch.autograd.gradcheck(
+        lambda m, s: kl_log_uniform_clipped(m, s, log_theta2(m.detach()), -8.0, 8.0), (mu, log_s2), atol=1e-6)

@@ -141,6 +141,41 @@ def _device_of(model: nn.Module) -> torch.device:
     return torch.device("cpu") if first is None else first.device
 
 
+PRECISIONS = ("fp32", "bf16", "auto")
+
+
+def _cpu_flags() -> set[str]:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return set()
+    line = next((row for row in text.splitlines() if row.startswith("flags")), "")
+    return set(line.partition(":")[2].split())
+
+
+def native_bf16(device_type: str = "cpu") -> bool:
+    """Whether this CPU computes bfloat16 products natively (AVX512-BF16 or AMX-BF16), detected, not guessed:
+    PyTorch's own CPUID checks where it has them, else the ``/proc/cpuinfo`` flags ``avx512_bf16`` / ``amx_bf16``.
+    Without them oneDNN emulates bf16 and autocast is slower than float32. Other devices: False (not measured)."""
+    if device_type != "cpu":
+        return False
+    checks = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    if any(check is not None and check() for check in checks):
+        return True
+    return bool(_cpu_flags() & {"avx512_bf16", "amx_bf16"})
+
+
+def resolve_precision(precision: str, device_type: str = "cpu") -> str:
+    """``"fp32"`` or ``"bf16"`` for a requested ``fp32 | bf16 | auto``; auto picks bf16 only where
+    :func:`native_bf16` holds (measured faster there with the same accuracy: benchmarks/results/epoch_cost*.md,
+    precision_parity*.md)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}")
+    if precision == "auto":
+        return "bf16" if native_bf16(device_type) else "fp32"
+    return precision
+
+
 class AutocastForward(nn.Module):
     """Runs ``net``'s forward under bfloat16 autocast and returns float32 outputs (mixed precision).
 
@@ -201,7 +236,8 @@ def fit(
     log: Any = print,
     objective: Any = None,
     device: str | torch.device | None = None,
-    amp: bool = False,
+    amp: bool | None = None,
+    precision: str = "auto",
 ) -> TrainHistory:
     """Train ``model`` in place on ``data.train``; validate on ``data.val`` after each epoch.
 
@@ -216,8 +252,11 @@ def fit(
         device: train on this device (e.g. ``"cuda"``); the model is moved there for training and moved back to
             where it was afterwards. On CUDA the posterior noise comes from the CUDA generator, which checkpoints
             do not hold, so a resumed GPU run is statistically, not bit-for-bit, the same.
-        amp: mixed precision: the forward's layer products in bfloat16 (see :class:`AutocastForward`); on CPU
-            this is slower on most processors and only useful for testing.
+        precision: ``"fp32"``, ``"bf16"`` (the forward's layer products in bfloat16, parameters, variances, KL
+            and loss in float32: :class:`AutocastForward`) or ``"auto"`` (default: bf16 where the CPU has native
+            bf16, :func:`native_bf16`, fp32 elsewhere). Without native support bf16 is emulated and slower.
+        amp: the older switch: ``True`` is ``precision="bf16"``, ``False`` is ``"fp32"``; ``None`` defers to
+            ``precision``.
 
     Under torchrun (``WORLD_SIZE > 1``) the model is wrapped in ``DistributedDataParallel`` for the training
     steps only; ``model`` itself stays unwrapped (hooks, checkpoints). Rank 0 logs and writes the checkpoint.
@@ -231,10 +270,11 @@ def fit(
         log, progress = (lambda *_: None), False
     home = _device_of(model)
     place = torch.device(device) if device is not None else home
+    chosen = resolve_precision(("bf16" if amp else "fp32") if amp is not None else precision, place.type)
     model.to(place)
     try:
-        return _fit(model, data, config, checkpoint_path, progress, stop_after_epochs, log, objective, place, amp,
-                    distributed)
+        return _fit(model, data, config, checkpoint_path, progress, stop_after_epochs, log, objective, place,
+                    chosen == "bf16", distributed)
     finally:
         model.to(home)
 

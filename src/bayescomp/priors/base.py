@@ -177,16 +177,21 @@ class PerWeightGaussian(BayesianLayer):
         if self.group_dim == "in":
             mean = self.weight_mu
             if self.config.train_clip:
-                keep = self.weight_keep_mask()
+                keep = self._train_keep_mask()
                 mean, sigma2 = mean * keep, sigma2 * keep
             noise = torch.randn(x.shape[0], self.out_features, device=x.device, dtype=x.dtype)
             return linear_lrt(x, None, mean, self.weight_log_sigma2, sigma2, self.bias_mu, None, None, noise)
         mean, variance = self.weight_mu, self.weight_log_sigma2.exp()
+        self._variance_store("weight_log_sigma2", variance)
         if self.config.train_clip:
-            keep = self.weight_keep_mask()
+            keep = self._train_keep_mask()
             mean, variance = mean * keep, variance * keep
         mean_out = self._product(x, mean, self.bias_mu)
         return sample_lrt(mean_out, self._product(x * x, variance, None), torch.randn_like(mean_out))
+
+    def _train_keep_mask(self) -> torch.Tensor:
+        """The keep mask of the training forward (priors may compute it from values the KL then reuses)."""
+        return self.weight_keep_mask()
 
     def _train_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
         mean, variance = self.weight_mu, self.weight_log_sigma2.exp()

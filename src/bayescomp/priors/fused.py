@@ -148,6 +148,52 @@ def sample_lrt(mean: torch.Tensor, var: torch.Tensor, noise: torch.Tensor,
     return _SampleLRT.apply(mean, var, noise, z)
 
 
+K1, K2, K3 = 0.63576, 1.87320, 1.48695
+
+
+class _LogUniformKL(torch.autograd.Function):
+    """Sum over weights of the approximate KL to the log-uniform prior (Molchanov et al. 2017, Eq. 14, C = -k1) at
+    log alpha = log sigma² - log(mu² + eps) clipped to [low, high], with the gradient in closed form:
+
+        dKL/dlog alpha = -(k1 k3 s (1 - s) + sigmoid(-log alpha) / 2),  s = sigmoid(k2 + k3 log alpha),
+
+    zero where the clip is active; dlog alpha/dlog sigma² = 1, dlog alpha/dmu = -2 mu / (mu² + eps). One saved
+    tensor instead of autograd's chain through log, clamp, sigmoid and softplus.
+    """
+
+    @staticmethod
+    def forward(ctx, mu, log_sigma2, log_theta2, low: float, high: float):
+        log_alpha = log_sigma2 - log_theta2
+        clipped = log_alpha.clamp(low, high)
+        s = torch.sigmoid(clipped.mul(K3).add_(K2))
+        kl = K1 * clipped.numel() - K1 * s.sum() + 0.5 * F.softplus(-clipped).sum()
+        if ctx.needs_input_grad[0] or ctx.needs_input_grad[1]:
+            slope = s.mul_(s.neg().add_(1.0)).mul_(K1 * K3).add_(torch.sigmoid(clipped.neg_()), alpha=0.5).neg_()
+            slope.mul_((log_alpha >= low) & (log_alpha <= high))
+            ctx.save_for_backward(slope, mu)
+        return kl
+
+    @staticmethod
+    def backward(ctx, grad):
+        slope, mu = ctx.saved_tensors
+        grad_log_sigma2 = slope * grad if ctx.needs_input_grad[1] else None
+        grad_mu = None
+        if ctx.needs_input_grad[0]:
+            grad_mu = mu.square().add_(EPS).reciprocal_().mul_(mu).mul_(slope).mul_(-2.0 * grad)
+        return grad_mu, grad_log_sigma2, None, None, None
+
+
+def kl_log_uniform_clipped(mu: torch.Tensor, log_sigma2: torch.Tensor, log_theta2: torch.Tensor, low: float,
+                           high: float) -> torch.Tensor:
+    """See :class:`_LogUniformKL`; ``log_theta2`` = log(mu² + eps), detached (the forward's value is reused)."""
+    return _LogUniformKL.apply(mu, log_sigma2, log_theta2.detach(), low, high)
+
+
+def log_theta2(mu: torch.Tensor) -> torch.Tensor:
+    """log(mu² + eps), the denominator of log alpha (detached helper for :class:`VarianceCache`)."""
+    return mu.square().add_(EPS).log_()
+
+
 _OPTIMIZER_STEPS = [0]
 
 
@@ -161,7 +207,8 @@ register_optimizer_step_post_hook(_count_optimizer_step)
 
 
 class VarianceCache:
-    """exp(log sigma²) computed once per step: the training forward computes it, the KL after it reuses it.
+    """exp(log sigma²) (or another elementwise function of a parameter, ``fn``) computed once per step: the
+    training forward computes it, the KL after it reuses it.
 
     Keyed by the parameter's storage, its in-place version counter and the number of optimiser steps taken so far
     (``torch.optim`` post-step hook; the fused Adam kernel does not bump version counters), so an optimiser step, a
@@ -177,13 +224,13 @@ class VarianceCache:
     def _key(log_sigma2: torch.Tensor) -> tuple[int, int, int, int]:
         return log_sigma2.data_ptr(), log_sigma2._version, log_sigma2.numel(), _OPTIMIZER_STEPS[0]
 
-    def get(self, name: str, log_sigma2: torch.Tensor, fresh: bool = False) -> torch.Tensor:
+    def get(self, name: str, log_sigma2: torch.Tensor, fresh: bool = False, fn=torch.exp) -> torch.Tensor:
         key = self._key(log_sigma2)
         entry = self._entries.get(name)
         if not fresh and entry is not None and entry[0] == key:
             return entry[1]
         with torch.no_grad():
-            value = log_sigma2.detach().exp()
+            value = fn(log_sigma2.detach())
         self._entries[name] = (key, value)
         return value
 

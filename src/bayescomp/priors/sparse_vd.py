@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from bayescomp.priors.base import BayesianConv2d, BayesianLinear, PerWeightGaussian, PriorSpec, register_prior
+from bayescomp.priors.fused import kl_log_uniform_clipped, log_theta2
 from bayescomp.priors.group_nj import kl_log_uniform_approx
 
 _EPS = 1e-8
@@ -99,6 +100,16 @@ class _SparseVDMixin(PerWeightGaussian):
         """Keep weight ij iff its log alpha < threshold (paper Sec. 4.4); bool, shaped like the weight."""
         return self._keep_mask()
 
+    @torch.no_grad()
+    def _train_keep_mask(self) -> torch.Tensor:
+        """:meth:`weight_keep_mask` from log(theta² + eps) computed once per step; the KL after it reuses it."""
+        low, high = self.config.log_alpha_clip
+        threshold = self.config.threshold
+        if threshold > high or threshold <= low:
+            return self._keep_mask()
+        log_theta2_now = self._variance_cache().get("log_theta2", self.weight_mu, fresh=True, fn=log_theta2)
+        return torch.lt(self.weight_log_sigma2 - log_theta2_now, threshold)
+
     def group_log_alpha(self) -> torch.Tensor:
         """Per group, the minimum log alpha over its weights (groups: input columns of Linear, filters of Conv2d).
 
@@ -112,8 +123,13 @@ class _SparseVDMixin(PerWeightGaussian):
         return log_alpha.flatten(1).amin(dim=1)
 
     def kl_divergence(self) -> torch.Tensor:
-        """Sum over weights of the approximate KL to the log-uniform prior (paper Eq. 14, C = −k1)."""
-        return kl_log_uniform_approx(self.weight_log_alpha()).sum()
+        """Sum over weights of the approximate KL to the log-uniform prior (paper Eq. 14, C = −k1); the fused
+        layer computes it with a closed-form gradient (:func:`kl_log_uniform_clipped`)."""
+        if not self.fused:
+            return kl_log_uniform_approx(self.weight_log_alpha()).sum()
+        low, high = self.config.log_alpha_clip
+        theta = self._variance_cache().get("log_theta2", self.weight_mu, fn=log_theta2)
+        return kl_log_uniform_clipped(self.weight_mu, self.weight_log_sigma2, theta, low, high)
 
     def posterior_mean_weight(self) -> torch.Tensor:
         """theta with the pruned weights set to zero: the network used at test time (paper Sec. 4.4)."""

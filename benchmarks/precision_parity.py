@@ -1,0 +1,88 @@
+"""Accuracy parity of the faster training paths on a full recipe: BC-GNJ end to end, fp32 vs bf16, z per example vs
+z per mini-batch, same seed, same cached dense network, the pipeline's default schedule for the model
+(``pipeline.DEFAULT_SCHEDULES``), compression with the default threshold search.
+
+Writes benchmarks/results/precision_parity_<model>_<data>.json / .md: test error of the compressed model, the
+Bayesian (posterior-mean) error, the kept architecture, the compression ratios and the measured s/epoch.
+
+    OMP_NUM_THREADS=1 python benchmarks/precision_parity.py [--model lenet300] [--seeds 0] [--variants ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import RESULTS, this_command  # noqa: E402
+
+from bayescomp.pipeline import RunConfig, git_commit, run  # noqa: E402
+from bayescomp.train import native_bf16  # noqa: E402
+
+VARIANTS = {"fp32 z/example": ("fp32", "example"), "bf16 z/example": ("bf16", "example"),
+            "fp32 z/batch": ("fp32", "batch"), "bf16 z/batch": ("bf16", "batch")}
+KEYS = ("test_error_pct", "test_error_pct_bayes", "dense_test_error_pct", "kept_architecture",
+        "compression_architecture", "compression_bits", "compression_file", "epoch_s_mean", "thresholds")
+
+
+def one_run(model: str, data: str, seed: int, precision: str, z_sampling: str, root: Path) -> dict:
+    config = RunConfig(model=model, data=data, method="gnj", seed=seed, prior={"z_sampling": z_sampling},
+                       latency=False, plots=False)
+    run_dir = root / f"{model}_{precision}_{z_sampling}_{seed}"
+    report = run(config, run_dir, log=lambda *_: None, progress=False, amp=precision == "bf16")
+    return {"seed": seed, "precision": precision, "z_sampling": z_sampling, **{k: report.get(k) for k in KEYS}}
+
+
+def markdown(rows: list[dict], header: dict) -> str:
+    lines = [f"BC-GNJ {header['model']}/{header['data']}, default schedule ({header['bayes_epochs']} Bayesian epochs), "
+             f"CPU {header['threads']} thread(s), native bf16: {header['native_bf16']}.", "",
+             "| variant | seed | test error % (compressed) | error % (posterior mean) | kept architecture | "
+             "compression (architecture) | compression (bits) | s/epoch |", "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['precision']} z/{r['z_sampling']} | {r['seed']} | {r['test_error_pct']:.2f} | "
+                     f"{r['test_error_pct_bayes']:.2f} | {r['kept_architecture']} | "
+                     f"{r['compression_architecture']:.1f}x | {r['compression_bits']:.1f}x | {r['epoch_s_mean']:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="lenet300")
+    parser.add_argument("--data", default="mnist")
+    parser.add_argument("--seeds", default="0")
+    parser.add_argument("--variants", default=",".join(VARIANTS))
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    stem = f"precision_parity_{args.model}_{args.data}"
+    path = RESULTS / f"{stem}.json"
+    previous = json.loads(path.read_text())["runs"] if path.exists() else []
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for seed in (int(s) for s in args.seeds.split(",")):
+            for name in args.variants.split(","):
+                precision, z = VARIANTS[name]
+                rows.append(one_run(args.model, args.data, seed, precision, z, Path(tmp)))
+                print(json.dumps(rows[-1]), flush=True)
+    done = {(r["seed"], r["precision"], r["z_sampling"]) for r in rows}
+    rows = sorted([r for r in previous if (r["seed"], r["precision"], r["z_sampling"]) not in done] + rows,
+                  key=lambda r: (r["seed"], r["z_sampling"], r["precision"]))
+    config = RunConfig(model=args.model, data=args.data, method="gnj")
+    header = {"model": args.model, "data": args.data, "bayes_epochs": config.bayes.epochs,
+              "bayes_schedule": config.to_dict()["bayes"], "threads": torch.get_num_threads(),
+              "native_bf16": native_bf16(), "command": this_command(), "git_commit": git_commit(),
+              "note": "epoch_s_mean is wall time on a shared 2-core machine (other jobs running): compare speed "
+                      "with benchmarks/results/epoch_cost.md, not here"}
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({**header, "runs": rows}, indent=2))
+    (RESULTS / f"{stem}.md").write_text(markdown(rows, header))
+    print(markdown(rows, header))
+
+
+if __name__ == "__main__":
+    main()
