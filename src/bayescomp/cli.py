@@ -93,6 +93,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--restart", action="store_true", help="discard an existing run in --run-dir and start over")
     run.add_argument("--device", default=None,
                      help="training device, e.g. cuda or cuda:1 (default: cpu); compression and measurement use the CPU")
+    run.add_argument("--precision", choices=("fp32", "bf16", "auto"), default="auto",
+                     help="training precision of the layer products: bf16 autocast (parameters, variances, KL and "
+                          "loss stay float32), fp32, or auto (default: bf16 where the CPU has native bf16, "
+                          "AVX512-BF16 or AMX, fp32 elsewhere)")
     run.add_argument("--amp", action="store_true",
                      help="mixed precision: bfloat16 layer products in training, float32 parameters, variances and KL")
     run.add_argument("--nproc", type=int, default=1,
@@ -270,6 +274,14 @@ def _prior_options(method: str, items: list[str]) -> dict:
     return _options(items, config_cls, "--prior-option")
 
 
+def _use_bf16(args: argparse.Namespace) -> bool:
+    """--amp (older switch) or --precision resolved for the training device (auto: native bf16 only)."""
+    from bayescomp.train import resolve_precision
+
+    device_type = (args.device or "cpu").split(":")[0]
+    return bool(args.amp) or resolve_precision(args.precision, device_type) == "bf16"
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
@@ -303,7 +315,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     run_dir = Path(args.run_dir or f"runs/{args.model}_{data}_{args.method}")
     command = "bayescomp " + " ".join(shlex.quote(a) for a in args.argv)
     report = run(config, run_dir, progress=not args.no_progress, restart=args.restart, command=command,
-                 device=args.device, amp=args.amp)
+                 device=args.device, amp=_use_bf16(args))
     print()
     print(render_markdown(report))
     print(f"run directory: {run_dir}  (compressed model: {run_dir / 'compressed.bcz'})")
