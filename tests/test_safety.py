@@ -67,7 +67,7 @@ def test_checkpoint_round_trip_keeps_rng_states_and_names_the_file(tmp_path):
 
     path = tmp_path / "a.ckpt"
     state = {"epoch": 3, "history": [{"loss": np.float64(0.5)}], "numpy_rng": np.random.get_state(),
-             "python_rng": random.getstate(), "model": {"w": torch.arange(4.0)}}
+             "python_rng": random.getstate(), "weights": {"w": torch.arange(4.0)}}
     save_checkpoint(state, path)
     loaded = load_checkpoint(path)
     assert loaded["checkpoint_file"] == str(path)
@@ -77,13 +77,13 @@ def test_checkpoint_round_trip_keeps_rng_states_and_names_the_file(tmp_path):
     assert np.array_equal(np_state[1], state["numpy_rng"][1]) and np_state[2:] == state["numpy_rng"][2:]
     np.random.set_state(np_state)  # accepted by numpy
     assert loaded["python_rng"] == state["python_rng"]
-    assert torch.equal(loaded["model"]["w"], torch.arange(4.0))
+    assert torch.equal(loaded["weights"]["w"], torch.arange(4.0))
 
 
 def test_flipped_bytes_in_the_middle_fall_back_to_previous_or_fail(tmp_path):
     path = tmp_path / "bayes.ckpt"
-    save_checkpoint({"epoch": 1, "model": {"w": torch.zeros(4096)}}, path)
-    save_checkpoint({"epoch": 2, "model": {"w": torch.ones(4096)}}, path)
+    save_checkpoint({"epoch": 1, "weights": {"w": torch.zeros(4096)}}, path)
+    save_checkpoint({"epoch": 2, "weights": {"w": torch.ones(4096)}}, path)
     raw = bytearray(path.read_bytes())
     middle = len(raw) // 2
     raw[middle:middle + 64] = bytes(64)  # zeroed block inside the tensor data: same length, still a valid zip
@@ -94,7 +94,7 @@ def test_flipped_bytes_in_the_middle_fall_back_to_previous_or_fail(tmp_path):
     assert (tmp_path / "bayes.ckpt.corrupt").exists()
     # with no good previous checkpoint: a clear error, the file is left as it was
     lone = tmp_path / "lone.ckpt"
-    save_checkpoint({"epoch": 5, "model": {"w": torch.ones(4096)}}, lone)
+    save_checkpoint({"epoch": 5, "weights": {"w": torch.ones(4096)}}, lone)
     raw = bytearray(lone.read_bytes())
     raw[len(raw) // 2] ^= 0xFF
     lone.write_bytes(bytes(raw))
@@ -426,3 +426,10 @@ def test_cli_resuming_a_crafted_checkpoint_exits_2_and_runs_nothing(tmp_path, ca
     assert str(run_dir / "bayes.ckpt") in err and "refused" in err and "Traceback" not in err
     assert not marker.exists()
     assert not (run_dir / "report.json").exists()
+
+
+def test_training_checkpoint_with_missing_keys_is_named(tmp_path):
+    path = tmp_path / "bayes.ckpt"
+    save_checkpoint({"epoch": 1, "model": {}, "history": []}, path)
+    with pytest.raises(CheckpointError, match=r"bayes\.ckpt lacks the keys \['optimizer', 'scheduler'"):
+        load_checkpoint(path)
