@@ -19,6 +19,7 @@ from benchmarks.result_sections import (
     ddp_section,
     hyper_section,
     onnx_section,
+    other_sections,
     self_compression_section,
 )
 from benchmarks.table1 import PUBLISHED  # one list of published figures for both tables
@@ -239,7 +240,12 @@ def load_runs() -> tuple[list[dict], list[dict]]:
         if path.name.startswith(("table1", "turbo_module_b", "turbo_exploration", "latency_compare", "cnn1-", "onnx_",
                                  "ddp_")) or "_hyper" in path.name:
             continue
-        (costs if path.name.startswith("epoch_cost_") else runs).append(json.loads(path.read_text()))
+        record = json.loads(path.read_text())
+        if path.name.startswith("epoch_cost_"):
+            costs.append(record)
+        elif {"model", "method", "test_error_pct", "compression_architecture"} <= record.keys():  # a published run
+            record["_stem"] = path.stem
+            runs.append(record)
     order = {"lenet300": 0, "lenet5": 1, "vgg16": 2, "resnet20": 3, "resnet56": 4}
     runs.sort(key=lambda r: (order.get(r["model"], 9), r["method"]))
     return runs, costs
@@ -249,7 +255,7 @@ def mnist_sections() -> list[str]:
     """Table 1 (every method on MNIST), support plots, head-to-head latency and Turbo-VBI's module-B cost."""
     parts: list[str] = []
     if (RESULTS / "table1.md").exists():
-        parts += ["### Table 1: every method on MNIST, measured the same way", "",
+        parts += ["## Table 1: every method on MNIST, measured the same way", "",
                   "From `benchmarks/results/table1.md` (`python -m benchmarks.table1`). Non-zero weights, CSR and "
                   "file figures are counted in the committed compressed files; × non-zero = all weights / non-zero "
                   "weights; × architecture = all weights / weights of the pruned dense layers; × CSR = 32 x all "
@@ -282,19 +288,19 @@ def build() -> str:
     parts += chosen_on_test_note()
     parts += mnist_sections() + self_compression_section() + hyper_section() + cifar_section(runs)
     parts += onnx_section() + ddp_section()
+    parts += other_sections({r["_stem"] for r in runs})
     if runs:
-        parts += ["### Every run in detail", "", compression_table(runs), ""]
+        parts += ["## Every run in detail", "", compression_table(runs), ""]
         parts += ["Commands: " + "; ".join(f"`{r['command']}`" for r in runs) + "", ""]
     if costs:
         parts += ["Training cost per epoch (CPU, 2 threads):", "", cost_table(costs), ""]
     variants = [json.loads(p.read_text()) for p in sorted((RESULTS / "variants").glob("*.json"))]
     if variants:
-        parts += ["### Post-training settings tried on the BC-GNJ posteriors", "",
+        parts += ["## Post-training settings tried on the BC-GNJ posteriors", "",
                   "Other post-training settings tried on the same trained posteriors (`benchmarks/results/variants/`); "
                   "the tolerance was raised step by step after looking at these test figures, so the headline rows "
                   f"are not a blind choice (marked {TEST_SET_MARK}):", "", variants_table(variants), ""]
     text = "\n".join(parts)
-    text = re.sub(r"^### ", "## ", text, flags=re.M)
     text = re.sub(r"`python benchmarks/\w+\.py[^`]*`", lambda m: _command(m.group(0)), text)
     return mark_table_rows(text).rstrip("\n") + "\n"
 

@@ -6,6 +6,7 @@ Each reads its committed records from benchmarks/results/ and returns markdown l
 from __future__ import annotations
 
 import json
+import re
 import statistics
 
 from benchmarks._common import RESULTS
@@ -17,7 +18,7 @@ def self_compression_section() -> list[str]:
     if not results:
         return []
     results.sort(key=lambda r: (r["data"], r["kernels_total"]))
-    lines = ["### Self-compression: one conv layer, Bayesian (density propagation) against plain", "",
+    lines = ["## Self-compression: one conv layer, Bayesian (density propagation) against plain", "",
              "From `python -m benchmarks.self_compression_cnn1` (diagonal covariance; kernels deleted smallest "
              "posterior-mean norm first while the validation error stays within the tolerance, then retrained; the "
              "plain CNN is cut to the same kernel count by its own norms and retrained as long):", "",
@@ -42,7 +43,7 @@ def hyper_section() -> list[str]:
     results = [json.loads(p.read_text()) for p in sorted(RESULTS.glob("*_hyper*.json"))]
     if not results:
         return []
-    lines = ["### Conditional compression: one hypernetwork, a network per context", "",
+    lines = ["## Conditional compression: one hypernetwork, a network per context", "",
              "From `python -m benchmarks.hyper_contexts --data <data>`: random contexts of 2-5 classes at budget 1; "
              "errors are on the test images of the context's classes; medians over contexts. Retrained BC-GNJ: the "
              "teacher cut to the context, trained with BC-GNJ on the context's data and compressed with the automatic "
@@ -90,7 +91,7 @@ def cifar_section(runs: list[dict]) -> list[str]:
     cifar = [r for r in runs if r["data"] == "cifar10"]
     if not cifar:
         return []
-    lines = ["### CIFAR-10: ResNet-20 (dependency-graph path) and VGG-16", "",
+    lines = ["## CIFAR-10: ResNet-20 (dependency-graph path) and VGG-16", "",
              "From `python -m benchmarks.cifar_runs` (command per row below). Errors on the 10,000 test images; "
              "× architecture = all weights / weights kept; × bits adds the per-layer bit widths; ONNX = max |logit "
              "difference| of the compressed model exported to ONNX and run by onnxruntime, on 64 test images.", "",
@@ -122,7 +123,7 @@ def onnx_section() -> list[str]:
     records = [json.loads(p.read_text()) for p in sorted(RESULTS.glob("onnx_*.json"))]
     if not records:
         return []
-    lines = ["### ONNX export: every zoo model, equality with PyTorch and onnxruntime latency", "",
+    lines = ["## ONNX export: every zoo model, equality with PyTorch and onnxruntime latency", "",
              "From `python -m benchmarks.onnx_export`: each zoo model (dense, fresh weights, batch-norm statistics from 256 training images) and each committed "
              "compressed model exported with torch.onnx (dynamo), run by onnxruntime (CPU provider) on 64 test images "
              "at two batch sizes. Max abs diff = largest |ONNX − PyTorch| logit difference; in brackets, the distance "
@@ -156,8 +157,27 @@ def ddp_section() -> list[str]:
     """Data-parallel training (benchmarks/ddp.py)."""
     records = [json.loads(p.read_text()) for p in sorted(RESULTS.glob("ddp_*.json"))]
     lines = []
-    for r in records:
+    for r in (r for r in records if "model" in r and "data" in r):  # runs of benchmarks/ddp.py, not other ddp_*
         md = RESULTS / f"ddp_{r['model']}_{r['data']}.md"
         if md.exists():
-            lines += ["### Data-parallel training (DDP, gloo)", "", md.read_text(), ""]
+            lines += ["## Data-parallel training (DDP, gloo)", "", re.sub(r"^(#+) ", r"##\1 ", md.read_text(), flags=re.M), ""]
+    return lines
+
+
+#: Result files that a section above renders (or that belong to a per-run record); anything else is shown as is.
+RENDERED = ("table1", "latency_compare_", "turbo_module_b_", "epoch_cost_", "onnx_", "cnn1-")
+
+
+def other_sections(run_stems: set[str]) -> list[str]:
+    """Every other stand-alone benchmark write-up (``results/<name>.md`` beside ``<name>.json``), embedded as it is
+    with its headings moved down one level, so a new benchmark appears here without an edit to this file."""
+    lines: list[str] = []
+    for md in sorted(RESULTS.glob("*.md")):
+        json_path = md.with_suffix(".json")
+        if not json_path.exists() or md.stem in run_stems or md.name.startswith(RENDERED) or "_hyper" in md.stem:
+            continue
+        record = json.loads(json_path.read_text())
+        if md.name.startswith("ddp_") and "model" in record:  # rendered by ddp_section
+            continue
+        lines += [re.sub(r"^(#+) ", r"#\1 ", md.read_text(), flags=re.M).rstrip("\n"), ""]
     return lines
