@@ -66,3 +66,16 @@ def test_readme_quickstart_runs_on_a_small_subset(tmp_path, monkeypatch):
         assert (tmp_path / "small.bcz").stat().st_size > 0
     finally:
         sys.modules.pop("readme_quickstart", None)
+
+
+def test_readme_command_lines_parse():
+    """Every ``bayescomp ...`` line in the README's shell blocks is accepted by the CLI's parser."""
+    from bayescomp.cli import build_parser
+
+    parser = build_parser()
+    lines = [line.split("#")[0].split() for block in re.findall(r"```bash\n(.*?)```", (ROOT / "README.md").read_text(),
+                                                                 flags=re.S) for line in block.splitlines()]
+    commands = [words[1:] for words in lines if words and words[0] == "bayescomp" and "--help" not in words]
+    assert len(commands) >= 5
+    for words in commands:
+        parser.parse_args(words)  # argparse exits (SystemExit) on a line it does not accept
