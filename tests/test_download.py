@@ -272,3 +272,21 @@ def test_cifar10_download_converts_to_the_verified_arrays(mirror, tmp_path):
     with pytest.raises(DownloadError, match="test_batch.bin has MD5"):
         download.download_dataset("cifar10", tmp_path / "other", mirror.url, backoff_s=0, log=lambda _: None)
     assert not (tmp_path / "other" / "cifar-10" / "cifar10-uint8.npz").exists()
+
+
+def test_cache_serves_a_data_set_the_local_copy_lacks(mirror, tmp_path, monkeypatch):
+    """shared/data without fashion-mnist/: that data set is downloaded into the cache and read from there,
+    while mnist is still read from the local copy."""
+    local = tmp_path / "shared-data"
+    shutil.copytree(SHARED / "mnist", local / "mnist")
+    monkeypatch.setattr(data_module, "DEFAULT_DATA_DIR", local)
+    monkeypatch.delenv("BAYESCOMP_DATA", raising=False)
+    monkeypatch.setenv("BAYESCOMP_CACHE", str(tmp_path / "cache"))
+    mirror.serve_folder("fashion-mnist")
+    mirror.serve_folder("mnist")
+    assert download.download_dataset("mnist", mirror=mirror.url, log=lambda _: None) == local
+    assert mirror.requests == []
+    download.download_dataset("fashion-mnist", mirror=mirror.url, log=lambda _: None)
+    assert data_module.resolve_data_dir(None, "fashion-mnist") == tmp_path / "cache" / "data"
+    assert data_module.resolve_data_dir(None, "mnist") == local
+    assert load_dataset("fashion-mnist", val_size=100).class_names[0] == "T-shirt/top"

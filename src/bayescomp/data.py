@@ -82,15 +82,18 @@ def download_cache_dir() -> Path:
     return Path(os.environ.get("BAYESCOMP_CACHE") or Path.home() / ".cache" / "bayescomp") / "data"
 
 
-def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> Path:
+def resolve_data_dir(data_dir: str | os.PathLike | None = None, folder: str | None = None) -> Path:
     """The data folder: ``data_dir``, else ``$BAYESCOMP_DATA``, else ``shared/data`` beside the repository, else
-    the download cache (:func:`download_cache_dir`) when ``bayescomp data download`` has filled it."""
+    the download cache (:func:`download_cache_dir`) when ``bayescomp data download`` has filled it (also when
+    ``shared/data`` exists but lacks the data set's ``folder`` and the cache has it)."""
+    cache = download_cache_dir()
     if data_dir is not None:
         path, source = Path(data_dir).expanduser(), "the data_dir argument / --data-dir"
     elif os.environ.get("BAYESCOMP_DATA"):
         path, source = Path(os.environ["BAYESCOMP_DATA"]).expanduser(), "$BAYESCOMP_DATA"
-    elif not DEFAULT_DATA_DIR.is_dir() and download_cache_dir().is_dir():
-        path, source = download_cache_dir(), "the download cache"
+    elif cache.is_dir() and (not DEFAULT_DATA_DIR.is_dir() or (
+            folder is not None and not (DEFAULT_DATA_DIR / folder).is_dir() and (cache / folder).is_dir())):
+        path, source = cache, "the download cache"
     else:
         path, source = DEFAULT_DATA_DIR, "the default beside the repository"
     if not path.is_dir():
@@ -315,7 +318,7 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None, val_size:
     spec = DATASETS.get(name)
     if spec is None:
         raise DataError(f"unknown data set {name!r}; known data sets: {', '.join(DATASETS)}")
-    x_train, y_train, x_test, y_test = _raw_arrays(spec, resolve_data_dir(data_dir), verify)
+    x_train, y_train, x_test, y_test = _raw_arrays(spec, resolve_data_dir(data_dir, spec.folder), verify)
     n = len(y_train)
     if not 0 <= val_size < n:
         raise ValueError(f"val_size must be between 0 and {n - 1} for {name}, got {val_size}")
