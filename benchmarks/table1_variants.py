@@ -4,7 +4,7 @@ Loads the finished posterior of ``runs/table1/<model>_mnist_<method>`` (made by 
 prunes it with the automatic search at the given tolerance, fine-tunes the kept weights, and measures the test
 error of the pruned model and of its quantised versions with the ``max`` and ``mean`` bit summaries. Appends one
 record to ``benchmarks/results/table1_variants.json`` (shown under the table). These figures look at the test set,
-so any setting adopted from them is disclosed as such in the README.
+so any setting adopted from them is disclosed as such in RESULTS.md (rows marked †).
 
     python -m benchmarks.table1_variants lenet5 ghs --tolerance 2.0 --finetune-epochs 20 --finetune-lr 1e-3
 """

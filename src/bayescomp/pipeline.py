@@ -34,7 +34,8 @@ from bayescomp.priors import PRIORS
 from bayescomp.train import TrainConfig, evaluate, fit, seed_everything
 from bayescomp.validate import check_threshold_count
 
-#: Training defaults per model key (dense pre-training, Bayesian training); see the README for the reasoning.
+#: Training defaults per model key (dense pre-training, Bayesian training); RESULTS.md records the settings
+#: of every published run.
 DEFAULT_SCHEDULES: dict[str, tuple[TrainConfig, TrainConfig]] = {
     "lenet300": (TrainConfig(epochs=10, lr=1e-3, lr_schedule="cosine"),
                  TrainConfig(epochs=30, lr=3e-3, lr_schedule="cosine", kl_warmup_epochs=2)),
