@@ -118,3 +118,22 @@ def test_bench_cli_bad_input_exits_2(tmp_path, capsys):
     assert main(["bench", str(RESULTS / "lenet5_mnist_gnj.bcz"), "--input-shape", "1,x"]) == 2
     err = capsys.readouterr().err
     assert "--rounds" in err and "--input-shape" in err and "Traceback" not in err
+
+
+def test_bench_run_directory_and_bare_file(tmp_path, capsys):
+    from bayescomp.compress.packed import save_packed
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "compressed.bcz").write_bytes((RESULTS / "lenet300_mnist_gnj.bcz").read_bytes())
+    assert main(["bench", str(run_dir), "--rounds", "1", "--threads", "1", "--no-onnx"]) == 0
+    text = capsys.readouterr().out
+    assert "zoo lenet300" in text and "eager PyTorch dense" in text and "onnxruntime not requested" in text
+    bare = tmp_path / "mine.bcz"  # no record of model or data set: timed alone, on the given input shape
+    save_packed(_mlp([12, 6, 3]), bare)
+    assert main(["bench", str(bare), "--rounds", "1"]) == 2
+    assert "--input-shape" in capsys.readouterr().err
+    assert main(["bench", str(bare), "--rounds", "1", "--threads", "1", "--input-shape", "12", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["dense"].startswith("none") and set(out["median_ms"]["onnxruntime"]) == {"compressed"}
+    assert "speedup" not in out
