@@ -50,7 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--data-dir", default=None,
                      help="folder with mnist/, fashion-mnist/, cifar-10/ (default $BAYESCOMP_DATA, else ../shared/data)")
     run.add_argument("--seed", type=int, default=0, help="random seed (data split, order, noise)")
-    run.add_argument("--epochs", type=int, default=None, help="Bayesian training epochs (default per model)")
+    run.add_argument("--epochs", type=int, default=None,
+                     help="Bayesian training epochs, >= 0 (default per model; 0 compresses the untrained posterior, "
+                          "whose means are the dense weights)")
     run.add_argument("--dense-epochs", type=int, default=None, help="dense pre-training epochs (default per model)")
     run.add_argument("--lr", type=float, default=None, help="Adam learning rate of Bayesian training")
     run.add_argument("--batch-size", type=int, default=None, help="mini-batch size of both training phases")
