@@ -98,7 +98,7 @@ def check_attrs(cls: type[nn.Module], attrs: Any, children: set[str], path: Any)
         raise PackedFormatError(f"{path}: malformed module tree attrs for {cls.__name__} (not an object)")
     for key, value in attrs.items():
         reason = None
-        if issubclass(cls, _TORCH_CONTAINERS):
+        if cls in _TORCH_CONTAINERS:
             reason = f"{cls.__name__} has no stored attributes"
         elif not isinstance(key, str) or not key.isidentifier() or keyword.iskeyword(key) or key[0] == "_":
             reason = "only public identifiers may be set"
