@@ -21,8 +21,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks._common import RESULTS, this_command  # noqa: E402
-from bayescomp.runtime import bench_file, format_runtime_latency  # noqa: E402
+from bayescomp.runtime import bench_file, format_runtime_latency
+from benchmarks._common import RESULTS, this_command
 
 FILES = ("lenet5_mnist_gnj.bcz", "lenet300_mnist_gnj.bcz")
 ACCEPT = 4.0  # issue 19: compressed LeNet-5 at batch 1 through onnxruntime >= 4x faster than the dense model
@@ -62,19 +62,19 @@ def main() -> None:
 def render(record: dict) -> str:
     acc = record["acceptance"]
     lines = ["# Latency by runtime: eager PyTorch vs onnxruntime, dense vs compressed (BC-GNJ)", "",
-             f"`{record['command']}`; torch {record['torch']}, onnxruntime {record['onnxruntime']}, CPU "
-             f"{record['cpu']} ({record['cpu_count']} cores), {record['threads']} thread(s), float32; load average "
-             f"before {record['load_average_before'][0]:.2f}, after {record['load_average_after'][0]:.2f} (a "
-             "shared machine: absolute times vary with it, ratios of interleaved rounds much less).", "",
+             (f"`{record['command']}`; torch {record['torch']}, onnxruntime {record['onnxruntime']}, CPU "
+              f"{record['cpu']} ({record['cpu_count']} cores), {record['threads']} thread(s), float32; load average "
+              f"before {record['load_average_before'][0]:.2f}, after {record['load_average_after'][0]:.2f} (a "
+              "shared machine: absolute times vary with it, ratios of interleaved rounds much less)."), "",
              "Dense = the zoo architecture (fresh weights); compressed = the committed .bcz.", ""]
     for stem, result in record["models"].items():
         lines += [f"## {stem}", "", f"ONNX outputs vs PyTorch: max abs difference {result['onnx_max_abs_diff']:.2g}",
                   ""] + format_runtime_latency(result) + [""]
     lines += ["## Acceptance (issue 19)", "",
-              f"{acc['criterion']}: **{acc['onnxruntime_vs_onnxruntime_dense']:.1f}x** "
-              f"({'met' if acc['met'] else 'NOT met'}); against the dense model in eager PyTorch "
-              f"{acc['onnxruntime_vs_eager_dense']:.1f}x; eager compressed vs eager dense "
-              f"{acc['eager_vs_eager_dense']:.1f}x.", ""]
+              (f"{acc['criterion']}: **{acc['onnxruntime_vs_onnxruntime_dense']:.1f}x** "
+               f"({'met' if acc['met'] else 'NOT met'}); against the dense model in eager PyTorch "
+               f"{acc['onnxruntime_vs_eager_dense']:.1f}x; eager compressed vs eager dense "
+               f"{acc['eager_vs_eager_dense']:.1f}x."), ""]
     return "\n".join(lines)
 
 

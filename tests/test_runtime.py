@@ -4,11 +4,11 @@ plus one speed comparison with a FLOPs ratio of about 500x that noise cannot inv
 
 from __future__ import annotations
 
+import itertools
 import json
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -21,7 +21,7 @@ RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
 
 def _mlp(widths: list[int]) -> nn.Sequential:
     layers: list[nn.Module] = [nn.Flatten()]
-    for a, b in zip(widths[:-1], widths[1:]):
+    for a, b in itertools.pairwise(widths):
         layers += [nn.Linear(a, b), nn.ReLU()]
     return nn.Sequential(*layers[:-1])
 

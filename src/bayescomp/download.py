@@ -284,5 +284,13 @@ def download_dataset(name: str, data_dir: str | os.PathLike | None = None, mirro
     return root
 
 
-__all__ = ["CIFAR_MEMBERS", "DownloadError", "SOURCES", "cifar_arrays_from_binary", "convert_cifar",
-           "download_dataset", "fetch", "target_dir"]
+__all__ = [
+    "CIFAR_MEMBERS",
+    "SOURCES",
+    "DownloadError",
+    "cifar_arrays_from_binary",
+    "convert_cifar",
+    "download_dataset",
+    "fetch",
+    "target_dir",
+]

@@ -141,8 +141,8 @@ def format_runtime_latency(result: dict[str, Any]) -> list[str]:
     median = result["median_ms"]
     columns = [(rt, label) for rt in ("eager", "onnxruntime") if rt in median for label in median[rt]]
     names = {"eager": "eager PyTorch", "onnxruntime": "onnxruntime"}
-    lines = [f"Latency by runtime (CPU, float32, {result['threads']} threads, median of {result['rounds']} "
-             "interleaved rounds, ms):", "",
+    lines = [(f"Latency by runtime (CPU, float32, {result['threads']} threads, median of {result['rounds']} "
+              "interleaved rounds, ms):"), "",
              "| batch | " + " | ".join(f"{names[rt]} {label}" for rt, label in columns)
              + (" | speed-up eager | speed-up onnxruntime | fastest |" if "speedup" in result else " | fastest |"),
              "|---" * (len(columns) + (4 if "speedup" in result else 2)) + "|"]
