@@ -54,7 +54,7 @@ def test_export_refuses_a_mismatch(mnist_small, tmp_path, monkeypatch):
     import bayescomp.export as export
 
     model = create_model("lenet300", 10, (1, 28, 28), [0.13], [0.31]).eval()
-    monkeypatch.setattr(export, "_load_and_run", lambda fmt, path, images: model(images) + 1e-3)
+    monkeypatch.setattr(export, "_load_and_run", lambda fmt, path, images, classes: model(images) + 1e-3)
     with pytest.raises(ExportError, match="differs from PyTorch"):
         export_model(model, "torchscript", tmp_path / "m.ts.pt", _images(mnist_small))
     with pytest.raises(ValueError, match="unknown export format"):

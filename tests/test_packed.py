@@ -632,7 +632,9 @@ def test_file_naming_a_module_outside_the_allowlist_is_refused_without_importing
 
 def test_user_class_is_rebuilt_only_when_passed_or_registered(tmp_path):
     import bayescomp
-    from bayescomp.compress.packed import UntrustedClassError, register_packable, unregister_packable
+    from bayescomp.compress.packed import (
+        UntrustedClassError, container_classes, register_packable, unregister_packable,
+    )
 
     path, model = _tree_file(tmp_path)
     x = torch.randn(5, 4, generator=torch.Generator().manual_seed(0))
@@ -645,6 +647,8 @@ def test_user_class_is_rebuilt_only_when_passed_or_registered(tmp_path):
         assert torch.equal(loaded.body[0].weight, expected)
         with torch.no_grad():
             assert torch.equal(loaded(x), loaded.head(x + 0.5 * loaded.body(x)))
+    assert set(container_classes(model)) == {TwoBranch, nn.Sequential}
+    assert type(load_packed(path, classes=container_classes(model))[0]) is TwoBranch
     assert register_packable(TwoBranch) is TwoBranch
     try:
         assert type(bayescomp.load(path)) is TwoBranch

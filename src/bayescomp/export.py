@@ -108,7 +108,9 @@ def export_program(model: nn.Module, example: torch.Tensor, path: str | Path) ->
     return path
 
 
-def _load_and_run(fmt: str, path: Path, images: torch.Tensor) -> torch.Tensor:
+def _load_and_run(fmt: str, path: Path, images: torch.Tensor, classes: list[type[nn.Module]]) -> torch.Tensor:
+    """Run the exported file; ``classes`` are the exported model's own containers, trusted to rebuild a packed
+    copy of it (a packed file never imports the classes it names)."""
     if fmt == "onnx":
         return onnx_outputs(path, images)
     with torch.no_grad():
@@ -118,7 +120,7 @@ def _load_and_run(fmt: str, path: Path, images: torch.Tensor) -> torch.Tensor:
             return torch.export.load(str(path)).module()(images)
         from bayescomp.compress.packed import load_packed
 
-        return load_packed(path)[0](images)
+        return load_packed(path, classes=classes)[0](images)
 
 
 def export_model(model: nn.Module, fmt: str, path: str | Path, inputs: torch.Tensor, exporter: str = "dynamo",
@@ -153,11 +155,14 @@ def export_model(model: nn.Module, fmt: str, path: str | Path, inputs: torch.Ten
         save_packed(model, path)
     seconds = time.perf_counter() - started
     diff, scale = 0.0, 1.0
+    from bayescomp.compress.packed import container_classes
+
+    classes = container_classes(model)
     with torch.no_grad():
         for batch in (inputs, inputs[:1]):
             expected = model(batch)
             scale = max(scale, float(expected.abs().max()))
-            diff = max(diff, float((_load_and_run(fmt, path, batch) - expected).abs().max()))
+            diff = max(diff, float((_load_and_run(fmt, path, batch, classes) - expected).abs().max()))
     if not diff <= tolerance * scale:
         raise ExportError(f"the {fmt} export of {type(model).__name__} differs from PyTorch by {diff:.3g} "
                           f"(tolerance {tolerance:g} x max(1, largest |logit| = {scale:.3g})); the file is at {path}")

@@ -26,7 +26,7 @@ from bayescomp.compress.packed.bits import (
     bits_needed, dequantize_codes, pack_uint, quantize_codes, unpack_uint,
 )
 from bayescomp.compress.packed.classes import (
-    BUILTIN_CLASSES, UntrustedClassError, register_packable, unregister_packable,
+    BUILTIN_CLASSES, UntrustedClassError, container_classes, register_packable, unregister_packable,
 )
 from bayescomp.compress.packed.files import load_packed, save_packed
 from bayescomp.compress.packed.format import (
@@ -40,10 +40,8 @@ from bayescomp.compress.packed.weights import sparse_weight_bytes
 
 __all__ = [
     "BUILTIN_CLASSES", "ENCODINGS", "FORMAT_VERSION", "MAGIC", "READABLE_VERSIONS", "RESERVED_KEY",
-    "SUPPORTED_TYPES",
-    "TREE_VERSION", "PackedFormatError", "QuantSpec", "bits_needed", "dequantize_codes", "is_flat",
-    "UntrustedClassError", "load_packed", "pack_uint",
-    "packed_layer_bits", "packed_layer_info", "packed_leaves", "quantize_codes", "register_packable",
-    "save_packed",
+    "SUPPORTED_TYPES", "TREE_VERSION", "PackedFormatError", "QuantSpec", "UntrustedClassError", "bits_needed",
+    "container_classes", "dequantize_codes", "is_flat", "load_packed", "pack_uint", "packed_layer_bits",
+    "packed_layer_info", "packed_leaves", "quantize_codes", "register_packable", "save_packed",
     "sparse_weight_bytes", "unpack_uint", "unregister_packable",
 ]

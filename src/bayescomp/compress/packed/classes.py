@@ -54,6 +54,13 @@ def register_packable(cls: type[nn.Module]) -> type[nn.Module]:
     return cls
 
 
+def container_classes(model: nn.Module) -> list[type[nn.Module]]:
+    """The classes of ``model``'s containers (everything but its leaf modules), e.g. to check a packed copy of
+    a model you built yourself: ``load_packed(path, classes=container_classes(model))``."""
+    found = {type(module) for module in model.modules() if type(module) not in SUPPORTED_TYPES.values()}
+    return sorted(found, key=dotted_name)
+
+
 def unregister_packable(cls: type[nn.Module]) -> None:
     """Undo :func:`register_packable` (nothing happens for a class that is not registered)."""
     if _REGISTERED.get(dotted_name(cls)) is cls:
