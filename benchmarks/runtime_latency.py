@@ -3,7 +3,9 @@ eager PyTorch and in onnxruntime (CPU provider, same thread count), at batch 1 a
 
 The dense model is the zoo architecture with fresh weights (latency does not depend on the weight values); the
 compressed model is the committed ``.bcz`` loaded as a plain PyTorch model. Both are exported to ONNX with the
-TorchScript exporter and their onnxruntime outputs checked against PyTorch before timing. Writes
+TorchScript exporter and their onnxruntime outputs checked against PyTorch before timing. Layers whose
+posterior bit width is <= 8 are also tried in int8 (onnxruntime QDQ, static calibration on 512 training images),
+timed against float32 ONNX and evaluated on the full MNIST test set. Writes
 ``results/runtime_latency.json`` and ``.md``; the machine's load average is recorded beside the figures.
 
     python -m benchmarks.runtime_latency [--threads 1] [--rounds 15]
@@ -16,15 +18,20 @@ import json
 import os
 import platform
 import sys
+import tempfile
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bayescomp.runtime import bench_file, format_runtime_latency
+from bayescomp import export
+from bayescomp.compress.packed import load_packed
+from bayescomp.data import load_dataset
+from bayescomp.runtime import bench_file, format_runtime_latency, int8_qdq_session, time_sessions
 from benchmarks._common import RESULTS, this_command
 
 FILES = ("lenet5_mnist_gnj.bcz", "lenet300_mnist_gnj.bcz")
+INT8_MARGIN = 0.05  # int8 is offered at a batch size only where its median latency is at least 5 % lower
 ACCEPT = 4.0  # issue 19: compressed LeNet-5 at batch 1 through onnxruntime >= 4x faster than the dense model
 
 
@@ -46,6 +53,8 @@ def main() -> None:
         result["file"] = f"benchmarks/results/{name}"
         record["models"][name.removesuffix(".bcz")] = result
         print(name, json.dumps(result["median_ms"]), flush=True)
+    for name in FILES:
+        record["models"][name.removesuffix(".bcz")]["int8_qdq"] = int8_variant(RESULTS / name, args)
     record["load_average_after"] = list(os.getloadavg())
     lenet5 = record["models"]["lenet5_mnist_gnj"]
     record["acceptance"] = {
@@ -59,6 +68,34 @@ def main() -> None:
     print(render(record))
 
 
+def int8_variant(path: Path, args: argparse.Namespace) -> dict:
+    """int8 QDQ for the layers whose posterior bit width is <= 8, timed against the float32 ONNX model
+    (interleaved) and evaluated on the full MNIST test set; offered at a batch size only where at least
+    ``INT8_MARGIN`` faster."""
+    model, meta = load_packed(path)
+    bits = {int(k): int(v) for k, v in meta["_packed"]["bits"].items()}
+    out: dict = {"bits_per_layer": bits, "margin": INT8_MARGIN}
+    data = load_dataset(meta["run"]["data"])
+    with tempfile.TemporaryDirectory() as folder:
+        int8, nodes = int8_qdq_session(model, bits, data.train.example(512), folder, args.threads)
+        out["layers"] = nodes
+        if int8 is None:
+            out["note"] = "no layer has a posterior bit width <= 8: nothing to quantise to int8"
+            return out
+        onnx_path = export.export_onnx(model, data.test.example(2), Path(folder) / "f.onnx", exporter="torchscript")
+        float32 = export.onnx_session(onnx_path, args.threads)
+        shape = tuple(data.input_shape)
+        out["median_ms"] = time_sessions({"float32": float32, "int8": int8}, shape, rounds=args.rounds,
+                                         repeats=args.repeats)
+        images = data.test.example(len(data.test))
+        out["test_error_pct"] = {label: float((export.onnx_outputs(s, images).argmax(1) != data.test.labels)
+                                              .double().mean() * 100) for label, s in
+                                 (("float32", float32), ("int8", int8))}
+    ms = out["median_ms"]
+    out["offered"] = {k: ms["int8"][k] <= (1 - INT8_MARGIN) * ms["float32"][k] for k in ms["float32"]}
+    return out
+
+
 def render(record: dict) -> str:
     acc = record["acceptance"]
     lines = ["# Latency by runtime: eager PyTorch vs onnxruntime, dense vs compressed (BC-GNJ)", "",
@@ -70,7 +107,20 @@ def render(record: dict) -> str:
     for stem, result in record["models"].items():
         lines += [f"## {stem}", "", f"ONNX outputs vs PyTorch: max abs difference {result['onnx_max_abs_diff']:.2g}",
                   ""] + format_runtime_latency(result) + [""]
-    lines += ["## Acceptance (issue 19)", "",
+    lines += ["## int8 (onnxruntime QDQ) for layers with a posterior bit width <= 8", ""]
+    for stem, result in record["models"].items():
+        q = result["int8_qdq"]
+        if not q["layers"]:
+            lines.append(f"- {stem}: bits per layer {q['bits_per_layer']}; {q['note']}.")
+            continue
+        ms, err = q["median_ms"], q["test_error_pct"]
+        lines.append(f"- {stem}: int8 on {', '.join(q['layers'])} (bits per layer {q['bits_per_layer']}); "
+                     + "; ".join(f"batch {k.removeprefix('batch_')}: float32 {ms['float32'][k]:.3f} ms, int8 "
+                                 f"{ms['int8'][k]:.3f} ms ({'offered' if q['offered'][k] else 'not offered'})"
+                                 for k in ms["float32"])
+                     + f"; MNIST test error float32 {err['float32']:.2f} %, int8 {err['int8']:.2f} % "
+                     f"(offered only where >= {100 * q['margin']:.0f} % faster).")
+    lines += ["", "## Acceptance (issue 19)", "",
               (f"{acc['criterion']}: **{acc['onnxruntime_vs_onnxruntime_dense']:.1f}x** "
                f"({'met' if acc['met'] else 'NOT met'}); against the dense model in eager PyTorch "
                f"{acc['onnxruntime_vs_eager_dense']:.1f}x; eager compressed vs eager dense "

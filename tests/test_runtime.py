@@ -137,3 +137,31 @@ def test_bench_run_directory_and_bare_file(tmp_path, capsys):
     out = json.loads(capsys.readouterr().out)
     assert out["dense"].startswith("none") and set(out["median_ms"]["onnxruntime"]) == {"compressed"}
     assert "speedup" not in out
+
+
+def test_int8_qdq_only_on_layers_of_at_most_8_bits(tmp_path):
+    import onnx
+
+    from bayescomp import export
+
+    torch.manual_seed(0)
+    model = _mlp([16, 32, 4]).eval()  # Flatten (0), Linear (1), ReLU (2), Linear (3)
+    calibration = torch.rand(128, 16)
+    none, nodes = runtime.int8_qdq_session(model, {1: 9, 3: 12}, calibration, tmp_path / "a")
+    assert none is None and nodes == []
+    session, nodes = runtime.int8_qdq_session(model, {1: 8, 3: 12}, calibration, tmp_path / "b")
+    assert nodes == ["/1/Gemm"]
+    graph = onnx.load(str(tmp_path / "b" / "int8_qdq.onnx")).graph
+    dequantized = {n.output[0] for n in graph.node if n.op_type == "DequantizeLinear"}
+    gemms = {n.name: n for n in graph.node if n.op_type == "Gemm"}
+    assert set(gemms["/1/Gemm"].input[:2]) <= dequantized  # input and weight of layer 1 go through int8
+    assert not set(gemms["/3/Gemm"].input[:2]) & dequantized  # layer 3 stays float32
+    x = torch.rand(64, 16)
+    with torch.no_grad():
+        expected = model(x)
+    got = export.onnx_outputs(session, x)
+    # int8 steps: inputs in [0, 1] at 1/255, weights per channel at max|w|/127; error well under 5 % of the scale
+    assert float((got - expected).abs().max()) < 0.05 * float(expected.abs().max())
+    assert float((got - expected).abs().max()) > 0  # it really is quantised
+    timed = runtime.time_sessions({"int8": session}, (16,), batch_sizes=(1, 8), rounds=1, repeats=3)
+    assert set(timed["int8"]) == {"batch_1", "batch_8"} and min(timed["int8"].values()) > 0

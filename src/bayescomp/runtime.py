@@ -162,6 +162,61 @@ def format_runtime_latency(result: dict[str, Any]) -> list[str]:
     return lines
 
 
+INT8_OPS = ("Gemm", "MatMul", "Conv")
+
+
+def int8_qdq_session(model: nn.Module, bits: dict[int, int], calibration: torch.Tensor, folder: str | Path,
+                     threads: int = 1) -> tuple[Any, list[str]]:
+    """onnxruntime session of ``model`` with int8 QDQ (static, per-channel weights) only on the layers whose
+    posterior bit width is <= 8 (``bits``: top-level module index -> bits, as stored in the packed file); their
+    precision then fits int8 (Louizos et al. 2017, Sec. 5: bits from the posterior variance). Activations are
+    calibrated on ``calibration`` (images as the model takes them). Returns the session and the quantised
+    ONNX node names; ``(None, [])`` when no layer qualifies.
+    """
+    import onnx
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    from bayescomp import export
+
+    folder = Path(folder)
+    path = export.export_onnx(model.eval(), calibration[:2], folder / "float.onnx", exporter="torchscript")
+    low = {int(i) for i, b in bits.items() if int(b) <= 8}
+    nodes = [n.name for n in onnx.load(str(path)).graph.node
+             if n.op_type in INT8_OPS and n.name.split("/")[1:2] and n.name.split("/")[1].isdigit()
+             and int(n.name.split("/")[1]) in low]
+    if not nodes:
+        return None, []
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.batches = iter([{"images": b.numpy()} for b in calibration.split(64)])
+
+        def get_next(self):
+            return next(self.batches, None)
+
+    target = folder / "int8_qdq.onnx"
+    quantize_static(str(path), str(target), Reader(), quant_format=QuantFormat.QDQ, nodes_to_quantize=nodes,
+                    per_channel=True, weight_type=QuantType.QInt8, activation_type=QuantType.QUInt8)
+    return export.onnx_session(target, threads), nodes
+
+
+def time_sessions(sessions: dict[str, Any], input_shape: tuple[int, ...], batch_sizes: tuple[int, ...] = (1, 256),
+                  rounds: int = 5, repeats: int = 300, max_time_s: float = 1.0) -> dict[str, dict[str, float]]:
+    """Median latency (ms) of onnxruntime sessions, interleaved in ``rounds`` as in :func:`compare_runtimes`."""
+    samples: dict[tuple[str, int], list[float]] = {}
+    inputs = {b: torch.rand((b, *input_shape), generator=torch.Generator().manual_seed(0)) for b in batch_sizes}
+    for _ in range(rounds):
+        for batch in batch_sizes:
+            count = max(3, repeats // rounds // (8 if batch >= 64 else 1))
+            for label, session in sessions.items():
+                times = _timed(_runner("onnxruntime", session, inputs[batch]), count, max(2, count // 5), max_time_s)
+                samples.setdefault((label, batch), []).append(float(np.median(times)) * 1e3)
+    out: dict[str, dict[str, float]] = {}
+    for (label, batch), values in samples.items():
+        out.setdefault(label, {})[f"batch_{batch}"] = float(np.median(values))
+    return out
+
+
 def _parse_shape(text: str) -> tuple[int, ...]:
     try:
         shape = tuple(int(v) for v in text.split(","))
