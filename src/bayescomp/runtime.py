@@ -96,7 +96,7 @@ def compare_runtimes(dense: nn.Module | None, compressed: nn.Module, input_shape
                 for batch in batch_sizes:
                     count = max(3, repeats // rounds // (8 if batch >= 64 else 1))
                     for (runtime, label), target in targets.items():
-                        times = _timed(_runner(runtime, target, inputs[batch]), count, max(2, count // 5),
+                        times = _timed(_runner(runtime, target, inputs[batch]), count, _warmup(batch, count),
                                        max_time_s)
                         samples.setdefault((runtime, label, batch), []).append(float(np.median(times)) * 1e3)
     finally:
@@ -104,6 +104,12 @@ def compare_runtimes(dense: nn.Module | None, compressed: nn.Module, input_shape
         for label, model in models.items():
             model.train(states[label])
     return _runtime_summary(samples, batch_sizes, threads, rounds, info)
+
+
+def _warmup(batch: int, count: int) -> int:
+    """Untimed passes before each timed run: one for large batches (a pass there is long enough to warm caches
+    and allocators), else a fifth of the timed passes, at least 2."""
+    return 1 if batch >= 64 else max(2, count // 5)
 
 
 def _timed(fn, count: int, warmup: int, max_time_s: float) -> list[float]:
@@ -209,7 +215,8 @@ def time_sessions(sessions: dict[str, Any], input_shape: tuple[int, ...], batch_
         for batch in batch_sizes:
             count = max(3, repeats // rounds // (8 if batch >= 64 else 1))
             for label, session in sessions.items():
-                times = _timed(_runner("onnxruntime", session, inputs[batch]), count, max(2, count // 5), max_time_s)
+                times = _timed(_runner("onnxruntime", session, inputs[batch]), count, _warmup(batch, count),
+                               max_time_s)
                 samples.setdefault((label, batch), []).append(float(np.median(times)) * 1e3)
     out: dict[str, dict[str, float]] = {}
     for (label, batch), values in samples.items():
