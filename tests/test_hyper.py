@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from bayescomp import load
-from bayescomp.checkpoint import CheckpointError
+from bayescomp.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from bayescomp.cli import main
 from bayescomp.hyper import (
     BudgetError, Context, ContextError, HyperCompressor, HyperConfig, generate, load_hypernetwork,
@@ -174,9 +174,9 @@ def test_a_nan_loss_stops_training_and_keeps_the_last_checkpoint(teacher, mnist_
     before = ckpt.read_bytes()
     with torch.no_grad():
         model.head_mu.bias.fill_(float("nan"))
-    state = torch.load(ckpt, weights_only=False)
+    state = load_checkpoint(ckpt)
     state["model"] = model.state_dict()
-    torch.save(state, ckpt)
+    save_checkpoint({k: v for k, v in state.items() if k not in ("format", "version", "checkpoint_file")}, ckpt)
     with pytest.raises(NonFiniteLossError, match="checkpoint of the last completed epoch is kept"):
         train_hypernetwork(model, mnist_small, TrainConfig(epochs=2), ckpt, progress=False, log=lambda *_: None)
     assert ckpt.read_bytes() != before and ckpt.exists()

@@ -30,7 +30,7 @@ _RUN_LIMITS: dict[str, tuple[float, bool, str]] = {
     "test_subset": (1, True, "an integer >= 1"),
     "rounds": (1, True, "an integer >= 1"),
     "nproc": (1, True, "an integer >= 1"),
-    "budget": (0, False, "a number in (0, 1]"),
+    "budget": (0, False, "in (0, 1] (a fraction of the dense multiply-accumulates)"),
 }
 
 
@@ -50,7 +50,8 @@ def check_cli_values(args: Any) -> None:
         if value is not None:
             check_number(option, value, low, inclusive, accepted)
     if getattr(args, "budget", None) is not None and args.budget > 1:
-        raise ValueError(f"--budget must be a number in (0, 1], got {args.budget!r}")
+        raise ValueError(f"--budget must be in (0, 1] (a fraction of the dense multiply-accumulates), got "
+                         f"{args.budget!r}")
     sparsity = getattr(args, "sparsity", None)
     if sparsity is not None and (not math.isfinite(sparsity) or not 0 <= sparsity < 1):
         raise ValueError(f"--sparsity must be a fraction in [0, 1), got {sparsity!r}")
