@@ -15,6 +15,7 @@ import re
 from pathlib import Path
 
 from benchmarks.acceptance import acceptance_table
+from benchmarks.published import PUBLISHED  # one list of published figures for both tables
 from benchmarks.result_sections import (
     cifar_section,
     ddp_section,
@@ -23,7 +24,6 @@ from benchmarks.result_sections import (
     other_sections,
     self_compression_section,
 )
-from benchmarks.table1 import PUBLISHED  # one list of published figures for both tables
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -116,10 +116,11 @@ def cost_section(records: list[dict]) -> list[str]:
                   "| model | plain epoch (s) | BC-GNJ epoch (s) | ratio |", "|---|---|---|---|"]
         lines += [f"| {r['model']} | {r['plain_epoch_s_median']:.2f} | {r['bayes_epoch_s_median']:.2f} | "
                   f"{r['ratio']:.2f}x |" for r in old] + [""]
-    for r in records:
-        md = RESULTS / f"{r['_stem']}.md"
-        if "results" in r and md.exists():
-            lines += ["## Training cost per epoch", "", md.read_text(), ""]
+    tables = [RESULTS / f"{r['_stem']}.md" for r in records if "results" in r]
+    tables = [md for md in tables if md.exists()]
+    if tables:
+        lines += ["## Training cost per epoch", ""]
+        lines += [part for md in tables for part in (md.read_text(), "")]
     return lines
 
 

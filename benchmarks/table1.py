@@ -29,6 +29,7 @@ from bayescomp.models import create_model
 from bayescomp.pipeline import RunConfig, run
 from bayescomp.report import block_format_latency, regularity_fields
 from benchmarks._common import RESULTS, publish, this_command
+from benchmarks.published import PUBLISHED
 
 MODELS = ("lenet300", "lenet5")
 METHODS = ("ghs", "svd", "turbo", "self", "magnitude")
@@ -66,23 +67,6 @@ MAGNITUDE_SWEEP: dict[str, list[tuple[bool, float]]] = {
     "lenet5": [(False, s) for s in (0.9, 0.95, 0.98, 0.99, 0.995)] + [(True, s) for s in (0.3, 0.5, 0.7)],
 }
 MAGNITUDE_FINETUNE_EPOCHS = 10
-
-#: Published figures (Louizos et al. 2017, Table 1; Molchanov et al. 2017 via its authors' README; Han et al.
-#: 2015): error %, architecture, compression after pruning / after precision.
-PUBLISHED = {
-    ("lenet300", "gnj"): "1.8 % (UNVERIFIED), 278-98-13, 9.3x",
-    ("lenet300", "ghs"): "1.8 % (UNVERIFIED), 311-86-14, 9.5x",
-    ("lenet300", "svd"): "1.92 %, 68x non-zero",
-    ("lenet300", "magnitude"): "Han et al.: 1.59 %, 12x non-zero",
-    ("lenet5", "gnj"): "1.0 %, 8-13-88-13, 108x / 361x",
-    ("lenet5", "ghs"): "1.0 %, 5-10-76-16, 156x / 419x",
-    ("lenet5", "svd"): "0.75 %, 280x non-zero (BC's table: 1.0 %, 63x* / 228x)",
-    ("lenet300", "turbo"): "not available (paper text not read)",
-    ("lenet5", "turbo"): "not available (paper text not read)",
-    ("lenet300", "self"): "– (the paper uses a one-conv-layer net)",
-    ("lenet5", "self"): "– (the paper uses a one-conv-layer net)",
-    ("lenet5", "magnitude"): "Han et al.: 0.77 %, 12x non-zero",
-}
 
 
 def run_or_reuse(config: RunConfig, run_dir: Path, restart: bool) -> dict:
