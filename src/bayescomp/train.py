@@ -237,7 +237,7 @@ def fit(
     objective: Any = None,
     device: str | torch.device | None = None,
     amp: bool | None = None,
-    precision: str = "auto",
+    precision: str = "fp32",
     channels_last: bool | None = None,
 ) -> TrainHistory:
     """Train ``model`` in place on ``data.train``; validate on ``data.val`` after each epoch.
@@ -253,9 +253,11 @@ def fit(
         device: train on this device (e.g. ``"cuda"``); the model is moved there for training and moved back to
             where it was afterwards. On CUDA the posterior noise comes from the CUDA generator, which checkpoints
             do not hold, so a resumed GPU run is statistically, not bit-for-bit, the same.
-        precision: ``"fp32"``, ``"bf16"`` (the forward's layer products in bfloat16, parameters, variances, KL
-            and loss in float32: :class:`AutocastForward`) or ``"auto"`` (default: bf16 where the CPU has native
-            bf16, :func:`native_bf16`, fp32 elsewhere). Without native support bf16 is emulated and slower.
+        precision: ``"fp32"`` (default here: every caller of the library's loop keeps its measured numerics),
+            ``"bf16"`` (the forward's layer products in bfloat16, parameters, variances, KL and loss in float32:
+            :class:`AutocastForward`) or ``"auto"`` (bf16 where the CPU has native bf16, :func:`native_bf16`, fp32
+            elsewhere; without native support bf16 is emulated and slower). ``bayescomp run`` uses auto for the
+            prior methods (measured: benchmarks/results/epoch_cost_*.md, precision_parity_*.md).
         amp: the older switch: ``True`` is ``precision="bf16"``, ``False`` is ``"fp32"``; ``None`` defers to
             ``precision``.
         channels_last: train convolutions in the channels-last memory layout (weights and inputs NHWC; the model
