@@ -70,6 +70,12 @@ def check_z_sampling(value: str) -> None:
     sigma² z²). The z noise is then common to the batch and its contribution to the gradient variance no longer
     falls with B (it is that of sampling the group scales once per step); the weight noise stays local. The
     gradient stays unbiased, and the first layer needs no input gradient, which saves one of its products.
+
+    Measured (benchmarks/results/epoch_cost_*.md, precision_parity_lenet300_mnist.md): per-batch z makes the
+    LeNet-300-100 bf16 step 0.89x of per-example z and gains nothing on LeNet-5 or ResNet-20 (z sits on conv
+    outputs there); on the LeNet-300-100 recipe (one seed) it gave 2.12 % error / 9.1x against 2.27 % / 8.2x (bf16)
+    and 2.13 % / 7.2x (fp32, per example). One seed cannot separate that from run-to-run noise, and changing the
+    default would change every Table 1 row, so ``"example"`` (the paper's estimator) stays the default.
     """
     if value not in Z_SAMPLINGS:
         raise ValueError(f"z_sampling must be one of {Z_SAMPLINGS}, got {value!r}")
