@@ -8,8 +8,9 @@ extrapolated to seconds per epoch (steps per epoch x ms per step; said so in the
 CPU time (``time.process_time``; robust to other jobs preempting this one on a shared machine, and equal to
 the wall time on a quiet one with one thread) and the wall time.
 
-Variants: plain fp32 / bf16 (and channels_last for conv nets); each method's default (what ``fit`` does by
-default: fused layers, ``precision="auto"``, the config's z_sampling) and its fp32 variant; for BC-GNJ also the
+Variants: plain fp32 / bf16 (and channels_last for conv nets); each method's default (what ``bayescomp run``
+does by default: fused layers, ``--precision auto``, the config's z_sampling, default memory layout) and its fp32
+variant (what ``fit`` does by default); for BC-GNJ also the
 unfused autograd layers (the code path before the fused Functions), z per example / per batch in fp32 and bf16,
 and the authors' reference GNJ layers, re-implemented below from the published formulas (Louizos et al. 2017,
 Eq. 6 posterior, local reparameterisation, KL of Molchanov et al. 2017 Eq. 14 for z and the closed-form Gaussian
@@ -136,7 +137,7 @@ class _ChannelsLast(nn.Module):
 
 # ---------------------------------------------------------------- variants and timing
 def variants(model_name: str, plain: nn.Module) -> dict[str, dict]:
-    """name -> {model, precision, objective, layout}; ``default`` rows are what ``fit`` does by default."""
+    """name -> {model, precision, method, layout}; ``default`` rows are what ``bayescomp run`` does by default."""
     auto = resolve_precision("auto")
     conv = model_name != "lenet300"
     out = {"plain fp32": dict(model=plain, precision="fp32"), "plain bf16": dict(model=plain, precision="bf16")}
