@@ -179,5 +179,8 @@ def other_sections(run_stems: set[str]) -> list[str]:
         record = json.loads(json_path.read_text())
         if md.name.startswith("ddp_") and "model" in record:  # rendered by ddp_section
             continue
-        lines += [re.sub(r"^(#+) ", r"#\1 ", md.read_text(), flags=re.M).rstrip("\n"), ""]
+        text = re.sub(r"^(#+) ", r"#\1 ", md.read_text(), flags=re.M).rstrip("\n")
+        if not text.startswith("## "):  # a write-up without a title gets its file name as one
+            text = f"## {md.stem} (`benchmarks/results/{md.name}`)\n\n{text}"
+        lines += [text, ""]
     return lines
