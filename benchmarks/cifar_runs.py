@@ -45,9 +45,17 @@ def main() -> None:
     parser.add_argument("--device", default=None, help="training device (cpu, cuda); default: cuda if available")
     parser.add_argument("--amp", action="store_true", help="bfloat16 autocast in training (GPU)")
     parser.add_argument("--hardware", default=None, help="what the run ran on, for the result file")
+    parser.add_argument("--pretrained", action="store_true",
+                        help="start from the shipped dense weights (benchmarks/pretrain.py) instead of training them")
+    parser.add_argument("--finetune-epochs", type=int, default=0, help="fine-tuning of the pruned model (disclosed)")
+    parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args()
+    if args.threads:
+        import torch
 
-    config = RunConfig(model=args.model, data="cifar10", method=args.method,
+        torch.set_num_threads(args.threads)
+
+    config = RunConfig(model=args.model, data="cifar10", method=args.method, pretrained=args.pretrained,
                        compress=CompressConfig(tolerance_pct=args.tolerance, bits_reduce="max",
                                                search_val_size=args.search_val_size, search=args.search))
     if args.dense_epochs is not None:
@@ -56,6 +64,8 @@ def main() -> None:
         config.bayes = replace(config.bayes, epochs=args.epochs)
     if args.lr is not None:
         config.bayes = replace(config.bayes, lr=args.lr)
+    if args.finetune_epochs:
+        config.finetune = replace(config.finetune, epochs=args.finetune_epochs, augment="crop_flip")
     run_dir = Path(args.run_dir or f"runs/cifar/{args.model}_cifar10_{args.method}")
     report = run(config, run_dir, progress=False, command=this_command(), device=args.device, amp=args.amp)
 
@@ -65,7 +75,8 @@ def main() -> None:
         exported = export_model(model, "onnx", Path(tmp) / "compressed.onnx", images)
     extra = {"onnx_max_abs_diff": exported["max_abs_diff"], "onnx_max_rel_diff": exported["max_rel_diff"],
              "hardware": args.hardware or f"{os.cpu_count()}-core CPU" + (f", {args.device}" if args.device else ""),
-             "dense_epochs": config.dense.epochs, "epochs": config.bayes.epochs}
+             "dense_epochs": 0 if args.pretrained else config.dense.epochs, "epochs": config.bayes.epochs,
+             "pretrained": args.pretrained, "finetune_epochs": config.finetune.epochs}
     path = publish(report, run_dir, extra, suffix=f"_{args.variant}" if args.variant else "")
     print(f"{args.model} {args.method}: test error {report['test_error_pct']:.2f}% (dense "
           f"{report['dense_test_error_pct']:.2f}%), {report['compression_architecture']:.1f}x architecture, "

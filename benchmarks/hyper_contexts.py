@@ -31,10 +31,11 @@ from pathlib import Path
 
 import torch
 
-from bayescomp import bayesify, compress, load
+from bayescomp import bayesify, load
+from bayescomp.compress import compress
 from bayescomp.compress import CompressConfig, prunable_modules
 from bayescomp.data import DataBundle
-from bayescomp.hyper import Context, context_error, random_contexts, restrict
+from bayescomp.hyper import Context, context_error, generate, random_contexts, restrict
 from bayescomp.hyper.pipeline import HyperRunConfig, _cut_teacher, _run_config, load_run_data, train_run
 from bayescomp.magnitude import MagnitudeConfig, magnitude_compress, prune_and_finetune
 from bayescomp.pipeline import DEFAULT_LR_SCALES, dense_model
@@ -137,8 +138,8 @@ def main() -> None:
     contexts = random_contexts(args.contexts, data.num_classes, [2, 3, 4, 5], seed=2026 + args.seed)
     entries = []
     for i, context in enumerate(contexts):
-        first = hyper.generate_detailed(context)
-        times = [first.generate_ms] + [hyper.generate_detailed(context).generate_ms for _ in range(4)]
+        first = generate(hyper, context)
+        times = [first.generate_ms] + [generate(hyper, context).generate_ms for _ in range(4)]
         entries.append({
             "classes": list(context.classes), "budget": context.budget,
             "test_error_pct": context_error(first.model, data.test, context.classes),
@@ -158,14 +159,14 @@ def main() -> None:
     for context in contexts[:args.budget_contexts]:
         for budget in budgets:
             ctx = Context.make(context.classes, data.num_classes, budget)
-            gen = hyper.generate_detailed(ctx)
+            gen = generate(hyper, ctx)
             budget_rows.append({"classes": list(ctx.classes), "budget": budget, "weights_kept": gen.weights_kept,
                                 "flops_fraction": gen.flops_fraction, "threshold": gen.threshold,
                                 "test_error_pct": context_error(gen.model, data.test, ctx.classes)})
     size_rows = []
     for k in range(2, data.num_classes + 1):
         for context in random_contexts(5, data.num_classes, [k], seed=99 + k):
-            gen = hyper.generate_detailed(context)
+            gen = generate(hyper, context)
             size_rows.append({"k": k, "classes": list(context.classes), "weights_kept": gen.weights_kept,
                               "flops_fraction": gen.flops_fraction,
                               "test_error_pct": context_error(gen.model, data.test, context.classes)})
@@ -175,7 +176,7 @@ def main() -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(run_dir / "hyper.pt", out_dir / "hyper.pt")
     shutil.copyfile(run_dir / "hyper_run.json", out_dir / "hyper_run.json")
-    example = hyper.generate_detailed(contexts[0])
+    example = generate(hyper, contexts[0])
     from bayescomp.compress.packed import save_packed
 
     save_packed(example.model, out_dir / "generated_example.bcz", None,

@@ -6,6 +6,7 @@ import os
 import tempfile
 
 import pytest
+import toy_method  # noqa: F401  (registers the toy method "toy-rownorm": one file + this line)
 import torch
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))

@@ -11,6 +11,7 @@ import torch
 import bayescomp
 from bayescomp.cli import main
 from bayescomp.data import load_dataset
+from bayescomp.methods import get_method, list_methods
 from bayescomp.train import evaluate
 
 CONTRACT_FIELDS = {
@@ -118,11 +119,12 @@ def test_cli_finetune_aware_search_picks_a_candidate_within_budget(tmp_path):
     assert report["weights_kept"] in {p["weights_kept"] for p in report["search_path"]}
 
 
-@pytest.mark.parametrize("method", [m for m in __import__("bayescomp.cli", fromlist=["METHODS"]).METHODS])
+@pytest.mark.parametrize("method", list_methods())
 def test_every_method_runs_end_to_end_and_its_file_reproduces_the_report(method, tmp_path):
-    """Iterates the registry (plus the magnitude baseline): a new method is run end to end the day it lands."""
+    """Iterates the method registry: a new method is run end to end the day it lands."""
     run_dir = tmp_path / method
-    extra = ["--sparsity", "0.8", "--rounds", "2", "--finetune-epochs", "2"] if method == "magnitude" else []
+    # methods that fine-tune by default (magnitude pruning: 10 epochs) get a short schedule here
+    extra = ["--finetune-epochs", "2"] if get_method(method).default_finetune_epochs else []
     assert main(["run", "--model", "lenet300", "--method", method, "--run-dir", str(run_dir), *SMALL,
                  "--no-latency", *extra]) == 0
     report = json.loads((run_dir / "report.json").read_text())
@@ -161,3 +163,20 @@ def test_every_method_runs_end_to_end_and_its_file_reproduces_the_report(method,
         assert report["compression_csr"] > 1.5
         # the sparse file really is small: below the float32 CSR accounting of the same weights
         assert report["file_bytes_compressed"] * 8 < 32 * report["weights_dense"] / report["compression_csr"] + 8 * 4096
+
+
+def test_run_repeats_from_its_record(tmp_path, capsys):
+    """``bayescomp run --config run.json`` reruns a run from its record: same settings, same compressed model."""
+    first = tmp_path / "first"
+    assert main(["run", "--run-dir", str(first), *SMALL, "--epochs", "1", "--no-latency", "--no-plots",
+                 "--precision", "fp32"]) == 0
+    again = tmp_path / "again"
+    assert main(["run", "--config", str(first / "run.json"), "--run-dir", str(again), "--no-progress",
+                 "--precision", "fp32"]) == 0
+    assert json.loads((again / "run.json").read_text()) == json.loads((first / "run.json").read_text())
+    a = json.loads((first / "report.json").read_text())
+    b = json.loads((again / "report.json").read_text())
+    assert a["kept_architecture"] == b["kept_architecture"] and a["test_error_pct"] == b["test_error_pct"]
+    capsys.readouterr()
+    assert main(["run", "--config", str(tmp_path / "missing.json")]) == 2
+    assert "--config" in capsys.readouterr().err

@@ -21,6 +21,7 @@ from torch import nn
 
 from bayescomp import distributed
 from bayescomp.bayesify import bayesify
+from bayescomp.compress.digest import mask_digest
 from bayescomp.data import load_dataset
 from bayescomp.models import create_model
 from bayescomp.objective import variational_loss
@@ -105,7 +106,7 @@ def _worker(rank: int, port: int, out: str, case: str) -> None:
                 log=lambda *_: None)
             thresholds = 0.0 if prior == "gnj" else 3.0
             result[prior] = {"state": _digest(model),
-                             "masks": distributed.mask_digest(model, thresholds, data.val.example()),
+                             "masks": mask_digest(model, thresholds, data.val.example()),
                              "same_state": distributed.all_equal(_digest(model))}
     torch.save(result, Path(out) / f"rank{rank}.pt")
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from bayescomp import compress
+from bayescomp.compress import compress
 from bayescomp.cli import main
 from bayescomp.compress import CompressConfig
 from bayescomp.export import FORMATS, SUFFIXES, ExportError, export_model, onnx_outputs

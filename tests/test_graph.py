@@ -9,7 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bayescomp import bayesify, compress, fit
+from bayescomp import bayesify, fit
+from bayescomp.compress import compress
 from bayescomp.compress import CompressConfig, PruneError, UnsupportedModelError, prunable_modules
 from bayescomp.compress.graph import REDUCTIONS, DependencyGraph
 from bayescomp.compress.packed import PackedFormatError, load_packed, save_packed

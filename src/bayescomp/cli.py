@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shlex
 import sys
@@ -14,12 +15,11 @@ from bayescomp.compress.packed import PackedFormatError
 from bayescomp.data import DataError
 from bayescomp.export import ExportError
 from bayescomp.models import MODELS
-from bayescomp.priors import PRIORS
+from bayescomp.methods import get_method, list_methods, method_keys
 from bayescomp.runlock import RunDirLockedError
 from bayescomp.train import NonFiniteLossError, TrainConfig
 from bayescomp.validate import check_cli_values, check_config_values
 
-METHODS = (*sorted(PRIORS), "magnitude", "self")
 
 KNOWN_ERRORS = (DataError, PruneError, UnsupportedModelError, NonFiniteLossError, CheckpointError, ValueError,
                 FileNotFoundError, PackedFormatError, ExportError, RunDirLockedError)
@@ -42,10 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--data", default=None,
                      help="data set: mnist, fashion-mnist, cifar10 (default: the model's usual data)")
     run.add_argument("--method", default="gnj",
-                     help="gnj / ghs: Bayesian Compression with the group normal-Jeffreys / group horseshoe prior; "
-                          "svd: Sparse Variational Dropout (per weight); turbo: Turbo-VBI structured prior (MRF "
-                          "support); self: self-compression by density propagation (Carannante et al. 2020); magnitude: magnitude "
-                          "pruning + fine-tuning")
+                     help="; ".join(f"{name}: {get_method(name).description}" for name in list_methods())
+                     + " (also accepted: " + ", ".join(k for k in method_keys() if k not in list_methods()) + ")")
     run.add_argument("--run-dir", default=None, help="output directory (default runs/<model>_<data>_<method>)")
     run.add_argument("--data-dir", default=None,
                      help="folder with mnist/, fashion-mnist/, cifar-10/ (default $BAYESCOMP_DATA, else ../shared/data)")
@@ -58,7 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--batch-size", type=int, default=None, help="mini-batch size of both training phases")
     run.add_argument("--kl-warmup", type=float, default=None, help="epochs of linear KL warm-up from 0 to 1")
     run.add_argument("--group-lr-scale", type=float, default=None,
-                     help="learning-rate multiplier for the group-scale log-variances (z_log_sigma2)")
+                     help="learning-rate multiplier for the parameters that decide which groups survive (the "
+                          "method's group_lr_suffixes: gnj z_log_sigma2, ghs the group and global scales)")
     run.add_argument("--finetune-epochs", type=int, default=0,
                      help="optional: epochs of plain fine-tuning of the pruned model before quantisation (0: none)")
     run.add_argument("--finetune-search", action="store_true",
@@ -89,6 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--test-subset", type=int, default=None, help="use only this many test examples")
     run.add_argument("--no-latency", action="store_true", help="skip the latency measurement")
     run.add_argument("--no-plots", action="store_true", help="skip the plots")
+    run.add_argument("--config", default=None, metavar="RUN_JSON",
+                     help="repeat a run from its record (the run.json of a run directory); its settings replace the "
+                          "other run options; --run-dir, --restart, --no-progress, --device and --precision apply")
     run.add_argument("--pretrained", action="store_true",
                      help="start from the dense weights shipped with the package instead of training them")
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -244,7 +246,11 @@ def _train_config(base: TrainConfig, args: argparse.Namespace, bayes: bool) -> T
         if args.lr is not None:
             changes["lr"] = args.lr
         if args.group_lr_scale is not None:
-            changes["lr_scales"] = {**base.lr_scales, "z_log_sigma2": args.group_lr_scale}
+            suffixes = get_method(args.method).group_lr_suffixes
+            if not suffixes:
+                raise ValueError(f"--group-lr-scale does not apply to --method {args.method} (it has no group "
+                                 "scales to speed up)")
+            changes["lr_scales"] = {**base.lr_scales, **{suffix: args.group_lr_scale for suffix in suffixes}}
         if args.kl_warmup is not None:
             changes["kl_warmup_epochs"] = args.kl_warmup
     elif args.dense_epochs is not None:
@@ -252,12 +258,8 @@ def _train_config(base: TrainConfig, args: argparse.Namespace, bayes: bool) -> T
     return replace(base, **changes)
 
 
-_METHOD_OPTIONS = {"gnj": {"clip_var"}, "ghs": {"clip_var", "tau0"}, "svd": set(), "turbo": set(), "self": set(),
-                   "magnitude": {"sparsity", "scope", "rounds", "structured"}}
-
-
 def _check_options(method: str, options: dict) -> None:
-    wrong = sorted(set(options) - _METHOD_OPTIONS.get(method, set()))
+    wrong = sorted(set(options) - set(get_method(method).cli_options))
     if wrong:
         flags = ", ".join("--" + w.replace("_", "-") for w in wrong)
         raise ValueError(f"{flags} do(es) not apply to --method {method}")
@@ -267,26 +269,17 @@ def _prior_options(method: str, items: list[str]) -> dict:
     """``KEY=VALUE`` strings -> fields of the method's config, values parsed as JSON where possible."""
     if not items:
         return {}
-    from bayescomp.pipeline import NON_PRIOR_METHODS
-
-    if method in NON_PRIOR_METHODS:
-        config_cls = NON_PRIOR_METHODS[method]()
-    elif method in PRIORS:
-        config_cls = PRIORS[method].config_cls
-    else:
-        raise ValueError(f"--prior-option: unknown method {method!r}")
-    return _options(items, config_cls, "--prior-option")
+    return _options(items, get_method(method).config_cls, "--prior-option")
 
 
 def _use_bf16(args: argparse.Namespace) -> bool:
     """--amp (older switch) or --precision resolved for the training device. auto: bf16 on CPUs with native bf16
     for the prior methods (their step measured faster, GNJ's accuracy measured equal), fp32 for the others."""
-    from bayescomp.priors import PRIORS
     from bayescomp.train import resolve_precision
 
     if args.amp:
         return True
-    if args.precision == "auto" and args.method not in PRIORS:
+    if args.precision == "auto" and get_method(args.method).needs != "prior":
         return False
     return resolve_precision(args.precision, (args.device or "cpu").split(":")[0]) == "bf16"
 
@@ -294,8 +287,7 @@ def _use_bf16(args: argparse.Namespace) -> bool:
 def cmd_run(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
-    from bayescomp.pipeline import RunConfig, run
-    from bayescomp.report import render_markdown
+    from bayescomp.pipeline import RunConfig
 
     if args.nproc < 1:
         raise ValueError(f"--nproc must be at least 1, got {args.nproc}")
@@ -304,6 +296,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 
         return relaunch_with_torchrun(args.nproc, _without_nproc(args.argv))
 
+    if args.config is not None:
+        config = _config_from_record(args.config)
+        args.method, args.model, data = config.method, config.model, config.data
+        return _run_and_print(config, args, data)
     data = args.data or (MODELS[args.model].default_data if args.model in MODELS else "mnist")
     options = {"clip_var": args.clip_var, "tau0": args.tau0, "sparsity": args.sparsity, "scope": args.scope,
                "rounds": args.rounds, "structured": args.structured or None}
@@ -321,7 +317,33 @@ def cmd_run(args: argparse.Namespace) -> int:
     config.bayes = _train_config(config.bayes, args, bayes=True)
     if args.finetune_epochs:
         config.finetune = replace(config.finetune, epochs=args.finetune_epochs)
-    run_dir = Path(args.run_dir or f"runs/{args.model}_{data}_{args.method}")
+    return _run_and_print(config, args, data)
+
+
+def _config_from_record(path: str):
+    """The :class:`RunConfig` of a run record (``run.json``), with a clear error for a missing or bad file."""
+    from bayescomp.pipeline import RunConfig
+
+    record = Path(path)
+    try:
+        fields = json.loads(record.read_text())
+    except FileNotFoundError:
+        raise ValueError(f"--config {record}: no such file (pass the run.json of a run directory)") from None
+    except (OSError, ValueError) as error:
+        raise ValueError(f"--config {record}: not a readable JSON run record ({error})") from None
+    if not isinstance(fields, dict):
+        raise ValueError(f"--config {record}: a run record is a JSON object, got {type(fields).__name__}")
+    try:
+        return RunConfig.from_dict(fields)
+    except TypeError as error:
+        raise ValueError(f"--config {record}: {error}") from None
+
+
+def _run_and_print(config, args: argparse.Namespace, data: str) -> int:
+    from bayescomp.pipeline import run
+    from bayescomp.report import render_markdown
+
+    run_dir = Path(args.run_dir or f"runs/{config.model}_{data}_{config.method}")
     command = "bayescomp " + " ".join(shlex.quote(a) for a in args.argv)
     report = run(config, run_dir, progress=not args.no_progress, restart=args.restart, command=command,
                  device=args.device, amp=_use_bf16(args))

@@ -5,7 +5,7 @@ then joins one process group (gloo on CPU, nccl when CUDA is available; :func:`i
 (:func:`bayescomp.train.fit`) splits each *global* batch across the ranks and scales the local loss so that the
 averaged gradient equals the single-process gradient of the same global batch, with the KL counted once per
 model. Only rank 0 writes files; the masks read from the posterior are checked to agree on every rank
-(:func:`mask_digest`, :func:`all_equal`).
+(:func:`bayescomp.compress.digest.mask_digest`, :func:`all_equal`).
 
 Nothing here changes single-process behaviour: without ``WORLD_SIZE > 1`` in the environment every helper is a
 no-op (rank 0 of 1).
@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import hashlib
 import os
 import subprocess
 import sys
@@ -180,45 +179,6 @@ def shard(n: int) -> tuple[int, int]:
     q, m = divmod(n, w)
     lo = r * q + min(r, m)
     return lo, lo + q + (1 if r < m else 0)
-
-
-def keep_masks(model: nn.Module, thresholds: list[float] | float,
-               example_input: torch.Tensor | None = None) -> list[torch.Tensor]:
-    """The keep-masks the posterior gives with ``thresholds``: group masks (chain: the propagated plan's input
-    and output masks; other networks: the coupled channel groups') and the per-weight masks of per-weight priors.
-    """
-    from bayescomp.compress import build_chain, plan_from_thresholds
-    from bayescomp.compress.chain import UnsupportedModelError
-    from bayescomp.priors.base import bayesian_layers, deterministic_mode
-
-    with deterministic_mode(model):
-        try:
-            plan, _ = plan_from_thresholds(build_chain(model), thresholds)
-            masks = [*plan.in_keep, *plan.out_keep]
-        except UnsupportedModelError:
-            from bayescomp.compress.graph import DependencyGraph
-
-            if example_input is None:
-                raise
-            graph = DependencyGraph(model, example_input)
-            count = len(graph.prunable_groups)
-            values = thresholds if isinstance(thresholds, (list, tuple)) else [float(thresholds)] * count
-            masks = graph.keep_from_thresholds([float(t) for t in values])
-        for _, layer in bayesian_layers(model):
-            weight_mask = layer.weight_keep_mask()
-            if weight_mask is not None:
-                masks.append(weight_mask)
-    return [m.detach().cpu().bool() for m in masks]
-
-
-def mask_digest(model: nn.Module, thresholds: list[float] | float,
-                example_input: torch.Tensor | None = None) -> str:
-    """SHA-256 of :func:`keep_masks` (shapes and bits), cheap to compare across ranks."""
-    digest = hashlib.sha256()
-    for mask in keep_masks(model, thresholds, example_input):
-        digest.update(repr(tuple(mask.shape)).encode())
-        digest.update(mask.numpy().tobytes())
-    return digest.hexdigest()
 
 
 def torchrun_command(nproc: int, argv: list[str]) -> list[str]:

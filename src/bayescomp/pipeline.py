@@ -14,23 +14,25 @@ import subprocess
 import sys
 import time
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
 
 from bayescomp import distributed as dist_utils
 from bayescomp import runlock
-from bayescomp.bayesify import bayesify, make_config
+from bayescomp.bayesify import bayesify
 from bayescomp.checkpoint import atomic_torch_save, safe_torch_load
-from bayescomp.compress import CompressConfig, CompressionResult, compress, prunable_modules, quantize_model
-from bayescomp.compress.packed import QuantSpec, packed_leaves, save_packed
+from bayescomp.compress import CompressConfig, CompressionResult
+from bayescomp.compress.digest import mask_digest
 from bayescomp.data import DataBundle, load_dataset
+from bayescomp.methods import Method, RunContext, canonical_name, get_method, list_methods
+from bayescomp.methods.finetune import finetune_aware_compress, finetune_keeping_zeros  # noqa: F401  (re-exported)
+from bayescomp.methods.runner import MethodOutcome, compress_and_finetune, prepare_and_train
 from bayescomp.models import MODELS, create_model
 from bayescomp.models.pretrained import load_pretrained, read_manifest
-from bayescomp.priors import PRIORS
+from bayescomp.report import build_report, write_report
 from bayescomp.train import TrainConfig, evaluate, fit, seed_everything
 from bayescomp.validate import check_threshold_count
 
@@ -50,29 +52,10 @@ DEFAULT_SCHEDULES: dict[str, tuple[TrainConfig, TrainConfig]] = {
 }
 
 
-#: Learning-rate multipliers of the Bayesian phase per method (see ``TrainConfig.lr_scales``): the parameters that
-#: decide which groups survive (GNJ: the group noise; GHS: the log-normal scale factors, which live in log space
-#: and start far from where the prior pulls unneeded groups) move ten times faster than the weights.
+#: Learning-rate multipliers of the Bayesian phase per method, as the methods declare them
+#: (:attr:`bayescomp.methods.Method.lr_scales`).
 DEFAULT_LR_SCALES: dict[str, dict[str, float]] = {
-    "gnj": {"z_log_sigma2": 10.0},
-    "ghs": {"scale_group_mu": 10.0, "scale_group_log_sigma2": 10.0, "scale_global_mu": 10.0},
-}
-
-
-def _magnitude_config():
-    from bayescomp.magnitude import MagnitudeConfig
-
-    return MagnitudeConfig
-
-
-def _self_config():
-    from bayescomp.selfcompress.procedure import SelfCompressionConfig
-
-    return SelfCompressionConfig
-
-
-#: Methods that are not a prior of :data:`PRIORS`: their config class (loaded lazily) and their own run path.
-NON_PRIOR_METHODS = {"magnitude": _magnitude_config, "self": _self_config}
+    name: dict(get_method(name).lr_scales) for name in list_methods() if get_method(name).lr_scales}
 
 
 #: Settings that only affect what happens after Bayesian training; changing them reuses the trained posterior.
@@ -108,21 +91,16 @@ class RunConfig:
                              f"validation need examples), got {self.val_size!r}")
         if self.model not in MODELS:
             raise ValueError(f"unknown model {self.model!r}; known models: {', '.join(sorted(MODELS))}")
-        if self.method not in NON_PRIOR_METHODS and self.method not in PRIORS:
-            raise ValueError(f"unknown method/prior {self.method!r}; known: "
-                             f"{', '.join([*sorted(PRIORS), *NON_PRIOR_METHODS])}")
+        self.method = canonical_name(self.method)
+        method = get_method(self.method)
         dense, bayes = DEFAULT_SCHEDULES.get(self.model, (TrainConfig(), TrainConfig()))
         self.dense = _as(TrainConfig, self.dense) or TrainConfig(**{**asdict(dense), "seed": self.seed})
         self.bayes = _as(TrainConfig, self.bayes) or TrainConfig(
-            **{**asdict(bayes), "seed": self.seed, "lr_scales": dict(DEFAULT_LR_SCALES.get(self.method, {}))})
-        # magnitude pruning is nothing without fine-tuning: 10 epochs unless the caller says otherwise
+            **{**asdict(bayes), "seed": self.seed, "lr_scales": dict(method.lr_scales)})
         self.finetune = _as(TrainConfig, self.finetune) or TrainConfig(
-            epochs=10 if self.method == "magnitude" else 0, lr=1e-3, lr_schedule="cosine", seed=self.seed)
+            epochs=method.default_finetune_epochs, lr=1e-3, lr_schedule="cosine", seed=self.seed)
         self.compress = _as(CompressConfig, self.compress) or CompressConfig()
-        if self.method in NON_PRIOR_METHODS:
-            self.prior = asdict(NON_PRIOR_METHODS[self.method]()(**(dict(self.prior) if self.prior else {})))
-        else:
-            self.prior = asdict(make_config(self.method, dict(self.prior) if self.prior else None))
+        self.prior = method.settings_dict(dict(self.prior) if self.prior else None)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -213,73 +191,9 @@ def _pretrained_dense(config: RunConfig, data: DataBundle, log) -> nn.Module:
     return model
 
 
-def finetune_aware_compress(model: nn.Module, data: DataBundle, config: RunConfig,
-                            log=print) -> CompressionResult:
-    """Pick the pruning level by the validation error *after* fine-tuning (see ``CompressConfig.finetune_search``).
-
-    The greedy search runs with a wide tolerance to list candidate plans from mild to severe; a bisection along
-    them fine-tunes each probed candidate (``config.finetune``) and keeps the most compressed one whose validation
-    error is within ``tolerance_pct`` points of the unpruned posterior mean's (the reference of the plain search;
-    the dense model's is not used because fine-tuning a pruned posterior rarely returns to it). Only the
-    validation split is used.
-    """
-    from dataclasses import replace
-
-    from bayescomp.compress.search import thresholds_for_counts
-
-    wide = compress(model, data.val, replace(config.compress, tolerance_pct=config.compress.search_range_pct))
-    path = wide.search_path
-    budget = wide.base_val_error_pct + config.compress.tolerance_pct
-    probes: dict[int, float] = {}
-
-    def finetuned_val_error(k: int) -> float:
-        thresholds = thresholds_for_counts(wide.log_alpha, path[k]["pruned"])
-        candidate = compress(model, data.val, replace(config.compress, thresholds=thresholds))
-        finetune_keeping_zeros(candidate.model, data, config.finetune, None, False, lambda *_: None)
-        probes[k] = evaluate(candidate.model, data.val)["error_pct"]
-        log(f"  candidate {k}/{len(path) - 1}: arch {candidate.architecture_kept}, "
-            f"{candidate.compression_architecture:.1f}x, fine-tuned val err {probes[k]:.2f}% (budget {budget:.2f}%)")
-        return probes[k]
-
-    lo, hi = 0, len(path) - 1  # invariant: lo is acceptable (no pruning is assumed to be), hi+1.. unknown/bad
-    if finetuned_val_error(hi) <= budget:
-        lo = hi
-    while lo < hi - 1 and hi > 0:
-        mid = (lo + hi) // 2
-        if finetuned_val_error(mid) <= budget:
-            lo = mid
-        else:
-            hi = mid
-    chosen = thresholds_for_counts(wide.log_alpha, path[lo]["pruned"])
-    result = compress(model, data.val, replace(config.compress, thresholds=chosen))
-    result.search_path = [dict(p, finetuned_val_error_pct=probes.get(i)) for i, p in enumerate(path)]
-    result.base_val_error_pct = wide.base_val_error_pct
-    return result
-
-
-def finetune_keeping_zeros(model: nn.Module, data: DataBundle, config: TrainConfig, checkpoint: Path | None,
-                           progress: bool, log) -> None:
-    """Fine-tune the pruned plain model in place; weights that are zero (per-weight pruning: Sparse VD, Turbo-VBI)
-    stay zero (a fixed ``torch.nn.utils.prune`` mask during training, made permanent afterwards)."""
-    from bayescomp.magnitude import _apply_masks, _make_permanent
-
-    layers = [m for m in prunable_modules(model) if bool((m.weight == 0).any())]
-    _apply_masks(layers, [m.weight.detach() != 0 for m in layers])
-    try:
-        fit(model, data, config, checkpoint_path=checkpoint, progress=progress, log=log)
-    finally:
-        _make_permanent(layers)
-
-
 def save_compressed(result: CompressionResult, path: Path, metadata: dict[str, Any]) -> int:
-    quant = {}
-    modules = packed_leaves(result.quantized_model)
-    layers = prunable_modules(result.quantized_model)
-    for layer, precision in zip(layers, result.precisions):
-        if precision.total_bits >= 32:  # float32 layers (e.g. magnitude pruning) are stored as they are
-            continue
-        quant[next(i for i, m in enumerate(modules) if m is layer)] = QuantSpec(step=precision.step)
-    return save_packed(result.quantized_model, path, quant, metadata)
+    """Write ``result`` as a packed file (same as ``result.save(path, metadata)``); returns its size in bytes."""
+    return result.save(path, metadata)
 
 
 def run(config: RunConfig, run_dir: str | Path, log=print, progress: bool = True, restart: bool = False,
@@ -296,9 +210,10 @@ def run(config: RunConfig, run_dir: str | Path, log=print, progress: bool = True
     """
     started = time.perf_counter()
     dist_utils.init_from_env()
-    if dist_utils.is_distributed() and config.method in NON_PRIOR_METHODS:
+    if dist_utils.is_distributed() and not get_method(config.method).distributed:
+        able = ", ".join(name for name in list_methods() if get_method(name).distributed)
         raise ValueError(f"--method {config.method} does not support data-parallel training (--nproc > 1); "
-                         f"use one of the priors: {', '.join(sorted(PRIORS))}")
+                         f"use one of: {able}")
     if not dist_utils.is_main():
         log = lambda *_: None  # noqa: E731
     run_dir = Path(run_dir)
@@ -322,21 +237,14 @@ def _run(config: RunConfig, run_dir: Path, log, progress: bool, restart: bool, c
     dense_eval = evaluate(dense, data.test)
     log(f"dense test error {dense_eval['error_pct']:.2f}%")
 
-    if config.method == "magnitude":
-        return _run_magnitude(config, run_dir, data, dense, dense_eval, started, log, progress, command)
-    if config.method == "self":
-        return _run_self(config, run_dir, data, dense, dense_eval, started, log, progress, command)
-    seed_everything(config.seed)
-    model = bayesify(dense, config.method, config.prior)
-    log(f"Bayesian training ({config.method}, {config.bayes.epochs} epochs)")
-    history = fit(model, data, config.bayes, checkpoint_path=run_dir / "bayes.ckpt", progress=progress, log=log,
-                  device=device, amp=amp)
+    method = get_method(config.method)
+    ctx = RunContext(config=config, data=data, dense=dense, run_dir=run_dir,
+                     settings=method.make_settings(config.prior), log=log, progress=progress, device=device, amp=amp)
+    outcome = prepare_and_train(method, ctx)
     training = {"device": str(device or "cpu"), "amp": amp}
     if dist_utils.is_distributed():
-        return _finish_distributed(config, run_dir, data, dense, dense_eval, model, history, started, log,
-                                   progress, command, training)
-    return _finish(config, run_dir, data, dense, dense_eval, model, history, started, log, progress, command,
-                   training=training)
+        return _finish_distributed(method, ctx, outcome, dense_eval, started, command, training)
+    return _finish(method, ctx, outcome, dense_eval, started, command, training=training)
 
 
 def _check_thresholds_fit(config: RunConfig, data: DataBundle) -> None:
@@ -351,7 +259,7 @@ def _check_thresholds_fit(config: RunConfig, data: DataBundle) -> None:
     try:
         layers = len(build_chain(dense).layers)
     except UnsupportedModelError:  # graph models: one threshold per coupled channel group of the Bayesian model
-        if config.method not in PRIORS:
+        if get_method(config.method).needs != "prior":
             return
         try:
             graph = DependencyGraph(bayesify(dense, config.method, config.prior), data.val.example())
@@ -382,18 +290,17 @@ def _prepare_run_dir(config: RunConfig, run_dir: Path, restart: bool, log) -> No
     record_path.write_text(json.dumps(config.to_dict(), indent=2))
 
 
-def _finish_distributed(config: RunConfig, run_dir: Path, data: DataBundle, dense: nn.Module, dense_eval: dict,
-                        model: nn.Module, history, started: float, log, progress: bool,
-                        command: str | None, training: dict[str, Any] | None = None) -> dict[str, Any]:
+def _finish_distributed(method: Method, ctx: RunContext, outcome: MethodOutcome, dense_eval: dict, started: float,
+                        command: str | None, training: dict[str, Any]) -> dict[str, Any]:
     """After data-parallel training: rank 0 searches the thresholds, every rank derives its masks from its own
     posterior with them, the masks must agree; then rank 0 compresses and reports alone (``local_only``) and
     every rank returns rank 0's report."""
     result = None
     if dist_utils.is_main():
         with dist_utils.local_only():
-            result = _compress(config, data, model, log, progress)
+            result = method.compress(outcome.model, ctx)
     thresholds = dist_utils.broadcast(result.thresholds if result is not None else None)
-    digest = dist_utils.mask_digest(model, thresholds, data.val.example())
+    digest = mask_digest(outcome.model, thresholds, ctx.data.val.example())
     ddp = {"ranks": dist_utils.world_size(), "same_masks": dist_utils.all_equal(digest),
            "backend": dist_utils.backend(), "mask_digest": digest}
     if not ddp["same_masks"]:
@@ -402,111 +309,101 @@ def _finish_distributed(config: RunConfig, run_dir: Path, data: DataBundle, dens
     report = None
     if dist_utils.is_main():
         with dist_utils.local_only():
-            report = _finish(config, run_dir, data, dense, dense_eval, model, history, started, log, progress,
-                             command, result=result, ddp=ddp, training=training)
+            report = _finish(method, ctx, outcome, dense_eval, started, command, result=result, ddp=ddp,
+                             training=training)
     return dist_utils.broadcast(report)
 
 
-def _compress(config: RunConfig, data: DataBundle, model: nn.Module, log, progress: bool) -> CompressionResult:
-    if config.compress.finetune_search and config.finetune.epochs > 0:
-        return finetune_aware_compress(model, data, config, log)
-    return compress(model, data.val, config.compress, log=log if progress else None)
-
-
-def _finish(config: RunConfig, run_dir: Path, data: DataBundle, dense: nn.Module, dense_eval: dict,
-            model: nn.Module, history, started: float, log, progress: bool, command: str | None,
-            result: CompressionResult | None = None, ddp: dict[str, Any] | None = None,
+def _finish(method: Method, ctx: RunContext, outcome: MethodOutcome, dense_eval: dict, started: float,
+            command: str | None, result: CompressionResult | None = None, ddp: dict[str, Any] | None = None,
             training: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Compress the trained posterior (unless ``result`` is given), fine-tune, pack, measure and report: the
+    """Compress the trained model (unless ``result`` is given), fine-tune, pack, measure and report: the
     single-process tail of :func:`run`; ``ddp`` is recorded in the report."""
-    from bayescomp.report import build_report, write_report  # local: report imports plotting lazily
-
-    bayes_eval = evaluate(model, data.test)
-    log(f"Bayesian posterior-mean test error {bayes_eval['error_pct']:.2f}%; compressing")
-    if result is None:
-        result = _compress(config, data, model, log, progress)
-    before_finetune = None
-    if config.finetune.epochs > 0:
-        before_finetune = evaluate(result.model, data.test)["error_pct"]
-        log(f"pruned test error before fine-tuning {before_finetune:.2f}%")
-        log(f"fine-tuning the pruned model ({config.finetune.epochs} epochs, deterministic, lr {config.finetune.lr})")
-        finetune_keeping_zeros(result.model, data, config.finetune, run_dir / "finetune.ckpt", progress, log)
-        result.model.eval()
-        result.quantized_model = quantize_model(result.model, result.precisions)
-    metadata = {"run": config.to_dict(), "architecture_kept": result.architecture_kept}
-    file_bytes = save_compressed(result, run_dir / "compressed.bcz", metadata)
-    report = build_report(config, data, dense, model, result, history, dense_eval, bayes_eval,
+    config, data, run_dir = ctx.config, ctx.data, ctx.run_dir
+    bayes_eval = None
+    if method.needs != "none":
+        bayes_eval = evaluate(outcome.model, data.test)
+        ctx.log(f"trained model (posterior mean) test error {bayes_eval['error_pct']:.2f}%; compressing")
+    compress_and_finetune(method, ctx, outcome, result, checkpoint=run_dir / "finetune.ckpt")
+    result = outcome.result
+    metadata = {"run": config.to_dict(), "architecture_kept": result.architecture_kept, **ctx.metadata}
+    file_bytes = result.save(run_dir / "compressed.bcz", metadata)
+    posterior = outcome.model if method.posterior_in_report else None
+    report = build_report(config, data, ctx.dense, posterior, result, outcome.history, dense_eval, bayes_eval,
                           file_bytes, run_dir, started, command or " ".join(sys.argv), git_commit())
-    report["test_error_pct_pruned_before_finetune"] = before_finetune
+    report["test_error_pct_pruned_before_finetune"] = outcome.test_error_pct_before_finetune
+    report.update(ctx.extras)
+    report.update(method.report_extras(posterior, ctx))
     if ddp is not None:
         report["ddp"] = ddp
     report["training"] = training or {"device": "cpu", "amp": False}
-    write_report(report, run_dir, model=model, result=result, data=data, plots=config.plots)
+    write_report(report, run_dir, model=posterior, result=result, data=data, plots=config.plots)
     return report
 
 
-def _run_magnitude(config: RunConfig, run_dir: Path, data: DataBundle, dense: nn.Sequential, dense_eval: dict,
-                   started: float, log, progress: bool, command: str | None) -> dict[str, Any]:
-    """The non-Bayesian baseline: gradual magnitude pruning with fine-tuning, then the same shrinking, packing and
-    report as every other method. The fine-tuning rounds are short and are redone if the run is interrupted."""
-    import copy
+@dataclass
+class ModelRunConfig:
+    """The settings :func:`compress_model` runs a method with (a :class:`RunConfig` without the zoo and data parts)."""
 
-    from bayescomp.magnitude import MagnitudeConfig, magnitude_compress, prune_and_finetune
-    from bayescomp.report import build_report, write_report
-    from bayescomp.train import TrainHistory
+    method: str = "gnj"
+    seed: int = 0
+    bayes: TrainConfig | None = None
+    finetune: TrainConfig | None = None
+    compress: CompressConfig = field(default_factory=CompressConfig)
+    prior: dict[str, Any] = field(default_factory=dict)
 
-    settings = MagnitudeConfig(**config.prior)
-    model = copy.deepcopy(dense)
-    seed_everything(config.seed)
-    log(f"magnitude pruning to sparsity {settings.sparsity} ({'structured' if settings.structured else 'unstructured'}, "
-        f"{settings.scope}), {settings.rounds} rounds, {config.finetune.epochs} fine-tuning epochs")
-    masks = prune_and_finetune(model, data, settings, config.finetune, log=log, progress=progress)
-    result = magnitude_compress(model, masks)
-    metadata = {"run": config.to_dict(), "architecture_kept": result.architecture_kept}
-    file_bytes = save_compressed(result, run_dir / "compressed.bcz", metadata)
-    report = build_report(config, data, dense, None, result, TrainHistory(), dense_eval, None,
-                          file_bytes, run_dir, started, command or " ".join(sys.argv), git_commit())
-    report["epochs"] = 0
-    report["test_error_pct_pruned_before_finetune"] = None
-    write_report(report, run_dir, model=None, result=result, data=data, plots=config.plots)
-    return report
+    def __post_init__(self) -> None:
+        self.method = canonical_name(self.method)
+        method = get_method(self.method)
+        self.bayes = _as(TrainConfig, self.bayes) or TrainConfig(
+            epochs=30, lr=3e-3, lr_schedule="cosine", kl_warmup_epochs=2, seed=self.seed,
+            lr_scales=dict(method.lr_scales))
+        self.finetune = _as(TrainConfig, self.finetune) or TrainConfig(
+            epochs=method.default_finetune_epochs, lr=1e-3, lr_schedule="cosine", seed=self.seed)
+        self.compress = _as(CompressConfig, self.compress) or CompressConfig()
+        self.prior = method.settings_dict(dict(self.prior) if self.prior else None)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
 
 
-def _run_self(config: RunConfig, run_dir: Path, data: DataBundle, dense: nn.Sequential, dense_eval: dict,
-              started: float, log, progress: bool, command: str | None) -> dict[str, Any]:
-    """Self-compression (Carannante et al. 2020): train the density-propagating twin, delete kernels by norm while
-    the validation error allows, retrain, repeat; then the shared shrinking path and report. The kept kernels'
-    posterior variances are saved in the file's metadata (``variance_head``)."""
-    from dataclasses import replace
+def compress_model(model: nn.Module, data: DataBundle, method: str = "gnj", *, epochs: int | None = None,
+                   prior: dict[str, Any] | None = None, bayes: TrainConfig | None = None,
+                   finetune: TrainConfig | None = None, compress: CompressConfig | None = None, seed: int = 0,
+                   run_dir: str | Path | None = None, log=print, progress: bool = False,
+                   device: str | None = None, amp: bool = False) -> CompressionResult:
+    """Compress a trained ``nn.Module`` (a zoo model or your own) with a registered method; the one-call verb.
 
-    from bayescomp.magnitude import magnitude_compress
-    from bayescomp.report import build_report, write_report
-    from bayescomp.selfcompress.procedure import (
-        SelfCompressionConfig, dense_shaped_posterior_mean, density_twin, self_compress, variance_head,
-    )
+    The method's hooks run as in :func:`run` (prepare -> train -> compress -> optional fine-tuning), on ``data``
+    (its validation split chooses the thresholds; the test split is not read). ``model`` is not modified.
 
-    settings = SelfCompressionConfig(**config.prior)
-    seed_everything(config.seed)
-    model = density_twin(dense, settings)
-    log(f"self-compression: training the density-propagating network ({settings.covariance} covariance, "
-        f"{settings.likelihood} likelihood, {config.bayes.epochs} epochs)")
-    history = fit(model, data, config.bayes, checkpoint_path=run_dir / "bayes.ckpt", progress=progress, log=log,
-                  objective=settings.objective(len(data.train)))
-    bayes_eval = evaluate(model, data.test)
-    log(f"posterior-mean test error {bayes_eval['error_pct']:.2f}%; deleting kernels (tolerance "
-        f"{settings.tolerance_pct} points of validation error)")
-    retrain = replace(config.bayes, epochs=settings.retrain_epochs, lr=config.bayes.lr / 10, lr_schedule="constant",
-                      kl_warmup_epochs=0.0)
-    small, kept, rounds = self_compress(model, data, settings, retrain, log=log)
-    plain = dense_shaped_posterior_mean(dense, small, kept)
-    result = magnitude_compress(plain, [torch.ones_like(m.weight) for m in prunable_modules(plain)])
-    metadata = {"run": config.to_dict(), "architecture_kept": result.architecture_kept,
-                "variance_head": variance_head(small)}
-    file_bytes = save_compressed(result, run_dir / "compressed.bcz", metadata)
-    report = build_report(config, data, dense, None, result, history, dense_eval, bayes_eval,
-                          file_bytes, run_dir, started, command or " ".join(sys.argv), git_commit())
-    report["test_error_pct_pruned_before_finetune"] = None
-    report["self_compression_rounds"] = rounds
-    report["test_error_pct_density"] = evaluate(small, data.test)["error_pct"]
-    write_report(report, run_dir, model=None, result=result, data=data, plots=config.plots)
-    return report
+    Args:
+        model: the trained dense network; its weights initialise the posterior means.
+        data: train / val / test splits (:func:`bayescomp.load_dataset` or your own :class:`DataBundle`).
+        method: a name of :func:`bayescomp.list_methods` (or an alias).
+        epochs: Bayesian training epochs (shortcut for ``bayes``'s; default 30).
+        prior: the method's settings as a dict of its config dataclass's fields.
+        bayes / finetune / compress: full training, fine-tuning and compression settings.
+        run_dir: where training checkpoints go (a rerun resumes); ``None``: no checkpoints.
+
+    Returns the :class:`~bayescomp.compress.CompressionResult`: ``result.quantized_model`` is the small plain model,
+    ``result.save(path)`` writes it, ``result.extras["history"]`` holds the training history.
+    """
+    config = ModelRunConfig(method=method, seed=seed, bayes=bayes, finetune=finetune,
+                            compress=compress or CompressConfig(), prior=dict(prior or {}))
+    if epochs is not None:
+        config.bayes = replace(config.bayes, epochs=epochs)
+    spec = get_method(config.method)
+    ctx = RunContext(config=config, data=data, dense=model, run_dir=None if run_dir is None else Path(run_dir),
+                     settings=spec.make_settings(config.prior), log=log, progress=progress, device=device, amp=amp)
+    if ctx.run_dir is not None:
+        ctx.run_dir.mkdir(parents=True, exist_ok=True)
+    outcome = prepare_and_train(spec, ctx)
+    checkpoint = None if ctx.run_dir is None else ctx.run_dir / "finetune.ckpt"
+    compress_and_finetune(spec, ctx, outcome, checkpoint=checkpoint)
+    result = outcome.result
+    result.extras.update(ctx.extras)
+    result.extras.update(spec.report_extras(outcome.model if spec.posterior_in_report else None, ctx))
+    result.extras.update({"history": outcome.history.epochs, "method": spec.name, "metadata": ctx.metadata,
+                          "test_error_pct_pruned_before_finetune": outcome.test_error_pct_before_finetune})
+    return result

@@ -33,6 +33,7 @@ from bayescomp.calibration import calibration_report
 from bayescomp.compress.blocks import choose_block_format, regularity_metrics
 from bayescomp.compress.chain import build_chain
 from bayescomp.compress.search import sweep_global_thresholds
+from bayescomp.methods import METHODS, get_method
 from bayescomp.priors.base import deterministic_mode
 from bayescomp.runtime import compare_runtimes, format_runtime_latency
 from bayescomp.train import evaluate
@@ -174,11 +175,6 @@ def build_report(config, data, dense, model, result: CompressionResult, history,
     }
     report.update(regularity_fields(dense, result.quantized_model))
     report["calibration"] = calibration_report(result.quantized_model, data.test)
-    if model is not None and config.method == "turbo":
-        from bayescomp.priors.base import bayesian_layers
-
-        report["module_b_sweep_s"] = sum(layer.time_module_b_sweep() for _, layer in bayesian_layers(model))
-        report["epoch_s"] = report["epoch_s_mean"]
     if config.latency:
         report["latency_ms"] = measure_latency_pair(dense, result.quantized_model, input_shape)
         report["block_format"] = block_format_latency(dense, result.quantized_model, input_shape)
@@ -264,11 +260,9 @@ def render_markdown(report: dict[str, Any]) -> str:
                      f"block-format model runs at {blocks['latency_ms']['compressed']['batch_256']:.3f} ms "
                      "(batch 256)" if used else "no layer is faster than dense; the dense-pruned model is kept")]
     before = report.get("test_error_pct_pruned_before_finetune")
-    if report["method"] == "magnitude":
-        opts = report["config"]["prior"]
-        lines += ["", f"Magnitude pruning ({'structured' if opts['structured'] else 'unstructured'}, {opts['scope']} "
-                  f"threshold) to sparsity {opts['sparsity']} in {opts['rounds']} rounds with "
-                  f"{report['finetune_epochs']} epochs of fine-tuning in all; weights stay float32 (32 bits)."]
+    described = get_method(report["method"]).describe(report) if report["method"] in METHODS else []
+    if described:
+        lines += ["", *described]
     elif report.get("finetune_epochs") and before is not None:
         lines += ["", f"The pruned model was fine-tuned (plain training of the kept weights) for "
                   f"{report['finetune_epochs']} epochs before quantisation; its test error before fine-tuning was "

@@ -27,6 +27,8 @@ from tqdm.auto import tqdm
 from bayescomp import distributed as dist_utils
 from bayescomp.checkpoint import load_checkpoint, save_checkpoint
 from bayescomp.data import DataBundle, TensorData
+from bayescomp.evaluation import device_of as _device_of
+from bayescomp.evaluation import evaluate  # noqa: F401  (re-exported: bayescomp.train.evaluate)
 from bayescomp.objective import kl_weight, variational_loss
 from bayescomp.priors.base import bayesian_layers, deterministic_mode
 
@@ -112,33 +114,6 @@ def _lr_factor(schedule: str, epoch: int, total: int) -> float:
     if schedule == "linear":
         return max(0.0, 1.0 - epoch / max(total, 1))
     raise ValueError(f"unknown lr_schedule {schedule!r}; use constant, cosine or linear")
-
-
-def _logits(outputs: Any) -> torch.Tensor:
-    """Logits of a model's output; density-propagating models return moments whose mean is the predictive
-    probability vector, whose log serves as logits (log-softmax leaves it unchanged)."""
-    if isinstance(outputs, torch.Tensor):
-        return outputs
-    return torch.log(outputs.mean.clamp_min(1e-12))
-
-
-@torch.no_grad()
-def evaluate(model: nn.Module, data: TensorData, batch_size: int = 1000) -> dict[str, float]:
-    """Test error (%) and mean NLL of the deterministic (posterior-mean) model."""
-    errors, nll, count = 0, 0.0, 0
-    device = _device_of(model)
-    with deterministic_mode(model):
-        for images, labels in data.batches(batch_size, device=None if device.type == "cpu" else device):
-            logits = _logits(model(images))
-            nll += torch.nn.functional.cross_entropy(logits, labels, reduction="sum").item()
-            errors += (logits.argmax(1) != labels).sum().item()
-            count += labels.numel()
-    return {"error_pct": 100.0 * errors / max(count, 1), "nll": nll / max(count, 1)}
-
-
-def _device_of(model: nn.Module) -> torch.device:
-    first = next(model.parameters(), None)
-    return torch.device("cpu") if first is None else first.device
 
 
 PRECISIONS = ("fp32", "bf16", "auto")

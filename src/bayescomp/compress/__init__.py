@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import copy
+import os
 from dataclasses import dataclass, field
 
 import torch
@@ -18,10 +19,12 @@ from bayescomp.compress.masks import (
 )
 from bayescomp.compress.precision import LayerPrecision, layer_precisions, quantize_fixed_point
 from bayescomp.compress.search import global_threshold_search, greedy_threshold_search
+from bayescomp.compress.packed import QuantSpec, packed_leaves, save_packed
 from bayescomp.compress.shrink import kept_weight_variances, shrink
+from bayescomp.compress.storage import compression_csr
 from bayescomp.data import TensorData
 from bayescomp.priors.base import deterministic_mode
-from bayescomp.train import evaluate
+from bayescomp.evaluation import evaluate
 
 
 SEARCHES = ("auto", "greedy", "global")
@@ -94,6 +97,19 @@ class CompressionResult:
     stat_names: list[str] | None = None
     #: the :class:`~bayescomp.compress.graph.DependencyGraph` the graph path pruned with (``None`` for chains)
     graph: object | None = None
+    #: what the run that produced this result recorded beside it (training history, method-specific figures)
+    extras: dict = field(default_factory=dict)
+
+    def save(self, path: str | os.PathLike, metadata: dict | None = None) -> int:
+        """Write the quantised compressed model as a packed file (``.bcz``, :mod:`bayescomp.compress.packed`);
+        layers below 32 bits are stored at their bit width. Returns the file size in bytes."""
+        quant = {}
+        modules = packed_leaves(self.quantized_model)
+        for layer, precision in zip(prunable_modules(self.quantized_model), self.precisions):
+            if precision.total_bits >= 32:  # float32 layers (e.g. magnitude pruning) are stored as they are
+                continue
+            quant[next(i for i, m in enumerate(modules) if m is layer)] = QuantSpec(step=precision.step)
+        return save_packed(self.quantized_model, path, quant, dict(metadata or {}))
 
     @property
     def weights_nonzero(self) -> int:
@@ -107,9 +123,7 @@ class CompressionResult:
 
     def compression_csr(self, quantized: bool = False) -> float:
         """32 x all weights / bits of the compressed layers in CSR (values + column indices + row pointers),
-        values at float32, or at each layer's bit width with ``quantized`` (see :func:`bayescomp.measure.csr_storage_bits`)."""
-        from bayescomp.measure import compression_csr
-
+        values at float32, or at each layer's bit width with ``quantized`` (see :func:`csr_storage_bits`)."""
         weights = [m.weight.detach() for m in prunable_modules(self.quantized_model if quantized else self.model)]
         return compression_csr(self.weights_dense, weights, self.bits_per_layer if quantized else 32)
 

@@ -1,6 +1,6 @@
 """Conditional compression with a Bayesian hypernetwork (Nguyen et al., ECML-PKDD 2021).
 
-Train once (:func:`train_hypernetwork`), then ``compressor.generate(classes=[0, 3, 7], budget=0.2)`` returns a
+Train once (:func:`train_hypernetwork`), then ``generate(compressor, classes=[0, 3, 7], budget=0.2).model`` returns a
 small plain network for that context in milliseconds, without retraining.
 """
 

@@ -233,44 +233,6 @@ class HyperCompressor(nn.Module):
             z = mu[0]
         return self.forward_with_scales(x, self.split(z))
 
-    # ---------------------------------------------------------------------------------------------- generation
-    def generate(self, classes, budget: float = 1.0, threshold: float | None = None) -> nn.Sequential:
-        """The physically smaller plain network for a context; output j is the logit of ``sorted(classes)[j]``
-        (also in the returned model's ``classes`` attribute). See :func:`bayescomp.hyper.generate.generate`."""
-        from bayescomp.hyper.generate import generate
-
-        return generate(self, classes, budget, threshold).model
-
-    def generate_detailed(self, classes, budget: float = 1.0, threshold: float | None = None):
-        """Like :meth:`generate`, returning a :class:`~bayescomp.hyper.generate.Generated` (plan, compute,
-        weights, time)."""
-        from bayescomp.hyper.generate import generate
-
-        return generate(self, classes, budget, threshold)
-
     def extra_repr(self) -> str:
         return (f"groups={self.num_groups}, factorization={self.config.factorization}, "
                 f"threshold={float(self.threshold):.3g}")
-
-
-def context_loss(model: HyperCompressor, images: torch.Tensor, labels: torch.Tensor, context_vec: torch.Tensor,
-                 classes: list[int], budget: float, n_context: int, kl_scale: float
-                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Negative ELBO of one context per example: cross-entropy over the context's classes (labels already
-    renumbered to positions in ``classes``) + ``budget ** -budget_power`` x KL / N_context."""
-    mu, log_sigma2 = model.posterior(context_vec.reshape(1, -1))
-    z = mu + torch.randn(images.shape[0], mu.shape[-1]) * (0.5 * log_sigma2).exp()
-    scales = model.split(z)
-    if model.config.budget_masking and budget < 1.0:
-        from bayescomp.hyper.context import Context
-        from bayescomp.hyper.generate import budget_plan, masked_scales
-
-        log_alpha = model.log_alpha(mu, log_sigma2)[0].detach()
-        if bool(torch.isfinite(log_alpha).all()):  # NaN scales fall through to the trainer's NaN guard
-            plan, _ = budget_plan(model, log_alpha, Context(tuple(classes), float(budget)))
-            scales = masked_scales(model, scales, plan)
-    logits = model.forward_with_scales(images, scales)[:, classes]
-    nll = F.cross_entropy(logits, labels)
-    kl = model.kl_divergence(mu, log_sigma2)[0]
-    weight = budget ** (-model.config.budget_power)
-    return nll + kl_scale * weight * kl / n_context, nll, kl

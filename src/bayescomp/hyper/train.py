@@ -2,7 +2,7 @@
 
 Each step draws a context (a uniform number of classes in [min_classes, max_classes], the classes uniformly, a
 budget: 1 with probability ``full_budget_share``, else log-uniform in [budget_min, 1]) and a mini-batch of
-training examples of those classes, and minimises :func:`bayescomp.hyper.model.context_loss`. The contexts and
+training examples of those classes, and minimises :func:`context_loss`. The contexts and
 the data order of epoch e come from a generator seeded with (seed, e), and every epoch ends in an atomic
 checkpoint holding the RNG state, so an interrupted run resumes and ends as an uninterrupted one would.
 """
@@ -17,12 +17,14 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from bayescomp.checkpoint import atomic_torch_save, load_checkpoint, save_checkpoint
 from bayescomp.data import DataBundle
 from bayescomp.hyper.context import Context, random_contexts, restrict
-from bayescomp.hyper.model import HyperCompressor, HyperConfig, context_loss
+from bayescomp.hyper.generate import budget_plan, masked_scales
+from bayescomp.hyper.model import HyperCompressor, HyperConfig
 from bayescomp.objective import kl_weight
 from bayescomp.train import (
     NonFiniteLossError, TrainConfig, _lr_factor, make_optimizer, restore_training_state, seed_everything,
@@ -183,3 +185,23 @@ def load_hypernetwork(path: str | Path, teacher: torch.nn.Sequential | None = No
                               f"({str(error)[:200]}); train it again") from None
     model.metadata = meta
     return model.eval()
+
+
+def context_loss(model: HyperCompressor, images: torch.Tensor, labels: torch.Tensor, context_vec: torch.Tensor,
+                 classes: list[int], budget: float, n_context: int, kl_scale: float
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Negative ELBO of one context per example: cross-entropy over the context's classes (labels already
+    renumbered to positions in ``classes``) + ``budget ** -budget_power`` x KL / N_context."""
+    mu, log_sigma2 = model.posterior(context_vec.reshape(1, -1))
+    z = mu + torch.randn(images.shape[0], mu.shape[-1]) * (0.5 * log_sigma2).exp()
+    scales = model.split(z)
+    if model.config.budget_masking and budget < 1.0:
+        log_alpha = model.log_alpha(mu, log_sigma2)[0].detach()
+        if bool(torch.isfinite(log_alpha).all()):  # NaN scales fall through to the trainer's NaN guard
+            plan, _ = budget_plan(model, log_alpha, Context(tuple(classes), float(budget)))
+            scales = masked_scales(model, scales, plan)
+    logits = model.forward_with_scales(images, scales)[:, classes]
+    nll = F.cross_entropy(logits, labels)
+    kl = model.kl_divergence(mu, log_sigma2)[0]
+    weight = budget ** (-model.config.budget_power)
+    return nll + kl_scale * weight * kl / n_context, nll, kl

@@ -1,0 +1,42 @@
+"""Evaluation of a model on a split: test error and negative log-likelihood of the deterministic forward.
+
+Kept apart from training (:mod:`bayescomp.train`) because compression's threshold search evaluates candidates too
+and must not depend on the trainer.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from bayescomp.data import TensorData
+from bayescomp.priors.base import deterministic_mode
+
+
+def _logits(outputs: Any) -> torch.Tensor:
+    """Logits of a model's output; density-propagating models return moments whose mean is the predictive
+    probability vector, whose log serves as logits (log-softmax leaves it unchanged)."""
+    if isinstance(outputs, torch.Tensor):
+        return outputs
+    return torch.log(outputs.mean.clamp_min(1e-12))
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, data: TensorData, batch_size: int = 1000) -> dict[str, float]:
+    """Test error (%) and mean NLL of the deterministic (posterior-mean) model."""
+    errors, nll, count = 0, 0.0, 0
+    device = device_of(model)
+    with deterministic_mode(model):
+        for images, labels in data.batches(batch_size, device=None if device.type == "cpu" else device):
+            logits = _logits(model(images))
+            nll += torch.nn.functional.cross_entropy(logits, labels, reduction="sum").item()
+            errors += (logits.argmax(1) != labels).sum().item()
+            count += labels.numel()
+    return {"error_pct": 100.0 * errors / max(count, 1), "nll": nll / max(count, 1)}
+
+
+def device_of(model: nn.Module) -> torch.device:
+    first = next(model.parameters(), None)
+    return torch.device("cpu") if first is None else first.device

@@ -1,0 +1,55 @@
+"""The method-independent sequence of a compression run: prepare, train, compress, fine-tune, re-quantise.
+
+Used by both :func:`bayescomp.pipeline.run` (zoo models, run directories, reports) and
+:func:`bayescomp.pipeline.compress_model` (any trained ``nn.Module``), so there is one path for every method.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from torch import nn
+
+from bayescomp.compress import CompressionResult, quantize_model
+from bayescomp.methods.base import Method, RunContext
+from bayescomp.methods.finetune import finetune_keeping_zeros
+from bayescomp.train import TrainHistory, evaluate, seed_everything
+
+
+@dataclass
+class MethodOutcome:
+    """What one method run produced: the trained model, its history and the compression result."""
+
+    model: nn.Module
+    history: TrainHistory
+    result: CompressionResult | None = None
+    test_error_pct_before_finetune: float | None = None
+
+
+def prepare_and_train(method: Method, ctx: RunContext) -> MethodOutcome:
+    """The method's model (seeded) and its training."""
+    seed_everything(ctx.config.seed)
+    model = method.prepare(ctx)
+    ctx.log(f"{method.name}: training ({ctx.config.bayes.epochs} epochs)")
+    history = method.train(model, ctx)
+    ctx.state["history"] = history
+    return MethodOutcome(model, history)
+
+
+def compress_and_finetune(method: Method, ctx: RunContext, outcome: MethodOutcome,
+                          result: CompressionResult | None = None, checkpoint: Any = None) -> MethodOutcome:
+    """Compress the trained model (unless ``result`` is given, e.g. found by a data-parallel run), then the shared
+    fine-tuning of the pruned plain model and its re-quantisation, where the method asks for it."""
+    if result is None:
+        result = method.compress(outcome.model, ctx)
+    finetune = ctx.config.finetune
+    if method.finetune_after_compress and finetune.epochs > 0:
+        outcome.test_error_pct_before_finetune = evaluate(result.model, ctx.data.test)["error_pct"]
+        ctx.log(f"pruned test error before fine-tuning {outcome.test_error_pct_before_finetune:.2f}%")
+        ctx.log(f"fine-tuning the pruned model ({finetune.epochs} epochs, deterministic, lr {finetune.lr})")
+        finetune_keeping_zeros(result.model, ctx.data, finetune, checkpoint, ctx.progress, ctx.log)
+        result.model.eval()
+        result.quantized_model = quantize_model(result.model, result.precisions)
+    outcome.result = result
+    return outcome

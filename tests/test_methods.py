@@ -1,0 +1,109 @@
+"""The method registry: every method is found by name and alias, declares what the pipeline needs, and the
+one-call verb ``bayescomp.compress_model`` compresses a user's own residual model end to end."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+from torch import nn
+
+import bayescomp
+from bayescomp.cli import main
+from bayescomp.methods import METHODS, Method, canonical_name, get_method, list_methods, method_keys
+from bayescomp.train import TrainConfig, evaluate, fit
+
+
+@pytest.mark.parametrize("name", list_methods())
+def test_every_method_declares_a_valid_settings_dataclass(name):
+    method = get_method(name)
+    assert dataclasses.is_dataclass(method.config_cls)
+    assert set(method.cli_options) <= {f.name for f in dataclasses.fields(method.config_cls)}
+    assert method.settings_dict() == dataclasses.asdict(method.config_cls())
+
+
+def test_aliases_resolve_and_unknown_names_list_the_known_ones():
+    for key in method_keys():
+        assert canonical_name(key) in METHODS
+    assert canonical_name("sparse-vd") == "svd"
+    with pytest.raises(ValueError, match="known: .*gnj"):
+        get_method("no-such-method")
+
+
+def test_a_name_cannot_be_registered_twice():
+    existing = get_method("gnj")
+    with pytest.raises(ValueError, match="already registered"):
+        bayescomp.register_method(dataclasses.replace(existing))
+
+
+def test_the_toy_method_is_registered_by_its_file_alone():
+    assert "toy-rownorm" in list_methods()  # tests/toy_method.py, imported by conftest.py
+
+
+def test_group_lr_scale_refused_where_a_method_has_no_group_scales(tmp_path, capsys):
+    code = main(["run", "--method", "svd", "--group-lr-scale", "5", "--run-dir", str(tmp_path / "r"),
+                 "--train-subset", "500", "--val-size", "500", "--test-subset", "200", "--epochs", "0",
+                 "--dense-epochs", "0", "--no-latency", "--no-plots", "--no-progress"])
+    assert code == 2
+    assert "--group-lr-scale does not apply to --method svd" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", [n for n in list_methods() if get_method(n).group_lr_suffixes])
+def test_group_lr_scale_sets_every_declared_suffix(name):
+    from argparse import Namespace
+
+    from bayescomp.cli import _train_config
+
+    args = Namespace(batch_size=None, epochs=None, lr=None, group_lr_scale=7.0, kl_warmup=None, method=name,
+                     dense_epochs=None)
+    config = _train_config(TrainConfig(), args, bayes=True)
+    assert {s: 7.0 for s in get_method(name).group_lr_suffixes}.items() <= config.lr_scales.items()
+
+
+class Residual(nn.Module):
+    """A user's own model: a conv stem, one residual block, global pooling, a classifier."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(1, 8, 3, padding=1)
+        self.conv_a = nn.Conv2d(8, 8, 3, padding=1)
+        self.conv_b = nn.Conv2d(8, 8, 3, padding=1)
+        self.head = nn.Linear(8, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.stem(x))
+        x = torch.relu(x + self.conv_b(torch.relu(self.conv_a(x))))
+        return self.head(x.mean(dim=(2, 3)))
+
+
+def test_compress_model_on_a_users_residual_model(mnist_small, tmp_path):
+    torch.manual_seed(0)
+    dense = Residual()
+    fit(dense, mnist_small, TrainConfig(epochs=2, lr=3e-3), progress=False, log=lambda *_: None)
+    before = [p.detach().clone() for p in dense.parameters()]
+    result = bayescomp.compress_model(dense, mnist_small, "gnj", epochs=1, log=lambda *_: None)
+    assert all(torch.equal(a, b) for a, b in zip(before, dense.parameters())), "the input model is not modified"
+    assert result.extras["method"] == "gnj" and len(result.extras["history"]) == 1
+    path = tmp_path / "mine.bcz"
+    size = result.save(path)
+    assert size == path.stat().st_size
+    with pytest.raises(bayescomp.compress.packed.PackedFormatError):
+        bayescomp.load(path)  # a user's class is rebuilt only when the caller passes it
+    loaded = bayescomp.load(path, classes=[Residual])
+    images = mnist_small.test.example(16)
+    torch.testing.assert_close(loaded(images), result.quantized_model.eval()(images), rtol=1e-5, atol=1e-5)
+    assert evaluate(loaded, mnist_small.test)["error_pct"] == pytest.approx(
+        evaluate(result.quantized_model, mnist_small.test)["error_pct"])
+
+
+def test_compress_model_runs_a_registered_non_bayesian_method(mnist_small):
+    torch.manual_seed(0)
+    dense = nn.Sequential(nn.Flatten(), nn.Linear(784, 64), nn.ReLU(), nn.Linear(64, 10))
+    result = bayescomp.compress_model(dense, mnist_small, "toy-rownorm", log=lambda *_: None)
+    assert result.architecture_kept[1] == 48  # 0.75 of 64 hidden units
+
+
+def test_list_methods_is_public():
+    assert bayescomp.list_methods() == list_methods()
+    assert isinstance(bayescomp.get_method("gnj"), Method)
