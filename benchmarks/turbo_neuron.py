@@ -127,7 +127,8 @@ def summarise(model: str, candidates: dict[float, dict], reports: dict, rounds: 
 
 
 def _cell(value, fmt: str) -> str:
-    return "-" if value is None else format(value, fmt)
+    """A formatted number, "x" appended for the compression columns; "-" where a record lacks the field."""
+    return "-" if value is None else format(value, fmt) + ("x" if fmt == ".1f" else "")
 
 
 def markdown(result: dict) -> str:
@@ -149,8 +150,8 @@ def markdown(result: dict) -> str:
         lat = result["latency"][name]
         cells = [f"{lat[k]['median_ms']:.3f} ({lat[k]['min_ms']:.3f}-{lat[k]['max_ms']:.3f})" for k in SETTINGS]
         lines.append(f"| {name} | {row['val_error_pct']:.2f} % | {row['test_error_pct']:.2f} % | "
-                     f"{row['kept_architecture']} | {row['filters_kept']} | {_cell(row['compression_nonzero'], '.1f')}x | "
-                     f"{_cell(row['compression_file'], '.1f')}x | {_cell(row['dense_block_share'], '.3f')} | "
+                     f"{row['kept_architecture']} | {row['filters_kept']} | {_cell(row['compression_nonzero'], '.1f')} | "
+                     f"{_cell(row['compression_file'], '.1f')} | {_cell(row['dense_block_share'], '.3f')} | "
                      f"{_cell(row['mean_row_run'], '.2f')} | " + " | ".join(cells) + " |")
     lines += ["", f"Command: `{result['command']}`", ""]
     return "\n".join(lines)

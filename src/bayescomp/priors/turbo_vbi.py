@@ -85,6 +85,10 @@ class TurboVBIConfig:
             row), on with prior probability ``p_neuron``, that forces its whole row off when it is off, so a
             filter switches off as a whole (:mod:`bayescomp.priors.support_mrf`; our reconstruction, UNVERIFIED).
         p_neuron: the neuron level's prior P(neuron on); an empty row is 1/p_neuron times more likely a priori.
+            Off by default: on LeNet-5/MNIST (8 Bayesian epochs, one seed; benchmarks/results/turbo_neuron_*.md)
+            p_neuron = 1e-4 removed a few more conv2 filters and fc neurons than the same schedule without it
+            (20-21-233-65 vs 20-24-245-84) at about the same validation error, far from BC-GNJ's 8-12 filters;
+            too small and too short a measurement to change what the committed Turbo rows were run with.
     """
 
     slab_std: float = 3.0
