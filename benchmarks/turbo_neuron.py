@@ -153,7 +153,9 @@ def markdown(result: dict) -> str:
                      f"{row['kept_architecture']} | {row['filters_kept']} | {_cell(row['compression_nonzero'], '.1f')} | "
                      f"{_cell(row['compression_file'], '.1f')} | {_cell(row['dense_block_share'], '.3f')} | "
                      f"{_cell(row['mean_row_run'], '.2f')} | " + " | ".join(cells) + " |")
-    lines += ["", f"Command: `{result['command']}`", ""]
+    lines += ["", "Latency was measured on a 2-core machine shared with other jobs: absolute times are inflated and noisy; "
+              "only the interleaved comparison within this table is meaningful.", "",
+              f"Command: `{result['command']}`", ""]
     return "\n".join(lines)
 
 
