@@ -1,4 +1,5 @@
-"""Helpers shared by the benchmark scripts: the result-file contract, the reproducing command, publishing a run.
+"""Helpers shared by the benchmark scripts: the result-file contract (drawn from the one report schema), the
+reproducing command, publishing a run.
 
 Kept free of ``benchmarks.*`` imports so that scripts still run as files (``python benchmarks/epoch_cost.py``)
 as well as modules (``python -m benchmarks.table1``).
@@ -12,19 +13,16 @@ import shutil
 import sys
 from pathlib import Path
 
+from bayescomp.report_schema import REPORT_KEYS, Report
+
 RESULTS = Path(__file__).resolve().parent / "results"
 
-CONTRACT = [
-    "model", "data", "method", "seed", "test_error_pct", "test_error_pct_pruned", "test_error_pct_bayes",
-    "dense_test_error_pct", "architecture_dense", "kept_architecture", "weights_dense", "weights_kept",
-    "kept_weight_fraction", "compression_architecture", "compression_bits", "compression_file",
-    "file_bytes_dense", "file_bytes_compressed", "bits_per_layer", "significand_bits_per_layer", "exponent_bits",
-    "thresholds", "flops_dense", "flops_compressed", "flops_compressed_nonzero", "latency_ms",
-    "weights_nonzero", "compression_nonzero", "compression_csr", "compression_csr_bits", "epochs", "dense_epochs", "epoch_s_mean",
-    "finetune_epochs", "test_error_pct_pruned_before_finetune", "wall_time_s", "command", "git_commit", "device", "torch_threads", "config", "tradeoff_curve", "search_path",
-    "dense_block_share", "nonzero_blocks", "blocks_per_nonzero", "mean_row_run", "neurons_removed", "regularity",
-    "block_format", "module_b_sweep_s", "epoch_s", "calibration", "compression_path", "coupled_groups", "training", "ddp",
-]
+#: Report keys left out of the published record: per-epoch history, plots and split sizes stay in the run directory;
+#: runtime_latency has its own benchmark (runtime_latency.py).
+UNPUBLISHED = frozenset({"val_error_pct_bayes", "layers", "n_train", "n_val", "n_test", "history", "plots",
+                         "runtime_latency", "self_compression_rounds", "test_error_pct_density"})
+#: The published fields: the report schema (bayescomp.report_schema.Report) less UNPUBLISHED, in schema order.
+CONTRACT = [key for key in REPORT_KEYS if key not in UNPUBLISHED]
 
 
 def this_command() -> str:
@@ -32,7 +30,7 @@ def this_command() -> str:
     return "python -m " + " ".join(shlex.quote(a) for a in [f"benchmarks.{Path(sys.argv[0]).stem}", *sys.argv[1:]])
 
 
-def publish(report: dict, run_dir: Path, extra: dict | None = None, suffix: str = "") -> Path:
+def publish(report: Report, run_dir: Path, extra: dict | None = None, suffix: str = "") -> Path:
     """Copy a run's report (contract fields) and compressed model into benchmarks/results/ (``suffix`` names a
     second setting of the same model, data and method)."""
     RESULTS.mkdir(parents=True, exist_ok=True)

@@ -35,6 +35,7 @@ from bayescomp.compress.chain import build_chain
 from bayescomp.compress.search import sweep_global_thresholds
 from bayescomp.methods import METHODS, get_method
 from bayescomp.priors.base import deterministic_mode
+from bayescomp.report_schema import REQUIRED_KEYS, Report, check_report
 from bayescomp.runtime import compare_runtimes, format_runtime_latency
 from bayescomp.train import evaluate
 
@@ -123,13 +124,14 @@ def _graph_tradeoff(model, result: CompressionResult, data, grid: list[float]) -
 
 
 def build_report(config, data, dense, model, result: CompressionResult, history, dense_eval, bayes_eval,
-                 file_bytes: int, run_dir: Path, started: float, command: str, commit: str | None) -> dict[str, Any]:
-    """Measure everything about the compressed model and collect it in one JSON-serialisable dict."""
+                 file_bytes: int, run_dir: Path, started: float, command: str, commit: str | None) -> Report:
+    """Measure everything about the compressed model and collect it in one JSON-serialisable dict, shaped as
+    :class:`bayescomp.report_schema.Report` (the schema the benchmarks and tests read)."""
     pruned_eval = evaluate(result.model, data.test)
     quant_eval = evaluate(result.quantized_model, data.test)
     input_shape = tuple(data.input_shape)
     dense_file = measure.state_dict_size_bytes(dense)
-    report: dict[str, Any] = {
+    report: Report = {
         "model": config.model, "data": config.data, "method": config.method, "seed": config.seed,
         "test_error_pct": quant_eval["error_pct"],
         "test_error_pct_pruned": pruned_eval["error_pct"],
@@ -284,12 +286,10 @@ def write_report(report: dict[str, Any], run_dir: Path, model=None, result=None,
         (run_dir / "report.json").write_text(json.dumps(report, indent=2))
 
 
-#: keys every report of ``bayescomp run`` holds; a report.json without them was not written by it (or was cut).
-REQUIRED_KEYS = ("model", "data", "method", "test_error_pct", "dense_test_error_pct", "kept_architecture",
-                 "weights_dense", "weights_kept", "compression_architecture")
-
-
-def load_report(run_dir: str | Path) -> dict[str, Any]:
+def load_report(run_dir: str | Path) -> Report:
+    """The report of a finished run directory, checked against the schema (:data:`REQUIRED_KEYS` are derived from
+    :class:`~bayescomp.report_schema.Report`), so a cut or foreign file is refused with its faults named instead of
+    failing later inside the renderer."""
     path = Path(run_dir) / "report.json"
     if not path.exists():
         raise FileNotFoundError(f"no report in {run_dir} (expected {path}); run `bayescomp run` first")
@@ -297,9 +297,16 @@ def load_report(run_dir: str | Path) -> dict[str, Any]:
         report = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise ValueError(f"{path} is not valid JSON ({error}); run `bayescomp run` again") from None
-    missing = [key for key in REQUIRED_KEYS if not isinstance(report, dict) or key not in report]
+    if not isinstance(report, dict):
+        raise ValueError(f"{path} holds a JSON {type(report).__name__}, not a report object; run `bayescomp run` again")
+    missing = [key for key in REQUIRED_KEYS if key not in report]
     if missing:
-        raise ValueError(f"{path} lacks the keys {missing}; it was not written by `bayescomp run` or was damaged")
+        raise ValueError(f"{path} lacks the keys {missing}; it was not written by `bayescomp run` (or by an older "
+                         "version), or was damaged: run `bayescomp run` again")
+    problems = check_report(report)
+    if problems:
+        raise ValueError(f"{path} does not match the report schema ({'; '.join(problems[:5])}); it was damaged or "
+                         "edited: run `bayescomp run` again")
     return report
 
 
