@@ -19,7 +19,7 @@ PACKAGE = Path(bayescomp.__file__).resolve().parent
 
 #: Layer of each top-level module or subpackage of bayescomp (lower imports nothing higher).
 LAYERS: dict[str, int] = {
-    "modules": 0, "validate": 0, "checkpoint": 0, "runlock": 0,
+    "modules": 0, "validate": 0, "checkpoint": 0, "runlock": 0, "report_schema": 0,
     "hooks": 4,
     "data": 1, "download": 1,
     "models": 2,
@@ -31,7 +31,7 @@ LAYERS: dict[str, int] = {
     "methods": 8, "hyper": 8, "hyper.pipeline": 10,
     "measure": 9, "plots": 9, "report": 9, "runtime": 9,
     "pipeline": 10,
-    "cli": 11,
+    "cli": 11, "cli_hyper": 11, "cli_tools": 11,
     "__init__": 12,
 }
 
