@@ -1,4 +1,8 @@
-"""Command line: ``bayescomp run`` (train, compress, report) and ``bayescomp report RUN_DIR``."""
+"""Command line: ``bayescomp run`` (train, compress, report), ``bayescomp report RUN_DIR`` and ``export``.
+
+The ``hyper`` subcommands live in :mod:`bayescomp.cli_hyper`, ``data`` and ``bench`` in :mod:`bayescomp.cli_tools`;
+this module builds the one parser and dispatches (entry point ``bayescomp.cli:main``).
+"""
 
 from __future__ import annotations
 
@@ -10,6 +14,9 @@ import sys
 from pathlib import Path
 
 from bayescomp.checkpoint import CheckpointError
+from bayescomp.cli_hyper import add_hyper_parser, cmd_hyper
+from bayescomp.cli_hyper import parse_options as _options  # benchmarks import it under this name
+from bayescomp.cli_tools import add_data_bench_parsers, cmd_bench, cmd_data
 from bayescomp.compress import CompressConfig, PruneError, UnsupportedModelError
 from bayescomp.compress.packed import PackedFormatError
 from bayescomp.data import DataError
@@ -18,7 +25,7 @@ from bayescomp.models import MODELS
 from bayescomp.methods import get_method, list_methods, method_keys
 from bayescomp.runlock import RunDirLockedError
 from bayescomp.train import NonFiniteLossError, TrainConfig
-from bayescomp.validate import check_cli_values, check_config_values
+from bayescomp.validate import check_cli_values
 
 
 KNOWN_ERRORS = (DataError, PruneError, UnsupportedModelError, NonFiniteLossError, CheckpointError, ValueError,
@@ -106,7 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--nproc", type=int, default=1,
                      help="data-parallel processes (torchrun; gloo on CPU, nccl on GPU); --batch-size stays the "
                           "global batch, split across the processes")
-    _add_hyper_parser(sub)
+    add_hyper_parser(sub)
     exp = sub.add_parser("export", help="export a run's compressed model (checked against PyTorch on test images)",
                          formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     exp.add_argument("run_dir", help="the run directory written by `bayescomp run`")
@@ -119,119 +126,8 @@ def build_parser() -> argparse.ArgumentParser:
     rep = sub.add_parser("report", help="print the report of a finished run")
     rep.add_argument("run_dir", help="the run directory written by `bayescomp run`")
     rep.add_argument("--json", action="store_true", help="print the JSON instead of markdown")
-    _add_data_bench_parsers(sub)
+    add_data_bench_parsers(sub)
     return parser
-
-
-def _add_data_bench_parsers(sub) -> None:
-    fmt = argparse.HelpFormatter  # every default is spelled out in the help texts
-    data = sub.add_parser("data", help="fetch the built-in data sets where no local copy exists", formatter_class=fmt)
-    dsub = data.add_subparsers(dest="data_command", required=True)
-    down = dsub.add_parser("download", help="download, verify (same MD5s as the loader) and unpack data sets; "
-                                            "nothing is fetched where the local copy exists", formatter_class=fmt)
-    down.add_argument("names", nargs="+", metavar="NAME", help="mnist, fashion-mnist, cifar10")
-    down.add_argument("--data-dir", default=None,
-                      help="folder to fill (default: $BAYESCOMP_DATA, else ~/.cache/bayescomp/data; "
-                           "../shared/data is used as is when it holds the files)")
-    down.add_argument("--mirror", default=None,
-                      help="base URL of a mirror laid out as URL/<folder>/<file> (default: $BAYESCOMP_MIRROR, "
-                           "else each data set's canonical public mirror)")
-    down.add_argument("--retries", type=int, default=4,
-                      help="further attempts after a network error (default: 4)")
-    bench = sub.add_parser("bench", help="latency of a compressed model (and its dense zoo architecture) in eager "
-                                         "PyTorch and onnxruntime at batch 1 and 256", formatter_class=fmt)
-    bench.add_argument("path", help="a run directory (its compressed.bcz) or a .bcz file")
-    bench.add_argument("--rounds", type=int, default=5,
-                       help="interleaved timing rounds, median over them (default: 5)")
-    bench.add_argument("--threads", type=int, default=None,
-                       help="intra-op threads for both runtimes (default: torch's current number)")
-    bench.add_argument("--input-shape", default=None,
-                       help="C,H,W without the batch, for a file that does not record its data set")
-    bench.add_argument("--no-onnx", action="store_true", help="time eager PyTorch only (default: both runtimes)")
-    bench.add_argument("--json", action="store_true", help="print the JSON instead of markdown")
-
-
-def _add_hyper_parser(sub) -> None:
-    fmt = argparse.ArgumentDefaultsHelpFormatter
-    hyper = sub.add_parser("hyper", help="conditional compression: train a Bayesian hypernetwork once, then generate "
-                                         "a small network for any class subset / compute budget in milliseconds",
-                           formatter_class=fmt)
-    hsub = hyper.add_subparsers(dest="hyper_command", required=True)
-    train = hsub.add_parser("train", help="train and calibrate a hypernetwork (resumable)", formatter_class=fmt)
-    train.add_argument("--model", default="lenet5", help=f"zoo model: {', '.join(sorted(MODELS))}")
-    train.add_argument("--data", default=None, help="data set (default: the model's usual data)")
-    train.add_argument("--run-dir", default=None, help="output directory (default runs/hyper_<model>_<data>)")
-    train.add_argument("--data-dir", default=None, help="folder with the data sets (default ../shared/data)")
-    train.add_argument("--seed", type=int, default=0)
-    train.add_argument("--epochs", type=int, default=None, help="training epochs (default 30)")
-    train.add_argument("--lr", type=float, default=None, help="Adam learning rate (default 3e-3, cosine)")
-    train.add_argument("--batch-size", type=int, default=None)
-    train.add_argument("--kl-warmup", type=float, default=None, help="epochs of linear KL warm-up")
-    train.add_argument("--train-subset", type=int, default=None, help="use only this many training examples")
-    train.add_argument("--test-subset", type=int, default=None, help="use only this many test examples")
-    train.add_argument("--val-size", type=int, default=5000)
-    train.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
-                       help="set a field of HyperConfig, e.g. --option factorization=input --option budget_power=2")
-    train.add_argument("--no-progress", action="store_true")
-    train.add_argument("--restart", action="store_true", help="discard an existing run in --run-dir")
-    gen = hsub.add_parser("generate", help="generate the compressed network for a context", formatter_class=fmt)
-    gen.add_argument("hyper", help="a hypernetwork run directory or its hyper.pt")
-    gen.add_argument("--classes", required=True, help="comma-separated class indices, e.g. 0,3,7")
-    gen.add_argument("--budget", type=float, default=1.0,
-                     help="largest fraction of the dense network's multiply-accumulates, in (0, 1]")
-    gen.add_argument("--out", required=True, help="output directory (compressed.bcz, report.json, report.md)")
-    gen.add_argument("--data-dir", default=None, help="folder with the data sets (default: the training run's)")
-    gen.add_argument("--no-latency", action="store_true", help="skip the latency measurement")
-
-
-def _options(items: list[str], config_cls, flag: str = "--option") -> dict:
-    """``KEY=VALUE`` strings -> fields of ``config_cls`` (values parsed as JSON where possible: numbers,
-    true/false), with a clear error for unknown keys."""
-    import json
-    from dataclasses import fields
-
-    known = {f.name for f in fields(config_cls)}
-    out = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or key not in known:
-            raise ValueError(f"{flag} {item!r}: expected KEY=VALUE with KEY one of {', '.join(sorted(known))}")
-        try:
-            out[key] = json.loads(value)
-        except json.JSONDecodeError:
-            out[key] = value
-    check_config_values(config_cls, out, flag)  # types and ranges, before any work starts
-    return out
-
-
-def cmd_hyper(args: argparse.Namespace) -> int:
-    from dataclasses import replace
-
-    from bayescomp.hyper.context import parse_classes
-    from bayescomp.hyper.model import HyperConfig
-    from bayescomp.hyper.pipeline import HyperRunConfig, generate_run, train_run
-    from bayescomp.report import render_generated_markdown
-
-    if args.hyper_command == "train":
-        if args.model not in MODELS:
-            raise ValueError(f"unknown model {args.model!r}; known models: {', '.join(sorted(MODELS))}")
-        data = args.data or MODELS[args.model].default_data
-        config = HyperRunConfig(model=args.model, data=data, seed=args.seed, data_dir=args.data_dir,
-                                val_size=args.val_size, train_subset=args.train_subset, test_subset=args.test_subset,
-                                hyper=HyperConfig(**_options(args.option, HyperConfig)))
-        changes = {k: v for k, v in {"epochs": args.epochs, "lr": args.lr, "batch_size": args.batch_size,
-                                     "kl_warmup_epochs": args.kl_warmup, "seed": args.seed}.items() if v is not None}
-        config.train = replace(config.train, **changes)
-        run_dir = Path(args.run_dir or f"runs/hyper_{args.model}_{data}")
-        train_run(config, run_dir, progress=not args.no_progress, restart=args.restart)
-        print(f"hypernetwork: {run_dir / 'hyper.pt'}  (next: bayescomp hyper generate {run_dir} --classes 0,3,7 "
-              "--budget 0.5 --out runs/generated)")
-        return 0
-    report = generate_run(args.hyper, parse_classes(args.classes), args.budget, args.out,
-                          latency=not args.no_latency, data_dir=args.data_dir)
-    print(render_generated_markdown(report))
-    print(f"compressed model: {Path(args.out) / 'compressed.bcz'}")
-    return 0
 
 
 def _train_config(base: TrainConfig, args: argparse.Namespace, bayes: bool) -> TrainConfig:
@@ -381,29 +277,6 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     report = load_report(args.run_dir)
     print(json.dumps(report, indent=2) if args.json else render_markdown(report))
-    return 0
-
-
-def cmd_data(args: argparse.Namespace) -> int:
-    from bayescomp.download import download_dataset
-
-    if args.retries < 0:
-        raise ValueError(f"--retries must be >= 0, got {args.retries}")
-    for name in args.names:
-        download_dataset(name, args.data_dir, args.mirror, retries=args.retries)
-    return 0
-
-
-def cmd_bench(args: argparse.Namespace) -> int:
-    import json
-
-    from bayescomp.runtime import bench_file, format_bench
-
-    if args.rounds < 1 or (args.threads is not None and args.threads < 1):
-        raise ValueError(f"--rounds and --threads must be at least 1, got {args.rounds} and {args.threads}")
-    result = bench_file(args.path, rounds=args.rounds, threads=args.threads, input_shape=args.input_shape,
-                        onnx=not args.no_onnx)
-    print(json.dumps(result, indent=2) if args.json else format_bench(result))
     return 0
 
 
