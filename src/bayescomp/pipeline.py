@@ -95,12 +95,7 @@ class RunConfig:
         method = get_method(self.method)
         dense, bayes = DEFAULT_SCHEDULES.get(self.model, (TrainConfig(), TrainConfig()))
         self.dense = _as(TrainConfig, self.dense) or TrainConfig(**{**asdict(dense), "seed": self.seed})
-        self.bayes = _as(TrainConfig, self.bayes) or TrainConfig(
-            **{**asdict(bayes), "seed": self.seed, "lr_scales": dict(method.lr_scales)})
-        self.finetune = _as(TrainConfig, self.finetune) or TrainConfig(
-            epochs=method.default_finetune_epochs, lr=1e-3, lr_schedule="cosine", seed=self.seed)
-        self.compress = _as(CompressConfig, self.compress) or CompressConfig()
-        self.prior = method.settings_dict(dict(self.prior) if self.prior else None)
+        _fill_method_defaults(self, method, bayes)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -112,6 +107,17 @@ class RunConfig:
 
 def _as(cls, value):
     return cls(**value) if isinstance(value, dict) else value
+
+
+def _fill_method_defaults(config: Any, method: Method, bayes: TrainConfig) -> None:
+    """The Bayesian, fine-tuning, compression and method settings of ``config`` that were left unset: ``bayes`` with
+    the run's seed and the method's learning-rate scales, the method's default fine-tuning, its default settings."""
+    config.bayes = _as(TrainConfig, config.bayes) or TrainConfig(
+        **{**asdict(bayes), "seed": config.seed, "lr_scales": dict(method.lr_scales)})
+    config.finetune = _as(TrainConfig, config.finetune) or TrainConfig(
+        epochs=method.default_finetune_epochs, lr=1e-3, lr_schedule="cosine", seed=config.seed)
+    config.compress = _as(CompressConfig, config.compress) or CompressConfig()
+    config.prior = method.settings_dict(dict(config.prior) if config.prior else None)
 
 
 def cache_dir() -> Path:
@@ -355,13 +361,8 @@ class ModelRunConfig:
     def __post_init__(self) -> None:
         self.method = canonical_name(self.method)
         method = get_method(self.method)
-        self.bayes = _as(TrainConfig, self.bayes) or TrainConfig(
-            epochs=30, lr=3e-3, lr_schedule="cosine", kl_warmup_epochs=2, seed=self.seed,
-            lr_scales=dict(method.lr_scales))
-        self.finetune = _as(TrainConfig, self.finetune) or TrainConfig(
-            epochs=method.default_finetune_epochs, lr=1e-3, lr_schedule="cosine", seed=self.seed)
-        self.compress = _as(CompressConfig, self.compress) or CompressConfig()
-        self.prior = method.settings_dict(dict(self.prior) if self.prior else None)
+        default_bayes = TrainConfig(epochs=30, lr=3e-3, lr_schedule="cosine", kl_warmup_epochs=2)
+        _fill_method_defaults(self, method, default_bayes)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
