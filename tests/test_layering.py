@@ -21,7 +21,7 @@ PACKAGE = Path(bayescomp.__file__).resolve().parent
 LAYERS: dict[str, int] = {
     "modules": 0, "validate": 0, "checkpoint": 0, "runlock": 0, "report_schema": 0,
     "hooks": 4,
-    "data": 1, "download": 1,
+    "data": 1, "download": 1, "data_sources": 1,
     "models": 2,
     "priors": 3,
     "bayesify": 4, "objective": 4, "calibration": 4, "evaluation": 4,
@@ -31,7 +31,7 @@ LAYERS: dict[str, int] = {
     "methods": 8, "hyper": 8, "hyper.pipeline": 10,
     "measure": 9, "plots": 9, "report": 9, "runtime": 9,
     "pipeline": 10,
-    "cli": 11, "cli_hyper": 11, "cli_tools": 11,
+    "cli": 11, "cli_help": 11, "cli_hyper": 11, "cli_tools": 11, "cli_help": 11,
     "__init__": 12,
 }
 

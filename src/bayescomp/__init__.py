@@ -20,6 +20,7 @@ from bayescomp.compress import CompressConfig, CompressionResult, PruneError
 from bayescomp.compress import compress as compress_posterior
 from bayescomp.compress.packed import register_packable
 from bayescomp.data import DataBundle, DataError, load_dataset
+from bayescomp.data_sources import ImageFolder, StreamData, load_image_folder, make_bundle
 from bayescomp.hooks import after_epoch, after_step, kl_loss
 from bayescomp.models import MODELS, create_model
 from bayescomp.magnitude import MagnitudeConfig, magnitude_compress, prune_and_finetune
@@ -56,6 +57,6 @@ __all__ = [
     "GroupNJConfig", "MagnitudeConfig", "NonFiniteLossError", "PruneError", "SparseVDConfig", "TrainConfig", "TurboVBIConfig",
     "Method", "RunConfig", "after_epoch", "after_step", "bayesify", "compress_model", "compress_posterior",
     "create_model", "get_method", "list_methods", "register_method", "run", "evaluate", "fit", "kl_loss", "load",
-    "load_dataset", "magnitude_compress",
+    "load_dataset", "magnitude_compress", "ImageFolder", "StreamData", "load_image_folder", "make_bundle",
     "load_report", "prune_and_finetune", "register_packable",
 ]

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from bayescomp.data import TensorData
+from bayescomp.data_sources import Split
 from bayescomp.priors.base import deterministic_mode
 
 
@@ -24,7 +24,7 @@ def _logits(outputs: Any) -> torch.Tensor:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, data: TensorData, batch_size: int = 1000) -> dict[str, float]:
+def evaluate(model: nn.Module, data: Split, batch_size: int = 1000) -> dict[str, float]:
     """Test error (%) and mean NLL of the deterministic (posterior-mean) model."""
     errors, nll, count = 0, 0.0, 0
     device = device_of(model)

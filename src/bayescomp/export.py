@@ -178,7 +178,7 @@ def export_run(run_dir: str | Path, fmt: str, out: str | Path | None = None, dat
     Writes ``export_<format>.json`` with the result into the run directory.
     """
     from bayescomp.compress.packed import load_packed
-    from bayescomp.data import load_dataset
+    from bayescomp.data_sources import load_data_source
 
     run_dir = Path(run_dir)
     source = run_dir / "compressed.bcz"
@@ -190,8 +190,9 @@ def export_run(run_dir: str | Path, fmt: str, out: str | Path | None = None, dat
         raise ValueError(f"unknown export format {fmt!r}; use one of {', '.join(FORMATS)}")
     record = json.loads(record_path.read_text())
     model, _ = load_packed(source)
-    data = load_dataset(record["data"], data_dir or record.get("data_dir"), val_size=record.get("val_size", 5000),
-                        seed=record.get("seed", 0), test_subset=check_examples)
+    data = load_data_source(record["data"], data_dir or record.get("data_dir"),
+                            val_size=record.get("val_size", 5000), seed=record.get("seed", 0),
+                            test_subset=check_examples, image_size=record.get("image_size"))
     images = data.test.example(check_examples)
     target = Path(out) if out is not None else run_dir / f"compressed{SUFFIXES[fmt]}"
     result = export_model(model, fmt, target, images, exporter)

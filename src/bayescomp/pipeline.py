@@ -26,7 +26,8 @@ from bayescomp.bayesify import bayesify
 from bayescomp.checkpoint import atomic_torch_save, safe_torch_load
 from bayescomp.compress import CompressConfig, CompressionResult
 from bayescomp.compress.digest import mask_digest
-from bayescomp.data import DataBundle, load_dataset
+from bayescomp.data import DataBundle
+from bayescomp.data_sources import data_identity, data_slug, load_data_source, make_bundle
 from bayescomp.methods import Method, RunContext, canonical_name, get_method, list_methods
 from bayescomp.methods.finetune import finetune_aware_compress, finetune_keeping_zeros  # noqa: F401  (re-exported)
 from bayescomp.methods.runner import MethodOutcome, compress_and_finetune, prepare_and_train
@@ -84,6 +85,8 @@ class RunConfig:
     #: start from the dense weights shipped with the package (:mod:`bayescomp.models.pretrained`) instead of
     #: training the dense model; they were trained on one split, so the run must use the same split.
     pretrained: bool = False
+    #: (height, width) every image of an image-folder ``data`` is resized to (``None``: all must share a size)
+    image_size: list[int] | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.val_size, bool) or not isinstance(self.val_size, int) or self.val_size < 1:
@@ -134,8 +137,10 @@ def git_commit() -> str | None:
 
 
 def load_data(config: RunConfig) -> DataBundle:
-    return load_dataset(config.data, config.data_dir, val_size=config.val_size, seed=config.seed,
-                        train_subset=config.train_subset, test_subset=config.test_subset)
+    """The run's splits: a built-in data set, or a folder of images (one sub-folder per class)."""
+    return load_data_source(config.data, config.data_dir, val_size=config.val_size, seed=config.seed,
+                            train_subset=config.train_subset, test_subset=config.test_subset,
+                            image_size=config.image_size)
 
 
 def build_dense(config: RunConfig, data: DataBundle) -> nn.Sequential:
@@ -151,9 +156,11 @@ def dense_model(config: RunConfig, data: DataBundle, log=print, progress: bool =
     """
     if config.pretrained:
         return _pretrained_dense(config, data, log)
-    key = json.dumps({"model": config.model, "data": config.data, "dense": asdict(config.dense),
-                      "val_size": config.val_size, "train_subset": config.train_subset}, sort_keys=True)
-    path = cache_dir() / "dense" / f"{config.model}_{config.data}_{hashlib.sha1(key.encode()).hexdigest()[:12]}.pt"
+    key = json.dumps({"model": config.model, "data": data_identity(config.data), "dense": asdict(config.dense),
+                      "val_size": config.val_size, "train_subset": config.train_subset,
+                      **({"image_size": config.image_size} if config.image_size else {})}, sort_keys=True)
+    stem = f"{config.model}_{data_slug(config.data)}_{hashlib.sha1(key.encode()).hexdigest()[:12]}"
+    path = cache_dir() / "dense" / f"{stem}.pt"
     seed_everything(config.seed)
     model = build_dense(config, data)
     loaded = False
@@ -368,7 +375,7 @@ class ModelRunConfig:
         return asdict(self)
 
 
-def compress_model(model: nn.Module, data: DataBundle, method: str = "gnj", *, epochs: int | None = None,
+def compress_model(model: nn.Module, data: DataBundle | tuple, method: str = "gnj", *, epochs: int | None = None,
                    prior: dict[str, Any] | None = None, bayes: TrainConfig | None = None,
                    finetune: TrainConfig | None = None, compress: CompressConfig | None = None, seed: int = 0,
                    run_dir: str | Path | None = None, log=print, progress: bool = False,
@@ -380,7 +387,9 @@ def compress_model(model: nn.Module, data: DataBundle, method: str = "gnj", *, e
 
     Args:
         model: the trained dense network; its weights initialise the posterior means.
-        data: train / val / test splits (:func:`bayescomp.load_dataset` or your own :class:`DataBundle`).
+        data: train / val / test splits: :func:`bayescomp.load_dataset`, :func:`bayescomp.load_image_folder`,
+            :func:`bayescomp.make_bundle`, or a tuple ``(train, val)`` / ``(train, val, test)`` of your own
+            ``Dataset``s or ``DataLoader``s (streamed; see :mod:`bayescomp.data_sources`).
         method: a name of :func:`bayescomp.list_methods` (or an alias).
         epochs: Bayesian training epochs (shortcut for ``bayes``'s; default 30).
         prior: the method's settings as a dict of its config dataclass's fields.
@@ -390,6 +399,8 @@ def compress_model(model: nn.Module, data: DataBundle, method: str = "gnj", *, e
     Returns the :class:`~bayescomp.compress.CompressionResult`: ``result.quantized_model`` is the small plain model,
     ``result.save(path)`` writes it, ``result.extras["history"]`` holds the training history.
     """
+    if isinstance(data, (tuple, list)):
+        data = make_bundle(*data)
     config = ModelRunConfig(method=method, seed=seed, bayes=bayes, finetune=finetune,
                             compress=compress or CompressConfig(), prior=dict(prior or {}))
     if epochs is not None:

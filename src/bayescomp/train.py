@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 from bayescomp import distributed as dist_utils
 from bayescomp.checkpoint import load_checkpoint, save_checkpoint
 from bayescomp.data import DataBundle, TensorData
+from bayescomp.data_sources import steps_per_epoch as split_steps
 from bayescomp.evaluation import device_of as _device_of
 from bayescomp.evaluation import evaluate  # noqa: F401  (re-exported: bayescomp.train.evaluate)
 from bayescomp.objective import kl_weight, variational_loss
@@ -307,7 +308,7 @@ def _fit(model, data, config, checkpoint_path, progress, stop_after_epochs, log,
         start_epoch = state["epoch"]
         log(f"resumed from {state.get('checkpoint_file', checkpoint_path)} at epoch {start_epoch}/{config.epochs}")
     n_train = len(data.train)
-    steps_per_epoch = math.ceil(n_train / config.batch_size)
+    steps_per_epoch = split_steps(data.train, config.batch_size)
     has_bayes = any(True for _ in bayesian_layers(model)) or hasattr(model, "kl_divergence")
     net = torch.nn.parallel.DistributedDataParallel(model) if distributed else None
     forward = net if net is not None else model
