@@ -19,8 +19,10 @@ import hashlib
 import io
 import os
 import pickle
+import random
 import tempfile
 import warnings
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +30,7 @@ import numpy as np
 import torch
 
 MAGIC = b"BAYESCOMP-CKPT 2 sha256="
-#: what :func:`bayescomp.train.training_state` writes and a resumed run reads
+#: what :func:`training_state` writes and a resumed run reads
 TRAINING_KEYS = ("model", "optimizer", "scheduler", "epoch", "train_config", "torch_rng", "python_rng", "numpy_rng",
                  "history")
 _ARRAY_TAG = "__bayescomp_ndarray__"
@@ -205,3 +207,21 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any] | None:
             f"{error}. Delete it (or the run directory) to start over, or pass --restart; "
             "nothing was overwritten."
         ) from error
+
+
+def training_state(model: torch.nn.Module, optimizer, scheduler, epoch: int, config: Any, history: list,
+                   **extra: Any) -> dict[str, Any]:
+    """Everything a resumed run needs to continue exactly: weights, optimiser, schedule, RNG states, history."""
+    return {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+            "epoch": epoch, "train_config": asdict(config), "torch_rng": torch.get_rng_state(),
+            "python_rng": random.getstate(), "numpy_rng": np.random.get_state(), "history": history, **extra}
+
+
+def restore_training_state(state: dict[str, Any], model: torch.nn.Module, optimizer, scheduler) -> None:
+    """Load a :func:`training_state` checkpoint into the model, optimiser, schedule and the global RNGs."""
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    torch.set_rng_state(state["torch_rng"])
+    random.setstate(state["python_rng"])
+    np.random.set_state(state["numpy_rng"])

@@ -14,28 +14,26 @@ from __future__ import annotations
 
 import math
 import random
-import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from bayescomp import distributed as dist_utils
-from bayescomp.checkpoint import load_checkpoint, save_checkpoint
-from bayescomp.data import DataBundle, TensorData
+from bayescomp.checkpoint import restore_training_state, training_state  # noqa: F401  (re-exported)
+from bayescomp.data import DataBundle
 from bayescomp.data_sources import steps_per_epoch as split_steps
 from bayescomp.evaluation import device_of as _device_of
 from bayescomp.evaluation import evaluate  # noqa: F401  (re-exported: bayescomp.train.evaluate)
+from bayescomp.mixed_precision import (  # noqa: F401  (re-exported: bayescomp.train.native_bf16, ...)
+    PRECISIONS, AutocastForward, native_bf16, resolve_precision,
+)
+from bayescomp.loop import NonFiniteLossError, StepLoss, run_epoch, train_epochs  # noqa: F401 (re-exported)
 from bayescomp.objective import kl_weight, variational_loss
-from bayescomp.priors.base import bayesian_layers, deterministic_mode
-
-
-class NonFiniteLossError(RuntimeError):
-    """The loss became NaN or infinite; the last good checkpoint is kept."""
+from bayescomp.priors.base import bayesian_layers
 
 
 @dataclass
@@ -117,61 +115,6 @@ def _lr_factor(schedule: str, epoch: int, total: int) -> float:
     raise ValueError(f"unknown lr_schedule {schedule!r}; use constant, cosine or linear")
 
 
-PRECISIONS = ("fp32", "bf16", "auto")
-
-
-def _cpu_flags() -> set[str]:
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return set()
-    line = next((row for row in text.splitlines() if row.startswith("flags")), "")
-    return set(line.partition(":")[2].split())
-
-
-def native_bf16(device_type: str = "cpu") -> bool:
-    """Whether this CPU computes bfloat16 products natively (AVX512-BF16 or AMX-BF16), detected, not guessed:
-    PyTorch's own CPUID checks where it has them, else the ``/proc/cpuinfo`` flags ``avx512_bf16`` / ``amx_bf16``.
-    Without them oneDNN emulates bf16 and autocast is slower than float32. Other devices: False (not measured)."""
-    if device_type != "cpu":
-        return False
-    checks = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
-    if any(check is not None and check() for check in checks):
-        return True
-    return bool(_cpu_flags() & {"avx512_bf16", "amx_bf16"})
-
-
-def resolve_precision(precision: str, device_type: str = "cpu") -> str:
-    """``"fp32"`` or ``"bf16"`` for a requested ``fp32 | bf16 | auto``; auto picks bf16 only where
-    :func:`native_bf16` holds (measured faster there with the same accuracy: benchmarks/results/epoch_cost*.md,
-    precision_parity*.md)."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}")
-    if precision == "auto":
-        return "bf16" if native_bf16(device_type) else "fp32"
-    return precision
-
-
-class AutocastForward(nn.Module):
-    """Runs ``net``'s forward under bfloat16 autocast and returns float32 outputs (mixed precision).
-
-    Only the layer products (matmuls, convolutions, including the Bayesian layers' variance products) run in
-    bfloat16; parameters, their gradients, the optimiser state, the KL and the loss stay float32. bfloat16 keeps
-    float32's exponent range, so the posterior variances exp(log sigma^2) (down to about e^-20 here) neither underflow
-    nor lose their scale, which float16 (smallest normal 6e-5) would; their products carry 8 significant bits, enough
-    for a noise standard deviation. The variance parameters therefore train in float32 as before.
-    """
-
-    def __init__(self, net: nn.Module, device_type: str) -> None:
-        super().__init__()
-        self.net, self.device_type = net, device_type
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        with torch.autocast(self.device_type, dtype=torch.bfloat16):
-            out = self.net(images)
-        return out.float() if isinstance(out, torch.Tensor) else out
-
-
 def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
     """Adam (fused kernel), with a parameter group per entry of ``config.lr_scales`` that matches something."""
     buckets: dict[str, list[nn.Parameter]] = {"": []}
@@ -182,24 +125,6 @@ def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimiz
     groups = [{"params": params, "lr": config.lr * config.lr_scales.get(suffix, 1.0)}
               for suffix, params in buckets.items() if params]
     return torch.optim.Adam(groups, lr=config.lr, weight_decay=config.weight_decay, fused=True)
-
-
-def training_state(model: nn.Module, optimizer, scheduler, epoch: int, config: TrainConfig, history: list,
-                   **extra: Any) -> dict[str, Any]:
-    """Everything a resumed run needs to continue exactly: weights, optimiser, schedule, RNG states, history."""
-    return {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-            "epoch": epoch, "train_config": asdict(config), "torch_rng": torch.get_rng_state(),
-            "python_rng": random.getstate(), "numpy_rng": np.random.get_state(), "history": history, **extra}
-
-
-def restore_training_state(state: dict[str, Any], model: nn.Module, optimizer, scheduler) -> None:
-    """Load a :func:`training_state` checkpoint into the model, optimiser, schedule and the global RNGs."""
-    model.load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
-    torch.set_rng_state(state["torch_rng"])
-    random.setstate(state["python_rng"])
-    np.random.set_state(state["numpy_rng"])
 
 
 def fit(
@@ -294,55 +219,29 @@ def _fit(model, data, config, checkpoint_path, progress, stop_after_epochs, log,
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda e: _lr_factor(config.lr_schedule, e, config.epochs)
     )
-    history, start_epoch = TrainHistory(), 0
     seed_everything(config.seed)
-    state = _load_in_turn(checkpoint_path) if checkpoint_path else None
-    if state is not None:
-        if state.get("train_config") != asdict(config):
-            raise ValueError(
-                f"checkpoint {checkpoint_path} was written with another training config "
-                f"({state.get('train_config')}); use a new run directory or --restart"
-            )
-        restore_training_state(state, model, optimizer, scheduler)
-        history.epochs = state["history"]
-        start_epoch = state["epoch"]
-        log(f"resumed from {state.get('checkpoint_file', checkpoint_path)} at epoch {start_epoch}/{config.epochs}")
-    n_train = len(data.train)
-    steps_per_epoch = split_steps(data.train, config.batch_size)
-    has_bayes = any(True for _ in bayesian_layers(model)) or hasattr(model, "kl_divergence")
     net = torch.nn.parallel.DistributedDataParallel(model) if distributed else None
     forward = net if net is not None else model
     if amp:
         forward = AutocastForward(forward, place.type)
-    for epoch in range(start_epoch, config.epochs):
-        if stop_after_epochs is not None and epoch - start_epoch >= stop_after_epochs:
-            break
+    has_bayes = any(True for _ in bayesian_layers(model)) or hasattr(model, "kl_divergence")
+    device = None if place.type == "cpu" else place
+
+    def one_epoch(epoch: int) -> dict[str, float]:
         if distributed:  # independent posterior noise per rank, reproducible on resume
             torch.manual_seed(_rank_seed(config.seed, epoch, dist_utils.rank()))
-        record = _train_epoch(model, data, config, optimizer, epoch, n_train, steps_per_epoch, progress, has_bayes,
-                              objective or variational_loss, forward if net is not None else None,
-                              None if place.type == "cpu" else place, forward)
+        record = _train_epoch(model, data, config, optimizer, epoch, len(data.train),
+                              split_steps(data.train, config.batch_size), progress, has_bayes,
+                              objective or variational_loss, net, device, forward)
         for _, layer in bayesian_layers(model):
             layer.on_epoch_end()
-        scheduler.step()
-        record.update({f"val_{k}": v for k, v in evaluate(model, data.val).items()})
-        history.epochs.append(record)
-        log(_epoch_line(record, config.epochs))
-        if checkpoint_path and dist_utils.is_main():
-            save_checkpoint(training_state(model, optimizer, scheduler, epoch + 1, config, history.epochs),
-                            checkpoint_path)
-    return history
+        return record
 
-
-def _load_in_turn(path: str | Path) -> dict[str, Any] | None:
-    """Load a checkpoint on rank 0 first (it may set a corrupt file aside), then on the other ranks."""
-    state = load_checkpoint(path) if dist_utils.is_main() else None
-    dist_utils.barrier()
-    if not dist_utils.is_main():
-        state = load_checkpoint(path)
-    if not dist_utils.all_equal(None if state is None else state["epoch"]):
-        raise RuntimeError(f"the ranks read different checkpoints from {path}")
-    return state
+    epochs = train_epochs(model, optimizer, scheduler, config, one_epoch,
+                          lambda: {f"val_{k}": v for k, v in evaluate(model, data.val).items()},
+                          lambda record: _epoch_line(record, config.epochs), checkpoint_path, log,
+                          stop_after_epochs)
+    return TrainHistory(epochs)
 
 
 def _rank_seed(seed: int, epoch: int, rank: int) -> int:
@@ -353,7 +252,8 @@ def _rank_seed(seed: int, epoch: int, rank: int) -> int:
 def _train_epoch(model, data, config, optimizer, epoch, n_train, steps, progress, has_bayes,
                  objective, net: nn.Module | None = None, device: torch.device | None = None,
                  forward: nn.Module | None = None) -> dict[str, float]:
-    """One pass over the training split; ``net`` is the ``DistributedDataParallel`` wrapper when data-parallel.
+    """One pass over the training split through :func:`bayescomp.loop.run_epoch`; ``net`` is the
+    ``DistributedDataParallel`` wrapper when data-parallel.
 
     Data-parallel, with W ranks and global batch B: every rank draws the same global batch (same seeded order and
     augmentation) and computes the objective on its contiguous slice of n_r examples, then rescales its NLL term:
@@ -363,40 +263,41 @@ def _train_epoch(model, data, config, optimizer, epoch, n_train, steps, progress
     The logged loss / NLL are the global-batch values (one all-reduce per step, which also makes every rank
     stop together on a non-finite loss).
     """
-    if net is not None:
-        return _train_epoch_ddp(model, net, data, config, optimizer, epoch, n_train, steps, progress, has_bayes,
-                                objective, device)
     forward = forward or model
-    model.train()
+    (model if net is None else net).train()
     generator = torch.Generator().manual_seed(config.seed * 100_003 + epoch)
     layers = [layer for _, layer in bayesian_layers(model)]
-    totals = {"loss": 0.0, "nll": 0.0, "kl": 0.0}
-    start = time.perf_counter()
-    batches = data.train.batches(config.batch_size, shuffle=True, generator=generator, device=device)
-    bar = tqdm(batches, total=steps,
-               desc=f"epoch {epoch + 1}/{config.epochs}", disable=not progress, leave=False)
-    for step, (images, labels) in enumerate(bar):
-        if config.augment == "crop_flip":
-            images = crop_flip(images, generator)
+    augment = (lambda x, rows: crop_flip(x, generator, rows=rows)) if config.augment == "crop_flip" else None
+
+    def step_loss(batch, step: int) -> StepLoss:
+        images, labels = batch
         scale = kl_weight(epoch + step / steps, config.kl_warmup_epochs)
-        loss, nll, kl = objective(forward(images), labels, model, n_train, scale)
-        if not torch.isfinite(loss):
-            raise NonFiniteLossError(
-                f"loss became {loss.item()} at epoch {epoch + 1}, step {step + 1} (nll={nll.item():.4g}, "
-                f"kl={kl.item():.4g}); the checkpoint of the last completed epoch is kept. Try a lower --lr, "
-                "a KL warm-up (--kl-warmup) or variance clipping."
-            )
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        if net is None:
+            if augment is not None:
+                images = augment(images, None)
+            loss, nll, kl = objective(forward(images), labels, model, n_train, scale)
+            finite = bool(torch.isfinite(loss))
+            return StepLoss(loss, loss.item(), nll.item(), kl.item(), None if finite else str(loss.item()),
+                            f"nll={nll.item():.4g}, kl={kl.item():.4g}")
+        local, loss, nll, kl, share = shard_loss(forward, model, objective, images, labels, n_train, scale, augment)
+        summary = torch.tensor([nll.item() * share, 0.0 if torch.isfinite(local) else 1.0],
+                               dtype=torch.float64, device=loss.device)
+        torch.distributed.all_reduce(summary)
+        bad = int(summary[1].item())
+        global_nll = summary[0].item()
+        value = f"non-finite on {bad} of {dist_utils.world_size()} ranks" if bad else None
+        return StepLoss(local, global_nll + (loss.item() - nll.item()), global_nll, kl.item(), value,
+                        f"this rank: loss {loss.item():.4g}, nll={nll.item():.4g}, kl={kl.item():.4g}")
+
+    def after_step() -> None:
         for layer in layers:
             layer.apply_constraints()
-        totals["loss"] += loss.item()
-        totals["nll"] += nll.item()
-        totals["kl"] += kl.item()
-        if progress and step % 50 == 0:
-            bar.set_postfix(loss=f"{loss.item():.4f}")
-    return _epoch_record(totals, steps, epoch, start, optimizer, has_bayes, config)
+
+    batches = data.train.batches(config.batch_size, shuffle=True, generator=generator, device=device)
+    record = run_epoch(batches, step_loss, optimizer, epoch, config.epochs, steps, progress, after_step)
+    if has_bayes:
+        record["kl_weight"] = kl_weight(epoch + 1, config.kl_warmup_epochs)
+    return record
 
 
 def shard_loss(net: nn.Module, model: nn.Module, objective: Any, images: torch.Tensor, labels: torch.Tensor,
@@ -417,55 +318,6 @@ def shard_loss(net: nn.Module, model: nn.Module, objective: Any, images: torch.T
     loss, nll, kl = objective(net(images), labels[rows], model, n_train, kl_scale)
     local = loss if count * world == batch else loss + nll * (count * world / batch - 1.0)
     return local, loss, nll, kl, count / batch
-
-
-def _train_epoch_ddp(model, net, data, config, optimizer, epoch, n_train, steps, progress, has_bayes,
-                     objective, device: torch.device | None = None) -> dict[str, float]:
-    net.train()
-    world = dist_utils.world_size()
-    generator = torch.Generator().manual_seed(config.seed * 100_003 + epoch)
-    layers = [layer for _, layer in bayesian_layers(model)]
-    totals = {"loss": 0.0, "nll": 0.0, "kl": 0.0}
-    start = time.perf_counter()
-    batches = data.train.batches(config.batch_size, shuffle=True, generator=generator, device=device)
-    bar = tqdm(batches, total=steps,
-               desc=f"epoch {epoch + 1}/{config.epochs}", disable=not progress, leave=False)
-    augment = (lambda x, rows: crop_flip(x, generator, rows=rows)) if config.augment == "crop_flip" else None
-    for step, (images, labels) in enumerate(bar):
-        scale = kl_weight(epoch + step / steps, config.kl_warmup_epochs)
-        local, loss, nll, kl, share = shard_loss(net, model, objective, images, labels, n_train, scale, augment)
-        summary = torch.tensor([nll.item() * share, 0.0 if torch.isfinite(local) else 1.0],
-                               dtype=torch.float64, device=loss.device)
-        torch.distributed.all_reduce(summary)
-        if summary[1].item() > 0:
-            raise NonFiniteLossError(
-                f"loss became non-finite on {int(summary[1].item())} of {world} ranks at epoch {epoch + 1}, step "
-                f"{step + 1} (this rank: loss {loss.item():.4g}, nll={nll.item():.4g}, kl={kl.item():.4g}); the "
-                "checkpoint of the last completed epoch is kept. Try a lower --lr, a KL warm-up (--kl-warmup) or "
-                "variance clipping."
-            )
-        optimizer.zero_grad(set_to_none=True)
-        local.backward()
-        optimizer.step()
-        for layer in layers:
-            layer.apply_constraints()
-        global_nll = summary[0].item()
-        totals["loss"] += global_nll + (loss.item() - nll.item())
-        totals["nll"] += global_nll
-        totals["kl"] += kl.item()
-        if progress and step % 50 == 0:
-            bar.set_postfix(loss=f"{totals['loss'] / (step + 1):.4f}")
-    return _epoch_record(totals, steps, epoch, start, optimizer, has_bayes, config)
-
-
-def _epoch_record(totals: dict[str, float], steps: int, epoch: int, start: float, optimizer, has_bayes: bool,
-                  config: TrainConfig) -> dict[str, float]:
-    """Per-step means of the epoch's sums, plus the epoch number, its time, the learning rate and KL weight."""
-    record = {k: v / max(steps, 1) for k, v in totals.items()}
-    record.update(epoch=epoch + 1, epoch_s=time.perf_counter() - start, lr=optimizer.param_groups[0]["lr"])
-    if has_bayes:
-        record["kl_weight"] = kl_weight(epoch + 1, config.kl_warmup_epochs)
-    return record
 
 
 def _epoch_line(record: dict[str, float], total: int) -> str:

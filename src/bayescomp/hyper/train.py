@@ -10,7 +10,6 @@ checkpoint holding the RNG state, so an interrupted run resumes and ends as an u
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -18,18 +17,15 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
-from bayescomp.checkpoint import atomic_torch_save, load_checkpoint, save_checkpoint
+from bayescomp.checkpoint import atomic_torch_save
 from bayescomp.data import DataBundle
 from bayescomp.hyper.context import Context, random_contexts, restrict
 from bayescomp.hyper.generate import budget_plan, masked_scales
 from bayescomp.hyper.model import HyperCompressor, HyperConfig
 from bayescomp.objective import kl_weight
-from bayescomp.train import (
-    NonFiniteLossError, TrainConfig, _lr_factor, make_optimizer, restore_training_state, seed_everything,
-    training_state,
-)
+from bayescomp.loop import StepLoss, run_epoch, train_epochs
+from bayescomp.train import TrainConfig, _lr_factor, make_optimizer, seed_everything
 
 #: Learning-rate multipliers: the context-independent part of the log-variances (the head's bias) starts far (-9)
 #: from where the prior pulls unneeded groups, so it moves ten times faster (BC-GNJ's z_log_sigma2 reasoning);
@@ -77,62 +73,46 @@ def train_hypernetwork(model: HyperCompressor, data: DataBundle, config: TrainCo
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda e: _lr_factor(config.lr_schedule, e,
                                                                                   config.epochs))
     seed_everything(config.seed)
-    history: list[dict[str, Any]] = []
-    start = 0
-    state = load_checkpoint(checkpoint_path) if checkpoint_path else None
-    if state is not None:
-        if state.get("train_config") != asdict(config) or state.get("hyper_config") != asdict(model.config):
-            raise ValueError(f"checkpoint {checkpoint_path} was written with other settings; use a new run "
-                             "directory or --restart")
-        restore_training_state(state, model, optimizer, scheduler)
-        history, start = state["history"], state["epoch"]
-        log(f"resumed from {state.get('checkpoint_file', checkpoint_path)} at epoch {start}/{config.epochs}")
     labels = data.train.labels
     by_class = [torch.nonzero(labels == c).flatten() for c in range(model.num_classes)]
     steps = math.ceil(len(data.train) / config.batch_size)
     val_contexts = random_contexts(10, model.num_classes, range(model.config.min_classes,
                                                                 min(5, model.num_classes) + 1), seed=777)
-    for epoch in range(start, config.epochs):
-        if stop_after_epochs is not None and epoch - start >= stop_after_epochs:
-            break
+
+    def one_epoch(epoch: int) -> dict[str, float]:
         generator = torch.Generator().manual_seed(config.seed * 100_003 + epoch)
         model.train()
-        totals = {"loss": 0.0, "nll": 0.0, "kl": 0.0}
-        began = time.perf_counter()
-        for step in tqdm(range(steps), desc=f"epoch {epoch + 1}/{config.epochs}", disable=not progress,
-                         leave=False):
-            context = sample_context(generator, model.num_classes, model.config)
-            pool = torch.cat([by_class[c] for c in context.classes])
-            idx = pool[torch.randint(len(pool), (config.batch_size,), generator=generator)]
+
+        def batches():  # a context, then a batch of its classes' examples, per step
+            for _ in range(steps):
+                context = sample_context(generator, model.num_classes, model.config)
+                pool = torch.cat([by_class[c] for c in context.classes])
+                yield context, pool, pool[torch.randint(len(pool), (config.batch_size,), generator=generator)]
+
+        def step_loss(batch, step: int) -> StepLoss:
+            context, pool, idx = batch
             images = data.train.images[idx].float().div_(255)
             position = torch.full((model.num_classes,), -1, dtype=torch.long)
             position[list(context.classes)] = torch.arange(len(context.classes))
             scale = kl_weight(epoch + step / steps, config.kl_warmup_epochs)
             loss, nll, kl = context_loss(model, images, position[labels[idx]], context.vector(model.num_classes),
                                          list(context.classes), context.budget, len(pool), scale)
-            if not torch.isfinite(loss):
-                raise NonFiniteLossError(
-                    f"loss became {loss.item()} at epoch {epoch + 1}, step {step + 1} (context "
-                    f"{list(context.classes)}, budget {context.budget:.3g}); the checkpoint of the last completed "
-                    "epoch is kept. Try a lower --lr or a longer --kl-warmup.")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            totals["loss"] += loss.item()
-            totals["nll"] += nll.item()
-            totals["kl"] += kl.item()
-        scheduler.step()
-        record = {k: v / steps for k, v in totals.items()}
-        record.update(epoch=epoch + 1, epoch_s=time.perf_counter() - began,
-                      val_context_error_pct=_validation_error(model, data, val_contexts))
-        history.append(record)
-        log(f"epoch {epoch + 1:3d}/{config.epochs}  loss {record['loss']:.4f}  nll {record['nll']:.4f}  "
-            f"kl {record['kl']:.1f}  val err (10 contexts, unpruned) {record['val_context_error_pct']:.2f}%  "
-            f"({record['epoch_s']:.1f}s)")
-        if checkpoint_path:
-            save_checkpoint(training_state(model, optimizer, scheduler, epoch + 1, config, history,
-                                           hyper_config=asdict(model.config)), checkpoint_path)
-    return history
+            finite = bool(torch.isfinite(loss))
+            return StepLoss(loss, loss.item(), nll.item(), kl.item(), None if finite else str(loss.item()),
+                            f"context {list(context.classes)}, budget {context.budget:.3g}")
+
+        record = run_epoch(batches(), step_loss, optimizer, epoch, config.epochs, steps, progress)
+        del record["lr"]
+        return record
+
+    def line(record: dict[str, float]) -> str:
+        return (f"epoch {int(record['epoch']):3d}/{config.epochs}  loss {record['loss']:.4f}  nll {record['nll']:.4f}  "
+                f"kl {record['kl']:.1f}  val err (10 contexts, unpruned) {record['val_context_error_pct']:.2f}%  "
+                f"({record['epoch_s']:.1f}s)")
+
+    return train_epochs(model, optimizer, scheduler, config, one_epoch,
+                        lambda: {"val_context_error_pct": _validation_error(model, data, val_contexts)}, line,
+                        checkpoint_path, log, stop_after_epochs, {"hyper_config": asdict(model.config)})
 
 
 def save_hypernetwork(model: HyperCompressor, path: str | Path, metadata: dict[str, Any]) -> None:
