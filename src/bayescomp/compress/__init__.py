@@ -13,18 +13,20 @@ import torch
 from torch import nn
 
 from bayescomp.compress.chain import Chain, UnsupportedModelError, build_chain
-from bayescomp.compress.fold import fold_empty_units
 from bayescomp.compress.masks import (
-    PruneError, PruningPlan, full_architecture, group_keep_from_thresholds, group_statistics, masked, propagate,
+    PruneError, PruningPlan, group_keep_from_thresholds, group_statistics, masked, propagate,
 )
-from bayescomp.compress.precision import LayerPrecision, layer_precisions, quantize_fixed_point
-from bayescomp.compress.search import global_threshold_search, greedy_threshold_search
 from bayescomp.compress.packed import QuantSpec, packed_leaves, save_packed
-from bayescomp.compress.shrink import kept_weight_variances, shrink
+from bayescomp.compress.precision import LayerPrecision, layer_precisions, quantize_fixed_point
+from bayescomp.compress.search import SearchResult, global_threshold_search, greedy_search
+from bayescomp.compress.shrink import shrink
 from bayescomp.compress.storage import compression_csr
-from bayescomp.data import TensorData
-from bayescomp.priors.base import deterministic_mode
+from bayescomp.compress.structure import (
+    ChainStructure, GraphStructure, Structure, normalize_thresholds, prunable_modules,
+)
+from bayescomp.data_sources import Split
 from bayescomp.evaluation import evaluate
+from bayescomp.priors.base import deterministic_mode
 
 
 SEARCHES = ("auto", "greedy", "global")
@@ -143,10 +145,6 @@ class CompressionResult:
         return 32.0 * self.weights_dense / sum(k * b for k, b in zip(kept, self.bits_per_layer))
 
 
-def prunable_modules(model: nn.Module) -> list[nn.Module]:
-    return [m for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
-
-
 def plan_from_thresholds(chain: Chain, thresholds: list[float] | float) -> tuple[PruningPlan, list[float]]:
     stats = group_statistics(chain)
     if not isinstance(thresholds, (list, tuple)):
@@ -163,29 +161,15 @@ def quantize_model(model: nn.Sequential, precisions: list[LayerPrecision]) -> nn
     return quantized
 
 
-def _with_folded_units(chain: Chain, plan: PruningPlan) -> PruningPlan:
-    """``plan`` minus the units whose incoming posterior-mean weights are all zero, their constants folded into the
-    next layer's bias. The fold is computed on the unpruned network (so the constant meets every next-layer weight
-    it would have met), then merged into the plan's group masks and propagated again."""
-    folded, count = fold_empty_units(chain, PruningPlan.keep_all(chain))
-    if not count:
-        return plan
-    groups = [(p_out if layer.kind == "conv" else p_in) & (f_out if layer.kind == "conv" else f_in)
-              for layer, p_in, p_out, f_in, f_out in zip(chain.layers, plan.in_keep, plan.out_keep, folded.in_keep,
-                                                         folded.out_keep)]
-    merged = propagate(chain, groups)
-    merged.bias_shift = folded.bias_shift
-    return merged
-
-
-def compress(model: nn.Module, val: TensorData | None, config: CompressConfig | None = None,
+def compress(model: nn.Module, val: Split | None, config: CompressConfig | None = None,
              log=None, example_input: torch.Tensor | None = None) -> CompressionResult:
     """Prune, shrink and quantise a trained Bayesian model. The model itself is left unchanged.
 
-    Sequential chains of Linear/Conv2d layers take the chain path (input-feature pruning of the first Linear
+    Sequential chains of Linear/Conv2d layers take the chain structure (input-feature pruning of the first Linear
     layer, folding of empty units); every other network (residual additions, concatenations, grouped or depthwise
     convolutions, any ``nn.Module``) goes through the dependency graph of :mod:`bayescomp.compress.graph`, which
-    needs one example input: ``example_input``, or the first validation images.
+    needs one example input: ``example_input``, or the first validation images. Both are a
+    :mod:`~bayescomp.compress.structure`; everything below is the same for either.
 
     Raises:
         PruneError: the given thresholds would remove every unit of a layer.
@@ -195,160 +179,73 @@ def compress(model: nn.Module, val: TensorData | None, config: CompressConfig | 
     from bayescomp.hooks import warn_if_turbo_never_updated
 
     warn_if_turbo_never_updated(model)  # an own loop without bayescomp.after_step prunes nothing
-    try:
-        chain = build_chain(model)
-    except UnsupportedModelError as chain_error:
-        if example_input is None and val is None:
-            raise UnsupportedModelError(f"{chain_error}; compressing it as a graph needs an example input "
-                                        "(example_input=, or validation data)") from chain_error
-        return compress_graph(model, val, config, example_input if example_input is not None else val.example(), log)
-    stats = group_statistics(chain)
-    path, base = [], None
-    per_weight = [layer.module.weight_keep_mask() is not None for layer in chain.layers]
-    thresholds = config.thresholds
-    if thresholds is None:
-        thresholds = [float(layer.module.config.threshold) for layer in chain.layers] if any(per_weight) else "search"
-    if isinstance(thresholds, str) and thresholds != "search":
-        raise ValueError(f"thresholds must be numbers, 'search' or None, got {thresholds!r}")
     with deterministic_mode(model):
-        if thresholds == "search":
-            if val is None:
-                raise ValueError("the automatic threshold search needs validation data")
-            subset = val if config.search_val_size is None else val.subset(config.search_val_size, seed=0)
-            if config.search == "global":
-                def error(plan: PruningPlan) -> float:
-                    with masked(chain, plan):
-                        return evaluate(model, subset)["error_pct"]
-
-                result = global_threshold_search(
-                    stats, lambda t: propagate(chain, group_keep_from_thresholds(stats, t)),
-                    lambda plan: plan.weights_kept(chain), error, config.tolerance_pct, log)
-            else:
-                result = greedy_threshold_search(
-                    chain, stats, lambda: evaluate(model, subset)["error_pct"], config.tolerance_pct, log=log
-                )
-            plan, thresholds, path, base = result.plan, result.thresholds, result.path, result.base_val_error_pct
-        else:
-            plan, thresholds = plan_from_thresholds(chain, thresholds)
-        if config.fold_empty_units:
-            plan = _with_folded_units(chain, plan)
-        small = shrink(chain, plan)
-        variances = kept_weight_variances(chain, plan)
-    precisions = _stored_precisions(small, variances, per_weight, config)
-    return CompressionResult(
-        model=small,
-        quantized_model=quantize_model(small, precisions),
-        plan=plan,
-        thresholds=thresholds,
-        layer_names=[layer.name for layer in chain.layers],
-        architecture_dense=full_architecture(chain),
-        architecture_kept=plan.kept_architecture(chain),
-        weights_dense=PruningPlan.keep_all(chain).weights_kept(chain),
-        weights_kept=plan.weights_kept(chain),
-        precisions=precisions,
-        log_alpha=stats,
-        search_path=path,
-        base_val_error_pct=base,
-    )
+        structure = _structure(model, val, config, example_input)
+    return _compress_with(model, val, config, structure, log)
 
 
-def _default_thresholds(model: nn.Module, thresholds):
-    """``None`` means the prior's own per-weight threshold for per-weight priors, the search otherwise."""
-    from bayescomp.priors.base import bayesian_layers
-
-    layers = [layer for _, layer in bayesian_layers(model)]
-    per_weight = [layer.weight_keep_mask() is not None for layer in layers]
-    if thresholds is None:
-        thresholds = "search" if not any(per_weight) else None
-    if isinstance(thresholds, str) and thresholds != "search":
-        raise ValueError(f"thresholds must be numbers, 'search' or None, got {thresholds!r}")
-    return thresholds
-
-
-def compress_graph(model: nn.Module, val: TensorData | None, config: CompressConfig, example_input: torch.Tensor,
-                   log=None) -> CompressionResult:
-    """The graph path of :func:`compress`: thresholds act on the coupled channel groups' statistics.
-
-    With per-weight priors (Sparse VD, Turbo-VBI) and no thresholds given, no channel is removed by a group
-    threshold: single weights are already zero in the posterior mean and the layers are stored sparsely.
-    """
-    from bayescomp.compress.graph import DependencyGraph
-    from bayescomp.compress.search import greedy_search, thresholds_for_counts
-
-    thresholds = _default_thresholds(model, config.thresholds)
+def _compress_with(model: nn.Module, val: Split | None, config: CompressConfig, structure: Structure,
+                   log) -> CompressionResult:
+    """Thresholds (given, the structure's default, or searched on ``val``) -> plan -> cut -> bits -> result."""
     with deterministic_mode(model):
-        graph = DependencyGraph(model, example_input, config.graph_reduce)
-        stats = graph.stats()
-        if not stats:
-            raise UnsupportedModelError("no channel of the model can be pruned (no Bayesian layer carries a group "
-                                        "statistic for a prunable channel group); bayesify and train it first")
+        thresholds = normalize_thresholds(config.thresholds, structure)
         path, base = [], None
         if thresholds == "search":
             if val is None:
                 raise ValueError("the automatic threshold search needs validation data")
             subset = val if config.search_val_size is None else val.subset(config.search_val_size, seed=0)
-
-            def make(pruned: list[int]) -> list[torch.Tensor]:
-                return make_keep(graph, thresholds_for_counts(stats, pruned))
-
-            def error(keep: list[torch.Tensor]) -> float:
-                with graph.masked(model, keep):
-                    return evaluate(model, subset)["error_pct"]
-
-            def describe(keep: list[torch.Tensor]) -> str:
-                return f"channels {[int(k.sum()) for k in keep]}"
-
-            if config.search == "global" or (config.search == "auto" and len(stats) > 8):
-                found = global_threshold_search(stats, lambda t: make_keep(graph, t), graph.weights_kept, error,
-                                                config.tolerance_pct, log, describe)
-            else:
-                found = greedy_search(stats, make, graph.weights_kept, error, config.tolerance_pct, log=log,
-                                      describe=describe)
-            keep, thresholds, path, base = found.plan, found.thresholds, found.path, found.base_val_error_pct
+            found = _search(model, structure, subset, config, log)
+            plan, thresholds, path, base = found.plan, found.thresholds, found.path, found.base_val_error_pct
         else:
-            if thresholds is None:
-                thresholds = [float("inf")] * len(stats)
-            elif not isinstance(thresholds, (list, tuple)):
-                thresholds = [float(thresholds)] * len(stats)
-            if len(thresholds) != len(stats):
-                raise ValueError(f"expected {len(stats)} thresholds (one per coupled channel group: "
-                                 f"{', '.join(g.root for g in graph.prunable_groups)}), got {len(thresholds)}")
-            thresholds = [float(t) for t in thresholds]
-            keep = graph.keep_from_thresholds(thresholds)
-        small = graph.prune(keep)
-        layers = dict(graph.bayes)
-        names, plan = graph.layer_keeps(keep)
-        variance_model = graph.prune(keep, lambda name, module: layers[name].posterior_weight_variance().detach()
-                                     if name in layers else torch.zeros_like(module.weight))
-    variances = [m.weight.detach() for m in prunable_modules(variance_model)]
-    per_weight = [name in layers and layers[name].weight_keep_mask() is not None for name in names]
-    precisions = _stored_precisions(small, variances, per_weight, config)
+            plan = structure.plan(thresholds)
+        if config.fold_empty_units:
+            plan = structure.fold(plan)
+        cut = structure.cut(plan)
+    precisions = _stored_precisions(cut.model, cut.variances, cut.per_weight, config)
     return CompressionResult(
-        model=small,
-        quantized_model=quantize_model(small, precisions),
-        plan=plan,
-        thresholds=thresholds,
-        layer_names=names,
-        architecture_dense=_graph_architecture(graph.plain),
-        architecture_kept=_graph_architecture(small),
-        weights_dense=_weight_count(graph.plain),
-        weights_kept=_weight_count(small),
-        precisions=precisions,
-        log_alpha=stats,
-        search_path=path,
-        base_val_error_pct=base,
-        stat_names=[g.root for g in graph.prunable_groups],
-        graph=graph,
+        model=cut.model, quantized_model=quantize_model(cut.model, precisions), plan=cut.plan, thresholds=thresholds,
+        layer_names=cut.layer_names, architecture_dense=cut.architecture_dense,
+        architecture_kept=cut.architecture_kept, weights_dense=cut.weights_dense, weights_kept=cut.weights_kept,
+        precisions=precisions, log_alpha=structure.stats, search_path=path, base_val_error_pct=base,
+        stat_names=structure.stat_names, graph=structure.graph,
     )
 
 
-def make_keep(graph, thresholds: list[float]) -> list[torch.Tensor]:
-    """Per-group keep masks for ``thresholds``; :class:`PruneError` if a group would lose every channel."""
-    keep = graph.keep_from_thresholds(thresholds)
-    for group, mask in zip(graph.prunable_groups, keep):
-        if not bool(mask.any()):
-            raise PruneError(f"group {group.root!r} would lose every channel")
-    return keep
+def _structure(model: nn.Module, val: Split | None, config: CompressConfig,
+               example_input: torch.Tensor | None) -> Structure:
+    """The chain structure where the model is a supported Sequential chain, the dependency graph otherwise."""
+    try:
+        return ChainStructure(model, build_chain(model))
+    except UnsupportedModelError as chain_error:
+        if example_input is None and val is None:
+            raise UnsupportedModelError(f"{chain_error}; compressing it as a graph needs an example input "
+                                        "(example_input=, or validation data)") from chain_error
+        return GraphStructure(model, example_input if example_input is not None else val.example(),
+                              config.graph_reduce)
+
+
+def _search(model: nn.Module, structure: Structure, subset: Split, config: CompressConfig, log) -> SearchResult:
+    """The threshold search on the validation ``subset``: greedy per-unit thresholds, or one global threshold by
+    bisection where the structure prefers it (see :mod:`bayescomp.compress.search`)."""
+
+    def error(plan) -> float:
+        with structure.masked(plan):
+            return evaluate(model, subset)["error_pct"]
+
+    if structure.prefers_global_search(config.search):
+        return global_threshold_search(structure.stats, structure.strict_plan, structure.weights_kept, error,
+                                       config.tolerance_pct, log, structure.describe_global)
+    return greedy_search(structure.stats, structure.plan_for_counts, structure.weights_kept, error,
+                         config.tolerance_pct, log=log, describe=structure.describe_greedy)
+
+
+def compress_graph(model: nn.Module, val: Split | None, config: CompressConfig, example_input: torch.Tensor,
+                   log=None) -> CompressionResult:
+    """:func:`compress` through the dependency graph even where the model is a chain (kept for callers that
+    want the graph's channel groups)."""
+    with deterministic_mode(model):
+        structure = GraphStructure(model, example_input, config.graph_reduce)
+    return _compress_with(model, val, config, structure, log)
 
 
 def _stored_precisions(small: nn.Module, variances: list, per_weight: list[bool],
@@ -358,15 +255,6 @@ def _stored_precisions(small: nn.Module, variances: list, per_weight: list[bool]
     weights = [m.weight.detach() for m in prunable_modules(small)]
     variances = [v[w != 0] if flag and bool((w != 0).any()) else v for v, w, flag in zip(variances, weights, per_weight)]
     return layer_precisions(variances, weights, config.bits_reduce, config.min_bits)
-
-
-def _weight_count(model: nn.Module) -> int:
-    return sum(m.weight.numel() for m in prunable_modules(model))
-
-
-def _graph_architecture(model: nn.Module) -> list[int]:
-    """Group counts as the papers write them: conv output filters, Linear input features."""
-    return [m.out_channels if isinstance(m, nn.Conv2d) else m.in_features for m in prunable_modules(model)]
 
 
 __all__ = [

@@ -43,30 +43,6 @@ def thresholds_for_counts(stats: list[torch.Tensor], pruned: list[int]) -> list[
     return out
 
 
-def _plan(stats: list[torch.Tensor], chain: Chain, pruned: list[int]) -> PruningPlan:
-    thresholds = thresholds_for_counts(stats, pruned)
-    return propagate(chain, [s < t for s, t in zip(stats, thresholds)])
-
-
-def greedy_threshold_search(
-    chain: Chain,
-    stats: list[torch.Tensor],
-    val_error: Callable[[], float],
-    tolerance_pct: float,
-    initial_fraction: float = 0.125,
-    log: Callable[[str], None] | None = None,
-) -> SearchResult:
-    """Greedy search described in the module docstring; ``val_error()`` evaluates the model as currently masked."""
-
-    def error(plan: PruningPlan) -> float:
-        with masked(chain, plan):
-            return val_error()
-
-    return greedy_search(stats, lambda pruned: _plan(stats, chain, pruned), lambda plan: plan.weights_kept(chain),
-                         error, tolerance_pct, initial_fraction, log,
-                         lambda plan: f"arch {plan.kept_architecture(chain)}")
-
-
 def greedy_search(
     stats: list[torch.Tensor],
     make_plan: Callable[[list[int]], Any],
