@@ -241,14 +241,15 @@ def main() -> None:
     parser.add_argument("--steps", type=str, default="", help="model=steps,... overrides (default 43/10/3)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", default="epoch_cost")
+    parser.add_argument("--note", default="Variants interleaved; ratios are within one run.",
+                        help="how the machine was loaded while measuring (recorded with the figures)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     steps = dict(STEPS, **{k: int(v) for k, v in (p.split("=") for p in args.steps.split(",") if p)})
     header = {"threads": torch.get_num_threads(), "torch": torch.__version__,
               "cpu_capability": torch.backends.cpu.get_cpu_capability(), "native_bf16": native_bf16(),
               "auto_precision": resolve_precision("auto"), "command": this_command(), "git_commit": git_commit(),
-              "note": "Run on a 2-core machine whose other core (and part of this one) ran other jobs; ratios are "
-                      "within one run, variants interleaved. 2 threads not measured (the other core was busy)."}
+              "note": args.note}
     results = [measure(m, args.rounds, steps[m], 128) for m in args.models.split(",")]
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"{args.out}.json").write_text(json.dumps({**header, "results": results}, indent=2))
