@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 import tempfile
 from pathlib import Path
@@ -47,7 +48,22 @@ def markdown(rows: list[dict], header: dict) -> str:
         lines.append(f"| {r['precision']} z/{r['z_sampling']} | {r['seed']} | {r['test_error_pct']:.2f} | "
                      f"{r['test_error_pct_bayes']:.2f} | {r['kept_architecture']} | "
                      f"{r['compression_architecture']:.1f}x | {r['compression_bits']:.1f}x | {r['epoch_s_mean']:.2f} |")
+    variants = sorted({(r["precision"], r["z_sampling"]) for r in rows})
+    if any(sum(1 for r in rows if (r["precision"], r["z_sampling"]) == v) > 1 for v in variants):
+        lines += ["", "Mean ± sample standard deviation over seeds:", "",
+                  "| variant | seeds | test error % | error % (posterior mean) | compression (architecture) |",
+                  "|---|---|---|---|---|"]
+        for precision, z in variants:
+            mine = [r for r in rows if (r["precision"], r["z_sampling"]) == (precision, z)]
+            cells = [_spread([r[k] for r in mine]) for k in ("test_error_pct", "test_error_pct_bayes",
+                                                               "compression_architecture")]
+            lines.append(f"| {precision} z/{z} | {len(mine)} | {cells[0]} | {cells[1]} | {cells[2]}x |")
     return "\n".join(lines) + "\n"
+
+
+def _spread(values: list[float]) -> str:
+    mean = statistics.fmean(values)
+    return f"{mean:.2f} ± {statistics.stdev(values):.2f}" if len(values) > 1 else f"{mean:.2f}"
 
 
 def main() -> None:
@@ -57,11 +73,16 @@ def main() -> None:
     parser.add_argument("--seeds", default="0")
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--table-only", action="store_true", help="rewrite the markdown from the JSON, run nothing")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     stem = f"precision_parity_{args.model}_{args.data}"
     path = RESULTS / f"{stem}.json"
     previous = json.loads(path.read_text())["runs"] if path.exists() else []
+    if args.table_only:
+        header = json.loads(path.read_text())
+        (RESULTS / f"{stem}.md").write_text(markdown(header["runs"], header))
+        return
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for seed in (int(s) for s in args.seeds.split(",")):
