@@ -1,17 +1,19 @@
 """Turn a plain network into a Bayesian one: every ``nn.Linear``/``nn.Conv2d`` becomes the chosen prior's layer.
 
 The posterior means start from the trained weights (the workflow of the BC reference code, "retraining a regular
-neural network"), so Bayesian training refines a good network instead of starting from scratch.
+neural network"), so Bayesian training refines a good network instead of starting from scratch. Which layers
+become Bayesian is the user's choice (``filter_fn``, ``skip``: torchao's ``filter_fn`` and Torch-Pruning's
+``ignored_layers``); every other weighted module must be one we know to keep plain, so that none stays
+deterministic by accident.
 """
 
 from __future__ import annotations
 
 import copy
-import functools
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, is_dataclass
 from typing import Any
 
-import torch
 from torch import nn
 
 from bayescomp.priors import get_prior
@@ -23,6 +25,14 @@ PASS_THROUGH: tuple[type[nn.Module], ...] = (
     nn.ReLU, nn.LeakyReLU, nn.ELU, nn.GELU, nn.Tanh, nn.Sigmoid, nn.SiLU, nn.Identity, nn.Dropout, nn.Flatten,
     nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.BatchNorm1d, nn.BatchNorm2d,
 )
+
+#: Weighted layers of transformer blocks that stay plain (deterministic, trained as usual, no KL): none of the
+#: priors defines them. ``nn.MultiheadAttention`` is kept whole: its forward reads ``out_proj.weight`` directly,
+#: so its inner Linear cannot be swapped.
+KEPT_PLAIN: tuple[type[nn.Module], ...] = (nn.LayerNorm, nn.Embedding, nn.MultiheadAttention)
+
+#: ``filter_fn(module, qualified_name) -> bool``: whether a Linear/Conv2d becomes Bayesian.
+FilterFn = Callable[[nn.Module, str], bool]
 
 
 def make_config(prior: str, config: Any = None, **overrides: Any) -> Any:
@@ -42,38 +52,80 @@ def make_config(prior: str, config: Any = None, **overrides: Any) -> Any:
     return config
 
 
-def bayesify(model: nn.Module, prior: str = "gnj", config: Any = None, inplace: bool = False,
-             example_input: torch.Tensor | None = None) -> nn.Module:
-    """Replace every Linear and Conv2d of ``model`` by the Bayesian layer of ``prior``.
+def bayesify(model: nn.Module, prior: str = "gnj", config: Any = None, inplace: bool = False, *,
+             filter_fn: FilterFn | None = None, skip: Iterable[str] = ()) -> nn.Module:
+    """Replace the Linear and Conv2d layers of ``model`` by the Bayesian layers of ``prior``.
 
     Args:
         model: a plain network; its weights initialise the posterior means.
         prior: a key of :data:`bayescomp.priors.PRIORS` (e.g. ``"gnj"``).
         config: the prior's config dataclass (or a dict of its fields); defaults when ``None``.
-        inplace: modify ``model`` itself instead of a deep copy.
-        example_input: optional batch; if given, Linear layers that receive inputs of more than two dimensions
-            (tokens, ``[B, T, D]``) are refused here rather than at the first forward.
+        inplace: modify ``model`` itself instead of a deep copy (a bare Linear/Conv2d model is always replaced).
+        filter_fn: ``filter_fn(module, qualified_name) -> bool`` for every Linear/Conv2d: ``False`` keeps it a
+            plain, deterministic layer (trained as usual, no KL). ``None``: all become Bayesian.
+        skip: qualified module names left untouched entirely, with everything below them (``"blocks.0"`` skips
+            ``"blocks.0.mlp.fc1"``); any module type may be skipped. A name matching no module is refused.
 
-    Returns the Bayesian model (same structure, same forward signature). Modules with parameters that are
-    neither Linear/Conv2d nor a known pass-through layer (e.g. an ``nn.LSTM``) raise a ``TypeError`` naming them,
-    because their weights would silently stay deterministic. Subclasses of Linear/Conv2d are converted when they
-    behave exactly like their base class (no own ``forward``, no extra parameters) and refused by name otherwise.
-    The Bayesian Linear layers take ``[batch, features]`` inputs only (one group scale per input feature and
-    example); a higher-rank input raises a ``ValueError`` naming the layer.
+    Returns the Bayesian model (same structure, same forward signature). Modules with parameters that are neither
+    Linear/Conv2d, a pass-through layer nor one of :data:`KEPT_PLAIN` (e.g. an ``nn.LSTM``), and not skipped,
+    raise a ``TypeError`` naming them, because their weights would silently stay deterministic. Subclasses of
+    Linear/Conv2d are converted when they behave exactly like their base class (no own ``forward``, no extra
+    parameters) and refused by name otherwise (unless ``filter_fn`` or ``skip`` leaves them plain). The Bayesian
+    Linear layers take inputs of any rank ``(..., features)``; see :class:`bayescomp.priors.base.BayesianLinear`.
     """
     spec = get_prior(prior)
     config = make_config(prior, config)
     if not is_dataclass(config):
         raise TypeError("config must be a dataclass")
+    skip = _check_skip(model, skip)
+    chosen = list(_chosen_layers(model, "", filter_fn, skip))  # everything is checked before anything changes
     model = model if inplace else copy.deepcopy(model)
-    _check_supported(model)
-    if example_input is not None:
-        _check_linear_input_ranks(model, example_input)
-    _swap(model, spec, config)
-    for name, module in model.named_modules():
-        if isinstance(module, BayesianLayer) and not hasattr(module, "out_channels"):
-            module.register_forward_pre_hook(functools.partial(_require_2d_input, name))
+    for name in chosen:
+        layer = model.get_submodule(name)
+        bayes = spec.from_linear(layer, config) if isinstance(layer, nn.Linear) else spec.from_conv2d(layer, config)
+        if not name:
+            return bayes
+        parent, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent), child, bayes)
     return model
+
+
+def _check_skip(model: nn.Module, skip: Iterable[str]) -> frozenset[str]:
+    if isinstance(skip, str):
+        raise TypeError(f"skip must be a list of module names, got the string {skip!r} (write [{skip!r}])")
+    names = frozenset(skip)
+    unknown = sorted(names - {name for name, _ in model.named_modules()})
+    if unknown:
+        raise ValueError(f"skip names {unknown} match no module of the model; qualified names look like "
+                         f"{[n for n, _ in model.named_modules() if n][:5]} (see model.named_modules()).")
+    return names
+
+
+def _chosen_layers(module: nn.Module, name: str, filter_fn: FilterFn | None,
+                   skip: frozenset[str]) -> Iterator[str]:
+    """Qualified names of the layers to convert, in module order; refuses weighted modules it does not know."""
+    if name in skip or isinstance(module, (BayesianLayer,) + PASS_THROUGH + KEPT_PLAIN):
+        return
+    base = nn.Linear if isinstance(module, nn.Linear) else nn.Conv2d if isinstance(module, nn.Conv2d) else None
+    if base is not None:
+        if filter_fn is not None and not filter_fn(module, name):
+            return
+        if not _convertible(module, base):
+            raise TypeError(
+                f"module {name!r} ({type(module).__name__}) subclasses {base.__name__} but changes its forward or "
+                "adds parameters/submodules; converting it would silently drop that behaviour and leaving it "
+                f"plain would leave it deterministic and never pruned. Use a plain {base.__name__} there, or leave "
+                f"it plain on purpose with bayesify(..., skip=[{name!r}]) or filter_fn.")
+        yield name
+        return
+    if list(module.parameters(recurse=False)):
+        known = ", ".join(t.__name__ for t in PASS_THROUGH + KEPT_PLAIN)
+        raise TypeError(
+            f"module {name!r} ({type(module).__name__}) has parameters but no Bayesian counterpart; supported "
+            f"weight layers are nn.Linear and nn.Conv2d (and {known} kept as they are). Replace it, or leave it "
+            f"deterministic on purpose with bayesify(..., skip=[{name!r}]).")
+    for child_name, child in module.named_children():
+        yield from _chosen_layers(child, f"{name}.{child_name}" if name else child_name, filter_fn, skip)
 
 
 def _convertible(module: nn.Module, base: type[nn.Module]) -> bool:
@@ -82,68 +134,3 @@ def _convertible(module: nn.Module, base: type[nn.Module]) -> bool:
         return True
     own = {name for name, _ in module.named_parameters(recurse=False)}
     return type(module).forward is base.forward and own <= {"weight", "bias"} and not list(module.children())
-
-
-def _require_2d_input(name: str, module: nn.Module, args: tuple) -> None:
-    if args and isinstance(args[0], torch.Tensor) and args[0].dim() != 2:
-        raise ValueError(
-            f"Bayesian Linear layer {name!r} got an input of shape {tuple(args[0].shape)}; it takes [batch, "
-            "features] only (its group scales are per example and input feature). Flatten the extra dimensions "
-            "into the batch (x.reshape(-1, x.shape[-1])) around it, or leave this layer out of bayesify.")
-
-
-def _check_linear_input_ranks(model: nn.Module, example_input: torch.Tensor) -> None:
-    """Run ``example_input`` through the plain model and refuse Linear layers fed more than two dimensions."""
-    seen: dict[str, int] = {}
-    hooks = [module.register_forward_pre_hook(functools.partial(_record_rank, seen, name))
-             for name, module in model.named_modules() if isinstance(module, nn.Linear)]
-    try:
-        with torch.no_grad():
-            model(example_input)
-    finally:
-        for hook in hooks:
-            hook.remove()
-    wrong = sorted(name for name, rank in seen.items() if rank != 2)
-    if wrong:
-        raise TypeError(f"Linear layers {wrong} receive inputs with more than two dimensions (e.g. tokens "
-                        "[B, T, D]); bayesify supports [batch, features] Linear inputs only. Flatten the extra "
-                        "dimensions into the batch around them, or keep them out of the model you compress.")
-
-
-def _record_rank(seen: dict[str, int], name: str, module: nn.Module, args: tuple) -> None:
-    if args and isinstance(args[0], torch.Tensor):
-        seen[name] = max(seen.get(name, 0), args[0].dim())
-
-
-def _check_supported(model: nn.Module) -> None:
-    for name, module in model.named_modules():
-        if isinstance(module, BayesianLayer) or isinstance(module, PASS_THROUGH):
-            continue
-        base = nn.Linear if isinstance(module, nn.Linear) else nn.Conv2d if isinstance(module, nn.Conv2d) else None
-        if base is not None:
-            if _convertible(module, base):
-                continue
-            raise TypeError(
-                f"module {name!r} ({type(module).__name__}) subclasses {base.__name__} but changes its forward or "
-                "adds parameters/submodules; converting it would silently drop that behaviour and leaving it "
-                f"plain would leave it deterministic and never pruned. Use a plain {base.__name__} there, or keep "
-                "it outside the model you compress.")
-        own_params = list(module.parameters(recurse=False))
-        if own_params:
-            raise TypeError(
-                f"module {name!r} ({type(module).__name__}) has parameters but no Bayesian counterpart; supported "
-                f"weight layers are nn.Linear and nn.Conv2d (and {', '.join(t.__name__ for t in PASS_THROUGH)} "
-                "as pass-through). Replace it or keep it outside the model you compress."
-            )
-
-
-def _swap(module: nn.Module, spec, config) -> None:
-    for child_name, child in module.named_children():
-        if isinstance(child, BayesianLayer):
-            continue
-        if isinstance(child, nn.Linear) and _convertible(child, nn.Linear):
-            setattr(module, child_name, spec.from_linear(child, config))
-        elif isinstance(child, nn.Conv2d) and _convertible(child, nn.Conv2d):
-            setattr(module, child_name, spec.from_conv2d(child, config))
-        else:
-            _swap(child, spec, config)

@@ -17,6 +17,11 @@ pruning; an option, since no paper fixes how BC's per-layer groups combine acros
 grouped (not depthwise) convolution are kept whole: removing channels there must keep the groups equal in size,
 which this path does not do. The outputs of the last layer (the classes) are never pruned.
 
+Transformer blocks: LayerNorm, Embedding and MultiheadAttention (:data:`bayescomp.bayesify.KEPT_PLAIN`) are
+traced like any layer, and every group that touches one of them (or a layer inside one, e.g. the attention's
+``out_proj``) is kept whole. So the residual stream (embedding width, norms, attention, the MLP's output) stays,
+and what can go are channels private to Linear/Conv2d layers, such as the hidden units of a block's MLP.
+
 Every candidate is evaluated as the physically pruned network, so the searched and the shipped model are the same.
 """
 
@@ -30,12 +35,13 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from bayescomp.bayesify import KEPT_PLAIN
 from bayescomp.compress.chain import UnsupportedModelError
 from bayescomp.compress.masks import PruneError, PruningPlan
 from bayescomp.priors.base import BayesianLayer, bayesian_layers
 
 REDUCTIONS = ("min", "mean")
-SUPPORTED_WEIGHTED = (nn.Linear, nn.Conv2d, nn.BatchNorm1d, nn.BatchNorm2d, BayesianLayer)
+SUPPORTED_WEIGHTED = (nn.Linear, nn.Conv2d, nn.BatchNorm1d, nn.BatchNorm2d, BayesianLayer) + KEPT_PLAIN
 
 
 @dataclass
@@ -87,7 +93,27 @@ def _check_supported(model: nn.Module) -> None:
             continue
         raise UnsupportedModelError(
             f"module {name!r} ({type(module).__name__}) has weights the compression path cannot prune; supported "
-            "weighted layers: Linear, Conv2d (also grouped/depthwise), BatchNorm1d/2d")
+            "weighted layers: Linear, Conv2d (also grouped/depthwise), BatchNorm1d/2d; LayerNorm, Embedding and "
+            "MultiheadAttention are kept whole")
+
+
+def _check_kept_plain_called(model: nn.Module, example: torch.Tensor) -> None:
+    """Refuse a LayerNorm/Embedding/MultiheadAttention that the forward does not call: its weights are then used
+    some other way (e.g. ``table.weight[0]``), which the trace cannot map to channels."""
+    called: set[int] = set()
+    handles = [m.register_forward_pre_hook(lambda m, a: called.add(id(m)))
+               for m in model.modules() if isinstance(m, KEPT_PLAIN)]
+    try:
+        with torch.no_grad():
+            model(example)
+    finally:
+        for h in handles:
+            h.remove()
+    for name, module in model.named_modules():
+        if isinstance(module, KEPT_PLAIN) and id(module) not in called:
+            raise UnsupportedModelError(
+                f"module {name!r} ({type(module).__name__}) is not called by the forward, so its weights are used in "
+                "a way the dependency trace cannot follow; call the module instead of reading its weights.")
 
 
 def _output_layers(model: nn.Module, example: torch.Tensor) -> list[nn.Module]:
@@ -118,6 +144,10 @@ class DependencyGraph:
         self.plain = plain_copy(model).cpu()
         self.bayes = dict(bayesian_layers(model))
         names = {m: n for n, m in self.plain.named_modules()}
+        self._kept_whole = {id(inner) for module in self.plain.modules() if isinstance(module, KEPT_PLAIN)
+                            for inner in module.modules()}
+        if self._kept_whole:
+            _check_kept_plain_called(self.plain, self.example)
         try:
             graph = self._graph(self.plain)
             self.outputs = [names[m] for m in _output_layers(self.plain, self.example)]
@@ -139,6 +169,7 @@ class DependencyGraph:
         members, values, positions, blocked = [], [], [], False
         for item in group:
             module = item.dep.target.module
+            blocked = blocked or id(module) in self._kept_whole
             if not isinstance(module, (nn.Linear, nn.Conv2d)):
                 continue
             name = names[module]

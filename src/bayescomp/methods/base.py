@@ -48,6 +48,9 @@ class RunContext:
     metadata: dict[str, Any] = field(default_factory=dict)  # extra fields of the compressed file's metadata
     extras: dict[str, Any] = field(default_factory=dict)  # extra report fields
     state: dict[str, Any] = field(default_factory=dict)  # a method's private state between its hooks
+    #: which Linear/Conv2d layers a prior's ``prepare`` makes Bayesian (:func:`bayescomp.bayesify.bayesify`)
+    filter_fn: Callable[[nn.Module, str], bool] | None = None
+    skip: tuple[str, ...] = ()  # qualified module names ``prepare`` leaves untouched
 
 
 def shared_training(model: nn.Module, ctx: RunContext, objective: Any = None) -> TrainHistory:

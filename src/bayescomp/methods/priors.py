@@ -50,7 +50,7 @@ def _prior_method(name: str) -> Method:
     traits["lr_scales"] = MappingProxyType(dict(traits.get("lr_scales", {})))
 
     def prepare(ctx: RunContext) -> nn.Module:
-        return bayesify(ctx.dense, name, ctx.settings)
+        return bayesify(ctx.dense, name, ctx.settings, filter_fn=ctx.filter_fn, skip=ctx.skip)
 
     return Method(name=name, config_cls=spec.config_cls, description=spec.description, needs="prior",
                   prepare=prepare, compress=search_and_compress, distributed=True, **traits)

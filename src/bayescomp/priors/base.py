@@ -107,6 +107,14 @@ class BayesianLinear(BayesianLayer):
     """What every prior's Linear layer shares: shape, construction from ``nn.Linear``, export to ``nn.Linear``.
 
     Subclasses take ``(in_features, out_features, bias, config)`` and define ``weight_mu`` / ``bias_mu``.
+
+    Inputs may have any rank ``(..., in_features)``, as for ``nn.Linear``; the token dimensions (e.g. T of a
+    ``[B, T, D]`` input) are flattened into rows for the two products of local reparameterisation, so the output
+    noise is drawn per element. A group scale z (one per input feature, BC-GNJ / BC-GHS) is drawn once per example
+    (the first dimension) and *shared by all its tokens*: z has shape (B, 1, D) for ``[B, T, D]``. Our choice — the
+    paper (Louizos et al. 2017) has 2-D inputs only: the group is the input feature, and one draw per example
+    mirrors its one draw per row of a 2-D batch, so a token sequence is treated as one example whose features
+    are switched on or off together (as the deployed, pruned layer does). A 1-D input is one example.
     """
 
     group_dim = "in"
@@ -179,8 +187,10 @@ class PerWeightGaussian(BayesianLayer):
             if self.config.train_clip:
                 keep = self._train_keep_mask()
                 mean, sigma2 = mean * keep, sigma2 * keep
-            noise = torch.randn(x.shape[0], self.out_features, device=x.device, dtype=x.dtype)
-            return linear_lrt(x, None, mean, self.weight_log_sigma2, sigma2, self.bias_mu, None, None, noise)
+            rows = x.reshape(-1, x.shape[-1])  # tokens (..., in) -> rows; per-weight noise needs no grouping
+            noise = torch.randn(rows.shape[0], self.out_features, device=x.device, dtype=x.dtype)
+            out = linear_lrt(rows, None, mean, self.weight_log_sigma2, sigma2, self.bias_mu, None, None, noise)
+            return out.reshape(*x.shape[:-1], self.out_features)
         mean, variance = self.weight_mu, self.weight_log_sigma2.exp()
         self._variance_store("weight_log_sigma2", variance)
         if self.config.train_clip:

@@ -33,7 +33,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from bayescomp.priors.base import BayesianConv2d, BayesianLayer, BayesianLinear, PriorSpec, register_prior
-from bayescomp.priors.group_nj import _fused_conv, _fused_linear, check_z_sampling, kl_standard_normal
+from bayescomp.priors.group_nj import (
+    _fused_conv,
+    _fused_linear,
+    _unfused_linear,
+    check_z_sampling,
+    kl_standard_normal,
+)
 
 _EPS = 1e-8
 _LOG_2PI = math.log(2.0 * math.pi)
@@ -102,6 +108,22 @@ def kl_lognormal_invgamma(mu: torch.Tensor, log_sigma2: torch.Tensor, shape: flo
     sigma2 = log_sigma2.exp()
     return (math.lgamma(shape) - shape * log_scale + shape * mu + torch.exp(log_scale - mu + 0.5 * sigma2)
             - 0.5 - 0.5 * (_LOG_2PI + log_sigma2))
+
+
+_SIGNS = torch.tensor([[1.0], [-1.0]])
+_KL_CONSTANT = 0.5 * math.log(math.pi) - 0.5 - 0.5 * _LOG_2PI  # lnΓ(1/2) - 1/2 - ln(2π)/2
+
+
+def kl_lognormal_factors(mu: torch.Tensor, log_sigma2: torch.Tensor, log_c: torch.Tensor) -> torch.Tensor:
+    """Sum of :func:`kl_lognormal_gamma` over row 0 and :func:`kl_lognormal_invgamma` over row 1 (shape 1/2, log
+    rate / log scale ``log_c``), in one pass over the (2, n) tensors: with sign +1 (Gamma) or -1 (InvGamma),
+    each term is lnΓ(1/2) - c/2 - sign mu/2 + exp(c + sign mu + sigma²/2) - 1/2 - ln(2π sigma²)/2. One expression
+    instead of four keeps the number of small operations (which, not their size, costs time on vectors of
+    a few hundred groups) a quarter of what the separate KLs take."""
+    signed = mu * _SIGNS.to(mu.device, mu.dtype)
+    inner = log_c + signed
+    terms = torch.exp(inner + 0.5 * log_sigma2.exp()) - 0.5 * (inner + log_sigma2)
+    return terms.sum() + mu.numel() * _KL_CONSTANT
 
 
 class _GroupHSMixin(BayesianLayer):
@@ -173,13 +195,11 @@ class _GroupHSMixin(BayesianLayer):
         return torch.log(torch.expm1(v) + _EPS)
 
     def kl_divergence(self) -> torch.Tensor:
-        cfg = self.config
-        gmu, glv = self.scale_global_mu, self.scale_global_log_sigma2
-        kl = kl_lognormal_gamma(gmu[0], glv[0], 0.5, -2.0 * math.log(cfg.tau0))
-        kl = kl + kl_lognormal_invgamma(gmu[1], glv[1], 0.5, 0.0)
-        lmu, llv = self.scale_group_mu, self.scale_group_log_sigma2
-        kl = kl + kl_lognormal_gamma(lmu[0], llv[0], 0.5, 0.0).sum()
-        kl = kl + kl_lognormal_invgamma(lmu[1], llv[1], 0.5, 0.0).sum()
+        mu = torch.cat([self.scale_global_mu.view(2, 1), self.scale_group_mu], 1)
+        log_sigma2 = torch.cat([self.scale_global_log_sigma2.view(2, 1), self.scale_group_log_sigma2], 1)
+        log_c = torch.zeros_like(mu)
+        log_c[0, 0] = -2.0 * math.log(self.config.tau0)  # s_a ~ Gamma(1/2, rate 1/tau0²); every other rate/scale 1
+        kl = kl_lognormal_factors(mu, log_sigma2, log_c)
         kl = kl + kl_standard_normal(self.weight_mu, self.weight_log_sigma2, self._variance("weight_log_sigma2"))
         if self.bias_mu is not None:
             kl = kl + kl_standard_normal(self.bias_mu, self.bias_log_sigma2, self._variance("bias_log_sigma2"))
@@ -224,11 +244,7 @@ class LinearGroupHS(_GroupHSMixin, BayesianLinear):
             return F.linear(x, self.posterior_mean_weight(), self.bias_mu)
         if self.fused:
             return _fused_linear(self, x)
-        x_scaled = x * self._sample_z(x.shape[0])
-        mean = F.linear(x_scaled, self.weight_mu, self.bias_mu)
-        bias_var = self.bias_log_sigma2.exp() if self.bias_mu is not None else None
-        var = F.linear(x_scaled.pow(2), self.weight_log_sigma2.exp(), bias_var)
-        return mean + var.add(_EPS).sqrt() * torch.randn_like(mean)
+        return _unfused_linear(self, x)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, groups=in, tau0={self.config.tau0}"

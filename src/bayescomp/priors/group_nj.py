@@ -193,11 +193,7 @@ class LinearGroupNJ(_GroupNJMixin, BayesianLinear):
             return F.linear(x, self.posterior_mean_weight(), self.bias_mu)
         if self.fused:
             return _fused_linear(self, x)
-        x_scaled = x * self._sample_z(x.shape[0])
-        mean = F.linear(x_scaled, self.weight_mu, self.bias_mu)
-        bias_var = self.bias_log_sigma2.exp() if self.bias_mu is not None else None
-        var = F.linear(x_scaled.pow(2), self.weight_log_sigma2.exp(), bias_var)
-        return mean + var.add(_EPS).sqrt() * torch.randn_like(mean)
+        return _unfused_linear(self, x)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, groups=in"
@@ -231,17 +227,43 @@ class Conv2dGroupNJ(_GroupNJMixin, BayesianConv2d):
                 f"padding={self.padding}, groups=out")
 
 
+def _examples(x: torch.Tensor) -> int:
+    """Number of examples of a Linear input (..., features): its first dimension; a 1-D input is one example."""
+    return x.shape[0] if x.dim() > 1 else 1
+
+
+def _unfused_linear(layer: BayesianLinear, x: torch.Tensor) -> torch.Tensor:
+    """Training forward of a group-scaled Linear layer (GNJ, GHS) with plain autograd ops, for inputs of any rank:
+    z per example (rows of ``_sample_z``) broadcast over the token dimensions (see :class:`BayesianLinear`)."""
+    z = layer._sample_z(_examples(x))
+    if x.dim() == 1:
+        z = z[0]
+    elif x.dim() > 2:
+        z = z.view(z.shape[0], *([1] * (x.dim() - 2)), z.shape[-1])  # (B, 1, ..., 1, D): shared by the tokens
+    x_scaled = x * z
+    mean = F.linear(x_scaled, layer.weight_mu, layer.bias_mu)
+    bias_var = layer.bias_log_sigma2.exp() if layer.bias_mu is not None else None
+    var = F.linear(x_scaled.pow(2), layer.weight_log_sigma2.exp(), bias_var)
+    return mean + var.add(_EPS).sqrt() * torch.randn_like(mean)
+
+
 def _fused_linear(layer: BayesianLinear, x: torch.Tensor) -> torch.Tensor:
     """Training forward of a group-scaled Linear layer (GNJ, GHS) through :func:`linear_lrt`; same draws, in the
-    same order, as the unfused forward (z first, then the output noise)."""
-    z = layer._sample_z(x.shape[0])
+    same order, as the unfused forward (z first, then the output noise). Inputs of any rank are flattened to rows
+    (B * T, D) and an example's z is repeated for each of its rows, so all its tokens share one z."""
+    z = layer._sample_z(_examples(x))
+    rows = x.reshape(-1, x.shape[-1])
     if layer.config.z_sampling == "batch":
         z = z[0]
+    elif x.dim() > 2:
+        tokens = math.prod(x.shape[1:-1])
+        z = z.unsqueeze(1).expand(-1, tokens, -1).reshape(-1, z.shape[-1])
     sigma2 = layer._variance("weight_log_sigma2", fresh=True)
     bias_sigma2 = None if layer.bias_mu is None else layer._variance("bias_log_sigma2", fresh=True)
-    noise = torch.randn(x.shape[0], layer.out_features, device=x.device, dtype=x.dtype)
-    return linear_lrt(x, z, layer.weight_mu, layer.weight_log_sigma2, sigma2, layer.bias_mu,
-                      layer.bias_log_sigma2, bias_sigma2, noise)
+    noise = torch.randn(rows.shape[0], layer.out_features, device=x.device, dtype=x.dtype)
+    out = linear_lrt(rows, z, layer.weight_mu, layer.weight_log_sigma2, sigma2, layer.bias_mu,
+                     layer.bias_log_sigma2, bias_sigma2, noise)
+    return out.reshape(*x.shape[:-1], layer.out_features)
 
 
 def _fused_conv(layer: BayesianConv2d, x: torch.Tensor) -> torch.Tensor:
