@@ -15,6 +15,7 @@ The format is specified in docs/file-format.md. The package is split by concern:
 * :mod:`~bayescomp.compress.packed.modules`: the module codec table (one entry per supported leaf type);
 * :mod:`~bayescomp.compress.packed.container`: framing, CRC and the atomic writer;
 * :mod:`~bayescomp.compress.packed.tree`: networks that are not a flat Sequential;
+* :mod:`~bayescomp.compress.packed.generic`: modules outside the table, stored with their own tensors;
 * :mod:`~bayescomp.compress.packed.classes`: the allowlist of container classes a file may rebuild;
 * :mod:`~bayescomp.compress.packed.files`: :func:`save_packed` / :func:`load_packed`;
 * :mod:`~bayescomp.compress.packed.inspection`: per-layer bits and encodings without building the model.
@@ -30,8 +31,8 @@ from bayescomp.compress.packed.classes import (
 )
 from bayescomp.compress.packed.files import load_packed, save_packed
 from bayescomp.compress.packed.format import (
-    ENCODINGS, FORMAT_VERSION, MAGIC, READABLE_VERSIONS, RESERVED_KEY, TREE_VERSION, PackedFormatError,
-    QuantSpec,
+    ENCODINGS, FORMAT_VERSION, MAGIC, READABLE_VERSIONS, RESERVED_KEY, TENSOR_VERSION, TREE_VERSION,
+    PackedFormatError, QuantSpec,
 )
 from bayescomp.compress.packed.inspection import packed_layer_bits, packed_layer_info
 from bayescomp.compress.packed.modules import SUPPORTED_TYPES
@@ -40,7 +41,8 @@ from bayescomp.compress.packed.weights import sparse_weight_bytes
 
 __all__ = [
     "BUILTIN_CLASSES", "ENCODINGS", "FORMAT_VERSION", "MAGIC", "READABLE_VERSIONS", "RESERVED_KEY",
-    "SUPPORTED_TYPES", "TREE_VERSION", "PackedFormatError", "QuantSpec", "UntrustedClassError", "bits_needed",
+    "SUPPORTED_TYPES", "TENSOR_VERSION", "TREE_VERSION", "PackedFormatError", "QuantSpec",
+    "UntrustedClassError", "bits_needed",
     "container_classes", "dequantize_codes", "is_flat", "load_packed", "pack_uint", "packed_layer_bits",
     "packed_layer_info", "packed_leaves", "quantize_codes", "register_packable", "save_packed",
     "sparse_weight_bytes", "unpack_uint", "unregister_packable",

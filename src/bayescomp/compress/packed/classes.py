@@ -1,10 +1,11 @@
-"""The allowlist of container classes a packed file may rebuild (the module tree's ``"class"`` entries).
+"""The allowlist of classes a packed file may rebuild (the module tree's ``"class"`` entries).
 
 A file is data, so loading it never imports a module it names: a ``"class"`` string is only looked up among
 classes that are already imported and trusted. Those are torch's containers and bayescomp's own models
 (:data:`BUILTIN_CLASSES`), classes registered once with :func:`register_packable`, and the classes the caller
-passes to ``load_packed(path, classes=[...])``. A container's ``"attrs"`` may hold only plain data attributes
-(:func:`check_attrs`); see docs/file-format.md, "Module tree".
+passes to ``load_packed(path, classes=[...])``: containers, and modules outside the leaf table that are stored
+with their own tensors (:mod:`bayescomp.compress.packed.generic`). A node's ``"attrs"`` may hold only plain
+data attributes (:func:`check_attrs`); see docs/file-format.md, "Module tree".
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ _PLAIN = (bool, int, float, str, type(None), list, tuple, dict)
 
 
 class UntrustedClassError(PackedFormatError):
-    """A packed file names a container class that is neither on the allowlist nor passed by the caller."""
+    """A packed file names a class that is neither on the allowlist nor passed by the caller."""
 
 
 def dotted_name(cls: type) -> str:
@@ -45,7 +46,8 @@ def _check_class(cls: Any, where: str) -> type[nn.Module]:
 
 
 def register_packable(cls: type[nn.Module]) -> type[nn.Module]:
-    """Trust ``cls`` as a container class of packed files from now on (usable as a class decorator).
+    """Trust ``cls`` as a class of packed files from now on (usable as a class decorator): a container, or
+    a module of your own that the file stores with its parameters and buffers.
 
     Loading a file that names ``cls`` then rebuilds it without ``classes=[...]``. Register only your own
     classes: a registered class's ``forward`` runs on whatever leaves a file gives it.
@@ -55,8 +57,9 @@ def register_packable(cls: type[nn.Module]) -> type[nn.Module]:
 
 
 def container_classes(model: nn.Module) -> list[type[nn.Module]]:
-    """The classes of ``model``'s containers (everything but its leaf modules), e.g. to check a packed copy of
-    a model you built yourself: ``load_packed(path, classes=container_classes(model))``."""
+    """The classes of ``model``'s modules outside the leaf table (containers and modules stored with their own
+    tensors), e.g. to check a packed copy of a model you built yourself:
+    ``load_packed(path, classes=container_classes(model))``."""
     found = {type(module) for module in model.modules() if type(module) not in SUPPORTED_TYPES.values()}
     return sorted(found, key=dotted_name)
 

@@ -12,11 +12,11 @@ from bayescomp.compress.packed.blobs import BlobWriter
 from bayescomp.compress.packed.classes import ClassResolver
 from bayescomp.compress.packed.container import read_checked, write_container
 from bayescomp.compress.packed.format import (
-    DECODE_ERRORS, FORMAT_VERSION, RESERVED_KEY, TREE_VERSION, PackedFormatError, PathLike, QuantSpec,
-    module_fail,
+    DECODE_ERRORS, FORMAT_VERSION, RESERVED_KEY, TENSOR_VERSION, TREE_VERSION, PackedFormatError, PathLike,
+    QuantSpec, module_fail,
 )
 from bayescomp.compress.packed.modules import decode_module, encode_module
-from bayescomp.compress.packed.tree import build_tree, is_flat, packed_leaves, tree_of
+from bayescomp.compress.packed.tree import build_tree, has_tensors, is_flat, packed_leaves, tree_of
 
 
 def _check_model(model: nn.Module, quant: dict[int, QuantSpec]) -> None:
@@ -38,14 +38,17 @@ def save_packed(model: nn.Module, path: PathLike, quant: dict[int, QuantSpec] | 
 
     Args:
         model: an ``nn.Sequential`` of the supported module types (:data:`SUPPORTED_TYPES`), or any module
-            tree whose leaves are of those types (stored with a module tree, format version 3).
+            tree whose leaves are of those types (stored with a module tree, format version 3). A module of
+            another type is stored with its own parameters, buffers and plain attributes (version 4); its
+            class, like a container's, must be passed to (or registered for) the loader.
         quant: module index (position in :func:`packed_leaves`) -> :class:`QuantSpec` for the Linear/Conv2d
             layers stored as packed integer codes (weights off the grid are rounded to it with
             ``floor(w / step + 0.5)``).
         metadata: JSON-serialisable dict stored in the header and returned by :func:`load_packed`.
 
     Raises:
-        ValueError: an unsupported module, a bad ``quant`` entry, or metadata that is not JSON-serialisable.
+        ValueError: a module the format cannot rebuild (the message names it and says what to change), a bad
+            ``quant`` entry, or metadata that is not JSON-serialisable.
     """
     quant = dict(quant or {})
     metadata = dict(metadata or {})
@@ -58,7 +61,8 @@ def save_packed(model: nn.Module, path: PathLike, quant: dict[int, QuantSpec] | 
     content: dict[str, Any] = {"modules": specs, "metadata": metadata}
     version = FORMAT_VERSION
     if not is_flat(model):
-        content["tree"], version = tree_of(model, leaves), TREE_VERSION
+        content["tree"] = tree_of(model, leaves, blobs)
+        version = TENSOR_VERSION if has_tensors(content["tree"]) else TREE_VERSION
     return write_container(Path(path), version, content, blobs.parts, blobs.size)
 
 
@@ -88,12 +92,13 @@ def _decode_leaves(path: Path, header: dict[str, Any], data: memoryview,
 
 
 def load_packed(path: PathLike, classes: Iterable[type[nn.Module]] = ()) -> tuple[nn.Module, dict]:
-    """Read a packed file (format version 1, 2 or 3); returns the model (in eval mode) and its metadata.
+    """Read a packed file (format version 1 to 4); returns the model (in eval mode) and its metadata.
 
-    Version-1/2 files hold an ``nn.Sequential``; version-3 files rebuild the stored module tree. Loading never
-    imports a module named in the file: a tree's container classes must be torch containers, bayescomp's
-    models, classes registered with :func:`register_packable`, or among ``classes`` (your own model's
-    container classes, e.g. ``classes=[MyNet, MyBlock]``).
+    Version-1/2 files hold an ``nn.Sequential``; version-3/4 files rebuild the stored module tree (version 4:
+    with modules that store their own parameters and buffers). Loading never imports a module named in the
+    file: a tree's classes must be torch containers, bayescomp's models, classes registered with
+    :func:`register_packable`, or among ``classes`` (your own model's classes, e.g.
+    ``classes=[MyNet, MyBlock, MyNorm]``).
 
     The metadata is the dict given to :func:`save_packed` plus the reserved key ``"_packed"``:
     ``{"version": int (of the file), "bits": {module index: bits per stored value}, "steps": {module index:
@@ -113,5 +118,5 @@ def load_packed(path: PathLike, classes: Iterable[type[nn.Module]] = ()) -> tupl
     metadata = dict(header.get("metadata") or {})
     metadata[RESERVED_KEY] = summary
     if version >= TREE_VERSION and "tree" in header:
-        return build_tree(header["tree"], modules, path, resolver).eval(), metadata
+        return build_tree(header["tree"], modules, path, resolver, data, version).eval(), metadata
     return nn.Sequential(*modules).eval(), metadata

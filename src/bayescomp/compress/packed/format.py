@@ -17,7 +17,8 @@ import numpy as np
 MAGIC = b"BCPK"
 FORMAT_VERSION = 2  # flat Sequential files; files with a module tree are version 3
 TREE_VERSION = 3
-READABLE_VERSIONS = (1, 2, 3)  # version 1: dense weights only; version 3: a module tree over the leaves
+TENSOR_VERSION = 4  # a module tree one of whose nodes stores its own parameters or buffers
+READABLE_VERSIONS = (1, 2, 3, 4)  # 1: dense weights only; 3: a module tree; 4: tree nodes with own tensors
 RESERVED_KEY = "_packed"
 ENCODINGS = ("dense", "sparse_mask", "sparse_gaps")  # in order of preference when sizes tie
 PREAMBLE = struct.Struct("<4sHIQ")  # magic, version, header_len, data_len
