@@ -250,7 +250,7 @@ def test_skip_leaves_a_subtree_untouched_and_may_hold_unknown_modules():
 
 
 def test_skip_and_unknown_layers_are_refused_clearly():
-    with pytest.raises(ValueError, match=r"skip names \['bdy'\] match no module"):
+    with pytest.raises(ValueError, match=r"skip names \['bdy'\] match no module or parameter"):
         bayesify(_Net(), "gnj", skip=["bdy"])
     with pytest.raises(TypeError, match="skip must be a list"):
         bayesify(_Net(), "gnj", skip="body")
@@ -258,6 +258,27 @@ def test_skip_and_unknown_layers_are_refused_clearly():
     with_lstm.body.append(nn.LSTM(5, 5))
     with pytest.raises(TypeError, match=r"'body.3' \(LSTM\) has parameters.*skip=\['body.3'\]"):
         bayesify(with_lstm, "gnj")
+
+
+def test_skip_may_name_bare_parameters_of_a_module_whose_children_are_converted():
+    """A ViT keeps cls_token / pos_embed as parameters of the model itself: skipping them by name keeps them plain
+    while its Linear layers still become Bayesian (skipping the model would skip everything)."""
+
+    class WithToken(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.cls_token = nn.Parameter(torch.zeros(1, 1, 4))
+            self.fc = nn.Linear(4, 2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.fc(torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], 1))
+
+    refused = r"'' \(WithToken\) has parameters \['cls_token'\].*skip=\['cls_token'\]"
+    with pytest.raises(TypeError, match=refused):
+        bayesify(WithToken(), "gnj")
+    model = bayesify(WithToken(), "gnj", skip=["cls_token"])
+    assert [name for name, _ in bayesian_layers(model)] == ["fc"]
+    assert model(torch.randn(2, 3, 4)).shape == (2, 4, 2)
 
 
 def test_filter_fn_may_leave_a_subclass_with_its_own_forward_plain():

@@ -64,7 +64,9 @@ def bayesify(model: nn.Module, prior: str = "gnj", config: Any = None, inplace: 
         filter_fn: ``filter_fn(module, qualified_name) -> bool`` for every Linear/Conv2d: ``False`` keeps it a
             plain, deterministic layer (trained as usual, no KL). ``None``: all become Bayesian.
         skip: qualified module names left untouched entirely, with everything below them (``"blocks.0"`` skips
-            ``"blocks.0.mlp.fc1"``); any module type may be skipped. A name matching no module is refused.
+            ``"blocks.0.mlp.fc1"``); any module type may be skipped. Qualified names of a module's own bare
+            parameters (a ViT's ``"cls_token"``, ``"pos_embed"``) keep those plain without skipping the module's
+            children. A name matching no module or parameter is refused.
 
     Returns the Bayesian model (same structure, same forward signature). Modules with parameters that are neither
     Linear/Conv2d, a pass-through layer nor one of :data:`KEPT_PLAIN` (e.g. an ``nn.LSTM``), and not skipped,
@@ -94,10 +96,11 @@ def _check_skip(model: nn.Module, skip: Iterable[str]) -> frozenset[str]:
     if isinstance(skip, str):
         raise TypeError(f"skip must be a list of module names, got the string {skip!r} (write [{skip!r}])")
     names = frozenset(skip)
-    unknown = sorted(names - {name for name, _ in model.named_modules()})
+    known = {name for name, _ in model.named_modules()} | {name for name, _ in model.named_parameters()}
+    unknown = sorted(names - known)
     if unknown:
-        raise ValueError(f"skip names {unknown} match no module of the model; qualified names look like "
-                         f"{[n for n, _ in model.named_modules() if n][:5]} (see model.named_modules()).")
+        raise ValueError(f"skip names {unknown} match no module or parameter of the model; qualified names look "
+                         f"like {[n for n, _ in model.named_modules() if n][:5]} (see model.named_modules()).")
     return names
 
 
@@ -118,12 +121,14 @@ def _chosen_layers(module: nn.Module, name: str, filter_fn: FilterFn | None,
                 f"it plain on purpose with bayesify(..., skip=[{name!r}]) or filter_fn.")
         yield name
         return
-    if list(module.parameters(recurse=False)):
+    own = [f"{name}.{p}" if name else p for p, _ in module.named_parameters(recurse=False)]
+    if any(p not in skip for p in own):
         known = ", ".join(t.__name__ for t in PASS_THROUGH + KEPT_PLAIN)
         raise TypeError(
-            f"module {name!r} ({type(module).__name__}) has parameters but no Bayesian counterpart; supported "
-            f"weight layers are nn.Linear and nn.Conv2d (and {known} kept as they are). Replace it, or leave it "
-            f"deterministic on purpose with bayesify(..., skip=[{name!r}]).")
+            f"module {name!r} ({type(module).__name__}) has parameters {own} but no Bayesian counterpart; "
+            f"supported weight layers are nn.Linear and nn.Conv2d (and {known} kept as they are). Replace it, or "
+            f"leave it deterministic on purpose with bayesify(..., skip=[{name!r}]) (the module and everything "
+            f"below it) or skip={own} (only these parameters).")
     for child_name, child in module.named_children():
         yield from _chosen_layers(child, f"{name}.{child_name}" if name else child_name, filter_fn, skip)
 
