@@ -31,7 +31,7 @@ LAYERS: dict[str, int] = {
     "methods": 8, "hyper": 8, "hyper.pipeline": 10,
     "measure": 9, "plots": 9, "report": 9, "runtime": 9, "lightning_callback": 9,
     "pipeline": 10, "run_config": 10,
-    "cli": 11, "cli_help": 11, "cli_hyper": 11, "cli_tools": 11, "cli_help": 11,
+    "cli": 11, "cli_help": 11, "cli_hyper": 11, "cli_tools": 11,
     "__init__": 12,
 }
 

@@ -14,6 +14,10 @@ import sys
 from pathlib import Path
 
 from bayescomp.checkpoint import CheckpointError
+from bayescomp.cli_help import (
+    DATA_DIR_DEFAULT, DefaultsHelpFormatter, finetune_epochs, group_lr_scale, method_setting, per_method, per_model,
+    per_weight_thresholds,
+)
 from bayescomp.cli_hyper import add_hyper_parser, cmd_hyper
 from bayescomp.cli_hyper import parse_options as _options  # benchmarks import it under this name
 from bayescomp.cli_tools import add_data_bench_parsers, cmd_bench, cmd_data
@@ -40,56 +44,87 @@ def _floats(text: str) -> list[float] | float | str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="bayescomp", description=__doc__,
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = argparse.ArgumentParser(prog="bayescomp", description=__doc__, formatter_class=DefaultsHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
+    _add_run_parser(sub)
+    add_hyper_parser(sub)
+    exp = sub.add_parser("export", help="export a run's compressed model (checked against PyTorch on test images)",
+                         formatter_class=DefaultsHelpFormatter)
+    exp.add_argument("run_dir", help="the run directory written by `bayescomp run`")
+    exp.add_argument("--format", required=True, choices=("onnx", "torchscript", "torch_export", "packed"),
+                     help="onnx (run by onnxruntime), torchscript, torch_export (.pt2) or packed (.bcz)")
+    exp.add_argument("--out", default=None, help="output file (default: RUN_DIR/compressed.<suffix>)")
+    exp.add_argument("--onnx-exporter", choices=("dynamo", "torchscript"), default="dynamo",
+                     help="torch.onnx exporter")
+    exp.add_argument("--data-dir", default=None, help="folder with the data sets (default: the run's)")
+    rep = sub.add_parser("report", help="print the report of a finished run", formatter_class=DefaultsHelpFormatter)
+    rep.add_argument("run_dir", help="the run directory written by `bayescomp run`")
+    rep.add_argument("--json", action="store_true", help="print the JSON instead of markdown")
+    add_data_bench_parsers(sub)
+    return parser
+
+
+def _add_run_parser(sub) -> None:
+    """``bayescomp run``; defaults that depend on the model or method are read from the tables the run uses."""
     run = sub.add_parser("run", help="train a model under a sparsity prior, compress it and write a report",
-                         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                         formatter_class=DefaultsHelpFormatter)
     run.add_argument("--model", default="lenet300", help=f"zoo model: {', '.join(sorted(MODELS))}")
     run.add_argument("--data", default=None,
                      help="data set: mnist, fashion-mnist, cifar10 (default: the model's usual data)")
     run.add_argument("--method", default="gnj",
                      help="; ".join(f"{name}: {get_method(name).description}" for name in list_methods())
                      + " (also accepted: " + ", ".join(k for k in method_keys() if k not in list_methods()) + ")")
-    run.add_argument("--run-dir", default=None, help="output directory (default runs/<model>_<data>_<method>)")
+    run.add_argument("--run-dir", default=None, help="output directory (default: runs/<model>_<data>_<method>)")
     run.add_argument("--data-dir", default=None,
-                     help="folder with mnist/, fashion-mnist/, cifar-10/ (default $BAYESCOMP_DATA, else ../shared/data)")
+                     help=f"folder with mnist/, fashion-mnist/, cifar-10/ (default: {DATA_DIR_DEFAULT})")
     run.add_argument("--seed", type=int, default=0, help="random seed (data split, order, noise)")
     run.add_argument("--epochs", type=int, default=None,
-                     help="Bayesian training epochs, >= 0 (default per model; 0 compresses the untrained posterior, "
-                          "whose means are the dense weights)")
-    run.add_argument("--dense-epochs", type=int, default=None, help="dense pre-training epochs (default per model)")
-    run.add_argument("--lr", type=float, default=None, help="Adam learning rate of Bayesian training")
-    run.add_argument("--batch-size", type=int, default=None, help="mini-batch size of both training phases")
-    run.add_argument("--kl-warmup", type=float, default=None, help="epochs of linear KL warm-up from 0 to 1")
+                     help="Bayesian training epochs, >= 0; 0 compresses the untrained posterior, whose means are the "
+                          f"dense weights (default: {per_model('epochs')})")
+    run.add_argument("--dense-epochs", type=int, default=None,
+                     help=f"dense pre-training epochs (default: {per_model('epochs', 'dense')})")
+    run.add_argument("--lr", type=float, default=None,
+                     help=f"Adam learning rate of Bayesian training (default: {per_model('lr')})")
+    run.add_argument("--batch-size", type=int, default=None,
+                     help=f"mini-batch size of both training phases (default: {per_model('batch_size')})")
+    run.add_argument("--kl-warmup", type=float, default=None,
+                     help=f"epochs of linear KL warm-up from 0 to 1 (default: {per_model('kl_warmup_epochs')})")
     run.add_argument("--group-lr-scale", type=float, default=None,
                      help="learning-rate multiplier for the parameters that decide which groups survive (the "
-                          "method's group_lr_suffixes: gnj z_log_sigma2, ghs the group and global scales)")
-    run.add_argument("--finetune-epochs", type=int, default=0,
-                     help="optional: epochs of plain fine-tuning of the pruned model before quantisation (0: none)")
+                          "method's group_lr_suffixes: gnj z_log_sigma2, ghs the group and global scales; "
+                          f"default: {per_method(group_lr_scale)})")
+    run.add_argument("--finetune-epochs", type=int, default=None,
+                     help="epochs of plain fine-tuning of the pruned model before quantisation, 0: none "
+                          f"(default: {per_method(finetune_epochs)})")
     run.add_argument("--finetune-search", action="store_true",
                      help="with --finetune-epochs: choose the pruning level by the fine-tuned validation error, "
                           "within --tolerance points of the unpruned posterior mean's")
     run.add_argument("--thresholds", type=_floats, default=None,
                      help="thresholds on the group statistic (log alpha for gnj/svd, -E[log z] for ghs), one per "
-                          "layer or one for all (e.g. -2.8,-3,-5), or 'search'; default: automatic search for "
-                          "gnj/ghs, log alpha < 3 per weight for svd")
+                          "layer or one for all (e.g. -2.8,-3,-5), or 'search' (default: the automatic search for "
+                          "group priors; each per-weight prior's own threshold on its statistic: "
+                          f"{per_weight_thresholds()})")
     run.add_argument("--tolerance", type=float, default=0.2,
                      help="automatic search: allowed validation-error increase in percentage points")
     run.add_argument("--bits-reduce", choices=("mean", "max"), default="mean",
                      help="summarise per-weight bits of a layer by their mean (paper) or max (safer)")
     run.add_argument("--clip-var", type=float, default=None,
-                     help="gnj/ghs: upper bound on weight posterior variances")
-    run.add_argument("--tau0", type=float, default=None, help="ghs: scale of the global half-Cauchy (default 1e-5)")
+                     help="upper bound on weight posterior variances "
+                          f"(default: {per_method(method_setting('clip_var'))})")
+    run.add_argument("--tau0", type=float, default=None,
+                     help=f"scale of the global half-Cauchy (default: {per_method(method_setting('tau0'))})")
     run.add_argument("--prior-option", action="append", default=[], metavar="KEY=VALUE",
                      help="set any field of the method's config (repeatable), e.g. --prior-option spike_std=0.05 "
                           "--prior-option update_every=0 for turbo; see the config classes for the fields")
     run.add_argument("--sparsity", type=float, default=None,
-                     help="magnitude: fraction of weights (or, with --structured, of neurons/filters) to remove")
+                     help="fraction of weights (or, with --structured, of neurons/filters) to remove "
+                          f"(default: {per_method(method_setting('sparsity'))})")
     run.add_argument("--structured", action="store_true", help="magnitude: remove whole neurons/filters by norm")
     run.add_argument("--scope", choices=("global", "layer"), default=None,
-                     help="magnitude: one threshold for all layers (global) or the same fraction per layer")
-    run.add_argument("--rounds", type=int, default=None, help="magnitude: gradual pruning rounds")
+                     help="one threshold for all layers (global) or the same fraction per layer "
+                          f"(default: {per_method(method_setting('scope'))})")
+    run.add_argument("--rounds", type=int, default=None,
+                     help=f"gradual pruning rounds (default: {per_method(method_setting('rounds'))})")
     run.add_argument("--val-size", type=int, default=5000, help="validation examples carved from the training set")
     run.add_argument("--train-subset", type=int, default=None, help="use only this many training examples")
     run.add_argument("--test-subset", type=int, default=None, help="use only this many test examples")
@@ -106,28 +141,13 @@ def build_parser() -> argparse.ArgumentParser:
                      help="training device, e.g. cuda or cuda:1 (default: cpu); compression and measurement use the CPU")
     run.add_argument("--precision", choices=("fp32", "bf16", "auto"), default="auto",
                      help="training precision of the layer products: bf16 autocast (parameters, variances, KL and "
-                          "loss stay float32), fp32, or auto (default: bf16 for the prior methods where the CPU "
-                          "has native bf16, AVX512-BF16 or AMX; fp32 elsewhere and for self/magnitude)")
+                          "loss stay float32), fp32, or auto: bf16 for the prior methods where the CPU has native "
+                          "bf16, AVX512-BF16 or AMX; fp32 elsewhere and for self/magnitude")
     run.add_argument("--amp", action="store_true",
                      help="mixed precision: bfloat16 layer products in training, float32 parameters, variances and KL")
     run.add_argument("--nproc", type=int, default=1,
                      help="data-parallel processes (torchrun; gloo on CPU, nccl on GPU); --batch-size stays the "
                           "global batch, split across the processes")
-    add_hyper_parser(sub)
-    exp = sub.add_parser("export", help="export a run's compressed model (checked against PyTorch on test images)",
-                         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    exp.add_argument("run_dir", help="the run directory written by `bayescomp run`")
-    exp.add_argument("--format", required=True, choices=("onnx", "torchscript", "torch_export", "packed"),
-                     help="onnx (run by onnxruntime), torchscript, torch_export (.pt2) or packed (.bcz)")
-    exp.add_argument("--out", default=None, help="output file (default: RUN_DIR/compressed.<suffix>)")
-    exp.add_argument("--onnx-exporter", choices=("dynamo", "torchscript"), default="dynamo",
-                     help="torch.onnx exporter")
-    exp.add_argument("--data-dir", default=None, help="folder with the data sets (default: the run's)")
-    rep = sub.add_parser("report", help="print the report of a finished run")
-    rep.add_argument("run_dir", help="the run directory written by `bayescomp run`")
-    rep.add_argument("--json", action="store_true", help="print the JSON instead of markdown")
-    add_data_bench_parsers(sub)
-    return parser
 
 
 def _train_config(base: TrainConfig, args: argparse.Namespace, bayes: bool) -> TrainConfig:
@@ -211,7 +231,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                                                finetune_search=args.finetune_search))
     config.dense = _train_config(config.dense, args, bayes=False)
     config.bayes = _train_config(config.bayes, args, bayes=True)
-    if args.finetune_epochs:
+    if args.finetune_epochs is not None:  # 0 turns off a method's default fine-tuning (magnitude's)
         config.finetune = replace(config.finetune, epochs=args.finetune_epochs)
     return _run_and_print(config, args, data)
 

@@ -11,33 +11,41 @@ import argparse
 import json
 from pathlib import Path
 
+from bayescomp.cli_help import DATA_DIR_DEFAULT, DefaultsHelpFormatter
 from bayescomp.models import MODELS
 from bayescomp.validate import check_config_values
 
 
 def add_hyper_parser(sub) -> None:
-    """The ``hyper`` subcommand and its ``train`` / ``generate`` subcommands."""
-    fmt = argparse.ArgumentDefaultsHelpFormatter
+    """The ``hyper`` subcommand and its ``train`` / ``generate`` subcommands; the training defaults shown are those of
+    :class:`~bayescomp.hyper.pipeline.HyperRunConfig`."""
+    from bayescomp.hyper.pipeline import HyperRunConfig
+
+    fmt, defaults = DefaultsHelpFormatter, HyperRunConfig()
     hyper = sub.add_parser("hyper", help="conditional compression: train a Bayesian hypernetwork once, then generate "
                                          "a small network for any class subset / compute budget in milliseconds",
                            formatter_class=fmt)
     hsub = hyper.add_subparsers(dest="hyper_command", required=True)
     train = hsub.add_parser("train", help="train and calibrate a hypernetwork (resumable)", formatter_class=fmt)
-    train.add_argument("--model", default="lenet5", help=f"zoo model: {', '.join(sorted(MODELS))}")
+    train.add_argument("--model", default=defaults.model, help=f"zoo model: {', '.join(sorted(MODELS))}")
     train.add_argument("--data", default=None, help="data set (default: the model's usual data)")
-    train.add_argument("--run-dir", default=None, help="output directory (default runs/hyper_<model>_<data>)")
-    train.add_argument("--data-dir", default=None, help="folder with the data sets (default ../shared/data)")
-    train.add_argument("--seed", type=int, default=0)
-    train.add_argument("--epochs", type=int, default=None, help="training epochs (default 30)")
-    train.add_argument("--lr", type=float, default=None, help="Adam learning rate (default 3e-3, cosine)")
-    train.add_argument("--batch-size", type=int, default=None)
-    train.add_argument("--kl-warmup", type=float, default=None, help="epochs of linear KL warm-up")
+    train.add_argument("--run-dir", default=None, help="output directory (default: runs/hyper_<model>_<data>)")
+    train.add_argument("--data-dir", default=None, help=f"folder with the data sets (default: {DATA_DIR_DEFAULT})")
+    train.add_argument("--seed", type=int, default=defaults.seed, help="random seed (data split, order, noise)")
+    schedule = defaults.train
+    train.add_argument("--epochs", type=int, default=schedule.epochs, help="training epochs")
+    train.add_argument("--lr", type=float, default=schedule.lr,
+                       help=f"Adam learning rate ({schedule.lr_schedule} schedule)")
+    train.add_argument("--batch-size", type=int, default=schedule.batch_size, help="mini-batch size")
+    train.add_argument("--kl-warmup", type=float, default=schedule.kl_warmup_epochs,
+                       help="epochs of linear KL warm-up from 0 to 1")
     train.add_argument("--train-subset", type=int, default=None, help="use only this many training examples")
     train.add_argument("--test-subset", type=int, default=None, help="use only this many test examples")
-    train.add_argument("--val-size", type=int, default=5000)
+    train.add_argument("--val-size", type=int, default=defaults.val_size,
+                       help="validation examples carved from the training set")
     train.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                        help="set a field of HyperConfig, e.g. --option factorization=input --option budget_power=2")
-    train.add_argument("--no-progress", action="store_true")
+    train.add_argument("--no-progress", action="store_true", help="no progress bars")
     train.add_argument("--restart", action="store_true", help="discard an existing run in --run-dir")
     gen = hsub.add_parser("generate", help="generate the compressed network for a context", formatter_class=fmt)
     gen.add_argument("hyper", help="a hypernetwork run directory or its hyper.pt")

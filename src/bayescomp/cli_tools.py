@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import argparse
 
+from bayescomp.cli_help import DefaultsHelpFormatter
+
 
 def add_data_bench_parsers(sub) -> None:
     """The ``data download`` and ``bench`` subcommands."""
-    fmt = argparse.HelpFormatter  # every default is spelled out in the help texts
+    fmt = DefaultsHelpFormatter
     data = sub.add_parser("data", help="fetch the built-in data sets where no local copy exists", formatter_class=fmt)
     dsub = data.add_subparsers(dest="data_command", required=True)
     down = dsub.add_parser("download", help="download, verify (same MD5s as the loader) and unpack data sets; "
@@ -24,12 +26,12 @@ def add_data_bench_parsers(sub) -> None:
                       help="base URL of a mirror laid out as URL/<folder>/<file> (default: $BAYESCOMP_MIRROR, "
                            "else each data set's canonical public mirror)")
     down.add_argument("--retries", type=int, default=4,
-                      help="further attempts after a network error (default: 4)")
+                      help="further attempts after a network error")
     bench = sub.add_parser("bench", help="latency of a compressed model (and its dense zoo architecture) in eager "
                                          "PyTorch and onnxruntime at batch 1 and 256", formatter_class=fmt)
     bench.add_argument("path", help="a run directory (its compressed.bcz) or a .bcz file")
     bench.add_argument("--rounds", type=int, default=5,
-                       help="interleaved timing rounds, median over them (default: 5)")
+                       help="interleaved timing rounds, median over them")
     bench.add_argument("--threads", type=int, default=None,
                        help="intra-op threads for both runtimes (default: torch's current number)")
     bench.add_argument("--input-shape", default=None,
