@@ -169,6 +169,13 @@ def test_image_folder_errors_name_the_problem(tmp_path, capsys):
         unsized = load_image_folder(root)
         for split in (unsized.train, unsized.val, unsized.test):
             list(split.batches(16))
+    code = main(["run", "--model", "lenet300", "--data", str(root), "--image-size", "28x28", "--run-dir",
+                 str(tmp_path / "sized"), "--dense-epochs", "1", "--epochs", "1", "--no-progress", "--no-latency",
+                 "--no-plots"])
+    assert code == 0 and json.loads((tmp_path / "sized" / "run.json").read_text())["image_size"] == [28, 28]
+    with pytest.raises(SystemExit):  # argparse refuses a malformed size before anything runs
+        main(["run", "--data", str(root), "--image-size", "28x", "--run-dir", str(tmp_path / "bad")])
+    assert not (tmp_path / "bad").exists()
     code = main(["run", "--model", "lenet300", "--data", str(tmp_path / "nowhere"), "--run-dir",
                  str(tmp_path / "r"), "--no-progress"])
     assert code == 2 and "nowhere" in capsys.readouterr().err

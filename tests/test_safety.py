@@ -278,15 +278,14 @@ class _Tokens(torch.nn.Module):
 
 
 @pytest.mark.parametrize("prior", ["gnj", "ghs", "svd", "turbo"])
-def test_linear_on_tokens_is_refused_clearly(prior):
+def test_linear_on_tokens_is_supported(prior):
+    """Token inputs were refused until the transformer-blocks issue; now every prior takes them (sampling checks in
+    tests/test_tokens.py)."""
     import bayescomp
 
     tokens = torch.randn(2, 5, 8)
-    with pytest.raises(TypeError, match=r"\['proj'\] receive inputs with more than two dimensions"):
-        bayescomp.bayesify(_Tokens(), prior, example_input=tokens)
-    bayes = bayescomp.bayesify(_Tokens(), prior)  # without an example: refused at the forward, by name
-    with pytest.raises(ValueError, match=r"'proj' got an input of shape \(2, 5, 8\)"):
-        bayes(tokens)
+    bayes = bayescomp.bayesify(_Tokens(), prior)
+    assert bayes(tokens).shape == (2, 4) and torch.isfinite(bayes(tokens)).all()  # proj on tokens, then a mean
     assert bayes.proj(torch.randn(3, 8)).shape == (3, 4)  # [batch, features] still works
 
 

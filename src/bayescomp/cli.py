@@ -24,6 +24,7 @@ from bayescomp.cli_tools import add_data_bench_parsers, cmd_bench, cmd_data
 from bayescomp.compress import CompressConfig, PruneError, UnsupportedModelError
 from bayescomp.compress.packed import PackedFormatError
 from bayescomp.data import DataError
+from bayescomp.data_sources import data_slug
 from bayescomp.export import ExportError
 from bayescomp.models import MODELS
 from bayescomp.methods import get_method, list_methods, method_keys
@@ -70,7 +71,12 @@ def _add_run_parser(sub) -> None:
                          formatter_class=DefaultsHelpFormatter)
     run.add_argument("--model", default="lenet300", help=f"zoo model: {', '.join(sorted(MODELS))}")
     run.add_argument("--data", default=None,
-                     help="data set: mnist, fashion-mnist, cifar10 (default: the model's usual data)")
+                     help="data set: mnist, fashion-mnist, cifar10, or a folder of images with one sub-folder per "
+                          "class (10 %% carved for validation, and 10 %% for test unless it has train/ and test/ "
+                          "sub-folders; default: the model's usual data set)")
+    run.add_argument("--image-size", default=None, type=_image_size, metavar="HxW",
+                     help="resize every image of an image-folder --data to this size (default: all images must "
+                          "share the first image's size)")
     run.add_argument("--method", default="gnj",
                      help="; ".join(f"{name}: {get_method(name).description}" for name in list_methods())
                      + " (also accepted: " + ", ".join(k for k in method_keys() if k not in list_methods()) + ")")
@@ -225,7 +231,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     config = RunConfig(model=args.model, data=data, method=args.method, seed=args.seed, data_dir=args.data_dir,
                        val_size=args.val_size, train_subset=args.train_subset, test_subset=args.test_subset,
                        prior=prior, latency=not args.no_latency, plots=not args.no_plots,
-                       pretrained=args.pretrained,
+                       pretrained=args.pretrained, image_size=args.image_size,
                        compress=CompressConfig(thresholds=args.thresholds, tolerance_pct=args.tolerance,
                                                bits_reduce=args.bits_reduce,
                                                finetune_search=args.finetune_search))
@@ -259,7 +265,7 @@ def _run_and_print(config, args: argparse.Namespace, data: str) -> int:
     from bayescomp.pipeline import run
     from bayescomp.report import render_markdown
 
-    run_dir = Path(args.run_dir or f"runs/{config.model}_{data}_{config.method}")
+    run_dir = Path(args.run_dir or f"runs/{config.model}_{data_slug(data)}_{config.method}")
     command = "bayescomp " + " ".join(shlex.quote(a) for a in args.argv)
     report = run(config, run_dir, progress=not args.no_progress, restart=args.restart, command=command,
                  device=args.device, amp=_use_bf16(args))
@@ -267,6 +273,20 @@ def _run_and_print(config, args: argparse.Namespace, data: str) -> int:
     print(render_markdown(report))
     print(f"run directory: {run_dir}  (compressed model: {run_dir / 'compressed.bcz'})")
     return 0
+
+
+def _image_size(text: str) -> list[int]:
+    """``--image-size HxW`` (or one number for a square) as [height, width]."""
+    parts = text.lower().replace("*", "x").split("x")
+    try:
+        size = [int(p) for p in parts]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected HxW such as 32x32, got {text!r}") from None
+    if len(size) == 1:
+        size *= 2
+    if len(size) != 2 or min(size) < 1:
+        raise argparse.ArgumentTypeError(f"expected HxW with positive sizes such as 32x32, got {text!r}")
+    return size
 
 
 def _without_nproc(argv: list[str]) -> list[str]:

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
@@ -275,7 +276,9 @@ def compress_model(model: nn.Module, data: DataBundle | tuple, method: str = "gn
                    prior: dict[str, Any] | None = None, bayes: TrainConfig | None = None,
                    finetune: TrainConfig | None = None, compress: CompressConfig | None = None, seed: int = 0,
                    run_dir: str | Path | None = None, log=print, progress: bool = False,
-                   device: str | None = None, amp: bool = False) -> CompressionResult:
+                   device: str | None = None, amp: bool = False,
+                   filter_fn: Callable[[nn.Module, str], bool] | None = None,
+                   skip: Sequence[str] = ()) -> CompressionResult:
     """Compress a trained ``nn.Module`` (a zoo model or your own) with a registered method; the one-call verb.
 
     The method's hooks run as in :func:`run` (prepare -> train -> compress -> optional fine-tuning), on ``data``
@@ -291,6 +294,8 @@ def compress_model(model: nn.Module, data: DataBundle | tuple, method: str = "gn
         prior: the method's settings as a dict of its config dataclass's fields.
         bayes / finetune / compress: full training, fine-tuning and compression settings.
         run_dir: where training checkpoints go (a rerun resumes); ``None``: no checkpoints.
+        filter_fn / skip: which layers become Bayesian (see :func:`bayescomp.bayesify`): ``filter_fn(module,
+            name)`` False keeps a Linear/Conv2d plain, ``skip`` names modules (or parameters) left untouched.
 
     Returns the :class:`~bayescomp.compress.CompressionResult`: ``result.quantized_model`` is the small plain model,
     ``result.save(path)`` writes it, ``result.extras["history"]`` holds the training history.
@@ -303,7 +308,8 @@ def compress_model(model: nn.Module, data: DataBundle | tuple, method: str = "gn
         config.bayes = replace(config.bayes, epochs=epochs)
     spec = get_method(config.method)
     ctx = RunContext(config=config, data=data, dense=model, run_dir=None if run_dir is None else Path(run_dir),
-                     settings=spec.make_settings(config.prior), log=log, progress=progress, device=device, amp=amp)
+                     settings=spec.make_settings(config.prior), log=log, progress=progress, device=device, amp=amp,
+                     filter_fn=filter_fn, skip=tuple(skip))
     if ctx.run_dir is not None:
         ctx.run_dir.mkdir(parents=True, exist_ok=True)
     outcome = prepare_and_train(spec, ctx)
