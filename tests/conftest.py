@@ -29,3 +29,17 @@ def mnist_small():
     from bayescomp.data import load_dataset
 
     return load_dataset("mnist", val_size=500, seed=0, train_subset=2000, test_subset=1000)
+
+
+@pytest.fixture(scope="session")
+def lenet300_pretrained_small():
+    """(data, dense): LeNet-300-100 trained 3 epochs (batch 100, Adam 1e-3) on 2,000 real MNIST images, 1,000
+    validation; the starting point of the own-loop and Lightning tests, which compare training loops on it."""
+    from bayescomp import TrainConfig, create_model, fit, load_dataset
+
+    torch.manual_seed(0)
+    data = load_dataset("mnist", val_size=1000, seed=0, train_subset=2000, test_subset=100)
+    dense = create_model("lenet300")
+    fit(dense, data, TrainConfig(epochs=3, batch_size=100, lr=1e-3, seed=0), progress=False, log=lambda *_: None)
+    return data, dense
+

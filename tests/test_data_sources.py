@@ -180,3 +180,19 @@ def test_image_folder_errors_name_the_problem(tmp_path, capsys):
                  str(tmp_path / "r"), "--no-progress"])
     assert code == 2 and "nowhere" in capsys.readouterr().err
     assert not (tmp_path / "r" / "report.json").exists()
+
+
+def test_data_parallel_training_refuses_a_dataloader(cifar_loaders, monkeypatch):
+    """Every rank must draw the same global batch; a user's DataLoader batches on its own, so DDP refuses it (and
+    says what to pass instead) before any step."""
+    import bayescomp.distributed as dist_utils
+
+    train, val, _ = cifar_loaders
+    bundle = make_bundle(train, val, num_classes=10)
+    monkeypatch.setattr(dist_utils, "init_from_env", lambda: None)
+    monkeypatch.setattr(dist_utils, "is_distributed", lambda: True)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, 10))
+    before = [p.detach().clone() for p in model.parameters()]
+    with pytest.raises(ValueError, match="pass its Dataset instead"):
+        fit(model, bundle, TrainConfig(epochs=1), progress=False, log=lambda *_: None)
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
 import bayescomp
-from bayescomp import TrainConfig, bayesify, compress_posterior, create_model, evaluate, fit, load_dataset
+from bayescomp import TrainConfig, bayesify, compress_posterior, evaluate, fit
 from bayescomp.lightning_callback import BayesCompCallback
 
 EPOCHS, BATCH, LR = 4, 100, 1e-3
@@ -36,11 +36,8 @@ class Module(lightning.LightningModule):
 
 
 @pytest.fixture(scope="module")
-def setup():
-    torch.manual_seed(0)
-    data = load_dataset("mnist", val_size=1000, seed=0, train_subset=2000, test_subset=100)
-    dense = create_model("lenet300")
-    fit(dense, data, TrainConfig(epochs=3, batch_size=BATCH, lr=LR, seed=0), progress=False, log=lambda *_: None)
+def setup(lenet300_pretrained_small):
+    data, dense = lenet300_pretrained_small
     loader = DataLoader(TensorDataset(data.train.images.float() / 255, data.train.labels), batch_size=BATCH,
                         shuffle=True, generator=torch.Generator().manual_seed(1))
     return data, dense, loader

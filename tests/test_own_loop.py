@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 
 import bayescomp
-from bayescomp import TrainConfig, bayesify, compress_posterior, create_model, evaluate, fit, load_dataset
+from bayescomp import TrainConfig, bayesify, compress_posterior, evaluate, fit
 from bayescomp.methods import get_method, list_methods
 
 EPOCHS, BATCH, LR = 4, 100, 1e-3
@@ -42,12 +42,8 @@ LAYER_METHODS = [name for name in list_methods() if get_method(name).needs == "p
 
 
 @pytest.fixture(scope="module")
-def setup():
-    torch.manual_seed(0)
-    data = load_dataset("mnist", val_size=1000, seed=0, train_subset=2000, test_subset=100)
-    dense = create_model("lenet300")
-    fit(dense, data, TrainConfig(epochs=3, batch_size=BATCH, lr=LR, seed=0), progress=False, log=lambda *_: None)
-    return data, dense
+def setup(lenet300_pretrained_small):
+    return lenet300_pretrained_small
 
 
 def own_loop(model, data, step_hook: bool = True, seed: int = 0) -> None:

@@ -175,6 +175,9 @@ def fit(
     """
     dist_utils.init_from_env()
     distributed = dist_utils.is_distributed()
+    if distributed and getattr(data.train, "loader", None) is not None:
+        raise ValueError("data-parallel training draws the same seeded global batch on every rank and slices it; "
+                         "a DataLoader batches on its own, so pass its Dataset instead (bayescomp.make_bundle)")
     if not dist_utils.is_main():
         log, progress = (lambda *_: None), False
     home = _device_of(model)
