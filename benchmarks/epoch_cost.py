@@ -46,7 +46,7 @@ from bayescomp.pipeline import DEFAULT_LR_SCALES, git_commit  # noqa: E402
 from bayescomp.priors import PRIORS  # noqa: E402
 from bayescomp.priors.base import BayesianLayer, bayesian_layers  # noqa: E402
 from bayescomp.train import (  # noqa: E402
-    AutocastForward, TrainConfig, _train_epoch, make_optimizer, native_bf16, resolve_precision,
+    AutocastForward, TrainConfig, TrainingRun, _train_epoch, make_optimizer, native_bf16, resolve_precision,
 )
 
 DATA = {"lenet300": "mnist", "lenet5": "mnist", "resnet20": "cifar10"}
@@ -179,8 +179,9 @@ def _prepare(spec: dict) -> None:
 def time_steps(spec: dict, data: SimpleNamespace, n_train: int, steps: int) -> tuple[float, float, float]:
     """(CPU s, wall s, mean loss) of ``steps`` training steps through the library's epoch loop."""
     cpu, wall = time.process_time(), time.perf_counter()
-    record = _train_epoch(spec["model"], data, spec["config"], spec["optimizer"], 0, n_train, steps, False,
-                          spec.get("method") is not None, variational_loss, None, None, spec["forward"])
+    run = TrainingRun(spec["model"], data, spec["config"], spec["optimizer"], variational_loss, spec["forward"],
+                      n_train=n_train, steps=steps)
+    record = _train_epoch(run, 0)
     return time.process_time() - cpu, time.perf_counter() - wall, record["loss"]
 
 

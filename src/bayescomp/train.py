@@ -227,15 +227,13 @@ def _fit(model, data, config, checkpoint_path, progress, stop_after_epochs, log,
     forward = net if net is not None else model
     if amp:
         forward = AutocastForward(forward, place.type)
-    has_bayes = any(True for _ in bayesian_layers(model)) or hasattr(model, "kl_divergence")
-    device = None if place.type == "cpu" else place
+    run = TrainingRun(model, data, config, optimizer, objective or variational_loss, forward, net,
+                      None if place.type == "cpu" else place, progress)
 
     def one_epoch(epoch: int) -> dict[str, float]:
         if distributed:  # independent posterior noise per rank, reproducible on resume
             torch.manual_seed(_rank_seed(config.seed, epoch, dist_utils.rank()))
-        record = _train_epoch(model, data, config, optimizer, epoch, len(data.train),
-                              split_steps(data.train, config.batch_size), progress, has_bayes,
-                              objective or variational_loss, net, device, forward)
+        record = _train_epoch(run, epoch)
         for _, layer in bayesian_layers(model):
             layer.on_epoch_end()
         return record
@@ -247,14 +245,40 @@ def _fit(model, data, config, checkpoint_path, progress, stop_after_epochs, log,
     return TrainHistory(epochs)
 
 
+@dataclass
+class TrainingRun:
+    """What every epoch of one :func:`fit` call uses, in one place instead of a dozen arguments.
+
+    ``forward`` is what the batches go through (the model, its ``DistributedDataParallel`` wrapper ``net`` when
+    data-parallel, either under :class:`AutocastForward` for bf16); ``device`` is where batches are moved
+    (``None``: they stay on the CPU). ``n_train`` (the KL's N), ``steps`` (optimiser steps per epoch) and
+    ``has_bayes`` are derived from the data and the model.
+    """
+
+    model: nn.Module
+    data: DataBundle
+    config: TrainConfig
+    optimizer: torch.optim.Optimizer
+    objective: Any
+    forward: nn.Module
+    net: nn.Module | None = None
+    device: torch.device | None = None
+    progress: bool = False
+    n_train: int | None = None
+    steps: int | None = None
+
+    def __post_init__(self) -> None:
+        self.n_train = len(self.data.train) if self.n_train is None else self.n_train
+        self.steps = split_steps(self.data.train, self.config.batch_size) if self.steps is None else self.steps
+        self.has_bayes = any(True for _ in bayesian_layers(self.model)) or hasattr(self.model, "kl_divergence")
+
+
 def _rank_seed(seed: int, epoch: int, rank: int) -> int:
     """Seed of a rank's posterior noise in an epoch: the ranks must not draw the same noise for their slices."""
     return (seed * 1_000_003 + epoch * 7_919 + rank * 104_729 + 1) % (2**63)
 
 
-def _train_epoch(model, data, config, optimizer, epoch, n_train, steps, progress, has_bayes,
-                 objective, net: nn.Module | None = None, device: torch.device | None = None,
-                 forward: nn.Module | None = None) -> dict[str, float]:
+def _train_epoch(run: TrainingRun, epoch: int) -> dict[str, float]:
     """One pass over the training split through :func:`bayescomp.loop.run_epoch`; ``net`` is the
     ``DistributedDataParallel`` wrapper when data-parallel.
 
@@ -266,7 +290,8 @@ def _train_epoch(model, data, config, optimizer, epoch, n_train, steps, progress
     The logged loss / NLL are the global-batch values (one all-reduce per step, which also makes every rank
     stop together on a non-finite loss).
     """
-    forward = forward or model
+    model, config, forward, net, steps, n_train = run.model, run.config, run.forward, run.net, run.steps, run.n_train
+    objective = run.objective
     (model if net is None else net).train()
     generator = torch.Generator().manual_seed(config.seed * 100_003 + epoch)
     layers = [layer for _, layer in bayesian_layers(model)]
@@ -296,9 +321,9 @@ def _train_epoch(model, data, config, optimizer, epoch, n_train, steps, progress
         for layer in layers:
             layer.apply_constraints()
 
-    batches = data.train.batches(config.batch_size, shuffle=True, generator=generator, device=device)
-    record = run_epoch(batches, step_loss, optimizer, epoch, config.epochs, steps, progress, after_step)
-    if has_bayes:
+    batches = run.data.train.batches(config.batch_size, shuffle=True, generator=generator, device=run.device)
+    record = run_epoch(batches, step_loss, run.optimizer, epoch, config.epochs, steps, run.progress, after_step)
+    if run.has_bayes:
         record["kl_weight"] = kl_weight(epoch + 1, config.kl_warmup_epochs)
     return record
 
