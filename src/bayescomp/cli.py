@@ -44,8 +44,13 @@ def _floats(text: str) -> list[float] | float | str:
     return values[0] if len(values) == 1 else values
 
 
+DESCRIPTION = ("Make a network small and fast with Bayesian compression: train it under a sparsity prior, prune the "
+               "neurons, filters and weights its posterior does not need, choose bits per layer, and write a plain "
+               "PyTorch model with a report. Start with `bayescomp run --help`.")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="bayescomp", description=__doc__, formatter_class=DefaultsHelpFormatter)
+    parser = argparse.ArgumentParser(prog="bayescomp", description=DESCRIPTION, formatter_class=DefaultsHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     _add_run_parser(sub)
     add_hyper_parser(sub)
