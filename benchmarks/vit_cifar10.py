@@ -40,9 +40,16 @@ from bayescomp.priors.base import deterministic_mode
 
 
 def macs(model: nn.Module, shape: tuple[int, ...]) -> int:
-    """Multiply-accumulates of one example: every matrix product and convolution (attention's included)."""
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        model.eval()(torch.zeros(1, *shape))
+    """Multiply-accumulates of one example: every matrix product and convolution (attention's included). The
+    fused inference kernel of ``nn.MultiheadAttention`` is switched off while counting: the counter does not see
+    inside it, and would leave attention out."""
+    fastpath = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            model.eval()(torch.zeros(1, *shape))
+    finally:
+        torch.backends.mha.set_fastpath_enabled(fastpath)
     return int(counter.get_total_flops() // 2)
 
 
