@@ -74,7 +74,8 @@ def hidden_widths(model: nn.Module) -> list[int]:
 def run(args: argparse.Namespace) -> dict:
     torch.set_num_threads(args.threads)
     started = time.perf_counter()
-    data = load_dataset("cifar10", val_size=5000, seed=args.seed, train_subset=args.train_subset)
+    data = load_dataset("cifar10", val_size=args.val_size, seed=args.seed, train_subset=args.train_subset,
+                        test_subset=args.test_subset)
     torch.manual_seed(args.seed)
     dense = TinyViT(data.num_classes, data.input_shape, data.mean, data.std)
     fit(dense, data, TrainConfig(epochs=args.dense_epochs, lr=1e-3, lr_schedule="cosine", weight_decay=5e-5,
@@ -133,6 +134,8 @@ def markdown(r: dict) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--train-subset", type=int, default=20000)
+    parser.add_argument("--val-size", type=int, default=5000)
+    parser.add_argument("--test-subset", type=int, default=None, help="default: the whole test split")
     parser.add_argument("--dense-epochs", type=int, default=8)
     parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--tolerance", type=float, default=1.0)

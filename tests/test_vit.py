@@ -51,8 +51,8 @@ def test_vit_mlp_hidden_units_are_pruned_and_equal_the_masked_model(tmp_path):
 
 
 def test_vit_benchmark_runs_end_to_end_on_a_small_subset():
-    args = argparse.Namespace(train_subset=256, dense_epochs=1, epochs=1, tolerance=1.0, precision="fp32",
-                              seed=0, threads=1)
+    args = argparse.Namespace(train_subset=256, val_size=200, test_subset=200, dense_epochs=1, epochs=1,
+                              tolerance=1.0, precision="fp32", seed=0, threads=1)
     record = run(args)
     assert record["pruned_vs_masked_max_abs_diff"] < 1e-4 and record["onnx_max_abs_diff"] < 1e-3
     assert all(k <= 128 for k in record["mlp_hidden_kept"]) and record["mac_ratio"] >= 1.0
