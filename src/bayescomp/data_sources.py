@@ -22,6 +22,7 @@ class (Pillow), carving a validation split (and a test split, if the folder has 
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -31,7 +32,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from bayescomp.data import DataBundle, DataError, TensorData
+from bayescomp.data import DATASETS, DataBundle, DataError, TensorData, load_dataset
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 
@@ -284,8 +285,6 @@ def load_image_folder(root: str | Path, val_fraction: float = 0.1, test_fraction
 
 def is_image_folder(data: str) -> bool:
     """Whether a ``--data`` value names a folder of images rather than a built-in data set."""
-    from bayescomp.data import DATASETS
-
     return data not in DATASETS and ("/" in data or "\\" in data or Path(data).is_dir())
 
 
@@ -300,8 +299,6 @@ def data_identity(data: str) -> str:
     files (relative path, size, modification time), so an edited folder is not served a stale model."""
     if not is_image_folder(data):
         return data
-    import hashlib
-
     root = Path(data).resolve()
     digest = hashlib.sha1()
     for path in sorted(p for p in root.rglob("*") if p.is_file()):
@@ -316,8 +313,6 @@ def load_data_source(data: str, data_dir: str | Path | None = None, val_size: in
     """The splits of a ``--data`` value: a built-in data set (:func:`bayescomp.data.load_dataset`, in memory) or
     an image folder (:func:`load_image_folder`, streamed; ``val_size`` does not apply: 10 % of the images are
     carved for validation), then the seeded train / test subsets."""
-    from bayescomp.data import load_dataset
-
     if not is_image_folder(data):
         return load_dataset(data, data_dir, val_size=val_size, seed=seed, train_subset=train_subset,
                             test_subset=test_subset)

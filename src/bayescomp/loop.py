@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -115,8 +115,6 @@ def train_epochs(model: torch.nn.Module, optimizer: torch.optim.Optimizer, sched
     start = 0
     state = load_in_turn(checkpoint_path) if checkpoint_path else None
     if state is not None:
-        from dataclasses import asdict
-
         written = {"train_config": state.get("train_config"), **{k: state.get(k) for k in extra}}
         if written != {"train_config": asdict(config), **extra}:
             raise ValueError(f"checkpoint {checkpoint_path} was written with other settings (another training "
