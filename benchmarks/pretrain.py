@@ -71,6 +71,26 @@ def error_pct(model: nn.Module, data, bf16: bool, channels_last: bool) -> float:
     return 100.0 * wrong / len(data)
 
 
+def committed_stages(model: str, data: str) -> list[dict]:
+    """The committed manifest's training stages (its own and any before it), without checksums."""
+    manifest = json.loads((PRETRAINED_DIR / f"{model}_{data}.json").read_text())
+    earlier = manifest.pop("earlier_stages", [])
+    for key in ("sha256", "file", "total_epochs", "total_train_time_s"):
+        manifest.pop(key, None)
+    return earlier + [manifest]
+
+
+def load_committed(model: str, data: str, module: nn.Module) -> dict:
+    """The committed weights, checked against the manifest's SHA-256 and loaded as tensors only."""
+    path = PRETRAINED_DIR / f"{model}_{data}.pt"
+    expected = json.loads((PRETRAINED_DIR / f"{model}_{data}.json").read_text())["sha256"]
+    if hashlib.sha256(path.read_bytes()).hexdigest() != expected:
+        raise SystemExit(f"{path} does not match the SHA-256 in its manifest; restore it with git checkout")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    module.load_state_dict(state)
+    return module.state_dict()
+
+
 def atomic_save(obj, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
@@ -93,6 +113,9 @@ def main() -> None:
     parser.add_argument("--precision", choices=("bf16", "fp32"), default="bf16")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--work-dir", default=str(Path.home() / ".cache" / "bayescomp" / "pretrain"))
+    parser.add_argument("--continue-from-committed", action="store_true",
+                        help="start from the committed weights of this model (a warm restart: a second cosine "
+                             "cycle with fresh optimiser state); the manifest keeps the earlier stage")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -110,8 +133,13 @@ def main() -> None:
     steps_per_epoch = math.ceil(len(data.train) / args.batch_size)
     total_steps = args.epochs * steps_per_epoch
     generator = torch.Generator().manual_seed(args.seed)
-    ckpt = Path(args.work_dir) / f"{args.model}_{args.data}_seed{args.seed}.ckpt"
+    stage = "_restart" if args.continue_from_committed else ""
+    ckpt = Path(args.work_dir) / f"{args.model}_{args.data}_seed{args.seed}{stage}.ckpt"
     start_epoch, history, train_time = 0, [], 0.0
+    earlier_stages = []
+    if args.continue_from_committed:
+        earlier_stages = committed_stages(args.model, args.data)
+        model.load_state_dict(load_committed(args.model, args.data, model))
     if ckpt.exists():
         state = torch.load(ckpt, map_location="cpu", weights_only=True)
         model.load_state_dict(state["model"])
@@ -168,6 +196,10 @@ def main() -> None:
         "command": "python " + " ".join(shlex.quote(a) for a in [os.path.relpath(sys.argv[0])] + sys.argv[1:]),
         "history": history,
     }
+    if earlier_stages:
+        manifest["earlier_stages"] = earlier_stages
+        manifest["total_epochs"] = args.epochs + sum(st["epochs"] for st in earlier_stages)
+        manifest["total_train_time_s"] = round(train_time + sum(st["train_time_s"] for st in earlier_stages), 1)
     (PRETRAINED_DIR / f"{args.model}_{args.data}.json").write_text(json.dumps(manifest, indent=1) + "\n")
     print(json.dumps({k: v for k, v in manifest.items() if k != "history"}, indent=1))
 

@@ -1,0 +1,283 @@
+"""Self-compression settled with statistics: Bayesian against plain at equal kernel counts, over seeds.
+
+Issue 20 item 3. The claim under test (Carannante et al., MLSP 2020): a Bayesian CNN trained with density
+propagation loses less accuracy than a plain CNN when both are cut to the same number of kernels. The network is
+the one-conv-layer CNN of :mod:`benchmarks.self_compression_cnn1` (Conv2d(1, N, 5) -> ReLU -> MaxPool -> Linear).
+
+Protocol, fixed before any figure was read. For every (data set, N, seed) one plain CNN and its Bayesian twin
+(same initial means, diagonal covariance, the paper's Gaussian-likelihood ELBO) are trained for ``--epochs``. Then:
+
+1. **Equal counts, no retraining.** Both are cut to ``round(f * N)`` kernels for each kept fraction ``f`` in
+   ``--keep-fractions``, the smallest kernels first: by the norm of the (posterior-mean) kernel for both, and for
+   the Bayesian net also by the signal-to-noise ratio (:func:`bayescomp.selfcompress.prune.kernel_snr`).
+   Accuracy drop = test accuracy before - after.
+2. **Self-compression.** The library's procedure (:func:`bayescomp.selfcompress.procedure.self_compress`: delete
+   while the *validation* error stays within ``--tolerance`` points, retrain, repeat) picks the kernel count K; the
+   plain CNN is cut to K by its own norms and retrained for as many epochs. Drops are measured on the test set.
+
+Per (data, N) the table gives each drop's mean over the seeds and the paired difference plain - Bayesian with its
+95 % Student-t interval (positive: the Bayesian net loses less). The verdict per row follows from the interval
+alone: above zero, below zero, or containing zero. Also recorded: the smallest kernel norm relative to the median
+(a norm "approaching zero" would show as a ratio near 0).
+
+A finished (data, N, seed, rho) is not rerun (the JSON is the resume state)::
+
+    OMP_NUM_THREADS=1 python -m benchmarks.self_compression_seeds --data mnist fashion-mnist \
+        --kernels 25 50 100 --seeds 0 1 2 3 4
+
+Writes ``benchmarks/results/self_compression_seeds.{json,md}`` and ``plots/self_compression_seeds.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import time
+
+import torch
+
+from bayescomp.data import load_dataset
+from bayescomp.pipeline import git_commit
+from bayescomp.selfcompress.procedure import SelfCompressionConfig, density_twin, self_compress
+from bayescomp.selfcompress.prune import kernel_norms, kernel_snr, remove_kernels
+from bayescomp.train import TrainConfig, evaluate, fit, seed_everything
+from benchmarks._common import RESULTS, this_command
+from benchmarks.self_compression_cnn1 import CONV, plain_cnn
+
+STEM = "self_compression_seeds"
+
+
+def accuracy(model, split) -> float:
+    return 100.0 - evaluate(model, split)["error_pct"]
+
+
+def cut(model, statistic: torch.Tensor, keep_count: int):
+    """``model`` with only its ``keep_count`` kernels of largest ``statistic`` in the conv layer."""
+    keep = torch.zeros(statistic.numel(), dtype=torch.bool)
+    keep[torch.argsort(statistic, descending=True)[:keep_count]] = True
+    return remove_kernels(model, CONV, keep)
+
+
+def equal_count_drops(plain, bayes, data, fractions: list[float]) -> dict[str, dict[str, float]]:
+    """Test-accuracy drop of both nets cut to the same kernel counts (no retraining), per kept fraction."""
+    total = kernel_norms(plain, CONV).numel()
+    base = {"plain": accuracy(plain, data.test), "bayes": accuracy(bayes, data.test)}
+    stats = {"plain": kernel_norms(plain, CONV), "bayes_norm": kernel_norms(bayes, CONV),
+             "bayes_snr": kernel_snr(bayes, CONV)}
+    out = {}
+    for fraction in fractions:
+        count = max(1, round(fraction * total))
+        out[f"{fraction:g}"] = {
+            "kept": count,
+            "plain": base["plain"] - accuracy(cut(plain, stats["plain"], count), data.test),
+            "bayes_norm": base["bayes"] - accuracy(cut(bayes, stats["bayes_norm"], count), data.test),
+            "bayes_snr": base["bayes"] - accuracy(cut(bayes, stats["bayes_snr"], count), data.test),
+        }
+    return out
+
+
+def norm_spread(norms: torch.Tensor) -> float:
+    """Smallest kernel norm over the median: near 0 when some kernels were driven to zero."""
+    return float(norms.min() / norms.median())
+
+
+def run_one(data, name: str, kernels: int, seed: int, args) -> dict:
+    started = time.perf_counter()
+    seed_everything(seed)
+    train = TrainConfig(epochs=args.epochs, batch_size=100, lr=1e-3, lr_schedule="cosine", seed=seed)
+    retrain = TrainConfig(epochs=args.retrain_epochs, batch_size=100, lr=3e-4, seed=seed)
+    settings = SelfCompressionConfig(covariance="diag", likelihood="gaussian", criterion="norm",
+                                     tolerance_pct=args.tolerance, retrain_epochs=args.retrain_epochs,
+                                     rho_init=args.rho_init)
+    plain = plain_cnn(kernels, seed)
+    bayes = density_twin(plain, settings)
+    fit(plain, data, train, progress=False, log=lambda *_: None)
+    fit(bayes, data, train, progress=False, log=lambda *_: None, objective=settings.objective(len(data.train)))
+    before = {"plain": accuracy(plain, data.test), "bayes": accuracy(bayes, data.test)}
+    drops = equal_count_drops(plain, bayes, data, args.keep_fractions)
+    spread = {"plain": norm_spread(kernel_norms(plain, CONV)), "bayes": norm_spread(kernel_norms(bayes, CONV))}
+
+    small, kept, rounds = self_compress(bayes, data, settings, retrain, log=lambda *_: None)
+    count = int(kept[0].numel())
+    retrain_epochs = args.retrain_epochs * len(rounds)
+    plain_small = cut(plain, kernel_norms(plain, CONV), count)
+    if retrain_epochs and count < kernels:
+        fit(plain_small, data, TrainConfig(**{**retrain.__dict__, "epochs": retrain_epochs}), progress=False,
+            log=lambda *_: None)
+    return {
+        "data": name, "kernels": kernels, "seed": seed, "rho_init": args.rho_init, "epochs": args.epochs,
+        "accuracy_before": before, "equal_count_drops": drops, "min_over_median_norm": spread,
+        "self_compression": {"kept": count, "retrain_epochs": retrain_epochs, "rounds": rounds,
+                             "bayes_drop": before["bayes"] - accuracy(small, data.test),
+                             "plain_drop": before["plain"] - accuracy(plain_small, data.test)},
+        "wall_time_s": round(time.perf_counter() - started, 1), "torch_threads": torch.get_num_threads(),
+    }
+
+
+def t_interval(values: list[float]) -> tuple[float, float, float]:
+    """Mean and two-sided 95 % Student-t interval (nan bounds for a single value)."""
+    mean = statistics.fmean(values)
+    if len(values) < 2:
+        return mean, math.nan, math.nan
+    from scipy.stats import t
+
+    half = t.ppf(0.975, len(values) - 1) * statistics.stdev(values) / math.sqrt(len(values))
+    return mean, mean - half, mean + half
+
+
+def comparisons(run: dict) -> dict[str, tuple[float, float]]:
+    """(plain drop, Bayesian drop) for every equal-count comparison of one run."""
+    out = {}
+    for fraction, d in run["equal_count_drops"].items():
+        out[f"keep {float(fraction):.0%}, norm"] = (d["plain"], d["bayes_norm"])
+        out[f"keep {float(fraction):.0%}, Bayesian by SNR"] = (d["plain"], d["bayes_snr"])
+    s = run["self_compression"]
+    out["self-compression (retrained)"] = (s["plain_drop"], s["bayes_drop"])
+    return out
+
+
+def verdict(low: float, high: float) -> str:
+    if math.isnan(low):
+        return "one seed"
+    if low > 0:
+        return "Bayesian loses less"
+    if high < 0:
+        return "Bayesian loses more"
+    return "no significant difference"
+
+
+def summarise(runs: list[dict]) -> list[dict]:
+    rows = []
+    for key in sorted({(r["data"], r["kernels"], r["rho_init"]) for r in runs}):
+        mine = [r for r in runs if (r["data"], r["kernels"], r["rho_init"]) == key]
+        names = list(comparisons(mine[0]))
+        for name in names:
+            pairs = [comparisons(r)[name] for r in mine]
+            diff = t_interval([p - b for p, b in pairs])
+            rows.append({"data": key[0], "kernels": key[1], "rho_init": key[2], "comparison": name, "n": len(mine),
+                         "plain_drop": statistics.fmean(p for p, _ in pairs),
+                         "bayes_drop": statistics.fmean(b for _, b in pairs),
+                         "difference": diff, "verdict": verdict(diff[1], diff[2]),
+                         "kept": statistics.fmean(_kept(r, name) for r in mine)})
+    return rows
+
+
+def _kept(run: dict, comparison: str) -> float:
+    if comparison.startswith("self"):
+        return run["self_compression"]["kept"]
+    fraction = next(f for f in run["equal_count_drops"] if comparison.startswith(f"keep {float(f):.0%}"))
+    return run["equal_count_drops"][fraction]["kept"]
+
+
+def markdown(runs: list[dict], rows: list[dict], command: str, stem: str) -> str:
+    lines = ["## Self-compression over seeds: Bayesian against plain at equal kernel counts", "",
+             "One-conv-layer CNN, diagonal covariance. Drop = test accuracy lost by the cut (points); difference = "
+             "plain drop - Bayesian drop, mean and 95 % Student-t interval over the seeds (positive: the Bayesian "
+             "net loses less). Self-compression picks the count on the validation split and retrains both nets "
+             "equally. Protocol in `benchmarks/self_compression_seeds.py`, fixed before any figure was read.", "",
+             "| data | N | rho | seeds | comparison | kernels kept | plain drop | Bayesian drop | difference [95 % CI] "
+             "| verdict |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        mean, low, high = r["difference"]
+        interval = f"{mean:+.2f} [{low:+.2f}, {high:+.2f}]" if not math.isnan(low) else f"{mean:+.2f}"
+        lines.append(f"| {r['data']} | {r['kernels']} | {r['rho_init']:g} | {r['n']} | {r['comparison']} | "
+                     f"{r['kept']:.1f} | {r['plain_drop']:.2f} | {r['bayes_drop']:.2f} | {interval} | "
+                     f"{r['verdict']} |")
+    lines += ["", "Accuracy before any cut and the smallest kernel norm over the median, mean over seeds:", "",
+              "| data | N | rho | seeds | plain accuracy | Bayesian accuracy | min/median norm plain | Bayesian |",
+              "|---|---|---|---|---|---|---|---|"]
+    for key in sorted({(r["data"], r["kernels"], r["rho_init"]) for r in runs}):
+        mine = [r for r in runs if (r["data"], r["kernels"], r["rho_init"]) == key]
+        mean = lambda f: statistics.fmean(f(r) for r in mine)  # noqa: E731
+        lines.append(f"| {key[0]} | {key[1]} | {key[2]:g} | {len(mine)} | "
+                     f"{mean(lambda r: r['accuracy_before']['plain']):.2f} % | "
+                     f"{mean(lambda r: r['accuracy_before']['bayes']):.2f} % | "
+                     f"{mean(lambda r: r['min_over_median_norm']['plain']):.2f} | "
+                     f"{mean(lambda r: r['min_over_median_norm']['bayes']):.2f} |")
+    verdicts = [r for r in rows if r["n"] > 1]
+    if verdicts:
+        counts = {v: sum(r["verdict"] == v for r in verdicts) for v in
+                  ("Bayesian loses less", "no significant difference", "Bayesian loses more")}
+        lines += ["", "Verdict: over " + f"{len(verdicts)} comparisons with at least two seeds, " +
+                  ", ".join(f"{n} {v}" for v, n in counts.items()) + "."]
+    if (RESULTS / "plots" / f"{stem}.png").exists():
+        lines += ["", f"![{stem}](benchmarks/results/plots/{stem}.png)"]
+    lines += ["", f"Command: `{command}`", f"Wall time of all runs: {sum(r['wall_time_s'] for r in runs) / 60:.0f} min "
+              "(2-core CPU, one thread each, shared with other jobs)."]
+    return "\n".join(lines) + "\n"
+
+
+def plot(rows: list[dict], stem: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    datasets = sorted({r["data"] for r in rows})
+    fig, axes = plt.subplots(1, len(datasets), figsize=(5 * len(datasets), 3.4), squeeze=False)
+    for ax, data in zip(axes[0], datasets):
+        names = list(dict.fromkeys(r["comparison"] for r in rows if r["data"] == data))
+        for offset, name in enumerate(names):
+            mine = sorted((r for r in rows if r["data"] == data and r["comparison"] == name), key=lambda r: r["kernels"])
+            x = [r["kernels"] * (1 + 0.04 * (offset - len(names) / 2)) for r in mine]
+            y = [r["difference"][0] for r in mine]
+            err = [[0 if math.isnan(r["difference"][1]) else r["difference"][0] - r["difference"][1] for r in mine],
+                   [0 if math.isnan(r["difference"][2]) else r["difference"][2] - r["difference"][0] for r in mine]]
+            ax.errorbar(x, y, yerr=err, fmt="o-", ms=3, capsize=2, label=name)
+        ax.axhline(0, color="k", lw=0.8)
+        ax.set_xscale("log")
+        ax.set_xlabel("kernels N")
+        ax.set_ylabel("plain drop - Bayesian drop (points)")
+        ax.set_title(data, fontsize=9)
+        ax.legend(fontsize=6)
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    (RESULTS / "plots").mkdir(parents=True, exist_ok=True)
+    fig.savefig(RESULTS / "plots" / f"{stem}.png", dpi=110)
+    plt.close(fig)
+
+
+def write(runs: list[dict], command: str, stem: str) -> None:
+    rows = summarise(runs)
+    plot(rows, stem)
+    (RESULTS / f"{stem}.json").write_text(json.dumps({"command": command, "git_commit": git_commit(), "summary": rows, "runs": runs},
+                               indent=1))
+    (RESULTS / f"{stem}.md").write_text(markdown(runs, rows, command, stem))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", nargs="+", default=["mnist", "fashion-mnist"])
+    parser.add_argument("--kernels", nargs="+", type=int, default=[25, 50, 100])
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
+    parser.add_argument("--epochs", type=int, default=5)
+    parser.add_argument("--retrain-epochs", type=int, default=1)
+    parser.add_argument("--tolerance", type=float, default=0.5, help="validation-error budget, points")
+    parser.add_argument("--keep-fractions", nargs="+", type=float, default=[0.5, 0.25])
+    parser.add_argument("--rho-init", type=float, default=-10.0, help="the paper's TF2 code: -2.2")
+    parser.add_argument("--train-subset", type=int, default=None, help="smoke tests only (also test subset)")
+    parser.add_argument("--stem", default=STEM, help="result file name (smoke tests write elsewhere)")
+    args = parser.parse_args()
+    path = RESULTS / f"{args.stem}.json"
+    runs = json.loads(path.read_text())["runs"] if path.exists() else []
+    done = {(r["data"], r["kernels"], r["seed"], r["rho_init"]) for r in runs}
+    command = this_command()
+    for name in args.data:
+        data = load_dataset(name, train_subset=args.train_subset, test_subset=args.train_subset)
+        for seed in args.seeds:  # seeds outermost: an interrupted study has every N at equal depth
+            for kernels in args.kernels:
+                if (name, kernels, seed, args.rho_init) in done:
+                    continue
+                runs.append(run_one(data, name, kernels, seed, args))
+                r = runs[-1]
+                print(json.dumps({k: r[k] for k in ("data", "kernels", "seed", "accuracy_before",
+                                                    "equal_count_drops", "wall_time_s")}), flush=True)
+                write(runs, command, args.stem)
+    if runs:
+        write(runs, command, args.stem)
+
+
+if __name__ == "__main__":
+    main()
