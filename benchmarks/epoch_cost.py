@@ -46,7 +46,8 @@ from bayescomp.pipeline import DEFAULT_LR_SCALES, git_commit  # noqa: E402
 from bayescomp.priors import PRIORS  # noqa: E402
 from bayescomp.priors.base import BayesianLayer, bayesian_layers  # noqa: E402
 from bayescomp.train import (  # noqa: E402
-    AutocastForward, TrainConfig, TrainingRun, _train_epoch, make_optimizer, native_bf16, resolve_precision,
+    AutocastForward, TrainConfig, TrainingRun, _train_epoch, default_channels_last, make_optimizer, native_bf16,
+    resolve_precision,
 )
 
 DATA = {"lenet300": "mnist", "lenet5": "mnist", "resnet20": "cifar10"}
@@ -144,8 +145,10 @@ def variants(model_name: str, plain: nn.Module) -> dict[str, dict]:
     if conv:
         out["plain bf16 channels_last"] = dict(model=plain, precision="bf16", layout="cl")
         out["plain fp32 channels_last"] = dict(model=plain, precision="fp32", layout="cl")
+    default_layout = "cl" if default_channels_last(plain, "cpu", auto) else None
     for method in PRIORS:
-        out[f"{method} default ({auto})"] = dict(model=bayesify(plain, method), precision="auto", method=method)
+        out[f"{method} default ({auto}{', channels_last' if default_layout else ''})"] = dict(
+            model=bayesify(plain, method), precision="auto", method=method, layout=default_layout)
         out[f"{method} fp32"] = dict(model=bayesify(plain, method), precision="fp32", method=method)
     unfused = bayesify(plain, "gnj")
     for _, layer in bayesian_layers(unfused):
@@ -155,9 +158,9 @@ def variants(model_name: str, plain: nn.Module) -> dict[str, dict]:
         for precision in ("fp32", "bf16"):
             key = f"gnj z per {z} {precision}"
             out[key] = dict(model=bayesify(plain, "gnj", {"z_sampling": z}), precision=precision, method="gnj")
-    if conv:
-        out["gnj default channels_last"] = dict(model=bayesify(plain, "gnj"), precision="auto", method="gnj",
-                                                layout="cl")
+    if default_layout:
+        out[f"gnj {auto} NCHW (the default before NHWC Bayesian layers)"] = dict(
+            model=bayesify(plain, "gnj"), precision="auto", method="gnj")
     out["gnj authors' layers (re-implemented) fp32"] = dict(model=reference_model(plain), precision="fp32",
                                                              method="reference")
     return out

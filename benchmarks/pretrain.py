@@ -10,10 +10,17 @@ The training split is the library's (45,000 / 5,000 for CIFAR-10, validation see
 logged after every epoch; the test set is read once, after the last epoch. The run is resumable: a checkpoint is
 written atomically after every epoch to ``--work-dir`` (outside the repository), and a rerun continues from it.
 At the end the weights go to ``src/bayescomp/models/weights/<model>_<data>.pt`` with a JSON manifest holding
-their SHA-256, the command, validation and test error and the training time. Usage::
+their SHA-256, the command, validation and test error and the training time.
+
+``--continue-from-committed`` is a warm restart (SGDR, Loshchilov & Hutter 2017): a second cosine cycle from the
+committed weights with fresh optimiser state; the manifest keeps the earlier stages and the totals. ResNet-20's
+second cycle (50 epochs, peak 0.05) was fixed before its test figure was read; the rule is to keep it only if its
+validation error is below the first stage's. Usage::
 
     python benchmarks/pretrain.py --model resnet20 --data cifar10 --epochs 50 --threads 1
     python benchmarks/pretrain.py --model lenet300 --data mnist --epochs 20
+    python benchmarks/pretrain.py --model resnet20 --data cifar10 --epochs 50 --lr 0.05 --threads 1 \
+        --continue-from-committed
 """
 
 from __future__ import annotations

@@ -162,10 +162,10 @@ def fit(
         amp: the older switch: ``True`` is ``precision="bf16"``, ``False`` is ``"fp32"``; ``None`` defers to
             ``precision``.
         channels_last: train convolutions in the channels-last memory layout (weights and inputs NHWC; the model
-            is returned in the default layout). ``None`` (default): on for CPU bf16 training of a plain model with
-            convolutions (LeNet-5 step 0.53x of fp32 against 0.85x for bf16 alone), off for Bayesian models, whose
-            elementwise noise passes are slower in NHWC (LeNet-5 BC-GNJ 2.82x plain fp32 against 2.03x;
-            benchmarks/results/epoch_cost_*.md).
+            is returned in the default layout). ``None`` (default): on for CPU bf16 training of any model with
+            convolutions, Bayesian or not; the Bayesian layers draw their noise and keep both products in the
+            layout of their weights (:func:`bayescomp.priors.fused.in_layout`), so the NHWC convolutions' speed is
+            not lost to strided elementwise passes (benchmarks/results/epoch_cost_*.md).
 
     Under torchrun (``WORLD_SIZE > 1``) the model is wrapped in ``DistributedDataParallel`` for the training
     steps only; ``model`` itself stays unwrapped (hooks, checkpoints). Rank 0 logs and writes the checkpoint.
@@ -184,8 +184,7 @@ def fit(
     place = torch.device(device) if device is not None else home
     chosen = resolve_precision(("bf16" if amp else "fp32") if amp is not None else precision, place.type)
     if channels_last is None:
-        channels_last = (place.type == "cpu" and chosen == "bf16" and _has_conv(model)
-                         and not any(True for _ in bayesian_layers(model)))
+        channels_last = default_channels_last(model, place.type, chosen)
     model.to(place)
     hook = _to_channels_last(model) if channels_last else None
     try:
@@ -196,6 +195,11 @@ def fit(
         if hook is not None:
             hook.remove()
             model.to(memory_format=torch.contiguous_format)
+
+
+def default_channels_last(model: nn.Module, device_type: str, precision: str) -> bool:
+    """Whether ``fit(channels_last=None)`` trains ``model`` in NHWC: CPU, bf16 and at least one convolution."""
+    return device_type == "cpu" and precision == "bf16" and _has_conv(model)
 
 
 def _has_conv(model: nn.Module) -> bool:

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bayescomp.priors.fused import VarianceCache, linear_lrt, sample_lrt
+from bayescomp.priors.fused import VarianceCache, in_layout, linear_lrt, memory_format_of, noise_like, sample_lrt
 
 
 class BayesianLayer(nn.Module):
@@ -196,8 +196,9 @@ class PerWeightGaussian(BayesianLayer):
         if self.config.train_clip:
             keep = self._train_keep_mask()
             mean, variance = mean * keep, variance * keep
-        mean_out = self._product(x, mean, self.bias_mu)
-        return sample_lrt(mean_out, self._product(x * x, variance, None), torch.randn_like(mean_out))
+        mean_out, var_out = in_layout(memory_format_of(self.weight_mu), self._product(x, mean, self.bias_mu),
+                                      self._product(x * x, variance, None))
+        return sample_lrt(mean_out, var_out, noise_like(mean_out))
 
     def _train_keep_mask(self) -> torch.Tensor:
         """The keep mask of the training forward (priors may compute it from values the KL then reuses)."""
@@ -220,7 +221,7 @@ class PerWeightGaussian(BayesianLayer):
             return self._fused_forward(x)
         mean, variance = self._train_weights()
         noise_var = self._product(x * x, variance, None).add_(1e-8).sqrt_()
-        return torch.addcmul(self._product(x, mean, self.bias_mu), noise_var, torch.randn_like(noise_var))
+        return torch.addcmul(self._product(x, mean, self.bias_mu), noise_var, noise_like(noise_var))
 
 
 def _copy_posterior_means(source: BayesianLayer, layer: nn.Module) -> nn.Module:

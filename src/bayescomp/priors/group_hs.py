@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from bayescomp.priors.base import BayesianConv2d, BayesianLayer, BayesianLinear, PriorSpec, register_prior
+from bayescomp.priors.fused import noise_like
 from bayescomp.priors.group_nj import (
     _fused_conv,
     _fused_linear,
@@ -271,7 +272,7 @@ class Conv2dGroupHS(_GroupHSMixin, BayesianConv2d):
         bias_var = self.bias_log_sigma2.exp() if self.bias_mu is not None else None
         var = self._conv(x.pow(2), self.weight_log_sigma2.exp(), bias_var)
         z = self._sample_z(x.shape[0])[:, :, None, None]
-        return (mean + var.add(_EPS).sqrt() * torch.randn_like(mean)) * z
+        return (mean + var.add(_EPS).sqrt() * noise_like(mean)) * z
 
     def extra_repr(self) -> str:
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "

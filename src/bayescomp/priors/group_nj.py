@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from bayescomp.priors.base import BayesianConv2d, BayesianLayer, BayesianLinear, PriorSpec, register_prior
-from bayescomp.priors.fused import linear_lrt, sample_lrt
+from bayescomp.priors.fused import in_layout, linear_lrt, memory_format_of, noise_like, sample_lrt
 
 K1, K2, K3 = 0.63576, 1.87320, 1.48695
 _EPS = 1e-8
@@ -220,7 +220,7 @@ class Conv2dGroupNJ(_GroupNJMixin, BayesianConv2d):
         bias_var = self.bias_log_sigma2.exp() if self.bias_mu is not None else None
         var = self._conv(x.pow(2), self.weight_log_sigma2.exp(), bias_var)
         z = self._sample_z(x.shape[0])[:, :, None, None]
-        return (mean + var.add(_EPS).sqrt() * torch.randn_like(mean)) * z
+        return (mean + var.add(_EPS).sqrt() * noise_like(mean)) * z
 
     def extra_repr(self) -> str:
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
@@ -277,8 +277,9 @@ def _fused_conv(layer: BayesianConv2d, x: torch.Tensor) -> torch.Tensor:
         bias_var = layer.bias_log_sigma2.exp()
         layer._variance_store("bias_log_sigma2", bias_var)
     var = layer._conv(x * x, variance, bias_var)
+    mean, var = in_layout(memory_format_of(layer.weight_mu), mean, var)
     z = layer._sample_z(x.shape[0])[:, :, None, None]
-    return sample_lrt(mean, var, torch.randn_like(mean), z)
+    return sample_lrt(mean, var, noise_like(mean), z)
 
 
 register_prior(PriorSpec(
