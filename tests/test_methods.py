@@ -107,3 +107,25 @@ def test_compress_model_runs_a_registered_non_bayesian_method(mnist_small):
 def test_list_methods_is_public():
     assert bayescomp.list_methods() == list_methods()
     assert isinstance(bayescomp.get_method("gnj"), Method)
+
+
+@pytest.mark.parametrize("guard", [True, False])
+def test_finetuning_that_raises_the_validation_error_is_undone_by_the_guard(mnist_small, guard):
+    """A fine-tuning recipe that wrecks the pruned model (Adam at lr 1.0) is undone on the validation split's
+    evidence: with the guard the weights equal those of the same run without fine-tuning; without it they do not."""
+    from bayescomp.compress import CompressConfig
+
+    torch.manual_seed(0)
+    dense = nn.Sequential(nn.Flatten(), nn.Linear(784, 64), nn.ReLU(), nn.Linear(64, 10))
+    fit(dense, mnist_small, TrainConfig(epochs=2, lr=3e-3), progress=False, log=lambda *_: None)
+    common = dict(epochs=1, compress=CompressConfig(finetune_guard=guard), log=lambda *_: None)
+    plain = bayescomp.compress_model(dense, mnist_small, "gnj", finetune=TrainConfig(epochs=0), **common)
+    wrecked = bayescomp.compress_model(dense, mnist_small, "gnj", finetune=TrainConfig(epochs=1, lr=1.0), **common)
+    record = wrecked.extras["finetune_validation"]
+    assert record["val_error_pct_after"] > record["val_error_pct_before"] + 5  # the recipe did hurt
+    assert record["kept"] is (not guard)
+    same = all(torch.equal(a, b) for a, b in zip(plain.model.state_dict().values(),
+                                                  wrecked.model.state_dict().values()))
+    assert same is guard
+    if guard:
+        assert evaluate(wrecked.model, mnist_small.val)["error_pct"] == pytest.approx(record["val_error_pct_before"])

@@ -263,6 +263,7 @@ def _finish(method: Method, ctx: RunContext, outcome: MethodOutcome, dense_eval:
     report = build_report(config, data, ctx.dense, posterior, result, outcome.history, dense_eval, bayes_eval,
                           file_bytes, run_dir, started, command or " ".join(sys.argv), git_commit())
     report["test_error_pct_pruned_before_finetune"] = outcome.test_error_pct_before_finetune
+    report["finetune_validation"] = outcome.finetune_validation
     report.update(ctx.extras)
     report.update(method.report_extras(posterior, ctx))
     if ddp is not None:
@@ -319,5 +320,6 @@ def compress_model(model: nn.Module, data: DataBundle | tuple, method: str = "gn
     result.extras.update(ctx.extras)
     result.extras.update(spec.report_extras(outcome.model if spec.posterior_in_report else None, ctx))
     result.extras.update({"history": outcome.history.epochs, "method": spec.name, "metadata": ctx.metadata,
-                          "test_error_pct_pruned_before_finetune": outcome.test_error_pct_before_finetune})
+                          "test_error_pct_pruned_before_finetune": outcome.test_error_pct_before_finetune,
+                          "finetune_validation": outcome.finetune_validation})
     return result

@@ -98,6 +98,7 @@ class Report(TypedDict):
     runtime_latency: NotRequired[dict[str, Any]]
     # added by the pipeline after build_report
     test_error_pct_pruned_before_finetune: NotRequired[float | None]
+    finetune_validation: NotRequired[dict[str, Any] | None]  # val error before/after fine-tuning, kept or undone
     training: NotRequired[dict[str, Any]]
     ddp: NotRequired[dict[str, Any]]
     plots: NotRequired[list[str]]

@@ -59,6 +59,10 @@ class CompressConfig:
         search: ``"greedy"`` (per-layer thresholds, see :mod:`bayescomp.compress.search`), ``"global"`` (one
             threshold for all, by bisection: a few evaluations, for deep networks) or ``"auto"``: greedy for chains,
             global for graphs with more than 8 coupled groups (a ResNet-20 has 12).
+        finetune_guard: keep the fine-tuned weights of the pruned model only if its validation error did not
+            rise; otherwise the pruned weights before fine-tuning are kept (the report says which). A rule on the
+            validation split, so a fine-tuning recipe that hurts (measured: one epoch of Adam at 1e-3 raised a
+            pruned pretrained ResNet-20 from 11.12 % to 14.83 % test error) cannot make the result worse.
     """
 
     thresholds: list[float] | float | str | None = None
@@ -71,6 +75,7 @@ class CompressConfig:
     fold_empty_units: bool = True
     graph_reduce: str = "min"
     search: str = "auto"
+    finetune_guard: bool = True
 
     def __post_init__(self) -> None:
         if self.search not in SEARCHES:

@@ -6,6 +6,7 @@ Used by both :func:`bayescomp.pipeline.run` (zoo models, run directories, report
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,6 +26,7 @@ class MethodOutcome:
     history: TrainHistory
     result: CompressionResult | None = None
     test_error_pct_before_finetune: float | None = None
+    finetune_validation: dict | None = None  # validation error before/after fine-tuning and whether it was kept
 
 
 def prepare_and_train(method: Method, ctx: RunContext) -> MethodOutcome:
@@ -48,7 +50,16 @@ def compress_and_finetune(method: Method, ctx: RunContext, outcome: MethodOutcom
         outcome.test_error_pct_before_finetune = evaluate(result.model, ctx.data.test)["error_pct"]
         ctx.log(f"pruned test error before fine-tuning {outcome.test_error_pct_before_finetune:.2f}%")
         ctx.log(f"fine-tuning the pruned model ({finetune.epochs} epochs, deterministic, lr {finetune.lr})")
+        before = evaluate(result.model, ctx.data.val)["error_pct"]
+        pruned_state = copy.deepcopy(result.model.state_dict())
         finetune_keeping_zeros(result.model, ctx.data, finetune, checkpoint, ctx.progress, ctx.log)
+        after = evaluate(result.model, ctx.data.val)["error_pct"]
+        kept = after <= before or not ctx.config.compress.finetune_guard
+        if not kept:
+            result.model.load_state_dict(pruned_state)
+            ctx.log(f"fine-tuning raised the validation error ({before:.2f}% -> {after:.2f}%); keeping the pruned "
+                    "weights from before it (compress.finetune_guard)")
+        outcome.finetune_validation = {"val_error_pct_before": before, "val_error_pct_after": after, "kept": kept}
         result.model.eval()
         result.quantized_model = quantize_model(result.model, result.precisions)
     outcome.result = result
