@@ -48,6 +48,9 @@ def main() -> None:
     parser.add_argument("--pretrained", action="store_true",
                         help="start from the shipped dense weights (benchmarks/pretrain.py) instead of training them")
     parser.add_argument("--finetune-epochs", type=int, default=0, help="fine-tuning of the pruned model (disclosed)")
+    parser.add_argument("--finetune-lr", type=float, default=None,
+                        help="fine-tuning learning rate (Adam; default: the zoo schedule's); the fine-tuned weights "
+                             "are kept only if the validation error does not rise (CompressConfig.finetune_guard)")
     parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args()
     if args.threads:
@@ -66,6 +69,8 @@ def main() -> None:
         config.bayes = replace(config.bayes, lr=args.lr)
     if args.finetune_epochs:
         config.finetune = replace(config.finetune, epochs=args.finetune_epochs, augment="crop_flip")
+    if args.finetune_lr is not None:
+        config.finetune = replace(config.finetune, lr=args.finetune_lr)
     run_dir = Path(args.run_dir or f"runs/cifar/{args.model}_cifar10_{args.method}")
     report = run(config, run_dir, progress=False, command=this_command(), device=args.device, amp=args.amp)
 
