@@ -17,7 +17,9 @@ from bayescomp.compress.packed import PackedFormatError, load_packed, save_packe
 from bayescomp.models import MODELS, create_model
 from bayescomp.modules import Normalize
 from bayescomp.priors import PRIORS
+from bayescomp.measure import count_flops
 from bayescomp.priors.base import bayesian_layers, deterministic_mode
+from bayescomp.report import tradeoff_curve
 from bayescomp.train import TrainConfig, evaluate
 
 
@@ -199,6 +201,12 @@ def test_user_residual_model_end_to_end(mnist_small, tmp_path):
     keep = result.graph.keep_from_thresholds(result.thresholds)
     with deterministic_mode(bayes), result.graph.masked(bayes, keep):
         assert torch.allclose(result.model(x), bayes(x), atol=1e-5)
+    curve = tradeoff_curve(bayes, result, mnist_small)  # the report's curve carries each point's MACs
+    dense_flops = count_flops(Branchy(), tuple(mnist_small.input_shape))
+    assert curve and all(0 < p["flops"] <= dense_flops for p in curve)
+    by_threshold = sorted(curve, key=lambda p: p["threshold"])
+    assert all(a["flops"] <= b["flops"] and a["weights_kept"] <= b["weights_kept"]
+               for a, b in zip(by_threshold, by_threshold[1:]))
     path = tmp_path / "branchy.bcz"
     save_packed(result.quantized_model, path)
     with pytest.raises(PackedFormatError, match="Branchy"):  # a user's class is rebuilt only when passed

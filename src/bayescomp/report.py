@@ -118,6 +118,7 @@ def _graph_tradeoff(model, result: CompressionResult, data, grid: list[float]) -
         kept = sum(m.weight.numel() for m in prunable_modules(small))
         curve.append({"threshold": threshold, "weights_kept": kept,
                       "compression_architecture": result.weights_dense / kept,
+                      "flops": measure.count_flops(small, tuple(data.input_shape)),
                       "val_error_pct": evaluate(small, data.val)["error_pct"],
                       "test_error_pct": evaluate(small, data.test)["error_pct"]})
     return curve

@@ -30,6 +30,7 @@ class TradeoffPoint(TypedDict):
     compression_architecture: float
     val_error_pct: float
     test_error_pct: float
+    flops: NotRequired[int]  # multiply-accumulates of the pruned network (graph models)
 
 
 class Report(TypedDict):
