@@ -95,21 +95,25 @@ def cifar_section(runs: list[dict]) -> list[str]:
              "From `python -m benchmarks.cifar_runs` (command per row below). Errors on the 10,000 test images; "
              "× architecture = all weights / weights kept; × bits adds the per-layer bit widths; ONNX = max |logit "
              "difference| of the compressed model exported to ONNX and run by onnxruntime, on 64 test images.", "",
-             "| model | method | search | hardware | dense epochs | Bayesian epochs | dense error | compressed error | "
-             "× architecture | × bits | × file | FLOPs dense → compressed | latency b1 / b256 (ms, dense → compressed) "
-             "| ONNX max abs diff |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| model | method | search | hardware | start | Bayesian + fine-tuning epochs | dense error | "
+             "compressed error | × architecture | × bits | × file | FLOPs dense → compressed (× fewer) | "
+             "latency b1 / b256 (ms, dense → compressed) | ONNX max abs diff |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in cifar:
         lat = r.get("latency_ms") or {}
+        start = "pretrained (shipped)" if r.get("pretrained") else f"{r.get('dense_epochs')} dense epochs"
         latency = "–"
         if lat.get("dense") and lat.get("compressed"):
             latency = (f"{lat['dense'].get('batch_1', float('nan')):.1f} → {lat['compressed'].get('batch_1', float('nan')):.1f}"
                        f" / {lat['dense'].get('batch_256', float('nan')):.0f} → "
                        f"{lat['compressed'].get('batch_256', float('nan')):.0f}")
         lines.append(
-            f"| {r['model']} | {r['method']} | {r['config']['compress'].get('search', 'auto')} | {r.get('hardware', '–')} | {r.get('dense_epochs')} | {r.get('epochs')} | "
+            f"| {r['model']} | {r['method']} | {r['config']['compress'].get('search', 'auto')} | {r.get('hardware', '–')} | "
+            f"{start} | {r.get('epochs')} + {r.get('finetune_epochs') or 0} | "
             f"{r['dense_test_error_pct']:.2f} % | {r['test_error_pct']:.2f} % | {r['compression_architecture']:.1f} | "
             f"{r['compression_bits']:.1f} | {r['compression_file']:.1f} | {r['flops_dense']:,} → "
-            f"{r['flops_compressed']:,} | {latency} | {r.get('onnx_max_abs_diff', float('nan')):.1e} |")
+            f"{r['flops_compressed']:,} ({r['flops_dense'] / r['flops_compressed']:.2f}) | {latency} | "
+            f"{r.get('onnx_max_abs_diff', float('nan')):.1e} |")
     lines += ["", "Commands: " + "; ".join(f"`{r['command']}`" for r in cifar), ""]
     if not any(r["model"] == "vgg16" for r in cifar):
         lines += ["VGG-16/CIFAR-10 (paper: BC-GNJ 8.6 % at 14x, BC-GHS 9.0 % at 18x) has not been run: no GPU was "

@@ -18,7 +18,7 @@ Importances: ``GroupMagnitudeImportance(p=2)`` (Torch-Pruning's group-norm crite
 ``--importance l1`` (per-layer L1) and ``bn`` (batch-norm scale). Usage::
 
     python benchmarks/torch_pruning_compare.py --finetune-epochs 2 --fractions 0.5 0.35
-    python benchmarks/torch_pruning_compare.py --targets-from benchmarks/results/resnet20_cifar10_gnj_pretrained.json
+    python benchmarks/torch_pruning_compare.py --targets-from benchmarks/results/resnet20_cifar10_gnj.json --amp
 
 Writes ``benchmarks/results/resnet20_cifar10_torch-pruning.{json,md}``.
 """
@@ -180,7 +180,7 @@ def _write(out: Path, rows: list[dict], records: list[dict], dense_test: float, 
                      f"{record['test_error_pct']:.2f} % |")
     plot = _plot(rows, records, dense_test, dense_macs, out.name)
     if plot is not None:
-        lines += ["", f"![{plot.stem}](plots/{plot.name})"]
+        lines += ["", f"![{plot.stem}](benchmarks/results/plots/{plot.name})"]
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print(f"wrote {out.with_suffix('.json')}")
 
