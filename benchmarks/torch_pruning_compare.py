@@ -85,6 +85,8 @@ def prune_to_macs(dense: torch.nn.Module, target_macs: int, kind: str, example: 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--targets-from", nargs="*", default=[], help="bayescomp result JSONs whose MACs to match")
+    parser.add_argument("--show", nargs="*", default=[],
+                        help="bayescomp result JSONs shown in the table and plot without a matched pruning run")
     parser.add_argument("--fractions", type=float, nargs="*", default=[], help="MAC targets as fractions of dense")
     parser.add_argument("--importance", nargs="+", default=["group_norm"], choices=("group_norm", "l1", "bn"))
     parser.add_argument("--finetune-epochs", type=int, default=None,
@@ -111,6 +113,7 @@ def main() -> None:
             int(record.get("epochs", 0)) + int(record.get("finetune_epochs", 0)))
         ratio = record["flops_compressed"] / record["flops_dense"]
         targets.append({"macs": int(ratio * dense_macs), "epochs": epochs, "matched": Path(path).name})
+    records += [json.loads(Path(path).read_text()) for path in args.show]
     default_epochs = targets[0]["epochs"] if targets else 2
     for fraction in args.fractions:
         targets.append({"macs": int(fraction * dense_macs), "epochs": args.finetune_epochs or default_epochs,
