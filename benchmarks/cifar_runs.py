@@ -40,6 +40,8 @@ def main() -> None:
     parser.add_argument("--search-val-size", type=int, default=2000, help="validation images used by the search")
     parser.add_argument("--search", default="auto", choices=("auto", "greedy", "global"),
                         help="threshold search (auto: one global threshold for graphs with many coupled groups)")
+    parser.add_argument("--target-macs", type=float, default=None,
+                        help="prune to this MAC reduction (e.g. 2) instead of the search tolerance")
     parser.add_argument("--variant", default=None, help="suffix of the result files, for a second setting")
     parser.add_argument("--run-dir", default=None)
     parser.add_argument("--device", default=None, help="training device (cpu, cuda); default: cuda if available")
@@ -60,7 +62,8 @@ def main() -> None:
 
     config = RunConfig(model=args.model, data="cifar10", method=args.method, pretrained=args.pretrained,
                        compress=CompressConfig(tolerance_pct=args.tolerance, bits_reduce="max",
-                                               search_val_size=args.search_val_size, search=args.search))
+                                               search_val_size=args.search_val_size, search=args.search,
+                                               target_macs=args.target_macs))
     if args.dense_epochs is not None:
         config.dense = replace(config.dense, epochs=args.dense_epochs)
     if args.epochs is not None:

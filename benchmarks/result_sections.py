@@ -107,8 +107,11 @@ def cifar_section(runs: list[dict]) -> list[str]:
             latency = (f"{lat['dense'].get('batch_1', float('nan')):.1f} → {lat['compressed'].get('batch_1', float('nan')):.1f}"
                        f" / {lat['dense'].get('batch_256', float('nan')):.0f} → "
                        f"{lat['compressed'].get('batch_256', float('nan')):.0f}")
+        compress = r["config"]["compress"]
+        search = (f"{compress['target_macs']:g}x MAC budget" if compress.get("target_macs")
+                  else f"{compress.get('search', 'auto')}, {compress.get('tolerance_pct', 0):g} pt")
         lines.append(
-            f"| {r['model']} | {r['method']} | {r['config']['compress'].get('search', 'auto')} | {r.get('hardware', '–')} | "
+            f"| {r['model']} | {r['method']} | {search} | {r.get('hardware', '–')} | "
             f"{start} | {r.get('epochs')} + {r.get('finetune_epochs') or 0} | "
             f"{r['dense_test_error_pct']:.2f} % | {r['test_error_pct']:.2f} % | {r['compression_architecture']:.1f} | "
             f"{r['compression_bits']:.1f} | {r['compression_file']:.1f} | {r['flops_dense']:,} → "

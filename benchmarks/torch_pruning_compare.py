@@ -15,7 +15,11 @@ bayescomp result (fine-tuned) and, where the result records it, bayescomp's curv
 *without* fine-tuning.
 
 Importances: ``GroupMagnitudeImportance(p=2)`` (Torch-Pruning's group-norm criterion, its benchmark's default),
-``--importance l1`` (per-layer L1) and ``bn`` (batch-norm scale). Usage::
+``--importance l1`` (per-layer L1) and ``bn`` (batch-norm scale), and ``posterior``: the channels a trained
+bayescomp posterior (``--posterior RUN_DIR``, its ``bayes.ckpt``) ranks as most redundant (group log alpha, one
+threshold shared by all coupled groups, the least pruning that meets the MAC target), cut from the *dense*
+pretrained weights and fine-tuned with the same recipe. That row separates the two things a Bayesian result mixes:
+which channels the posterior picks, and the weights the Bayesian training left behind. Usage::
 
     python benchmarks/torch_pruning_compare.py --finetune-epochs 2 --fractions 0.5 0.35
     python benchmarks/torch_pruning_compare.py --targets-from benchmarks/results/resnet20_cifar10_gnj.json --amp
@@ -66,6 +70,32 @@ def prune_to_ratio(dense: torch.nn.Module, ratio: float, kind: str, example: tor
     return model
 
 
+def prune_by_posterior(dense: torch.nn.Module, run_dir: Path, target_macs: int, example: torch.Tensor
+                       ) -> tuple[torch.nn.Module, float]:
+    """The dense weights cut to the channels a bayescomp posterior keeps under a MAC budget (Torch-Pruning's
+    count). Returns the pruned model and the shared log-alpha threshold."""
+    from bayescomp import bayesify
+    from bayescomp.checkpoint import load_checkpoint
+    from bayescomp.compress.search import budget_threshold_search
+    from bayescomp.compress.structure import GraphStructure
+    from bayescomp.methods import get_method
+
+    record = json.loads((run_dir / "run.json").read_text())
+    state = load_checkpoint(run_dir / "bayes.ckpt")
+    if state is None:
+        raise FileNotFoundError(f"no posterior checkpoint in {run_dir} (bayes.ckpt)")
+    settings = get_method(record["method"]).make_settings(record["prior"])
+    bayes = bayesify(copy.deepcopy(dense), record["method"], settings)
+    bayes.load_state_dict(state["model"])
+    bayes.eval()
+    structure = GraphStructure(bayes, example, record.get("compress", {}).get("graph_reduce", "min"))
+    structure.graph.plain.load_state_dict(dense.state_dict())  # same names: the cut takes the dense weights
+    found = budget_threshold_search(
+        structure.stats, structure.strict_plan, lambda keep: macs_and_params(structure.graph.prune(keep), example)[0],
+        target_macs, structure.weights_kept, lambda keep: float("nan"))
+    return structure.graph.prune(found.plan), found.thresholds[0]
+
+
 def prune_to_macs(dense: torch.nn.Module, target_macs: int, kind: str, example: torch.Tensor
                   ) -> tuple[torch.nn.Module, float]:
     """Bisect the per-layer channel ratio until the pruned MACs are within 1 % of ``target_macs``."""
@@ -88,7 +118,10 @@ def main() -> None:
     parser.add_argument("--show", nargs="*", default=[],
                         help="bayescomp result JSONs shown in the table and plot without a matched pruning run")
     parser.add_argument("--fractions", type=float, nargs="*", default=[], help="MAC targets as fractions of dense")
-    parser.add_argument("--importance", nargs="+", default=["group_norm"], choices=("group_norm", "l1", "bn"))
+    parser.add_argument("--importance", nargs="+", default=["group_norm"],
+                        choices=("group_norm", "l1", "bn", "posterior"))
+    parser.add_argument("--posterior", type=Path, default=None,
+                        help="bayescomp run directory whose bayes.ckpt ranks the channels (--importance posterior)")
     parser.add_argument("--finetune-epochs", type=int, default=None,
                         help="default: the matched bayescomp run's Bayesian + fine-tuning epochs")
     parser.add_argument("--lr", type=float, default=5e-4)
@@ -128,17 +161,25 @@ def main() -> None:
                 print(f"{kind} at {target['macs'] / 1e6:.2f} M MACs, {target['epochs']} epochs: already measured")
                 continue
             t0 = time.perf_counter()
-            model, ratio = prune_to_macs(dense, target["macs"], kind, example)
+            if kind == "posterior":
+                if args.posterior is None:
+                    parser.error("--importance posterior needs --posterior RUN_DIR")
+                model, ratio = prune_by_posterior(dense, args.posterior, target["macs"], example)
+            else:
+                model, ratio = prune_to_macs(dense, target["macs"], kind, example)
             macs, params = macs_and_params(model, example)
             before = evaluate(model, data.val)["error_pct"]
             config = TrainConfig(epochs=target["epochs"], lr=args.lr, lr_schedule="cosine", augment="crop_flip")
             fit(model, data, config, progress=False, amp=args.amp, log=lambda *_: None)
-            row = {"importance": kind, "matched": target["matched"], "pruning_ratio": round(ratio, 4),
+            row = {"importance": kind, "matched": target["matched"],
+                   "pruning_ratio": None if kind == "posterior" else round(ratio, 4),
                    "flops_compressed": macs, "params_compressed": params, "mac_ratio": dense_macs / macs,
                    "param_ratio": dense_params / params, "finetune_epochs": target["epochs"],
                    "val_error_before_finetune_pct": before, "val_error_pct": evaluate(model, data.val)["error_pct"],
                    "test_error_pct": evaluate(model, data.test)["error_pct"], "target_macs": target["macs"],
                    "wall_time_s": round(time.perf_counter() - t0, 1), "threads": torch.get_num_threads(), **settings}
+            if kind == "posterior":
+                row.update(posterior=str(args.posterior), log_alpha_threshold=round(ratio, 4))
             rows.append(row)
             print(json.dumps(row), flush=True)
             _write(out, rows, records, dense_test, dense_macs, dense_params, args, started)
@@ -153,6 +194,14 @@ def _previous_rows(out: Path) -> list[dict]:
 def _same_target(row: dict, kind: str, target: dict) -> bool:
     return (row["importance"] == kind and row["finetune_epochs"] == target["epochs"]
             and abs(row.get("target_macs", row["flops_compressed"]) - target["macs"]) <= 0.01 * target["macs"])
+
+
+def _bayes_label(record: dict) -> str:
+    """``bayescomp gnj, 2x MAC budget`` or ``bayescomp gnj, 1.0-point search``: how the run chose its pruning."""
+    compress = record.get("config", {}).get("compress", {})
+    how = (f"{compress['target_macs']:g}x MAC budget" if compress.get("target_macs")
+           else f"{compress.get('tolerance_pct', 0):g}-point search")
+    return f"bayescomp {record['method']}, {how}"
 
 
 def _write(out: Path, rows: list[dict], records: list[dict], dense_test: float, dense_macs: int, dense_params: int,
@@ -175,7 +224,7 @@ def _write(out: Path, rows: list[dict], records: list[dict], dense_test: float, 
                      f"{r['mac_ratio']:.2f}x | {r['param_ratio']:.2f}x | {r['finetune_epochs']} | "
                      f"{r['val_error_pct']:.2f} % | {r['test_error_pct']:.2f} % |")
     for record in records:
-        lines.append(f"| bayescomp {record['method']} ({record.get('finetune_epochs', 0)} fine-tuning epochs) | - | "
+        lines.append(f"| {_bayes_label(record)} ({record.get('finetune_epochs', 0)} fine-tuning epochs) | - | "
                      f"{record['flops_compressed'] / 1e6:.2f} M (bayescomp count) | "
                      f"{record['flops_dense'] / record['flops_compressed']:.2f}x | "
                      f"{record['weights_dense'] / record['weights_kept']:.2f}x | "
@@ -209,7 +258,7 @@ def _plot(rows: list[dict], records: list[dict], dense_test: float, dense_macs: 
             ax.plot([p["flops"] / record["flops_dense"] for p in curve], [p["test_error_pct"] for p in curve],
                     ".--", color="grey", label=f"bayescomp {record['method']}, shared threshold, no fine-tuning")
         ax.plot(record["flops_compressed"] / record["flops_dense"], record["test_error_pct"], "*", ms=14,
-                label=f"bayescomp {record['method']} result ({record.get('finetune_epochs', 0)} fine-tuning epochs)")
+                label=f"{_bayes_label(record)} ({record.get('finetune_epochs', 0)} fine-tuning epochs)")
     ax.axhline(dense_test, color="k", lw=0.8, ls=":", label=f"dense {dense_test:.2f} %")
     ax.set_xlabel("MACs kept (fraction of dense)")
     ax.set_ylabel("test error %")

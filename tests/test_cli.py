@@ -11,6 +11,7 @@ import torch
 import bayescomp
 from bayescomp.cli import main
 from bayescomp.data import load_dataset
+from bayescomp.measure import count_flops
 from bayescomp.methods import get_method, list_methods
 from bayescomp.train import evaluate
 
@@ -65,6 +66,22 @@ def test_cli_rerun_reuses_dense_model_and_finished_training(cli_run, capsys):
     # a training setting changed: refused rather than mixing two runs in one directory
     assert main(["run", "--model", "lenet300", "--run-dir", str(run_dir), *SMALL, "--lr", "0.01"]) == 2
     assert "other settings" in capsys.readouterr().err
+
+
+def test_cli_target_macs_reuses_the_posterior_and_meets_the_budget(cli_run, tmp_path, capsys):
+    """``--target-macs 3`` on a finished run: only compression is redone, and the compressed network's MACs (as
+    the report counts them, checked on the saved file) are at most a third of the dense network's."""
+    _, trained = cli_run
+    run_dir = tmp_path / "budget"
+    shutil.copytree(trained, run_dir)
+    capsys.readouterr()
+    assert main(["run", "--model", "lenet300", "--run-dir", str(run_dir), *SMALL, "--no-latency", "--no-plots",
+                 "--target-macs", "3"]) == 0
+    assert "epoch   1/" not in capsys.readouterr().out
+    report = json.loads((run_dir / "report.json").read_text())
+    assert report["config"]["compress"]["target_macs"] == 3
+    model = bayescomp.load(run_dir / "compressed.bcz")
+    assert count_flops(model, (1, 28, 28)) <= report["flops_dense"] / 3
 
 
 @pytest.mark.parametrize("args,message", [

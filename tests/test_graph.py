@@ -233,3 +233,34 @@ def test_searches_keep_the_validation_error_within_tolerance(search, mnist_small
         assert result.weights_kept < result.weights_dense
     with pytest.raises(ValueError, match="unknown search"):
         CompressConfig(search="random")
+
+
+@pytest.mark.parametrize("target", [2.0, 3.5])
+def test_mac_budget_prunes_the_least_that_meets_it(target, mnist_small):
+    """``target_macs``: the compressed network has at most dense/target MACs (counted independently on the cut
+    model), and the shared threshold one step higher (one group fewer pruned) would miss the budget."""
+    for model in (Branchy(), create_model("lenet300", 10, (1, 28, 28), [0.13], [0.31])):
+        bayes = _noisy(model, seed=1)
+        shape = tuple(mnist_small.val.example(1).shape[1:])
+        dense_macs = count_flops(model, shape)
+        result = compress(bayes, mnist_small.val, CompressConfig(target_macs=target, fold_empty_units=False))
+        assert count_flops(result.model, shape) <= dense_macs / target
+        chosen = result.thresholds[0]
+        pooled = sorted(set(torch.cat([s.double().flatten() for s in result.log_alpha]).tolist()))
+        higher = [v - 1e-9 for v in pooled if v - 1e-9 > chosen]
+        assert higher, "a budget above 1x must prune something"
+        one_fewer = compress(bayes, mnist_small.val, CompressConfig(thresholds=higher[0], fold_empty_units=False))
+        assert count_flops(one_fewer.model, shape) > dense_macs / target
+        assert result.search_path[-1]["cost"] == count_flops(result.model, shape)
+
+
+def test_mac_budget_rejects_bad_settings_and_unreachable_budgets(mnist_small):
+    with pytest.raises(ValueError, match="reduction factor above 1"):
+        CompressConfig(target_macs=0.5)
+    with pytest.raises(ValueError, match="leave thresholds unset"):
+        CompressConfig(target_macs=2.0, thresholds=-3.0)
+    bayes = _noisy(Branchy(), seed=2)
+    before = {k: v.clone() for k, v in bayes.state_dict().items()}
+    with pytest.raises(PruneError, match="no shared threshold reaches the budget"):
+        compress(bayes, mnist_small.val, CompressConfig(target_macs=1e6))
+    assert all(torch.equal(before[k], v) for k, v in bayes.state_dict().items())

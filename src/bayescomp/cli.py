@@ -117,6 +117,9 @@ def _add_run_parser(sub) -> None:
                           f"{per_weight_thresholds()})")
     run.add_argument("--tolerance", type=float, default=0.2,
                      help="automatic search: allowed validation-error increase in percentage points")
+    run.add_argument("--target-macs", type=float, default=None, metavar="FACTOR",
+                     help="prune to a compute budget instead: at least FACTOR times fewer multiply-accumulates than "
+                          "the dense network (e.g. 2), the posterior choosing which groups go (replaces --tolerance)")
     run.add_argument("--bits-reduce", choices=("mean", "max"), default="mean",
                      help="summarise per-weight bits of a layer by their mean (paper) or max (safer)")
     run.add_argument("--clip-var", type=float, default=None,
@@ -239,7 +242,8 @@ def cmd_run(args: argparse.Namespace) -> int:
                        pretrained=args.pretrained, image_size=args.image_size,
                        compress=CompressConfig(thresholds=args.thresholds, tolerance_pct=args.tolerance,
                                                bits_reduce=args.bits_reduce,
-                                               finetune_search=args.finetune_search))
+                                               finetune_search=args.finetune_search,
+                                               target_macs=args.target_macs))
     config.dense = _train_config(config.dense, args, bayes=False)
     config.bayes = _train_config(config.bayes, args, bayes=True)
     if args.finetune_epochs is not None:  # 0 turns off a method's default fine-tuning (magnitude's)

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import copy
+import math
 import os
 from dataclasses import dataclass, field
 
@@ -13,12 +14,15 @@ import torch
 from torch import nn
 
 from bayescomp.compress.chain import Chain, UnsupportedModelError, build_chain
+from bayescomp.compress.macs import count_flops
 from bayescomp.compress.masks import (
     PruneError, PruningPlan, group_keep_from_thresholds, group_statistics, masked, propagate,
 )
 from bayescomp.compress.packed import QuantSpec, packed_leaves, save_packed
 from bayescomp.compress.precision import LayerPrecision, layer_precisions, quantize_fixed_point
-from bayescomp.compress.search import SearchResult, global_threshold_search, greedy_search
+from bayescomp.compress.search import (
+    SearchResult, budget_threshold_search, global_threshold_search, greedy_search,
+)
 from bayescomp.compress.shrink import shrink
 from bayescomp.compress.storage import compression_csr
 from bayescomp.compress.structure import (
@@ -63,6 +67,11 @@ class CompressConfig:
             rise; otherwise the pruned weights before fine-tuning are kept (the report says which). A rule on the
             validation split, so a fine-tuning recipe that hurts (measured: one epoch of Adam at 1e-3 raised a
             pruned pretrained ResNet-20 from 11.12 % to 14.83 % test error) cannot make the result worse.
+        target_macs: prune to a compute budget instead of an error tolerance: at least this many times fewer
+            multiply-accumulates than the dense network (e.g. ``2.0``), with one threshold shared by every group
+            (the least pruning that meets it; see :func:`~bayescomp.compress.search.budget_threshold_search`).
+            The posterior ranks the groups, the budget says how many go; ``tolerance_pct`` is then unused. This is
+            how structured pruning tools are driven (a target ratio), so the two compare at equal MACs.
     """
 
     thresholds: list[float] | float | str | None = None
@@ -76,10 +85,17 @@ class CompressConfig:
     graph_reduce: str = "min"
     search: str = "auto"
     finetune_guard: bool = True
+    target_macs: float | None = None
 
     def __post_init__(self) -> None:
         if self.search not in SEARCHES:
             raise ValueError(f"unknown search {self.search!r}; use {', '.join(SEARCHES)}")
+        if self.target_macs is not None:
+            if not (isinstance(self.target_macs, (int, float)) and self.target_macs > 1.0):
+                raise ValueError(f"target_macs is a reduction factor above 1 (e.g. 2.0 for half the MACs), got "
+                                 f"{self.target_macs!r}")
+            if self.thresholds not in (None, "search"):
+                raise ValueError("target_macs chooses the threshold itself; leave thresholds unset")
 
 
 @dataclass
@@ -193,11 +209,11 @@ def _compress_with(model: nn.Module, val: Split | None, config: CompressConfig, 
                    log) -> CompressionResult:
     """Thresholds (given, the structure's default, or searched on ``val``) -> plan -> cut -> bits -> result."""
     with deterministic_mode(model):
-        thresholds = normalize_thresholds(config.thresholds, structure)
+        thresholds = "search" if config.target_macs else normalize_thresholds(config.thresholds, structure)
         path, base = [], None
         if thresholds == "search":
             if val is None:
-                raise ValueError("the automatic threshold search needs validation data")
+                raise ValueError("the automatic threshold search (and target_macs) needs validation data")
             subset = val if config.search_val_size is None else val.subset(config.search_val_size, seed=0)
             found = _search(model, structure, subset, config, log)
             plan, thresholds, path, base = found.plan, found.thresholds, found.path, found.base_val_error_pct
@@ -237,6 +253,15 @@ def _search(model: nn.Module, structure: Structure, subset: Split, config: Compr
         with structure.masked(plan):
             return evaluate(model, subset)["error_pct"]
 
+    if config.target_macs is not None:
+        shape = tuple(subset.example(1).shape[1:])
+        dense_macs = count_flops(structure.cut(structure.plan([math.inf] * len(structure.stats))).model, shape)
+
+        def macs(plan) -> float:
+            return count_flops(structure.cut(plan).model, shape)
+
+        return budget_threshold_search(structure.stats, structure.strict_plan, macs, dense_macs / config.target_macs,
+                                       structure.weights_kept, error, log, structure.describe_global)
     if structure.prefers_global_search(config.search):
         return global_threshold_search(structure.stats, structure.strict_plan, structure.weights_kept, error,
                                        config.tolerance_pct, log, structure.describe_global)

@@ -141,6 +141,66 @@ def global_threshold_search(
     return SearchResult([candidates[index]] * len(stats), plan, current, base, path)
 
 
+def budget_threshold_search(
+    stats: list[torch.Tensor],
+    make_plan: Callable[[list[float]], Any],
+    cost: Callable[[Any], float],
+    budget: float,
+    weights_kept: Callable[[Any], int],
+    error: Callable[[Any], float],
+    log: Callable[[str], None] | None = None,
+    describe: Callable[[Any], str] = lambda plan: "",
+) -> SearchResult:
+    """One threshold shared by every unit, the highest (least pruning) whose plan costs at most ``budget`` (e.g.
+    multiply-accumulates), by bisection over the pooled statistics: pruning to a compute budget, the way structured
+    pruning tools take a target ratio, with the posterior deciding *which* groups go. The validation error is
+    measured along the way (``path``) but does not steer the choice.
+
+    Raises:
+        PruneError: even the most pruning that leaves every unit a group costs more than ``budget``.
+    """
+    pooled = torch.unique(torch.cat([s.double().flatten() for s in stats]))
+    pooled = pooled[torch.isfinite(pooled)]
+    candidates = [float(v) - 1e-9 for v in pooled.tolist()] + [float(pooled.max()) + 1.0]  # ascending
+    base_plan = make_plan([candidates[-1]] * len(stats))
+    base = error(base_plan)
+    path = [{"weights_kept": weights_kept(base_plan), "val_error_pct": base, "threshold": candidates[-1],
+             "cost": cost(base_plan)}]
+    probes: dict[int, tuple[Any, float] | None] = {}
+
+    def probe(i: int) -> tuple[Any, float] | None:
+        if i not in probes:
+            try:
+                plan = make_plan([candidates[i]] * len(stats))
+            except PruneError:
+                probes[i] = None
+            else:
+                probes[i] = (plan, cost(plan))
+        return probes[i]
+
+    lo, hi = 0, len(candidates) - 1  # the answer, if any, lies in [lo, hi]
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        found = probe(mid)
+        if found is None or found[1] <= budget:  # an emptied unit lies below any feasible threshold
+            lo = mid
+        else:
+            hi = mid - 1
+    found = probe(lo)
+    if found is None or found[1] > budget:
+        cheapest = min((p[1] for p in probes.values() if p is not None), default=path[0]["cost"])
+        raise PruneError(f"no shared threshold reaches the budget of {budget:,.0f}: the most pruning that leaves "
+                         f"every layer a group still costs {cheapest:,.0f}")
+    plan, spent = found
+    trial = error(plan)
+    path.append({"weights_kept": weights_kept(plan), "val_error_pct": trial, "threshold": candidates[lo],
+                 "cost": spent})
+    if log:
+        log(f"  budget search: threshold {candidates[lo]:.3f}  {describe(plan)}  cost {spent:,.0f} "
+            f"(budget {budget:,.0f})  val err {trial:.2f}%")
+    return SearchResult([candidates[lo]] * len(stats), plan, trial, base, path)
+
+
 def sweep_global_thresholds(chain: Chain, stats: list[torch.Tensor], evaluators: dict[str, Callable[[], float]],
                             grid: list[float]) -> list[dict[str, float]]:
     """Error against compression along one threshold shared by all layers (for the trade-off plot)."""
