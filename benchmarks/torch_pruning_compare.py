@@ -178,6 +178,7 @@ def main() -> None:
                    "val_error_before_finetune_pct": before, "val_error_pct": evaluate(model, data.val)["error_pct"],
                    "test_error_pct": evaluate(model, data.test)["error_pct"], "target_macs": target["macs"],
                    "wall_time_s": round(time.perf_counter() - t0, 1), "threads": torch.get_num_threads(), **settings}
+            row["command"] = "python " + " ".join(shlex.quote(a) for a in sys.argv)
             if kind == "posterior":
                 row.update(posterior=str(args.posterior), log_alpha_threshold=round(ratio, 4))
             rows.append(row)
@@ -194,6 +195,11 @@ def _previous_rows(out: Path) -> list[dict]:
 def _same_target(row: dict, kind: str, target: dict) -> bool:
     return (row["importance"] == kind and row["finetune_epochs"] == target["epochs"]
             and abs(row.get("target_macs", row["flops_compressed"]) - target["macs"]) <= 0.01 * target["macs"])
+
+
+def _row_label(kind: str) -> str:
+    return ("bayescomp posterior's channels, dense weights" if kind == "posterior"
+            else f"Torch-Pruning {kind}")
 
 
 def _bayes_label(record: dict) -> str:
@@ -220,7 +226,7 @@ def _write(out: Path, rows: list[dict], records: list[dict], dense_test: float, 
              "| importance | matched | MACs | MAC ratio | param ratio | epochs | val err | test err |",
              "|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['importance']} | {r['matched'] or '-'} | {r['flops_compressed'] / 1e6:.2f} M | "
+        lines.append(f"| {_row_label(r['importance'])} | {r['matched'] or '-'} | {r['flops_compressed'] / 1e6:.2f} M | "
                      f"{r['mac_ratio']:.2f}x | {r['param_ratio']:.2f}x | {r['finetune_epochs']} | "
                      f"{r['val_error_pct']:.2f} % | {r['test_error_pct']:.2f} % |")
     for record in records:
@@ -230,6 +236,10 @@ def _write(out: Path, rows: list[dict], records: list[dict], dense_test: float, 
                      f"{record['weights_dense'] / record['weights_kept']:.2f}x | "
                      f"{int(record.get('epochs', 0)) + int(record.get('finetune_epochs', 0))} | - | "
                      f"{record['test_error_pct']:.2f} % |")
+    commands = list(dict.fromkeys(r["command"] for r in rows if r.get("command")))
+    if commands:
+        lines += ["", "Row commands (each row was measured by one of these; a rerun skips measured rows): "
+                  + "; ".join(f"`{c}`" for c in commands)]
     plot = _plot(rows, records, dense_test, dense_macs, out.name)
     if plot is not None:
         lines += ["", f"![{plot.stem}](benchmarks/results/plots/{plot.name})"]
@@ -247,10 +257,11 @@ def _plot(rows: list[dict], records: list[dict], dense_test: float, dense_macs: 
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4))
-    for kind in sorted({r["importance"] for r in rows}):
-        mine = sorted((r for r in rows if r["importance"] == kind), key=lambda r: r["flops_compressed"])
-        ax.plot([r["flops_compressed"] / dense_macs for r in mine], [r["test_error_pct"] for r in mine], "o-",
-                label=f"Torch-Pruning {kind}, fine-tuned {mine[0]['finetune_epochs']} epochs")
+    for kind, epochs in sorted({(r["importance"], r["finetune_epochs"]) for r in rows}):
+        mine = sorted((r for r in rows if r["importance"] == kind and r["finetune_epochs"] == epochs),
+                      key=lambda r: r["flops_compressed"])
+        ax.plot([r["flops_compressed"] / dense_macs for r in mine], [r["test_error_pct"] for r in mine],
+                "s-" if kind == "posterior" else "o-", label=f"{_row_label(kind)}, fine-tuned {epochs} epochs")
     for record in records:
         curve = [p for p in record.get("tradeoff_curve", []) if "flops" in p]
         if curve:
