@@ -99,6 +99,13 @@ def greedy_search(
     return SearchResult(thresholds_for_counts(stats, pruned), plan, current_error, base, path)
 
 
+def _shared_threshold_candidates(stats: list[torch.Tensor]) -> list[float]:
+    """Ascending thresholds, one just below each distinct finite statistic, then one above all (keep everything)."""
+    pooled = torch.unique(torch.cat([s.double().flatten() for s in stats]))
+    pooled = pooled[torch.isfinite(pooled)]
+    return [float(v) - 1e-9 for v in pooled.tolist()] + [float(pooled.max()) + 1.0]
+
+
 def global_threshold_search(
     stats: list[torch.Tensor],
     make_plan: Callable[[list[float]], Any],
@@ -112,9 +119,7 @@ def global_threshold_search(
     ``tolerance_pct`` points of the unpruned model's, found by bisection over the pooled statistics (about
     log2(groups) evaluations instead of the greedy search's rounds x units; used for deep networks with many coupled
     groups). Assumes the error grows as the threshold falls, which holds closely for group log alpha."""
-    pooled = torch.unique(torch.cat([s.double().flatten() for s in stats]))
-    pooled = pooled[torch.isfinite(pooled)]
-    candidates = [float(v) - 1e-9 for v in pooled.tolist()] + [float(pooled.max()) + 1.0]  # ascending
+    candidates = _shared_threshold_candidates(stats)
     base_plan = make_plan([candidates[-1]] * len(stats))
     base = error(base_plan)
     budget = base + tolerance_pct
@@ -159,9 +164,7 @@ def budget_threshold_search(
     Raises:
         PruneError: even the most pruning that leaves every unit a group costs more than ``budget``.
     """
-    pooled = torch.unique(torch.cat([s.double().flatten() for s in stats]))
-    pooled = pooled[torch.isfinite(pooled)]
-    candidates = [float(v) - 1e-9 for v in pooled.tolist()] + [float(pooled.max()) + 1.0]  # ascending
+    candidates = _shared_threshold_candidates(stats)
     base_plan = make_plan([candidates[-1]] * len(stats))
     base = error(base_plan)
     path = [{"weights_kept": weights_kept(base_plan), "val_error_pct": base, "threshold": candidates[-1],
