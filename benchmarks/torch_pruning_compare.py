@@ -52,32 +52,58 @@ def macs_and_params(model: torch.nn.Module, example: torch.Tensor) -> tuple[int,
     return int(macs), int(params)
 
 
-def importance(name: str):
+class PosteriorImportance(tp.importance.Importance):
+    """Torch-Pruning importance from a bayescomp posterior: a channel scores ``-log alpha`` of its group (high =
+    the posterior is sure it carries signal); in a coupled group the most confident member decides, as bayescomp's
+    ``graph_reduce="min"`` does. Used with a uniform per-layer ratio it keeps the posterior's ranking *within* each
+    layer but Torch-Pruning's allocation *across* layers."""
+
+    def __init__(self, model: torch.nn.Module, scores: dict[str, torch.Tensor]) -> None:
+        modules = dict(model.named_modules())
+        self.scores = {modules[name]: score for name, score in scores.items()}
+
+    @torch.no_grad()
+    def __call__(self, group) -> torch.Tensor | None:
+        out_fns = (tp.pruner.function.prune_conv_out_channels, tp.pruner.function.prune_linear_out_channels)
+        imp = torch.full((len(group[0].idxs),), float("-inf"))
+        for i, (dep, idxs) in enumerate(group):
+            if dep.pruning_fn in out_fns and dep.layer in self.scores:
+                root = torch.as_tensor(group[i].root_idxs, dtype=torch.long)
+                imp.scatter_reduce_(0, root, self.scores[dep.layer][list(idxs)].float(), reduce="amax")
+        return None if torch.isinf(imp).all() else imp
+
+
+def importance(name: str, model: torch.nn.Module, posterior: dict[str, torch.Tensor] | None = None):
     if name == "group_norm":
         return tp.importance.GroupMagnitudeImportance(p=2)
     if name == "l1":
         return tp.importance.MagnitudeImportance(p=1, group_reduction="mean")
     if name == "bn":
         return tp.importance.BNScaleImportance()
+    if name == "posterior_uniform":
+        return PosteriorImportance(model, posterior)
     raise ValueError(f"unknown importance {name!r}")
 
 
-def prune_to_ratio(dense: torch.nn.Module, ratio: float, kind: str, example: torch.Tensor) -> torch.nn.Module:
+def prune_to_ratio(dense: torch.nn.Module, ratio: float, kind: str, example: torch.Tensor,
+                   posterior: dict[str, torch.Tensor] | None = None) -> torch.nn.Module:
     model = copy.deepcopy(dense).eval()
-    pruner = tp.pruner.MetaPruner(model, example, importance=importance(kind), pruning_ratio=ratio,
-                                  ignored_layers=[model.fc], global_pruning=False)
+    pruner = tp.pruner.MetaPruner(model, example, importance=importance(kind, model, posterior),
+                                  pruning_ratio=ratio, ignored_layers=[model.fc], global_pruning=False)
     pruner.step()
     return model
 
 
-def prune_by_posterior(dense: torch.nn.Module, run_dir: Path, target_macs: int, example: torch.Tensor
-                       ) -> tuple[torch.nn.Module, float]:
-    """The dense weights cut to the channels a bayescomp posterior keeps under a MAC budget (Torch-Pruning's
-    count). Returns the pruned model and the shared log-alpha threshold."""
+def posterior_scores(dense: torch.nn.Module, run_dir: Path) -> dict[str, torch.Tensor]:
+    """``-log alpha`` per output channel of every Bayesian layer of a bayescomp run, by module name."""
+    bayes = _posterior_model(dense, run_dir)
+    return {name: -module.group_log_alpha().detach() for name, module in bayes.named_modules()
+            if hasattr(module, "group_log_alpha")}
+
+
+def _posterior_model(dense: torch.nn.Module, run_dir: Path) -> torch.nn.Module:
     from bayescomp import bayesify
     from bayescomp.checkpoint import load_checkpoint
-    from bayescomp.compress.search import budget_threshold_search
-    from bayescomp.compress.structure import GraphStructure
     from bayescomp.methods import get_method
 
     record = json.loads((run_dir / "run.json").read_text())
@@ -87,7 +113,18 @@ def prune_by_posterior(dense: torch.nn.Module, run_dir: Path, target_macs: int, 
     settings = get_method(record["method"]).make_settings(record["prior"])
     bayes = bayesify(copy.deepcopy(dense), record["method"], settings)
     bayes.load_state_dict(state["model"])
-    bayes.eval()
+    return bayes.eval()
+
+
+def prune_by_posterior(dense: torch.nn.Module, run_dir: Path, target_macs: int, example: torch.Tensor
+                       ) -> tuple[torch.nn.Module, float]:
+    """The dense weights cut to the channels a bayescomp posterior keeps under a MAC budget (Torch-Pruning's
+    count). Returns the pruned model and the shared log-alpha threshold."""
+    from bayescomp.compress.search import budget_threshold_search
+    from bayescomp.compress.structure import GraphStructure
+
+    record = json.loads((run_dir / "run.json").read_text())
+    bayes = _posterior_model(dense, run_dir)
     structure = GraphStructure(bayes, example, record.get("compress", {}).get("graph_reduce", "min"))
     structure.graph.plain.load_state_dict(dense.state_dict())  # same names: the cut takes the dense weights
     found = budget_threshold_search(
@@ -96,13 +133,13 @@ def prune_by_posterior(dense: torch.nn.Module, run_dir: Path, target_macs: int, 
     return structure.graph.prune(found.plan), found.thresholds[0]
 
 
-def prune_to_macs(dense: torch.nn.Module, target_macs: int, kind: str, example: torch.Tensor
-                  ) -> tuple[torch.nn.Module, float]:
+def prune_to_macs(dense: torch.nn.Module, target_macs: int, kind: str, example: torch.Tensor,
+                  posterior: dict[str, torch.Tensor] | None = None) -> tuple[torch.nn.Module, float]:
     """Bisect the per-layer channel ratio until the pruned MACs are within 1 % of ``target_macs``."""
     lo, hi, best, best_gap = 0.0, 0.95, None, float("inf")
     for _ in range(20):
         mid = (lo + hi) / 2
-        model = prune_to_ratio(dense, mid, kind, example)
+        model = prune_to_ratio(dense, mid, kind, example, posterior)
         macs, _ = macs_and_params(model, example)
         if abs(macs - target_macs) < best_gap:  # keep the closest, not the last
             best, best_gap = (model, mid), abs(macs - target_macs)
@@ -119,7 +156,7 @@ def main() -> None:
                         help="bayescomp result JSONs shown in the table and plot without a matched pruning run")
     parser.add_argument("--fractions", type=float, nargs="*", default=[], help="MAC targets as fractions of dense")
     parser.add_argument("--importance", nargs="+", default=["group_norm"],
-                        choices=("group_norm", "l1", "bn", "posterior"))
+                        choices=("group_norm", "l1", "bn", "posterior", "posterior_uniform"))
     parser.add_argument("--posterior", type=Path, default=None,
                         help="bayescomp run directory whose bayes.ckpt ranks the channels (--importance posterior)")
     parser.add_argument("--finetune-epochs", type=int, default=None,
@@ -161,12 +198,13 @@ def main() -> None:
                 print(f"{kind} at {target['macs'] / 1e6:.2f} M MACs, {target['epochs']} epochs: already measured")
                 continue
             t0 = time.perf_counter()
+            if kind.startswith("posterior") and args.posterior is None:
+                parser.error(f"--importance {kind} needs --posterior RUN_DIR")
             if kind == "posterior":
-                if args.posterior is None:
-                    parser.error("--importance posterior needs --posterior RUN_DIR")
                 model, ratio = prune_by_posterior(dense, args.posterior, target["macs"], example)
             else:
-                model, ratio = prune_to_macs(dense, target["macs"], kind, example)
+                scores = posterior_scores(dense, args.posterior) if kind == "posterior_uniform" else None
+                model, ratio = prune_to_macs(dense, target["macs"], kind, example, scores)
             macs, params = macs_and_params(model, example)
             before = evaluate(model, data.val)["error_pct"]
             config = TrainConfig(epochs=target["epochs"], lr=args.lr, lr_schedule="cosine", augment="crop_flip")
@@ -181,6 +219,8 @@ def main() -> None:
             row["command"] = "python " + " ".join(shlex.quote(a) for a in sys.argv)
             if kind == "posterior":
                 row.update(posterior=str(args.posterior), log_alpha_threshold=round(ratio, 4))
+            if kind == "posterior_uniform":
+                row.update(posterior=str(args.posterior))
             rows.append(row)
             print(json.dumps(row), flush=True)
             _write(out, rows, records, dense_test, dense_macs, dense_params, args, started)
@@ -198,8 +238,9 @@ def _same_target(row: dict, kind: str, target: dict) -> bool:
 
 
 def _row_label(kind: str) -> str:
-    return ("bayescomp posterior's channels, dense weights" if kind == "posterior"
-            else f"Torch-Pruning {kind}")
+    return {"posterior": "bayescomp posterior's channels, dense weights",
+            "posterior_uniform": "posterior ranking, Torch-Pruning's uniform layer ratio, dense weights"}.get(
+        kind, f"Torch-Pruning {kind}")
 
 
 def _bayes_label(record: dict) -> str:
@@ -261,7 +302,7 @@ def _plot(rows: list[dict], records: list[dict], dense_test: float, dense_macs: 
         mine = sorted((r for r in rows if r["importance"] == kind and r["finetune_epochs"] == epochs),
                       key=lambda r: r["flops_compressed"])
         ax.plot([r["flops_compressed"] / dense_macs for r in mine], [r["test_error_pct"] for r in mine],
-                "s-" if kind == "posterior" else "o-", label=f"{_row_label(kind)}, fine-tuned {epochs} epochs")
+                "s-" if kind.startswith("posterior") else "o-", label=f"{_row_label(kind)}, fine-tuned {epochs} epochs")
     for record in records:
         curve = [p for p in record.get("tradeoff_curve", []) if "flops" in p]
         if curve:

@@ -1,0 +1,61 @@
+"""The posterior importance used beside Torch-Pruning ranks channels by the posterior, not by weight norms."""
+
+import torch
+from torch import nn
+
+from benchmarks.torch_pruning_compare import PosteriorImportance, prune_to_ratio
+
+
+class _Net(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+                                      nn.Conv2d(8, 4, 3), nn.Flatten())
+        self.fc = nn.Linear(4 * 4 * 4, 3)  # prune_to_ratio leaves the classifier alone
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.features(x))
+
+
+def _net() -> _Net:
+    torch.manual_seed(0)
+    net = _Net()
+    net.features[1].running_mean.copy_(torch.arange(8.0))  # names each channel, so the kept ones can be read back
+    return net.eval()
+
+
+def test_uniform_posterior_ratio_keeps_the_channels_the_posterior_trusts_most():
+    net = _net()
+    scores = torch.tensor([0.5, 3.0, -1.0, 2.0, 9.0, -4.0, 1.0, 0.0])  # -log alpha per output channel of conv 0
+    pruned = prune_to_ratio(net, 0.5, "posterior_uniform", torch.randn(1, 3, 6, 6), {"features.0": scores})
+    kept = sorted(int(v) for v in pruned.features[1].running_mean)
+    assert kept == sorted(scores.topk(4).indices.tolist())
+    # weight norms rank differently, so the test can tell the two criteria apart
+    by_norm = sorted(net.features[0].weight.flatten(1).norm(dim=1).topk(4).indices.tolist())
+    assert kept != by_norm
+
+
+def test_coupled_layers_take_the_most_confident_member():
+    import torch_pruning as tp
+
+    net = _net()
+    importance = PosteriorImportance(net, {"features.0": torch.tensor([0.0, 5.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0]),
+                                           "features.3": torch.tensor([2.0, -1.0, 7.0, 0.0])})
+
+    class _Dep:
+        def __init__(self, layer, fn):
+            self.layer, self.pruning_fn = layer, fn
+
+    class _Member:  # what iterating a Torch-Pruning group yields: (dependency, indices), plus root indices
+        def __init__(self, dep, idxs, root_idxs):
+            self.dep, self.idxs, self.root_idxs = dep, idxs, root_idxs
+
+        def __iter__(self):
+            return iter((self.dep, self.idxs))
+
+    out, into = tp.pruner.function.prune_conv_out_channels, tp.pruner.function.prune_conv_in_channels
+    group = [_Member(_Dep(net.features[0], out), [1, 0, 2], [0, 1, 2]),
+             _Member(_Dep(net.features[3], out), [0, 1, 2], [0, 1, 2]),
+             _Member(_Dep(net.features[3], into), [1, 0, 2], [0, 1, 2])]  # input side: no posterior, ignored
+    assert importance(group).tolist() == [5.0, 0.0, 7.0]
+    assert importance(group[2:]) is None  # nothing scored: Torch-Pruning skips the group
