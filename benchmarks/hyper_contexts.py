@@ -64,6 +64,7 @@ def retrain_gnj(teacher, data: DataBundle, classes, epochs: int, seed: int) -> d
         log=lambda *_: None)
     result = compress(model, bundle.val, CompressConfig(tolerance_pct=0.2))
     return {"retrain_test_error_pct": evaluate(result.model, bundle.test)["error_pct"],
+            "retrain_val_error_pct": evaluate(result.model, bundle.val)["error_pct"],
             "retrain_weights_kept": result.weights_kept, "retrain_s": time.perf_counter() - started,
             "retrain_kept_architecture": "-".join(map(str, result.architecture_kept)), "retrain_epochs": epochs}
 

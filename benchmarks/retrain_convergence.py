@@ -1,0 +1,88 @@
+"""Is the per-context retrained BC-GNJ baseline of the hypernetwork comparison trained long enough? (issue 20)
+
+``benchmarks/hyper_contexts.py`` retrains BC-GNJ for each context from the cut teacher for ``--retrain-epochs``
+(10). This script retrains the first ``--contexts`` of the same seeded contexts twice, with that schedule
+(``--short-epochs``) and a longer cosine schedule (``--epochs``, default 20), and compares them. The rule,
+fixed before running: the 10-epoch schedule counts as converged if the longer one improves neither the
+validation error of the context by more than 0.2 points nor its kept weights by more than 10 %. Only validation
+decides; the test error is reported beside it.
+
+    python -m benchmarks.retrain_convergence --data mnist --contexts 2 --epochs 20
+
+Writes ``benchmarks/results/retrain_convergence_lenet5_<data>.{json,md}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import torch
+
+from bayescomp.hyper import random_contexts
+from bayescomp.hyper.pipeline import HyperRunConfig, _run_config, load_run_data
+from bayescomp.pipeline import dense_model
+from benchmarks._common import RESULTS, this_command
+from benchmarks.hyper_contexts import retrain_gnj
+
+#: the rule above, as numbers
+MAX_VAL_GAIN_PCT = 0.2
+MAX_SIZE_GAIN = 0.10
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", default="mnist")
+    parser.add_argument("--contexts", type=int, default=2)
+    parser.add_argument("--short-epochs", type=int, default=10, help="the schedule hyper_contexts.py used")
+    parser.add_argument("--epochs", type=int, default=20, help="the longer schedule")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    started = time.perf_counter()
+    config = HyperRunConfig(model="lenet5", data=args.data, seed=args.seed)
+    data = load_run_data(config)
+    teacher = dense_model(_run_config(config), data, log=lambda *_: None, progress=False)
+    contexts = random_contexts(50, data.num_classes, [2, 3, 4, 5], seed=2026 + args.seed)[:args.contexts]
+    rows = []
+    for context in contexts:
+        short = retrain_gnj(teacher, data, context.classes, args.short_epochs, args.seed)
+        long = retrain_gnj(teacher, data, context.classes, args.epochs, args.seed)
+        rows.append({"classes": list(context.classes), "short_epochs": args.short_epochs,
+                     "short_test_error_pct": short["retrain_test_error_pct"],
+                     "short_weights_kept": short["retrain_weights_kept"],
+                     "short_val_error_pct": short["retrain_val_error_pct"], "short_s": short["retrain_s"],
+                     "long_epochs": args.epochs, "long_val_error_pct": long["retrain_val_error_pct"],
+                     "long_test_error_pct": long["retrain_test_error_pct"],
+                     "long_weights_kept": long["retrain_weights_kept"], "long_s": long["retrain_s"]})
+        print(json.dumps(rows[-1]), flush=True)
+    verdicts = [r["short_val_error_pct"] - r["long_val_error_pct"] <= MAX_VAL_GAIN_PCT
+                and r["long_weights_kept"] >= (1 - MAX_SIZE_GAIN) * r["short_weights_kept"] for r in rows]
+    record = {"data": args.data, "model": "lenet5", "rows": rows, "converged": all(verdicts),
+              "rule": f"the longer schedule gains at most {MAX_VAL_GAIN_PCT} points of validation error and at most "
+                      f"{100 * MAX_SIZE_GAIN:.0f} % fewer kept weights",
+              "command": this_command(), "torch_threads": torch.get_num_threads(),
+              "wall_time_s": time.perf_counter() - started}
+    stem = f"retrain_convergence_lenet5_{args.data}"
+    (RESULTS / f"{stem}.json").write_text(json.dumps(record, indent=2))
+    (RESULTS / f"{stem}.md").write_text(markdown(record))
+
+
+def markdown(record: dict) -> str:
+    lines = [f"# Hypernetwork baselines: is BC-GNJ retrained per context converged? (LeNet-5, {record['data']})", "",
+             f"Rule, fixed before the run: {record['rule']}. Verdict: "
+             f"**{'converged' if record['converged'] else 'not converged'}**.", "",
+             "| classes | epochs | val error | test error | weights kept | s | epochs | val error | test error | "
+             "weights kept | s |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in record["rows"]:
+        lines.append(f"| {','.join(map(str, r['classes']))} | {r['short_epochs']} | {r['short_val_error_pct']:.2f} % | "
+                     f"{r['short_test_error_pct']:.2f} % | {r['short_weights_kept']:,} | {r['short_s']:.0f} | {r['long_epochs']} | "
+                     f"{r['long_val_error_pct']:.2f} % | {r['long_test_error_pct']:.2f} % | "
+                     f"{r['long_weights_kept']:,} | {r['long_s']:.0f} |")
+    lines += ["", f"Command: `{record['command']}` ({record['torch_threads']} thread(s), "
+                  f"{record['wall_time_s']:.0f} s)"]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()
