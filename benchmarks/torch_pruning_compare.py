@@ -19,7 +19,9 @@ Importances: ``GroupMagnitudeImportance(p=2)`` (Torch-Pruning's group-norm crite
 bayescomp posterior (``--posterior RUN_DIR``, its ``bayes.ckpt``) ranks as most redundant (group log alpha, one
 threshold shared by all coupled groups, the least pruning that meets the MAC target), cut from the *dense*
 pretrained weights and fine-tuned with the same recipe. That row separates the two things a Bayesian result mixes:
-which channels the posterior picks, and the weights the Bayesian training left behind. Usage::
+which channels the posterior picks, and the weights the Bayesian training left behind. ``posterior_uniform`` splits
+the channel choice once more: Torch-Pruning's uniform per-layer ratio decides *how many* channels each layer keeps,
+the posterior's group log alpha decides *which* (:class:`PosteriorImportance`). Usage::
 
     python benchmarks/torch_pruning_compare.py --finetune-epochs 2 --fractions 0.5 0.35
     python benchmarks/torch_pruning_compare.py --targets-from benchmarks/results/resnet20_cifar10_gnj.json --amp
