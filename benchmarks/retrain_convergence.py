@@ -56,9 +56,14 @@ def main() -> None:
                      "long_test_error_pct": long["retrain_test_error_pct"],
                      "long_weights_kept": long["retrain_weights_kept"], "long_s": long["retrain_s"]})
         print(json.dumps(rows[-1]), flush=True)
+        write(args, rows, started)  # after every context, so a stopped run keeps what it measured
+
+
+def write(args: argparse.Namespace, rows: list[dict], started: float) -> None:
     verdicts = [r["short_val_error_pct"] - r["long_val_error_pct"] <= MAX_VAL_GAIN_PCT
                 and r["long_weights_kept"] >= (1 - MAX_SIZE_GAIN) * r["short_weights_kept"] for r in rows]
     record = {"data": args.data, "model": "lenet5", "rows": rows, "converged": all(verdicts),
+              "contexts_planned": args.contexts,
               "rule": f"the longer schedule gains at most {MAX_VAL_GAIN_PCT} points of validation error and at most "
                       f"{100 * MAX_SIZE_GAIN:.0f} % fewer kept weights",
               "command": this_command(), "torch_threads": torch.get_num_threads(),
@@ -70,7 +75,8 @@ def main() -> None:
 
 def markdown(record: dict) -> str:
     lines = [f"# Hypernetwork baselines: is BC-GNJ retrained per context converged? (LeNet-5, {record['data']})", "",
-             f"Rule, fixed before the run: {record['rule']}. Verdict: "
+             f"Rule, fixed before the run: {record['rule']}. Verdict over {len(record['rows'])} of "
+             f"{record['contexts_planned']} planned contexts: "
              f"**{'converged' if record['converged'] else 'not converged'}**.", "",
              "| classes | epochs | val error | test error | weights kept | s | epochs | val error | test error | "
              "weights kept | s |", "|---|---|---|---|---|---|---|---|---|---|---|"]
