@@ -11,8 +11,9 @@
 3. Baselines on the first ``--retrain`` contexts: BC-GNJ retrained for the context (teacher cut to the context's
    classes, trained on their data, compressed with the automatic search on their validation data), and global
    magnitude pruning of the cut teacher to the generated network's size with fine-tuning. On every context: the
-   unconditional BC-GNJ model (``benchmarks/results/lenet5_<data>_gnj.bcz``, or one trained here if it is missing)
-   with its output cut to the context.
+   unconditional BC-GNJ model with its output cut to the context; by default one trained for the hypernetwork's
+   own 30 epochs (``--unconditional equal``, kept as ``hyper_lenet5_<data>/unconditional_gnj.bcz``), or the
+   longer Table 1 model (``--unconditional table1``).
 4. Budgets 1, 0.5, 0.2, 0.1, 0.05 on the first 10 contexts; contexts of every size 2..10 for the size plot.
 
 Writes benchmarks/results/lenet5_<data>_hyper.{json,md}, plots, the trained hypernetwork
