@@ -28,15 +28,13 @@ from pathlib import Path
 
 import torch
 
-from bayescomp import bayesify
-from bayescomp.checkpoint import load_checkpoint
 from bayescomp.compress import CompressConfig, compress
 from bayescomp.hyper import context_error, generate, load_hypernetwork, random_contexts
 from bayescomp.hyper.pipeline import HyperRunConfig, _cut_teacher, _run_config, load_run_data
-from bayescomp.methods import get_method
 from bayescomp.pipeline import dense_model
 from benchmarks._common import RESULTS, this_command
 from benchmarks.hyper_contexts import weights_of
+from benchmarks.torch_pruning_compare import posterior_from_run
 
 #: shared log-alpha thresholds the unconditional posterior is cut at, in steps of 0.1 (a group is kept while its
 #: log alpha is below the threshold, so the kept weights grow with it; LeNet runs prune at about -3 to 0)
@@ -45,14 +43,9 @@ THRESHOLDS = [round(-5.0 + 0.1 * i, 1) for i in range(71)]
 
 def unconditional_cuts(run_dir: Path, teacher: torch.nn.Module, data) -> list[tuple[float, torch.nn.Module]]:
     """The unconditional posterior (posterior mean) cut at every threshold of :data:`THRESHOLDS`."""
-    record = json.loads((run_dir / "run.json").read_text())
-    state = load_checkpoint(run_dir / "bayes.ckpt")
-    if state is None:
+    if not (run_dir / "bayes.ckpt").exists():
         raise SystemExit(f"no posterior in {run_dir} (bayes.ckpt); train it with benchmarks/hyper_contexts.py")
-    model = bayesify(copy.deepcopy(teacher), record["method"], get_method(record["method"]).make_settings(
-        record["prior"]))
-    model.load_state_dict(state["model"])
-    model.eval()
+    model = posterior_from_run(teacher, run_dir)
     cuts = []
     for threshold in THRESHOLDS:
         try:

@@ -98,12 +98,12 @@ def prune_to_ratio(dense: torch.nn.Module, ratio: float, kind: str, example: tor
 
 def posterior_scores(dense: torch.nn.Module, run_dir: Path) -> dict[str, torch.Tensor]:
     """``-log alpha`` per output channel of every Bayesian layer of a bayescomp run, by module name."""
-    bayes = _posterior_model(dense, run_dir)
+    bayes = posterior_from_run(dense, run_dir)
     return {name: -module.group_log_alpha().detach() for name, module in bayes.named_modules()
             if hasattr(module, "group_log_alpha")}
 
 
-def _posterior_model(dense: torch.nn.Module, run_dir: Path) -> torch.nn.Module:
+def posterior_from_run(dense: torch.nn.Module, run_dir: Path) -> torch.nn.Module:
     from bayescomp import bayesify
     from bayescomp.checkpoint import load_checkpoint
     from bayescomp.methods import get_method
@@ -126,7 +126,7 @@ def prune_by_posterior(dense: torch.nn.Module, run_dir: Path, target_macs: int, 
     from bayescomp.compress.structure import GraphStructure
 
     record = json.loads((run_dir / "run.json").read_text())
-    bayes = _posterior_model(dense, run_dir)
+    bayes = posterior_from_run(dense, run_dir)
     structure = GraphStructure(bayes, example, record.get("compress", {}).get("graph_reduce", "min"))
     structure.graph.plain.load_state_dict(dense.state_dict())  # same names: the cut takes the dense weights
     found = budget_threshold_search(
