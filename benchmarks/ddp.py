@@ -77,7 +77,7 @@ def launch(args: argparse.Namespace, work: Path, ranks: int, threads: int) -> di
     else:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={ranks}", *script]
     subprocess.run(cmd, env=env, check=True)
-    return torch.load(work / f"result_{ranks}x{threads}.pt", weights_only=False)
+    return torch.load(work / f"result_{ranks}x{threads}.pt", weights_only=True)
 
 
 def masks_of(state: dict, config: RunConfig, data, thresholds) -> list[torch.Tensor]:

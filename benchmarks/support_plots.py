@@ -12,9 +12,9 @@ import argparse
 import json
 from pathlib import Path
 
-import torch
 
 from bayescomp.bayesify import bayesify
+from bayescomp.checkpoint import load_checkpoint
 from bayescomp.compress import compress
 from bayescomp.pipeline import RunConfig, build_dense, load_data
 from bayescomp.plots import plot_support_patterns
@@ -25,7 +25,9 @@ def support_plot(run_dir: Path) -> Path:
     config = RunConfig.from_dict(json.loads((run_dir / "run.json").read_text()))
     data = load_data(config)
     model = bayesify(build_dense(config, data), config.method, config.prior)
-    state = torch.load(run_dir / "bayes.ckpt", map_location="cpu", weights_only=False)
+    state = load_checkpoint(run_dir / "bayes.ckpt")
+    if state is None:
+        raise SystemExit(f"no posterior in {run_dir} (bayes.ckpt)")
     model.load_state_dict(state["model"])
     result = compress(model, data.val, config.compress)
     path = RESULTS / "plots" / f"{config.model}_{config.data}_{config.method}_support.png"

@@ -16,9 +16,9 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
-import torch
 
 from bayescomp.bayesify import bayesify
+from bayescomp.checkpoint import load_checkpoint
 from bayescomp.compress import compress, prunable_modules, quantize_model
 from bayescomp.compress.chain import build_chain
 from bayescomp.compress.precision import layer_precisions
@@ -44,8 +44,9 @@ def main() -> None:
     config.finetune = replace(config.finetune, epochs=args.finetune_epochs, lr=args.finetune_lr)
     data = load_data(config)
     model = bayesify(build_dense(config, data), config.method, config.prior)
-    checkpoint = torch.load(Path(args.run_root) / f"{args.model}_mnist_{args.method}" / "bayes.ckpt",
-                            map_location="cpu", weights_only=False)
+    checkpoint = load_checkpoint(Path(args.run_root) / f"{args.model}_mnist_{args.method}" / "bayes.ckpt")
+    if checkpoint is None:
+        raise SystemExit(f"no posterior in {args.run_root}: run benchmarks/table1.py first")
     model.load_state_dict(checkpoint["model"])
     result = compress(model, data.val, config.compress)
     before = evaluate(result.model, data.test)["error_pct"]

@@ -114,7 +114,7 @@ def _worker(rank: int, port: int, out: str, case: str) -> None:
 def _spawn(tmp_path: Path, case: str, monkeypatch) -> list[dict]:
     monkeypatch.setenv("GLOO_SOCKET_IFNAME", "lo")  # loopback only: no dependence on the host name's address
     mp.spawn(_worker, args=(_free_port(), str(tmp_path), case), nprocs=WORLD, join=True)
-    return [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(WORLD)]
+    return [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
 
 
 def test_two_ranks_give_the_single_process_gradient_and_training(tmp_path, monkeypatch):

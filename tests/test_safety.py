@@ -7,6 +7,7 @@ import io
 import json
 import os
 import pickle
+import re
 from pathlib import Path
 
 import pytest
@@ -432,3 +433,19 @@ def test_training_checkpoint_with_missing_keys_is_named(tmp_path):
     save_checkpoint({"epoch": 1, "model": {}, "history": []}, path)
     with pytest.raises(CheckpointError, match=r"bayes\.ckpt lacks the keys \['optimizer', 'scheduler'"):
         load_checkpoint(path)
+
+
+def test_no_code_path_unpickles_with_weights_only_false():
+    """The house rule, enforced: outside this file's own demonstration of a hostile payload, no source, benchmark or
+    test loads a file with ``torch.load(weights_only=False)`` or ``pickle.load``."""
+    root = Path(__file__).resolve().parents[1]
+    offenders = []
+    for folder in ("src", "benchmarks", "tests"):
+        for path in sorted((root / folder).rglob("*.py")):
+            if path.resolve() == Path(__file__).resolve():
+                continue
+            for number, line in enumerate(path.read_text().splitlines(), 1):
+                code = line.split("#", 1)[0]
+                if re.search(r"(?<!`)weights_only\s*=\s*False|pickle\.loads?\(", code):
+                    offenders.append(f"{path.relative_to(root)}:{number}: {line.strip()}")
+    assert not offenders, "unsafe loads:\n" + "\n".join(offenders)
