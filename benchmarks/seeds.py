@@ -112,7 +112,11 @@ def main() -> None:
 
 
 def _write(path: Path, stem: str, args: argparse.Namespace, rows: list[dict]) -> None:
-    rows = sorted(rows, key=lambda r: (args.methods.index(r["method"]) if r["method"] in args.methods else 99,
+    """Write the record, merged with what the file holds now: two processes running other seeds of the same model
+    (one per core) must not drop each other's rows. This process's rows win for the same (method, seed)."""
+    merged = {(r["method"], r["seed"]): r for r in (json.loads(path.read_text())["runs"] if path.exists() else [])}
+    merged.update({(r["method"], r["seed"]): r for r in rows})
+    rows = sorted(merged.values(), key=lambda r: (args.methods.index(r["method"]) if r["method"] in args.methods else 99,
                                        r["seed"]))
     stats = summary(rows)
     RESULTS.mkdir(parents=True, exist_ok=True)
