@@ -70,9 +70,41 @@ def _turbo_rows(by: dict, row) -> None:
             c["sweep_fraction_of_epoch"] < 0.1)
 
 
+def _canonical(record: dict) -> str:
+    return f"{record['model']}_{record.get('data', 'mnist')}_{record['method']}"
+
+
+def _paper_rows(by: dict, runs: list[dict], row) -> None:
+    """Issue 20, item 2: the Table 1 rows at the paper's figures; the LeNet-300-100 target counts only runs whose
+    setting was chosen on validation by a rule fixed beforehand (``benchmarks/blind_row.py``)."""
+    blind = [r for r in runs if r["model"] == "lenet300" and r["method"] in ("gnj", "ghs") and r.get("selection")]
+    if blind:
+        best = max(blind, key=lambda r: (r["test_error_pct"] <= 1.8, r["compression_architecture"]))
+        row("LeNet-300-100 BC-GNJ or BC-GHS: error <= 1.8 % at >= 12x, setting chosen on validation only",
+            f"{best['test_error_pct']:.2f} % at {best['compression_architecture']:.1f}x ({best['method']}, "
+            f"`{best['_stem']}`)", best["test_error_pct"] <= 1.8 and best["compression_architecture"] >= 12)
+    targets = (("gnj", 1.0, 108, 361, "LeNet-5-Caffe BC-GNJ: error <= 1.0 % at >= 108x (architecture) and >= 361x "
+                                      "(bits), the paper's figures"),
+               ("ghs", 1.0, 156, 419, "LeNet-5-Caffe BC-GHS: error <= 1.0 % at >= 156x (architecture) and >= 419x "
+                                      "(bits), the paper's figures"))
+    for method, limit, arch, bits, target in targets:
+        r = by.get(("lenet5", method))
+        if r:
+            row(target, f"{r['test_error_pct']:.2f} % at {r['compression_architecture']:.1f}x, bits "
+                        f"{r['compression_bits']:.0f}x", r["test_error_pct"] <= limit
+                and r["compression_architecture"] >= arch and r["compression_bits"] >= bits)
+    r = by.get(("lenet5", "svd"))
+    if r and "compression_nonzero" in r:
+        row("LeNet-5-Caffe Sparse VD: error <= 0.8 % with >= 280x fewer non-zero weights, the paper's figures",
+            f"{r['test_error_pct']:.2f} % at {r['compression_nonzero']:.1f}x ({r['epochs']} epochs; the paper 200)",
+            r["test_error_pct"] <= 0.8 and r["compression_nonzero"] >= 280)
+
+
 def acceptance_table(runs: list[dict], costs: list[dict]) -> str:
     """The issues' targets against the committed figures (pass/fail computed, not typed)."""
-    by = {(r["model"], r["method"]): r for r in runs}
+    # the canonical row of each (model, method); variants (``<stem>_<suffix>``: blind reruns, other MAC targets)
+    # are read only where a target names them
+    by = {(r["model"], r["method"]): r for r in runs if r.get("_stem", _canonical(r)) == _canonical(r)}
     rows = []
 
     def row(target: str, measured: str, ok: bool | None) -> None:
@@ -111,6 +143,7 @@ def acceptance_table(runs: list[dict], costs: list[dict]) -> str:
             f"{r['test_error_pct']:.2f} % at {r['compression_nonzero']:.1f}x (CSR float32 {r['compression_csr']:.1f}x)",
             r["test_error_pct"] <= 1.0 and r["compression_nonzero"] >= 100)
     _turbo_rows(by, row)
+    _paper_rows(by, runs, row)
     table1 = RESULTS / "table1.json"
     if table1.exists():
         for c in json.loads(table1.read_text())["equal_error"]:
