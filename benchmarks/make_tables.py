@@ -256,8 +256,23 @@ def headline_table() -> str:
                   f"{s['contexts']} random contexts of 2-5 classes at full budget, median {s['median_test_error_pct']:.2f} % "
                   f"error on the context's classes with {s['median_weights_kept']:,.0f} weights, generated in "
                   f"{s['median_generate_ms']:.1f} ms (BC-GNJ retrained per context: median {s['median_retrain_s']:.0f} s over "
-                  f"{s['retrained_contexts']} contexts)."]
+                  f"{s['retrained_contexts']} contexts)." + _equal_error_sentence()]
     return "\n".join(lines + ["", f"{TEST_SET_MARK} setting chosen after reading test-set figures; see RESULTS.md."])
+
+
+def _equal_error_sentence() -> str:
+    """The hypernetwork against the unconditional model cut to the same validation error, per data set
+    (``benchmarks/hyper_equal_error.py``), or nothing where it was not run."""
+    parts = []
+    for data, name in (("mnist", "MNIST"), ("fashion-mnist", "Fashion-MNIST")):
+        path = RESULTS / f"hyper_equal_error_lenet5_{data}.json"
+        if path.exists():
+            s = json.loads(path.read_text())["summary"]
+            parts.append(f"{s['contexts_generated_no_larger']} of {s['contexts']} contexts on {name}")
+    if not parts:
+        return ""
+    return (" Against an unconditional BC-GNJ model trained for the same epochs and cut to the same validation error, "
+            f"the generated network is no larger in {' and '.join(parts)}.")
 
 
 def readme_with_headline(text: str) -> str | None:
