@@ -31,8 +31,7 @@ from pathlib import Path
 import torch
 
 from bayescomp.methods import RunContext, get_method
-from bayescomp.methods.finetune import finetune_keeping_zeros
-from bayescomp.methods.runner import prepare_and_train
+from bayescomp.methods.runner import guarded_finetune, prepare_and_train
 from bayescomp.pipeline import RunConfig, _prepare_run_dir, dense_model, load_data, run
 from bayescomp.train import evaluate
 from benchmarks._common import RESULTS, publish, this_command
@@ -56,14 +55,12 @@ def candidate(method, ctx: RunContext, posterior: torch.nn.Module, tolerance: fl
     config = replace(ctx.config, compress=replace(ctx.config.compress, tolerance_pct=tolerance))
     trial = replace(ctx, config=config, log=lambda *_: None, run_dir=None)
     result = method.compress(copy.deepcopy(posterior), trial)
-    before = evaluate(result.model, ctx.data.val)["error_pct"]
-    state = copy.deepcopy(result.model.state_dict())
     if config.finetune.epochs > 0:
-        finetune_keeping_zeros(result.model, ctx.data, config.finetune, None, False, lambda *_: None)
-    after = evaluate(result.model, ctx.data.val)["error_pct"]
-    if config.compress.finetune_guard and after > before:  # the pipeline keeps the pruned weights then
-        result.model.load_state_dict(state)
-        after = before
+        check = guarded_finetune(result.model, trial)  # as the pipeline does, validation only
+        before = check["val_error_pct_before"]
+        after = check["val_error_pct_after"] if check["kept"] else before
+    else:
+        before = after = evaluate(result.model, ctx.data.val)["error_pct"]
     return {"tolerance_pct": tolerance, "kept_architecture": "-".join(map(str, result.architecture_kept)),
             "compression_architecture": result.compression_architecture, "val_error_pct_pruned": before,
             "val_error_pct": after, "qualifies": after <= dense_val + ctx.extras["allowance"] + 1e-9}

@@ -39,6 +39,22 @@ def prepare_and_train(method: Method, ctx: RunContext) -> MethodOutcome:
     return MethodOutcome(model, history)
 
 
+def guarded_finetune(model: nn.Module, ctx: RunContext, checkpoint: Any = None) -> dict[str, Any]:
+    """Fine-tune the pruned plain model with ``ctx.config.finetune``, judged on the validation split only: if it
+    raised the validation error and ``compress.finetune_guard`` is on, the weights from before it are restored.
+    Returns the validation errors before and after and whether the fine-tuned weights were kept."""
+    before = evaluate(model, ctx.data.val)["error_pct"]
+    pruned_state = copy.deepcopy(model.state_dict())
+    finetune_keeping_zeros(model, ctx.data, ctx.config.finetune, checkpoint, ctx.progress, ctx.log)
+    after = evaluate(model, ctx.data.val)["error_pct"]
+    kept = after <= before or not ctx.config.compress.finetune_guard
+    if not kept:
+        model.load_state_dict(pruned_state)
+        ctx.log(f"fine-tuning raised the validation error ({before:.2f}% -> {after:.2f}%); keeping the pruned "
+                "weights from before it (compress.finetune_guard)")
+    return {"val_error_pct_before": before, "val_error_pct_after": after, "kept": kept}
+
+
 def compress_and_finetune(method: Method, ctx: RunContext, outcome: MethodOutcome,
                           result: CompressionResult | None = None, checkpoint: Any = None) -> MethodOutcome:
     """Compress the trained model (unless ``result`` is given, e.g. found by a data-parallel run), then the shared
@@ -50,16 +66,7 @@ def compress_and_finetune(method: Method, ctx: RunContext, outcome: MethodOutcom
         outcome.test_error_pct_before_finetune = evaluate(result.model, ctx.data.test)["error_pct"]
         ctx.log(f"pruned test error before fine-tuning {outcome.test_error_pct_before_finetune:.2f}%")
         ctx.log(f"fine-tuning the pruned model ({finetune.epochs} epochs, deterministic, lr {finetune.lr})")
-        before = evaluate(result.model, ctx.data.val)["error_pct"]
-        pruned_state = copy.deepcopy(result.model.state_dict())
-        finetune_keeping_zeros(result.model, ctx.data, finetune, checkpoint, ctx.progress, ctx.log)
-        after = evaluate(result.model, ctx.data.val)["error_pct"]
-        kept = after <= before or not ctx.config.compress.finetune_guard
-        if not kept:
-            result.model.load_state_dict(pruned_state)
-            ctx.log(f"fine-tuning raised the validation error ({before:.2f}% -> {after:.2f}%); keeping the pruned "
-                    "weights from before it (compress.finetune_guard)")
-        outcome.finetune_validation = {"val_error_pct_before": before, "val_error_pct_after": after, "kept": kept}
+        outcome.finetune_validation = guarded_finetune(result.model, ctx, checkpoint)
         result.model.eval()
         result.quantized_model = quantize_model(result.model, result.precisions)
     outcome.result = result
