@@ -39,7 +39,8 @@ def main() -> None:
     parser.add_argument("--tolerance", type=float, default=0.5, help="search tolerance, points of validation error")
     parser.add_argument("--search-val-size", type=int, default=2000, help="validation images used by the search")
     parser.add_argument("--search", default="auto", choices=("auto", "greedy", "global"),
-                        help="threshold search (auto: one global threshold for graphs with many coupled groups)")
+                        help="threshold search (auto: one global threshold for graphs with many coupled groups; "
+                             "with --target-macs, greedy spreads the cut across groups by the validation error)")
     parser.add_argument("--target-macs", type=float, default=None,
                         help="prune to this MAC reduction (e.g. 2) instead of the search tolerance")
     parser.add_argument("--variant", default=None, help="suffix of the result files, for a second setting")

@@ -120,6 +120,10 @@ def _add_run_parser(sub) -> None:
     run.add_argument("--target-macs", type=float, default=None, metavar="FACTOR",
                      help="prune to a compute budget instead: at least FACTOR times fewer multiply-accumulates than "
                           "the dense network (e.g. 2), the posterior choosing which groups go (replaces --tolerance)")
+    run.add_argument("--search", choices=("auto", "greedy", "global"), default="auto",
+                     help="threshold search: greedy per-layer steps, one global threshold by bisection, or auto "
+                          "(greedy for chains, global for graphs with many coupled groups); with --target-macs, "
+                          "greedy spreads the cut across layers by the validation error")
     run.add_argument("--bits-reduce", choices=("mean", "max"), default="mean",
                      help="summarise per-weight bits of a layer by their mean (paper) or max (safer)")
     run.add_argument("--clip-var", type=float, default=None,
@@ -242,7 +246,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                        pretrained=args.pretrained, image_size=args.image_size,
                        compress=CompressConfig(thresholds=args.thresholds, tolerance_pct=args.tolerance,
                                                bits_reduce=args.bits_reduce,
-                                               finetune_search=args.finetune_search,
+                                               finetune_search=args.finetune_search, search=args.search,
                                                target_macs=args.target_macs))
     config.dense = _train_config(config.dense, args, bayes=False)
     config.bayes = _train_config(config.bayes, args, bayes=True)

@@ -21,7 +21,7 @@ from bayescomp.compress.masks import (
 from bayescomp.compress.packed import QuantSpec, packed_leaves, save_packed
 from bayescomp.compress.precision import LayerPrecision, layer_precisions, quantize_fixed_point
 from bayescomp.compress.search import (
-    SearchResult, budget_threshold_search, global_threshold_search, greedy_search,
+    SearchResult, budget_greedy_search, budget_threshold_search, global_threshold_search, greedy_search,
 )
 from bayescomp.compress.shrink import shrink
 from bayescomp.compress.storage import compression_csr
@@ -69,8 +69,10 @@ class CompressConfig:
             pruned pretrained ResNet-20 from 11.12 % to 14.83 % test error) cannot make the result worse.
         target_macs: prune to a compute budget instead of an error tolerance: at least this many times fewer
             multiply-accumulates than the dense network (e.g. ``2.0``), with one threshold shared by every group
-            (the least pruning that meets it; see :func:`~bayescomp.compress.search.budget_threshold_search`).
-            The posterior ranks the groups, the budget says how many go; ``tolerance_pct`` is then unused. This is
+            (the least pruning that meets it; see :func:`~bayescomp.compress.search.budget_threshold_search`),
+            or, with ``search="greedy"``, per-unit counts spread across units by the validation error
+            (:func:`~bayescomp.compress.search.budget_greedy_search`). The posterior ranks the groups, the budget
+            says how many go; ``tolerance_pct`` is then unused. This is
             how structured pruning tools are driven (a target ratio), so the two compare at equal MACs.
     """
 
@@ -260,6 +262,10 @@ def _search(model: nn.Module, structure: Structure, subset: Split, config: Compr
         def macs(plan) -> float:
             return count_flops(structure.cut(plan).model, shape)
 
+        if config.search == "greedy":
+            return budget_greedy_search(structure.stats, structure.plan_for_counts, macs,
+                                        dense_macs / config.target_macs, structure.weights_kept, error, log=log,
+                                        describe=structure.describe_greedy)
         return budget_threshold_search(structure.stats, structure.strict_plan, macs, dense_macs / config.target_macs,
                                        structure.weights_kept, error, log, structure.describe_global)
     if structure.prefers_global_search(config.search):

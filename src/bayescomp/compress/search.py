@@ -204,6 +204,74 @@ def budget_threshold_search(
     return SearchResult([candidates[lo]] * len(stats), plan, trial, base, path)
 
 
+def budget_greedy_search(
+    stats: list[torch.Tensor],
+    make_plan: Callable[[list[int]], Any],
+    cost: Callable[[Any], float],
+    budget: float,
+    weights_kept: Callable[[Any], int],
+    error: Callable[[Any], float],
+    initial_fraction: float = 0.125,
+    log: Callable[[str], None] | None = None,
+    describe: Callable[[Any], str] = lambda plan: "",
+) -> SearchResult:
+    """Per-unit counts chosen greedily until the plan costs at most ``budget``: each round proposes, for every unit,
+    dropping its next ``step`` groups (largest statistic first) and accepts the proposal whose validation error
+    rises least per unit of cost removed (ties: the larger saving). The posterior ranks the groups *within* a unit;
+    the validation split decides how the cut is spread *across* units, which one shared threshold leaves to the
+    posterior's scale per layer (measured on ResNet-20: a shared log-alpha threshold empties some inner
+    convolutions while the residual channels stay whole). The greedy allocation follows NetAdapt (Yang et al.,
+    ECCV 2018) with the posterior's ranking in place of weight norms. ``make_plan(pruned)`` is as in
+    :func:`greedy_search`; a unit whose next step would empty it halves its step, then stops.
+
+    Raises:
+        PruneError: every unit is down to its last group and the plan still costs more than ``budget``.
+    """
+    n_groups = [len(s) for s in stats]
+    pruned = [0] * len(stats)
+    plan = make_plan(pruned)
+    base = current = error(plan)
+    spent = cost(plan)
+    steps = [max(1, math.ceil(initial_fraction * n)) for n in n_groups]
+    frozen = [n == 0 for n in n_groups]
+    path = [{"weights_kept": weights_kept(plan), "val_error_pct": base, "cost": spent, "pruned": list(pruned)}]
+    while spent > budget:
+        best = None
+        for i in range(len(stats)):
+            if frozen[i]:
+                continue
+            trial = list(pruned)
+            trial[i] = min(n_groups[i], pruned[i] + steps[i])
+            try:
+                trial_plan = make_plan(trial)
+            except PruneError:
+                if steps[i] > 1:
+                    steps[i] = max(1, steps[i] // 2)
+                else:
+                    frozen[i] = True
+                continue
+            saved = spent - cost(trial_plan)
+            if saved <= 0:  # these groups cost nothing (e.g. their consumer is already gone): not a way to the budget
+                frozen[i] = True
+                continue
+            trial_error = error(trial_plan)
+            key = ((trial_error - current) / saved, -saved)
+            if best is None or key < best[0]:
+                best = (key, trial, trial_plan, trial_error, spent - saved)
+        if best is None:
+            if not all(frozen):
+                continue  # a step was halved; propose again
+            raise PruneError(f"no plan reaches the budget of {budget:,.0f}: the most pruning that leaves every "
+                             f"unit a group still costs {spent:,.0f}")
+        _, pruned, plan, current, spent = best
+        path.append({"weights_kept": weights_kept(plan), "val_error_pct": current, "cost": spent,
+                     "pruned": list(pruned)})
+        if log:
+            log(f"  budget search: {describe(plan)}  cost {spent:,.0f} (budget {budget:,.0f})  "
+                f"val err {current:.2f}%")
+    return SearchResult(thresholds_for_counts(stats, pruned), plan, current, base, path)
+
+
 def sweep_global_thresholds(chain: Chain, stats: list[torch.Tensor], evaluators: dict[str, Callable[[], float]],
                             grid: list[float]) -> list[dict[str, float]]:
     """Error against compression along one threshold shared by all layers (for the trade-off plot)."""

@@ -1,0 +1,96 @@
+"""The greedy search to a compute budget (``CompressConfig(target_macs=..., search="greedy")``): it stops at the first
+plan within budget, prunes inside each unit in the posterior's order, spreads the cut by the validation error, and
+refuses a budget no plan reaches. Synthetic problems have a known answer; the real-model check counts MACs on the
+cut network independently."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from bayescomp.compress import CompressConfig, PruneError, compress
+from bayescomp.compress.search import budget_greedy_search, thresholds_for_counts
+from bayescomp.measure import count_flops
+from bayescomp.models import create_model
+from tests.test_graph import Branchy, _noisy
+
+UNIT_COST = (10.0, 3.0, 1.0)  # cost of one kept group, per unit
+SIZES = (8, 16, 32)
+
+
+def _problem(sensitive_unit: int):
+    """Three units; pruning a group of ``sensitive_unit`` raises the error by 5 points, others by 0.01 each."""
+    generator = torch.Generator().manual_seed(0)
+    stats = [torch.randn(n, generator=generator) for n in SIZES]
+
+    def make_plan(pruned: list[int]) -> list[int]:
+        if any(p >= n for p, n in zip(pruned, SIZES)):
+            raise PruneError("a unit lost every group")
+        return list(pruned)
+
+    def cost(plan: list[int]) -> float:
+        return sum((n - p) * c for n, p, c in zip(SIZES, plan, UNIT_COST))
+
+    def error(plan: list[int]) -> float:
+        return 1.0 + sum(p * (5.0 if i == sensitive_unit else 0.01) for i, p in enumerate(plan))
+
+    return stats, make_plan, cost, error
+
+
+@pytest.mark.parametrize("sensitive_unit", [0, 1, 2])
+def test_budget_greedy_spares_the_unit_whose_cut_hurts(sensitive_unit):
+    stats, make_plan, cost, error = _problem(sensitive_unit)
+    dense = cost([0, 0, 0])
+    spare = UNIT_COST[sensitive_unit] * SIZES[sensitive_unit]
+    budget = dense - 0.5 * (dense - spare)  # reachable by the other two units alone
+    result = budget_greedy_search(stats, make_plan, cost, budget, lambda plan: 0, error)
+    assert cost(result.plan) <= budget
+    assert result.path[-2]["cost"] > budget, "it must stop at the first plan within budget"
+    assert result.plan[sensitive_unit] == 0
+    assert result.val_error_pct == pytest.approx(error(result.plan))
+    assert result.base_val_error_pct == pytest.approx(1.0)
+    # the returned thresholds prune exactly the groups with the largest statistic in each unit
+    for s, t, p in zip(stats, result.thresholds, result.plan):
+        assert int((s > t).sum()) == p
+        if p:
+            assert bool((s[s > t].min() >= s[s < t].max()))
+
+
+def test_budget_greedy_takes_the_sensitive_unit_only_when_it_must():
+    stats, make_plan, cost, error = _problem(0)
+    floor_without_unit0 = cost([0, SIZES[1] - 1, SIZES[2] - 1])
+    result = budget_greedy_search(stats, make_plan, cost, floor_without_unit0 - 5.0, lambda plan: 0, error)
+    assert result.plan[0] >= 1
+    assert cost(result.plan) <= floor_without_unit0 - 5.0
+
+
+def test_budget_greedy_refuses_an_unreachable_budget():
+    stats, make_plan, cost, error = _problem(0)
+    floor = cost([n - 1 for n in SIZES])
+    with pytest.raises(PruneError, match="no plan reaches the budget"):
+        budget_greedy_search(stats, make_plan, cost, floor - 1.0, lambda plan: 0, error)
+    exact = budget_greedy_search(stats, make_plan, cost, floor, lambda plan: 0, error)
+    assert exact.plan == [n - 1 for n in SIZES]
+
+
+def test_thresholds_for_counts_matches_the_counts():
+    stats = [torch.tensor([0.5, -1.0, 2.0, 1.0])]
+    (threshold,) = thresholds_for_counts(stats, [2])
+    assert int((stats[0] > threshold).sum()) == 2
+
+
+@pytest.mark.parametrize("target", [2.0, 3.0])
+def test_greedy_mac_budget_on_real_models(target, mnist_small):
+    """Graph (branchy conv net) and chain (LeNet-300-100): the cut network, counted independently, meets the budget;
+    the search path ends at the reported cost; the model is left unchanged."""
+    for model in (Branchy(), create_model("lenet300", 10, (1, 28, 28), [0.13], [0.31])):
+        bayes = _noisy(model, seed=3)
+        before = {k: v.clone() for k, v in bayes.state_dict().items()}
+        shape = tuple(mnist_small.val.example(1).shape[1:])
+        dense_macs = count_flops(model, shape)
+        config = CompressConfig(target_macs=target, search="greedy", fold_empty_units=False, search_val_size=200)
+        result = compress(bayes, mnist_small.val, config)
+        assert count_flops(result.model, shape) <= dense_macs / target
+        assert result.search_path[-1]["cost"] == count_flops(result.model, shape)
+        assert len(result.search_path) >= 2 and result.search_path[-2]["cost"] > dense_macs / target
+        assert all(torch.equal(before[k], v) for k, v in bayes.state_dict().items())
