@@ -25,3 +25,39 @@ def test_the_blind_target_fails_when_the_blind_run_misses_it():
     runs = [_run("lenet300_mnist_ghs_blind200", 1.9, 14.0, selection="blind.json")]
     row = [line for line in acceptance_table(runs, []).splitlines() if "chosen on validation only" in line]
     assert len(row) == 1 and row[0].endswith("| no |")
+
+
+def _resnet(stem: str, error: float, macs_ratio: float, weights_ratio: float) -> dict:
+    return _run(stem, error, weights_ratio, pretrained=True, dense_test_error_pct=8.5, flops_dense=40e6,
+                flops_compressed=40e6 / macs_ratio, epochs=30, finetune_epochs=10)
+
+
+def _resnet_rows(runs: list[dict]) -> dict[str, str]:
+    lines = [line for line in acceptance_table(runs, []).splitlines() if "ResNet-20" in line]
+    return {line.split(" | ")[0].lstrip("| "): line for line in lines}
+
+
+def test_resnet20_target_needs_macs_weights_and_error_together():
+    target = ("ResNet-20, a Bayesian method from the pretrained model: >= 2x fewer MACs and >= 3x fewer weights at "
+              "<= 1.0 point above the dense test error")
+    close_but_thin = _resnet("resnet20_cifar10_gnj_a", 9.2, 2.1, 2.8)  # weights short of 3x
+    assert _resnet_rows([close_but_thin])[target].endswith("| no |")
+    good = _resnet("resnet20_cifar10_ghs_b", 9.4, 2.05, 3.2)
+    row = _resnet_rows([close_but_thin, good])[target]
+    assert "resnet20_cifar10_ghs_b" in row and row.endswith("| yes |")
+    too_lossy = _resnet("resnet20_cifar10_ghs_c", 9.6, 2.5, 4.0)
+    assert _resnet_rows([too_lossy])[target].endswith("| no |")
+
+
+def test_resnet20_equal_mac_row_compares_with_the_same_epochs_of_torch_pruning():
+    """Against the committed Torch-Pruning group-norm row at ~2x MACs with 40 fine-tuning epochs (30 + 10 here)."""
+    import json
+
+    from benchmarks._common import RESULTS
+
+    peer = next(t for t in json.loads((RESULTS / "resnet20_cifar10_torch-pruning.json").read_text())["rows"]
+                if t["importance"] == "group_norm" and t["finetune_epochs"] == 40)
+    for delta, verdict in ((-0.01, "yes"), (+0.01, "no")):
+        run = _resnet("resnet20_cifar10_gnj_x", peer["test_error_pct"] + delta, peer["mac_ratio"], 3.0)
+        rows = [line for key, line in _resnet_rows([run]).items() if key.startswith("ResNet-20 at equal MACs")]
+        assert len(rows) == 1 and rows[0].endswith(f"| {verdict} |")
