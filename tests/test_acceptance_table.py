@@ -61,3 +61,13 @@ def test_resnet20_equal_mac_row_compares_with_the_same_epochs_of_torch_pruning()
         run = _resnet("resnet20_cifar10_gnj_x", peer["test_error_pct"] + delta, peer["mac_ratio"], 3.0)
         rows = [line for key, line in _resnet_rows([run]).items() if key.startswith("ResNet-20 at equal MACs")]
         assert len(rows) == 1 and rows[0].endswith(f"| {verdict} |")
+
+
+def test_the_test_set_mark_names_a_committed_blind_rerun():
+    from benchmarks.make_tables import chosen_on_test_note
+
+    blind = _run("lenet300_mnist_gnj_blind200", 1.65, 12.7, selection="blind.json", epochs=200)
+    note = "\n".join(chosen_on_test_note([_run("lenet300_mnist_gnj", 1.71, 10.1), blind]))
+    line = next(x for x in note.splitlines() if x.startswith("- lenet300 gnj:"))
+    assert "rerun blind with 200 epochs: 1.65 % at 12.7x (`lenet300_mnist_gnj_blind200`)" in line
+    assert "rerun blind" not in next(x for x in note.splitlines() if x.startswith("- lenet5 gnj:"))
