@@ -38,6 +38,9 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=None, help="learning rate of the Bayesian phase")
     parser.add_argument("--tolerance", type=float, default=0.5, help="search tolerance, points of validation error")
     parser.add_argument("--search-val-size", type=int, default=2000, help="validation images used by the search")
+    parser.add_argument("--search-bn-images", type=int, default=0,
+                        help="re-estimate batch-norm statistics on this many validation images before scoring each "
+                             "search candidate (CompressConfig.search_bn_images; 0: off)")
     parser.add_argument("--search", default="auto", choices=("auto", "greedy", "global"),
                         help="threshold search (auto: one global threshold for graphs with many coupled groups; "
                              "with --target-macs, greedy spreads the cut across groups by the validation error)")
@@ -64,6 +67,7 @@ def main() -> None:
     config = RunConfig(model=args.model, data="cifar10", method=args.method, pretrained=args.pretrained,
                        compress=CompressConfig(tolerance_pct=args.tolerance, bits_reduce="max",
                                                search_val_size=args.search_val_size, search=args.search,
+                                               search_bn_images=args.search_bn_images,
                                                target_macs=args.target_macs))
     if args.dense_epochs is not None:
         config.dense = replace(config.dense, epochs=args.dense_epochs)

@@ -124,6 +124,9 @@ def _add_run_parser(sub) -> None:
                      help="threshold search: greedy per-layer steps, one global threshold by bisection, or auto "
                           "(greedy for chains, global for graphs with many coupled groups); with --target-macs, "
                           "greedy spreads the cut across layers by the validation error")
+    run.add_argument("--search-bn-images", type=int, default=0, metavar="N",
+                     help="before scoring each search candidate, re-estimate batch-norm statistics on N validation "
+                          "images (adaptive batch norm; 0: off)")
     run.add_argument("--bits-reduce", choices=("mean", "max"), default="mean",
                      help="summarise per-weight bits of a layer by their mean (paper) or max (safer)")
     run.add_argument("--clip-var", type=float, default=None,
@@ -247,6 +250,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                        compress=CompressConfig(thresholds=args.thresholds, tolerance_pct=args.tolerance,
                                                bits_reduce=args.bits_reduce,
                                                finetune_search=args.finetune_search, search=args.search,
+                                               search_bn_images=args.search_bn_images,
                                                target_macs=args.target_macs))
     config.dense = _train_config(config.dense, args, bayes=False)
     config.bayes = _train_config(config.bayes, args, bayes=True)

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from bayescomp.compress.batchnorm import recalibrated_batchnorm
 from bayescomp.compress.chain import Chain, UnsupportedModelError, build_chain
 from bayescomp.compress.macs import count_flops
 from bayescomp.compress.masks import (
@@ -50,6 +51,10 @@ class CompressConfig:
         bits_reduce: how a layer's significand bits summarise its weights' bits: ``"mean"`` or ``"max"``.
         min_bits: lower bound on significand bits per layer.
         search_val_size: validation examples used by the search (``None``: all).
+        search_bn_images: before scoring each candidate of the search, re-estimate the batch-norm statistics on
+            this many validation images (labels unused; a seeded draw separate from the scoring subset, which it
+            may overlap) and restore them afterwards (:mod:`bayescomp.compress.batchnorm`; 0: off, the statistics of
+            the unpruned network). Only models with batch norm are affected.
         finetune_search: with fine-tuning enabled (see :mod:`bayescomp.pipeline`), choose among the greedy
             search's candidates the most compressed one whose *fine-tuned* validation error stays within
             ``tolerance_pct`` of the unpruned posterior mean's (bisection along the candidates); the greedy path itself is
@@ -81,6 +86,7 @@ class CompressConfig:
     bits_reduce: str = "mean"
     min_bits: int = 1
     search_val_size: int | None = None
+    search_bn_images: int = 0
     finetune_search: bool = False
     search_range_pct: float = 3.0
     fold_empty_units: bool = True
@@ -92,6 +98,9 @@ class CompressConfig:
     def __post_init__(self) -> None:
         if self.search not in SEARCHES:
             raise ValueError(f"unknown search {self.search!r}; use {', '.join(SEARCHES)}")
+        if isinstance(self.search_bn_images, bool) or not isinstance(self.search_bn_images, int) \
+                or self.search_bn_images < 0:
+            raise ValueError(f"search_bn_images is a count of images (0: off), got {self.search_bn_images!r}")
         if self.target_macs is not None:
             if not (isinstance(self.target_macs, (int, float)) and self.target_macs > 1.0):
                 raise ValueError(f"target_macs is a reduction factor above 1 (e.g. 2.0 for half the MACs), got "
@@ -217,7 +226,7 @@ def _compress_with(model: nn.Module, val: Split | None, config: CompressConfig, 
             if val is None:
                 raise ValueError("the automatic threshold search (and target_macs) needs validation data")
             subset = val if config.search_val_size is None else val.subset(config.search_val_size, seed=0)
-            found = _search(model, structure, subset, config, log)
+            found = _search(model, structure, subset, val, config, log)
             plan, thresholds, path, base = found.plan, found.thresholds, found.path, found.base_val_error_pct
         else:
             plan = structure.plan(thresholds)
@@ -247,13 +256,19 @@ def _structure(model: nn.Module, val: Split | None, config: CompressConfig,
                               config.graph_reduce)
 
 
-def _search(model: nn.Module, structure: Structure, subset: Split, config: CompressConfig, log) -> SearchResult:
+def _search(model: nn.Module, structure: Structure, subset: Split, val: Split, config: CompressConfig,
+            log) -> SearchResult:
     """The threshold search on the validation ``subset``: greedy per-unit thresholds, or one global threshold by
     bisection where the structure prefers it (see :mod:`bayescomp.compress.search`)."""
 
+    calibration = val.subset(min(config.search_bn_images, len(val)), seed=1) if config.search_bn_images else None
+
     def error(plan) -> float:
         with structure.masked(plan):
-            return evaluate(model, subset)["error_pct"]
+            if calibration is None:
+                return evaluate(model, subset)["error_pct"]
+            with recalibrated_batchnorm(model, calibration):
+                return evaluate(model, subset)["error_pct"]
 
     if config.target_macs is not None:
         shape = tuple(subset.example(1).shape[1:])

@@ -1,0 +1,53 @@
+"""Batch-norm statistics re-estimated for a pruning candidate before it is scored.
+
+When channels are removed, every layer that read them sees a different input, so the batch-norm layers after it
+normalise with the running statistics of the *unpruned* network and the candidate's error is misjudged (a
+pretrained ResNet-20 cut to half its MACs scored 49 % (the posterior's cut) and 85 % (Torch-Pruning's) validation
+error this way before fine-tuning, against about 10 % after it, and the search ranks candidates by that distortion). Re-estimating the statistics on a few hundred unlabelled images first is the
+"adaptive batch norm" evaluation of Li et al. (EagleEye, ECCV 2020), who found it tracks the accuracy after
+fine-tuning far better. Used by the threshold searches when ``CompressConfig.search_bn_images`` is set.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+
+from bayescomp.data_sources import Split
+
+_BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+
+
+@contextmanager
+def recalibrated_batchnorm(model: nn.Module, images: Split, batch_size: int = 250) -> Iterator[None]:
+    """Inside the block, every batch-norm layer of ``model`` that tracks running statistics uses the statistics of
+    ``images`` (labels unused; the cumulative average over batches, ``momentum=None``) as the model computes them
+    now (under any masks already applied); on exit the original statistics, momentum and train/eval flags are
+    restored exactly. The rest of the model stays as it was (``eval`` layers stay in ``eval``)."""
+    norms = [m for m in model.modules() if isinstance(m, _BATCH_NORMS) and m.track_running_stats]
+    if not norms:
+        yield
+        return
+    saved = [(m.training, m.momentum, {name: buf.clone() for name, buf in m.named_buffers(recurse=False)})
+             for m in norms]
+    try:
+        for m in norms:
+            m.reset_running_stats()
+            m.momentum = None
+            m.train()
+        device = next((p.device for p in model.parameters()), torch.device("cpu"))
+        with torch.no_grad():
+            for x, _ in images.batches(batch_size, device=device):
+                model(x)
+        for m in norms:
+            m.eval()
+        yield
+    finally:
+        for m, (training, momentum, buffers) in zip(norms, saved):
+            for name, buf in m.named_buffers(recurse=False):
+                buf.copy_(buffers[name])
+            m.momentum = momentum
+            m.train(training)
