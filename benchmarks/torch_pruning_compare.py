@@ -250,6 +250,10 @@ def _bayes_label(record: dict) -> str:
     compress = record.get("config", {}).get("compress", {})
     how = (f"{compress['target_macs']:g}x MAC budget" if compress.get("target_macs")
            else f"{compress.get('tolerance_pct', 0):g}-point search")
+    if compress.get("target_macs") and compress.get("search") == "greedy":
+        how += ", greedy allocation"
+    if compress.get("search_bn_images"):
+        how += f", adaptive batch norm ({compress['search_bn_images']} images)"
     return f"bayescomp {record['method']}, {how}"
 
 

@@ -59,3 +59,15 @@ def test_coupled_layers_take_the_most_confident_member():
              _Member(_Dep(net.features[3], into), [1, 0, 2], [0, 1, 2])]  # input side: no posterior, ignored
     assert importance(group).tolist() == [5.0, 0.0, 7.0]
     assert importance(group[2:]) is None  # nothing scored: Torch-Pruning skips the group
+
+
+def test_bayescomp_rows_say_how_the_cut_was_chosen():
+    from benchmarks.torch_pruning_compare import _bayes_label
+
+    def label(**compress) -> str:
+        return _bayes_label({"method": "gnj", "config": {"compress": compress}})
+
+    assert label(tolerance_pct=1.0) == "bayescomp gnj, 1-point search"
+    assert label(target_macs=2.0, search="auto") == "bayescomp gnj, 2x MAC budget"
+    assert label(target_macs=2.0, search="greedy", search_bn_images=250) == (
+        "bayescomp gnj, 2x MAC budget, greedy allocation, adaptive batch norm (250 images)")
