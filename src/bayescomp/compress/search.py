@@ -43,6 +43,17 @@ def thresholds_for_counts(stats: list[torch.Tensor], pruned: list[int]) -> list[
     return out
 
 
+def _propose(make_plan: Callable[[list[int]], Any], pruned: list[int], i: int, step: int,
+             n_groups: list[int]) -> tuple[list[int], Any | None]:
+    """Counts with unit ``i`` advanced by ``step`` groups, and their plan (``None`` where it would empty a unit)."""
+    trial = list(pruned)
+    trial[i] = min(n_groups[i], pruned[i] + step)
+    try:
+        return trial, make_plan(trial)
+    except PruneError:
+        return trial, None
+
+
 def greedy_search(
     stats: list[torch.Tensor],
     make_plan: Callable[[list[int]], Any],
@@ -71,14 +82,8 @@ def greedy_search(
         for i in range(len(stats)):
             if frozen[i]:
                 continue
-            trial = list(pruned)
-            trial[i] = min(n_groups[i], pruned[i] + steps[i])
-            try:
-                trial_plan = make_plan(trial)
-            except PruneError:
-                trial_error = math.inf
-            else:
-                trial_error = error(trial_plan)
+            trial, trial_plan = _propose(make_plan, pruned, i, steps[i], n_groups)
+            trial_error = math.inf if trial_plan is None else error(trial_plan)
             if trial_error <= budget:
                 gain = kept - weights_kept(trial_plan)
                 if best is None or gain > best[0]:
@@ -240,11 +245,8 @@ def budget_greedy_search(
         for i in range(len(stats)):
             if frozen[i]:
                 continue
-            trial = list(pruned)
-            trial[i] = min(n_groups[i], pruned[i] + steps[i])
-            try:
-                trial_plan = make_plan(trial)
-            except PruneError:
+            trial, trial_plan = _propose(make_plan, pruned, i, steps[i], n_groups)
+            if trial_plan is None:
                 if steps[i] > 1:
                     steps[i] = max(1, steps[i] // 2)
                 else:
