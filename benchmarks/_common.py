@@ -25,6 +25,14 @@ UNPUBLISHED = frozenset({"val_error_pct_bayes", "layers", "n_train", "n_val", "n
 CONTRACT = [key for key in REPORT_KEYS if key not in UNPUBLISHED]
 
 
+def budget_label(compress: dict) -> str:
+    """``2x MAC budget``, ``3x weight budget`` or ``2x MAC + 3x weight budget`` from a run's compress config; empty
+    when the run searched to an error tolerance instead."""
+    parts = [f"{compress[key]:g}x {what}" for key, what in (("target_macs", "MAC"), ("target_weights", "weight"))
+             if compress.get(key)]
+    return f"{' + '.join(parts)} budget" if parts else ""
+
+
 def this_command() -> str:
     """The command line that reproduces this run, as ``python -m benchmarks.<script> ...`` from the repository root."""
     return "python -m " + " ".join(shlex.quote(a) for a in [f"benchmarks.{Path(sys.argv[0]).stem}", *sys.argv[1:]])

@@ -46,6 +46,8 @@ def main() -> None:
                              "with --target-macs, greedy spreads the cut across groups by the validation error)")
     parser.add_argument("--target-macs", type=float, default=None,
                         help="prune to this MAC reduction (e.g. 2) instead of the search tolerance")
+    parser.add_argument("--target-weights", type=float, default=None,
+                        help="and/or to this reduction of the weights kept (e.g. 3)")
     parser.add_argument("--variant", default=None, help="suffix of the result files, for a second setting")
     parser.add_argument("--run-dir", default=None)
     parser.add_argument("--device", default=None, help="training device (cpu, cuda); default: cuda if available")
@@ -68,7 +70,8 @@ def main() -> None:
                        compress=CompressConfig(tolerance_pct=args.tolerance, bits_reduce="max",
                                                search_val_size=args.search_val_size, search=args.search,
                                                search_bn_images=args.search_bn_images,
-                                               target_macs=args.target_macs))
+                                               target_macs=args.target_macs,
+                                               target_weights=args.target_weights))
     if args.dense_epochs is not None:
         config.dense = replace(config.dense, epochs=args.dense_epochs)
     if args.epochs is not None:

@@ -9,7 +9,7 @@ import json
 import re
 import statistics
 
-from benchmarks._common import RESULTS
+from benchmarks._common import RESULTS, budget_label
 
 
 def self_compression_section() -> list[str]:
@@ -119,8 +119,8 @@ def cifar_section(runs: list[dict]) -> list[str]:
                        f" / {lat['dense'].get('batch_256', float('nan')):.0f} → "
                        f"{lat['compressed'].get('batch_256', float('nan')):.0f}")
         compress = r["config"]["compress"]
-        search = (f"{compress['target_macs']:g}x MAC budget" if compress.get("target_macs")
-                  else f"{compress.get('search', 'auto')}, {compress.get('tolerance_pct', 0):g} pt")
+        search = (budget_label(compress)
+                  or f"{compress.get('search', 'auto')}, {compress.get('tolerance_pct', 0):g} pt")
         lines.append(
             f"| {r['model']} | {r['method']} | {search} | {r.get('hardware', '–')} | "
             f"{start} | {r.get('epochs')} + {r.get('finetune_epochs') or 0} | "

@@ -46,6 +46,9 @@ from bayescomp.data import load_dataset
 from bayescomp.models import create_model
 from bayescomp.train import TrainConfig, evaluate, fit
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import budget_label  # noqa: E402
+
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
@@ -248,9 +251,8 @@ def _row_label(kind: str) -> str:
 def _bayes_label(record: dict) -> str:
     """``bayescomp gnj, 2x MAC budget`` or ``bayescomp gnj, 1.0-point search``: how the run chose its pruning."""
     compress = record.get("config", {}).get("compress", {})
-    how = (f"{compress['target_macs']:g}x MAC budget" if compress.get("target_macs")
-           else f"{compress.get('tolerance_pct', 0):g}-point search")
-    if compress.get("target_macs") and compress.get("search") == "greedy":
+    how = budget_label(compress) or f"{compress.get('tolerance_pct', 0):g}-point search"
+    if budget_label(compress) and compress.get("search") == "greedy":
         how += ", greedy allocation"
     if compress.get("search_bn_images"):
         how += f", adaptive batch norm ({compress['search_bn_images']} images)"

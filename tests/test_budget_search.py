@@ -94,3 +94,80 @@ def test_greedy_mac_budget_on_real_models(target, mnist_small):
         assert result.search_path[-1]["cost"] == count_flops(result.model, shape)
         assert len(result.search_path) >= 2 and result.search_path[-2]["cost"] > dense_macs / target
         assert all(torch.equal(before[k], v) for k, v in bayes.state_dict().items())
+
+
+# --- a weight budget beside the MAC budget (``CompressConfig(target_weights=...)``)
+UNIT_WEIGHTS = (1, 3, 10)  # weights of one kept group, per unit: the MAC-heavy unit holds few weights (as a CNN's stem)
+
+
+def _weights(plan: list[int]) -> int:
+    return sum((n - p) * w for n, p, w in zip(SIZES, plan, UNIT_WEIGHTS))
+
+
+def _flat_problem():
+    """Every pruned group costs the same 0.01 points, so only the savings steer the search."""
+    stats, make_plan, cost, _ = _problem(0)
+    return stats, make_plan, cost, lambda plan: 1.0 + 0.01 * sum(plan)
+
+
+def test_weight_budget_moves_the_cut_to_the_units_holding_the_weights():
+    """With MACs alone the search cuts the MAC-heavy unit; a weight budget it cannot meet there makes it cut the
+    weight-heavy unit too, and it stops at the first plan meeting both budgets."""
+    stats, make_plan, cost, error = _flat_problem()
+    dense_cost, dense_weights = cost([0, 0, 0]), _weights([0, 0, 0])
+    mac_budget, weight_budget = 0.7 * dense_cost, 0.5 * dense_weights
+    macs_only = budget_greedy_search(stats, make_plan, cost, mac_budget, _weights, error)
+    assert macs_only.plan[0] > 0 and macs_only.plan[2] == 0
+    assert _weights(macs_only.plan) > weight_budget, "the problem must need the weight budget to change the cut"
+    both = budget_greedy_search(stats, make_plan, cost, mac_budget, _weights, error, weight_budget=weight_budget)
+    assert cost(both.plan) <= mac_budget and _weights(both.plan) <= weight_budget
+    assert both.plan[2] > 0
+    before = both.path[-2]
+    assert before["cost"] > mac_budget or before["weights_kept"] > weight_budget
+    assert both.path[-1]["weights_kept"] == _weights(both.plan)
+    # an unreachable weight budget is refused, naming it
+    with pytest.raises(PruneError, match="weights"):
+        budget_greedy_search(stats, make_plan, cost, mac_budget, _weights, error,
+                             weight_budget=_weights([n - 1 for n in SIZES]) - 1)
+
+
+def test_weight_budget_alone_and_a_mac_budget_alone_are_unchanged():
+    """``budget=inf`` with a weight budget prunes to the weights only; without ``weight_budget`` the search is the
+    MAC-only search (same plan as when the weights are not counted at all)."""
+    stats, make_plan, cost, error = _flat_problem()
+    weight_budget = 0.6 * _weights([0, 0, 0])
+    alone = budget_greedy_search(stats, make_plan, cost, float("inf"), _weights, error, weight_budget=weight_budget)
+    assert _weights(alone.plan) <= weight_budget < alone.path[-2]["weights_kept"]
+    assert alone.plan[2] > 0
+    budget = 0.6 * cost([0, 0, 0])
+    counted = budget_greedy_search(stats, make_plan, cost, budget, _weights, error)
+    uncounted = budget_greedy_search(stats, make_plan, cost, budget, lambda plan: 0, error)
+    assert counted.plan == uncounted.plan
+
+
+@pytest.mark.parametrize("search", ["global", "greedy"])
+def test_mac_and_weight_budgets_on_real_models(search, mnist_small):
+    """Both budgets hold on the cut network, counted independently (MACs by ``count_flops``, weights by summing the
+    conv/linear weight tensors); the weight budget is the binding one here (4x weights, 1.5x MACs)."""
+    for model in (Branchy(), create_model("lenet300", 10, (1, 28, 28), [0.13], [0.31])):
+        bayes = _noisy(model, seed=4)
+        shape = tuple(mnist_small.val.example(1).shape[1:])
+        dense_macs = count_flops(model, shape)
+        config = CompressConfig(target_macs=1.5, target_weights=4.0, search=search, fold_empty_units=False,
+                                search_val_size=200)
+        result = compress(bayes, mnist_small.val, config)
+        assert count_flops(result.model, shape) <= dense_macs / 1.5
+        kept = sum(m.weight.numel() for m in result.model.modules() if isinstance(m, (torch.nn.Conv2d,
+                                                                                        torch.nn.Linear)))
+        assert kept == result.weights_kept
+        assert result.weights_kept <= result.weights_dense / 4.0
+        assert result.search_path[-1]["weights_kept"] == result.weights_kept
+
+
+def test_weight_budget_settings_are_checked():
+    for bad in (0.5, 1.0, True, "3"):
+        with pytest.raises(ValueError, match="target_weights is a reduction factor above 1"):
+            CompressConfig(target_weights=bad)
+    with pytest.raises(ValueError, match="leave thresholds unset"):
+        CompressConfig(target_weights=3.0, thresholds=-3.0)
+    assert CompressConfig(target_weights=3.0).budgeted and not CompressConfig().budgeted

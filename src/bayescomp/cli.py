@@ -120,6 +120,9 @@ def _add_run_parser(sub) -> None:
     run.add_argument("--target-macs", type=float, default=None, metavar="FACTOR",
                      help="prune to a compute budget instead: at least FACTOR times fewer multiply-accumulates than "
                           "the dense network (e.g. 2), the posterior choosing which groups go (replaces --tolerance)")
+    run.add_argument("--target-weights", type=float, default=None, metavar="FACTOR",
+                     help="a budget on the weights kept, alone or with --target-macs: at least FACTOR times fewer "
+                          "weights than the dense network (replaces --tolerance)")
     run.add_argument("--search", choices=("auto", "greedy", "global"), default="auto",
                      help="threshold search: greedy per-layer steps, one global threshold by bisection, or auto "
                           "(greedy for chains, global for graphs with many coupled groups); with --target-macs, "
@@ -251,7 +254,8 @@ def cmd_run(args: argparse.Namespace) -> int:
                                                bits_reduce=args.bits_reduce,
                                                finetune_search=args.finetune_search, search=args.search,
                                                search_bn_images=args.search_bn_images,
-                                               target_macs=args.target_macs))
+                                               target_macs=args.target_macs,
+                                               target_weights=args.target_weights))
     config.dense = _train_config(config.dense, args, bayes=False)
     config.bayes = _train_config(config.bayes, args, bayes=True)
     if args.finetune_epochs is not None:  # 0 turns off a method's default fine-tuning (magnitude's)

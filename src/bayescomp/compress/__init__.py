@@ -79,6 +79,10 @@ class CompressConfig:
             (:func:`~bayescomp.compress.search.budget_greedy_search`). The posterior ranks the groups, the budget
             says how many go; ``tolerance_pct`` is then unused. This is
             how structured pruning tools are driven (a target ratio), so the two compare at equal MACs.
+        target_weights: a budget on the weights kept, alone or beside ``target_macs``: at least this many times
+            fewer weights than the dense network. Both budgets must be met; the greedy search then counts a step's
+            saving as the fractions of MACs and of weights it removes while each is over budget. Cutting MACs and
+            weights are different cuts on a CNN (the early layers hold the MACs, the late ones the weights).
     """
 
     thresholds: list[float] | float | str | None = None
@@ -94,6 +98,7 @@ class CompressConfig:
     search: str = "auto"
     finetune_guard: bool = True
     target_macs: float | None = None
+    target_weights: float | None = None
 
     def __post_init__(self) -> None:
         if self.search not in SEARCHES:
@@ -101,12 +106,20 @@ class CompressConfig:
         if isinstance(self.search_bn_images, bool) or not isinstance(self.search_bn_images, int) \
                 or self.search_bn_images < 0:
             raise ValueError(f"search_bn_images is a count of images (0: off), got {self.search_bn_images!r}")
-        if self.target_macs is not None:
-            if not (isinstance(self.target_macs, (int, float)) and self.target_macs > 1.0):
-                raise ValueError(f"target_macs is a reduction factor above 1 (e.g. 2.0 for half the MACs), got "
-                                 f"{self.target_macs!r}")
+        for name, what in (("target_macs", "MACs"), ("target_weights", "weights")):
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if isinstance(value, bool) or not (isinstance(value, (int, float)) and value > 1.0):
+                raise ValueError(f"{name} is a reduction factor above 1 (e.g. 2.0 for half the {what}), got "
+                                 f"{value!r}")
             if self.thresholds not in (None, "search"):
-                raise ValueError("target_macs chooses the threshold itself; leave thresholds unset")
+                raise ValueError(f"{name} chooses the threshold itself; leave thresholds unset")
+
+    @property
+    def budgeted(self) -> bool:
+        """Whether pruning is driven by a budget (MACs and/or weights) instead of the error tolerance."""
+        return self.target_macs is not None or self.target_weights is not None
 
 
 @dataclass
@@ -220,11 +233,12 @@ def _compress_with(model: nn.Module, val: Split | None, config: CompressConfig, 
                    log) -> CompressionResult:
     """Thresholds (given, the structure's default, or searched on ``val``) -> plan -> cut -> bits -> result."""
     with deterministic_mode(model):
-        thresholds = "search" if config.target_macs else normalize_thresholds(config.thresholds, structure)
+        thresholds = "search" if config.budgeted else normalize_thresholds(config.thresholds, structure)
         path, base = [], None
         if thresholds == "search":
             if val is None:
-                raise ValueError("the automatic threshold search (and target_macs) needs validation data")
+                raise ValueError("the automatic threshold search (and a target_macs / target_weights budget) "
+                                 "needs validation data")
             subset = val if config.search_val_size is None else val.subset(config.search_val_size, seed=0)
             found = _search(model, structure, subset, val, config, log)
             plan, thresholds, path, base = found.plan, found.thresholds, found.path, found.base_val_error_pct
@@ -270,19 +284,24 @@ def _search(model: nn.Module, structure: Structure, subset: Split, val: Split, c
             with recalibrated_batchnorm(model, calibration):
                 return evaluate(model, subset)["error_pct"]
 
-    if config.target_macs is not None:
+    if config.budgeted:
         shape = tuple(subset.example(1).shape[1:])
-        dense_macs = count_flops(structure.cut(structure.plan([math.inf] * len(structure.stats))).model, shape)
+        keep_all = structure.plan([math.inf] * len(structure.stats))
+        dense_macs = count_flops(structure.cut(keep_all).model, shape)
+        mac_budget = math.inf if config.target_macs is None else dense_macs / config.target_macs
+        weight_budget = (None if config.target_weights is None
+                         else structure.weights_kept(keep_all) / config.target_weights)
 
         def macs(plan) -> float:
             return count_flops(structure.cut(plan).model, shape)
 
         if config.search == "greedy":
-            return budget_greedy_search(structure.stats, structure.plan_for_counts, macs,
-                                        dense_macs / config.target_macs, structure.weights_kept, error, log=log,
-                                        describe=structure.describe_greedy)
-        return budget_threshold_search(structure.stats, structure.strict_plan, macs, dense_macs / config.target_macs,
-                                       structure.weights_kept, error, log, structure.describe_global)
+            return budget_greedy_search(structure.stats, structure.plan_for_counts, macs, mac_budget,
+                                        structure.weights_kept, error, log=log, describe=structure.describe_greedy,
+                                        weight_budget=weight_budget)
+        return budget_threshold_search(structure.stats, structure.strict_plan, macs, mac_budget,
+                                       structure.weights_kept, error, log, structure.describe_global,
+                                       weight_budget=weight_budget)
     if structure.prefers_global_search(config.search):
         return global_threshold_search(structure.stats, structure.strict_plan, structure.weights_kept, error,
                                        config.tolerance_pct, log, structure.describe_global)

@@ -160,14 +160,18 @@ def budget_threshold_search(
     error: Callable[[Any], float],
     log: Callable[[str], None] | None = None,
     describe: Callable[[Any], str] = lambda plan: "",
+    weight_budget: float | None = None,
 ) -> SearchResult:
     """One threshold shared by every unit, the highest (least pruning) whose plan costs at most ``budget`` (e.g.
     multiply-accumulates), by bisection over the pooled statistics: pruning to a compute budget, the way structured
     pruning tools take a target ratio, with the posterior deciding *which* groups go. The validation error is
-    measured along the way (``path``) but does not steer the choice.
+    measured along the way (``path``) but does not steer the choice. With ``weight_budget`` the plan must also
+    keep at most that many weights (both shrink as the threshold falls, so bisection still finds the highest
+    threshold meeting both).
 
     Raises:
-        PruneError: even the most pruning that leaves every unit a group costs more than ``budget``.
+        PruneError: even the most pruning that leaves every unit a group costs more than ``budget`` (or keeps more
+            than ``weight_budget`` weights).
     """
     candidates = _shared_threshold_candidates(stats)
     base_plan = make_plan([candidates[-1]] * len(stats))
@@ -186,19 +190,26 @@ def budget_threshold_search(
                 probes[i] = (plan, cost(plan))
         return probes[i]
 
+    def within(found: tuple[Any, float]) -> bool:
+        return found[1] <= budget and (weight_budget is None or weights_kept(found[0]) <= weight_budget)
+
     lo, hi = 0, len(candidates) - 1  # the answer, if any, lies in [lo, hi]
     while lo < hi:
         mid = (lo + hi + 1) // 2
         found = probe(mid)
-        if found is None or found[1] <= budget:  # an emptied unit lies below any feasible threshold
+        if found is None or within(found):  # an emptied unit lies below any feasible threshold
             lo = mid
         else:
             hi = mid - 1
     found = probe(lo)
-    if found is None or found[1] > budget:
-        cheapest = min((p[1] for p in probes.values() if p is not None), default=path[0]["cost"])
-        raise PruneError(f"no shared threshold reaches the budget of {budget:,.0f}: the most pruning that leaves "
-                         f"every layer a group still costs {cheapest:,.0f}")
+    if found is None or not within(found):
+        feasible = [p for p in probes.values() if p is not None]
+        cheapest = min((p[1] for p in feasible), default=path[0]["cost"])
+        lightest = min((weights_kept(p[0]) for p in feasible), default=path[0]["weights_kept"])
+        wanted = f"the budget of {budget:,.0f}" + (
+            "" if weight_budget is None else f" and {weight_budget:,.0f} weights")
+        raise PruneError(f"no shared threshold reaches {wanted}: the most pruning that leaves every layer a "
+                         f"group still costs {cheapest:,.0f} and keeps {lightest:,} weights")
     plan, spent = found
     trial = error(plan)
     path.append({"weights_kept": weights_kept(plan), "val_error_pct": trial, "threshold": candidates[lo],
@@ -219,10 +230,14 @@ def budget_greedy_search(
     initial_fraction: float = 0.125,
     log: Callable[[str], None] | None = None,
     describe: Callable[[Any], str] = lambda plan: "",
+    weight_budget: float | None = None,
 ) -> SearchResult:
     """Per-unit counts chosen greedily until the plan costs at most ``budget``: each round proposes, for every unit,
     dropping its next ``step`` groups (largest statistic first) and accepts the proposal whose validation error
-    rises least per unit of cost removed (ties: the larger saving). The posterior ranks the groups *within* a unit;
+    rises least per unit of cost removed (ties: the larger saving). With ``weight_budget`` the plan must also keep
+    at most that many weights; a proposal's saving is then the sum of the fractions of the starting cost and of
+    the starting weights it removes, each counted only while its budget is unmet, so the search first goes where
+    both shrink and, once one budget is met, serves the other. The posterior ranks the groups *within* a unit;
     the validation split decides how the cut is spread *across* units, which one shared threshold leaves to the
     posterior's scale per layer (measured on ResNet-20: a shared log-alpha threshold empties some inner
     convolutions while the residual channels stay whole). The greedy allocation follows NetAdapt (Yang et al.,
@@ -239,8 +254,20 @@ def budget_greedy_search(
     spent = cost(plan)
     steps = [max(1, math.ceil(initial_fraction * n)) for n in n_groups]
     frozen = [n == 0 for n in n_groups]
-    path = [{"weights_kept": weights_kept(plan), "val_error_pct": base, "cost": spent, "pruned": list(pruned)}]
-    while spent > budget:
+    weights = weights_kept(plan)
+    path = [{"weights_kept": weights, "val_error_pct": base, "cost": spent, "pruned": list(pruned)}]
+    cost_scale, weight_scale = max(spent, 1e-12), max(weights, 1)
+
+    def unmet(spent: float, weights: int) -> tuple[bool, bool]:
+        return spent > budget, weight_budget is not None and weights > weight_budget
+
+    def saving(trial_cost: float, trial_weights: int) -> float:
+        """Fractions of the starting cost / weights this step removes, each while its budget is unmet."""
+        over_cost, over_weights = unmet(spent, weights)
+        return (over_cost * (spent - trial_cost) / cost_scale
+                + over_weights * (weights - trial_weights) / weight_scale)
+
+    while any(unmet(spent, weights)):
         best = None
         for i in range(len(stats)):
             if frozen[i]:
@@ -252,24 +279,27 @@ def budget_greedy_search(
                 else:
                     frozen[i] = True
                 continue
-            saved = spent - cost(trial_plan)
+            trial_cost, trial_weights = cost(trial_plan), weights_kept(trial_plan)
+            saved = saving(trial_cost, trial_weights)
             if saved <= 0:  # these groups cost nothing (e.g. their consumer is already gone): not a way to the budget
                 frozen[i] = True
                 continue
             trial_error = error(trial_plan)
             key = ((trial_error - current) / saved, -saved)
             if best is None or key < best[0]:
-                best = (key, trial, trial_plan, trial_error, spent - saved)
+                best = (key, trial, trial_plan, trial_error, trial_cost, trial_weights)
         if best is None:
             if not all(frozen):
                 continue  # a step was halved; propose again
-            raise PruneError(f"no plan reaches the budget of {budget:,.0f}: the most pruning that leaves every "
-                             f"unit a group still costs {spent:,.0f}")
-        _, pruned, plan, current, spent = best
-        path.append({"weights_kept": weights_kept(plan), "val_error_pct": current, "cost": spent,
-                     "pruned": list(pruned)})
+            wanted = f"the budget of {budget:,.0f}" + (
+                "" if weight_budget is None else f" and {weight_budget:,.0f} weights")
+            raise PruneError(f"no plan reaches {wanted}: the most pruning that leaves every unit a group still "
+                             f"costs {spent:,.0f} and keeps {weights:,} weights")
+        _, pruned, plan, current, spent, weights = best
+        path.append({"weights_kept": weights, "val_error_pct": current, "cost": spent, "pruned": list(pruned)})
         if log:
-            log(f"  budget search: {describe(plan)}  cost {spent:,.0f} (budget {budget:,.0f})  "
+            limit = "" if weight_budget is None else f", weights {weights:,} (budget {weight_budget:,.0f})"
+            log(f"  budget search: {describe(plan)}  cost {spent:,.0f} (budget {budget:,.0f}){limit}  "
                 f"val err {current:.2f}%")
     return SearchResult(thresholds_for_counts(stats, pruned), plan, current, base, path)
 

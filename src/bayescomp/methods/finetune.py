@@ -73,8 +73,8 @@ def finetune_aware_compress(model: nn.Module, data: DataBundle, config: Any, log
 def search_and_compress(model: nn.Module, ctx: Any) -> CompressionResult:
     """The compress hook of the priors: the posterior's threshold search on the validation split (fine-tuning
     aware when ``compress.finetune_search`` and fine-tuning epochs are set, unless a MAC budget decides the pruning
-    level: ``compress.target_macs``)."""
+    level: ``compress.target_macs`` / ``target_weights``)."""
     config = ctx.config
-    if config.compress.finetune_search and config.finetune.epochs > 0 and config.compress.target_macs is None:
+    if config.compress.finetune_search and config.finetune.epochs > 0 and not config.compress.budgeted:
         return finetune_aware_compress(model, ctx.data, config, ctx.log)
     return compress(model, ctx.data.val, config.compress, log=ctx.log if ctx.progress else None)
