@@ -8,8 +8,14 @@ validation error of the context by more than 0.2 points nor its kept weights by 
 decides; the test error is reported beside it.
 
     python -m benchmarks.retrain_convergence --data mnist --contexts 2 --epochs 20
+    python -m benchmarks.retrain_convergence --data mnist --contexts 2 --short-epochs 20 --epochs 40 \
+        --reuse benchmarks/results/retrain_convergence_lenet5_mnist.json
 
-Writes ``benchmarks/results/retrain_convergence_lenet5_<data>.{json,md}``.
+``--reuse FILE`` takes the shorter schedule's figures of a context from an earlier result whose longer schedule
+had that many epochs (same seed and contexts), instead of retraining it; the rows say so.
+
+Writes ``benchmarks/results/retrain_convergence_lenet5_<data>.{json,md}`` (10 against 20 epochs) or
+``retrain_convergence_lenet5_<data>_<short>v<long>.{json,md}`` for other schedules.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from pathlib import Path
 
 import torch
 
@@ -38,7 +45,9 @@ def main() -> None:
     parser.add_argument("--short-epochs", type=int, default=10, help="the schedule hyper_contexts.py used")
     parser.add_argument("--epochs", type=int, default=20, help="the longer schedule")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--reuse", default=None, help="earlier result whose longer schedule is this --short-epochs")
     args = parser.parse_args()
+    reused = reusable_rows(args)
     started = time.perf_counter()
     config = HyperRunConfig(model="lenet5", data=args.data, seed=args.seed)
     data = load_run_data(config)
@@ -46,12 +55,16 @@ def main() -> None:
     contexts = random_contexts(50, data.num_classes, [2, 3, 4, 5], seed=2026 + args.seed)[:args.contexts]
     rows = []
     for context in contexts:
-        short = retrain_gnj(teacher, data, context.classes, args.short_epochs, args.seed)
+        classes = list(context.classes)
+        short = reused.get(tuple(classes))
+        if short is None:
+            short = retrain_gnj(teacher, data, context.classes, args.short_epochs, args.seed)
         long = retrain_gnj(teacher, data, context.classes, args.epochs, args.seed)
-        rows.append({"classes": list(context.classes), "short_epochs": args.short_epochs,
+        rows.append({"classes": classes, "short_epochs": args.short_epochs,
                      "short_test_error_pct": short["retrain_test_error_pct"],
                      "short_weights_kept": short["retrain_weights_kept"],
                      "short_val_error_pct": short["retrain_val_error_pct"], "short_s": short["retrain_s"],
+                     "short_reused_from": short.get("reused_from"),
                      "long_epochs": args.epochs, "long_val_error_pct": long["retrain_val_error_pct"],
                      "long_test_error_pct": long["retrain_test_error_pct"],
                      "long_weights_kept": long["retrain_weights_kept"], "long_s": long["retrain_s"]})
@@ -59,16 +72,34 @@ def main() -> None:
         write(args, rows, started)  # after every context, so a stopped run keeps what it measured
 
 
+def reusable_rows(args: argparse.Namespace) -> dict[tuple[int, ...], dict]:
+    """classes -> the shorter schedule's figures, from ``--reuse``'s rows whose longer schedule had
+    ``--short-epochs`` epochs (the same data and seed, checked)."""
+    if args.reuse is None:
+        return {}
+    earlier = json.loads(Path(args.reuse).read_text())
+    if earlier.get("data") != args.data or earlier.get("seed", 0) != args.seed:
+        raise SystemExit(f"--reuse {args.reuse}: another data set or seed ({earlier.get('data')}, "
+                         f"seed {earlier.get('seed', 0)})")
+    return {tuple(r["classes"]): {"retrain_test_error_pct": r["long_test_error_pct"],
+                                  "retrain_weights_kept": r["long_weights_kept"],
+                                  "retrain_val_error_pct": r["long_val_error_pct"], "retrain_s": r["long_s"],
+                                  "reused_from": Path(args.reuse).name}
+            for r in earlier["rows"] if r["long_epochs"] == args.short_epochs}
+
+
 def write(args: argparse.Namespace, rows: list[dict], started: float) -> None:
     verdicts = [r["short_val_error_pct"] - r["long_val_error_pct"] <= MAX_VAL_GAIN_PCT
                 and r["long_weights_kept"] >= (1 - MAX_SIZE_GAIN) * r["short_weights_kept"] for r in rows]
-    record = {"data": args.data, "model": "lenet5", "rows": rows, "converged": all(verdicts),
+    record = {"data": args.data, "model": "lenet5", "seed": args.seed, "rows": rows, "converged": all(verdicts),
               "contexts_planned": args.contexts,
               "rule": f"the longer schedule gains at most {MAX_VAL_GAIN_PCT} points of validation error and at most "
                       f"{100 * MAX_SIZE_GAIN:.0f} % fewer kept weights",
               "command": this_command(), "torch_threads": torch.get_num_threads(),
               "wall_time_s": time.perf_counter() - started}
     stem = f"retrain_convergence_lenet5_{args.data}"
+    if (args.short_epochs, args.epochs) != (10, 20):
+        stem += f"_{args.short_epochs}v{args.epochs}"
     (RESULTS / f"{stem}.json").write_text(json.dumps(record, indent=2))
     (RESULTS / f"{stem}.md").write_text(markdown(record))
 
@@ -85,6 +116,10 @@ def markdown(record: dict) -> str:
                      f"{r['short_test_error_pct']:.2f} % | {r['short_weights_kept']:,} | {r['short_s']:.0f} | {r['long_epochs']} | "
                      f"{r['long_val_error_pct']:.2f} % | {r['long_test_error_pct']:.2f} % | "
                      f"{r['long_weights_kept']:,} | {r['long_s']:.0f} |")
+    reused = sorted({r["short_reused_from"] for r in record["rows"] if r.get("short_reused_from")})
+    if reused:
+        lines += ["", f"The {record['rows'][0]['short_epochs']}-epoch figures are reused from "
+                      f"{', '.join(f'`{name}`' for name in reused)} (that run's longer schedule), not retrained."]
     lines += ["", f"Command: `{record['command']}` ({record['torch_threads']} thread(s), "
                   f"{record['wall_time_s']:.0f} s)"]
     return "\n".join(lines) + "\n"
