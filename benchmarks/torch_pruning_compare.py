@@ -251,8 +251,9 @@ def _row_label(kind: str) -> str:
 def _bayes_label(record: dict) -> str:
     """``bayescomp gnj, 2x MAC budget`` or ``bayescomp gnj, 1.0-point search``: how the run chose its pruning."""
     compress = record.get("config", {}).get("compress", {})
-    how = budget_label(compress) or f"{compress.get('tolerance_pct', 0):g}-point search"
-    if budget_label(compress) and compress.get("search") == "greedy":
+    budget = budget_label(compress)
+    how = budget or f"{compress.get('tolerance_pct', 0):g}-point search"
+    if budget and compress.get("search") == "greedy":
         how += ", greedy allocation"
     if compress.get("search_bn_images"):
         how += f", adaptive batch norm ({compress['search_bn_images']} images)"

@@ -151,6 +151,14 @@ def global_threshold_search(
     return SearchResult([candidates[index]] * len(stats), plan, current, base, path)
 
 
+def _budgets_text(budget: float, weight_budget: float | None) -> str:
+    """``the budget of 20,406,592``, ``... and 90,299 weights`` or ``the budget of 90,299 weights`` for errors."""
+    parts = [] if math.isinf(budget) else [f"{budget:,.0f}"]
+    if weight_budget is not None:
+        parts.append(f"{weight_budget:,.0f} weights")
+    return "the budget of " + " and ".join(parts)
+
+
 def budget_threshold_search(
     stats: list[torch.Tensor],
     make_plan: Callable[[list[float]], Any],
@@ -206,9 +214,7 @@ def budget_threshold_search(
         feasible = [p for p in probes.values() if p is not None]
         cheapest = min((p[1] for p in feasible), default=path[0]["cost"])
         lightest = min((weights_kept(p[0]) for p in feasible), default=path[0]["weights_kept"])
-        wanted = f"the budget of {budget:,.0f}" + (
-            "" if weight_budget is None else f" and {weight_budget:,.0f} weights")
-        raise PruneError(f"no shared threshold reaches {wanted}: the most pruning that leaves every layer a "
+        raise PruneError(f"no shared threshold reaches {_budgets_text(budget, weight_budget)}: the most pruning that leaves every layer a "
                          f"group still costs {cheapest:,.0f} and keeps {lightest:,} weights")
     plan, spent = found
     trial = error(plan)
@@ -291,9 +297,7 @@ def budget_greedy_search(
         if best is None:
             if not all(frozen):
                 continue  # a step was halved; propose again
-            wanted = f"the budget of {budget:,.0f}" + (
-                "" if weight_budget is None else f" and {weight_budget:,.0f} weights")
-            raise PruneError(f"no plan reaches {wanted}: the most pruning that leaves every unit a group still "
+            raise PruneError(f"no plan reaches {_budgets_text(budget, weight_budget)}: the most pruning that leaves every unit a group still "
                              f"costs {spent:,.0f} and keeps {weights:,} weights")
         _, pruned, plan, current, spent, weights = best
         path.append({"weights_kept": weights, "val_error_pct": current, "cost": spent, "pruned": list(pruned)})
