@@ -33,6 +33,34 @@ def budget_label(compress: dict) -> str:
     return f"{' + '.join(parts)} budget" if parts else ""
 
 
+def blind_reruns(runs: list[dict]) -> dict[tuple[str, str], list[dict]]:
+    """The blind reruns (``benchmarks/blind_row.py``: records with a ``selection``) by (model, method), each list in
+    seed order: seed 0 is the rerun first committed, other seeds (``..._seed1``) give its spread."""
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for record in runs:
+        if record.get("selection"):
+            groups.setdefault((record["model"], record["method"]), []).append(record)
+    return {key: sorted(group, key=lambda r: r.get("seed", 0)) for key, group in groups.items()}
+
+
+def seed_mean_std(records: list[dict], key: str) -> tuple[float, float]:
+    """Mean and sample standard deviation of ``key`` over records (std 0 for a single record)."""
+    values = [float(r[key]) for r in records]
+    mean = sum(values) / len(values)
+    var = sum((v - mean) ** 2 for v in values) / (len(values) - 1) if len(values) > 1 else 0.0
+    return mean, var ** 0.5
+
+
+def seed_spread_text(records: list[dict]) -> str:
+    """``1.66 ± 0.04 % at 12.1 ± 0.8x over seeds 0, 1, 2`` (one record: its own figures)."""
+    if len(records) == 1:
+        return f"{records[0]['test_error_pct']:.2f} % at {records[0]['compression_architecture']:.1f}x"
+    error, error_sd = seed_mean_std(records, "test_error_pct")
+    comp, comp_sd = seed_mean_std(records, "compression_architecture")
+    seeds = ", ".join(str(r.get("seed", 0)) for r in records)
+    return f"{error:.2f} ± {error_sd:.2f} % at {comp:.1f} ± {comp_sd:.1f}x over seeds {seeds}"
+
+
 def this_command() -> str:
     """The command line that reproduces this run, as ``python -m benchmarks.<script> ...`` from the repository root."""
     return "python -m " + " ".join(shlex.quote(a) for a in [f"benchmarks.{Path(sys.argv[0]).stem}", *sys.argv[1:]])

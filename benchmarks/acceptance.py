@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from benchmarks._common import RESULTS
+from benchmarks._common import RESULTS, blind_reruns, seed_mean_std, seed_spread_text
 
 
 def _gnj_epoch_ratio(record: dict) -> list[tuple[str, float, str]]:
@@ -78,12 +78,18 @@ def _canonical(record: dict) -> str:
 def _paper_rows(by: dict, runs: list[dict], row) -> None:
     """Issue 20, item 2: the Table 1 rows at the paper's figures; the LeNet-300-100 target counts only runs whose
     setting was chosen on validation by a rule fixed beforehand (``benchmarks/blind_row.py``)."""
-    blind = [r for r in runs if r["model"] == "lenet300" and r["method"] in ("gnj", "ghs") and r.get("selection")]
+    # judged per method on the mean over its blind seeds, so that a lucky seed cannot carry the row
+    blind = {method: group for (model, method), group in blind_reruns(runs).items()
+             if model == "lenet300" and method in ("gnj", "ghs")}
     if blind:
-        best = max(blind, key=lambda r: (r["test_error_pct"] <= 1.8, r["compression_architecture"]))
-        row("LeNet-300-100 BC-GNJ or BC-GHS: error <= 1.8 % at >= 12x, setting chosen on validation only",
-            f"{best['test_error_pct']:.2f} % at {best['compression_architecture']:.1f}x ({best['method']}, "
-            f"`{best['_stem']}`)", best["test_error_pct"] <= 1.8 and best["compression_architecture"] >= 12)
+        def means(group: list[dict]) -> tuple[float, float]:
+            return seed_mean_std(group, "test_error_pct")[0], seed_mean_std(group, "compression_architecture")[0]
+
+        method, group = max(blind.items(), key=lambda item: (means(item[1])[0] <= 1.8, means(item[1])[1]))
+        error, compression = means(group)
+        row("LeNet-300-100 BC-GNJ or BC-GHS: error <= 1.8 % at >= 12x, setting chosen on validation only"
+            " (mean over the blind seeds)",
+            f"{seed_spread_text(group)} ({method}, `{group[0]['_stem']}`)", error <= 1.8 and compression >= 12)
     targets = (("gnj", 1.0, 108, 361, "LeNet-5-Caffe BC-GNJ: error <= 1.0 % at >= 108x (architecture) and >= 361x "
                                       "(bits), the paper's figures"),
                ("ghs", 1.0, 156, 419, "LeNet-5-Caffe BC-GHS: error <= 1.0 % at >= 156x (architecture) and >= 419x "

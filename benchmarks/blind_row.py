@@ -66,6 +66,11 @@ def candidate(method, ctx: RunContext, posterior: torch.nn.Module, tolerance: fl
             "val_error_pct": after, "qualifies": after <= dense_val + ctx.extras["allowance"] + 1e-9}
 
 
+def seed_suffix(seed: int) -> str:
+    """Seed 0 keeps the original file names; another seed writes beside it (``..._seed1``), never over it."""
+    return f"_seed{seed}" if seed else ""
+
+
 def choose(candidates: list[dict]) -> tuple[dict, bool]:
     """The rule of step 3: the most compressed qualifying candidate, else the smallest tolerance."""
     qualifying = [c for c in candidates if c["qualifies"]]
@@ -75,7 +80,8 @@ def choose(candidates: list[dict]) -> tuple[dict, bool]:
 
 
 def markdown(record: dict) -> str:
-    lines = [f"# Blind rerun: {record['model']} {record['method']}, {record['epochs']} Bayesian epochs",
+    lines = [f"# Blind rerun: {record['model']} {record['method']}, {record['epochs']} Bayesian epochs, "
+             f"seed {record.get('seed', 0)}",
              "", f"Command: `{record['command']}` (CPU, {record['torch_threads']} thread(s), "
              f"{record['wall_time_s'] / 60:.0f} min)", "",
              f"Rule (fixed before the run, see `benchmarks/blind_row.py`): among the search tolerances, the largest "
@@ -111,7 +117,8 @@ def main() -> None:
     config = recipe(args.model, args.method, args.seed)
     config.bayes = replace(config.bayes, epochs=args.epochs)
     config.latency, config.plots = False, False
-    run_dir = Path("runs/blind") / f"{args.model}_{args.method}_{args.epochs}"
+    seed_tag = seed_suffix(args.seed)
+    run_dir = Path("runs/blind") / f"{args.model}_{args.method}_{args.epochs}{seed_tag}"
     _prepare_run_dir(config, run_dir, False, print)
     data = load_data(config)
     dense = dense_model(config, data, print, False)
@@ -127,9 +134,9 @@ def main() -> None:
     chosen, rule_met = choose(candidates)
     final = replace(config, compress=replace(config.compress, tolerance_pct=chosen["tolerance_pct"]))
     report = run(final, run_dir, log=print, progress=False, command=this_command())
-    suffix = f"_blind{args.epochs}"
+    suffix = f"_blind{args.epochs}{seed_tag}"
     published = publish(report, run_dir, {"selection": f"benchmarks/results/blind_{args.model}_mnist_{args.method}_"
-                                                       f"{args.epochs}.json"}, suffix=suffix)
+                                                       f"{args.epochs}{seed_tag}.json"}, suffix=suffix)
     record = {"model": args.model, "method": args.method, "epochs": args.epochs, "seed": args.seed,
               "dense_val_error_pct": dense_val, "allowance_pct": args.allowance, "candidates": candidates,
               "chosen": chosen, "rule_met": rule_met, "published": str(published.relative_to(RESULTS.parent.parent)),
@@ -137,7 +144,7 @@ def main() -> None:
                                                 "compression_nonzero", "kept_architecture", "dense_test_error_pct")},
               "command": this_command(), "torch_threads": torch.get_num_threads(),
               "wall_time_s": time.perf_counter() - started}
-    stem = f"blind_{args.model}_mnist_{args.method}_{args.epochs}"
+    stem = f"blind_{args.model}_mnist_{args.method}_{args.epochs}{seed_tag}"
     (RESULTS / f"{stem}.json").write_text(json.dumps(record, indent=2))
     (RESULTS / f"{stem}.md").write_text(markdown(record))
     print(markdown(record))

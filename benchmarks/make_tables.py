@@ -14,6 +14,7 @@ import json
 import re
 from pathlib import Path
 
+from benchmarks._common import blind_reruns, seed_spread_text
 from benchmarks.acceptance import acceptance_table
 from benchmarks.published import PUBLISHED  # one list of published figures for both tables
 from benchmarks.result_sections import (
@@ -61,12 +62,17 @@ def mark_table_rows(markdown: str) -> str:
 
 def chosen_on_test_note(runs: list[dict] = ()) -> list[str]:
     """The † list; where a blind rerun of the row is committed (``benchmarks/blind_row.py``), its figures follow."""
-    blind = {(r["model"], r["method"]): r for r in runs if r.get("selection")}
+    blind = blind_reruns(runs)
     lines = [f"{TEST_SET_MARK} Settings chosen after reading test-set figures (not a blind choice):", ""]
     for (model, method), why in CHOSEN_ON_TEST.items():
-        rerun = blind.get((model, method))
-        tail = (f"; rerun blind with {rerun['epochs']} epochs: {rerun['test_error_pct']:.2f} % at "
-                f"{rerun['compression_architecture']:.1f}x (`{rerun['_stem']}`)" if rerun else "")
+        group = blind.get((model, method))
+        tail = ""
+        if group:
+            rerun = group[0]
+            tail = (f"; rerun blind with {rerun['epochs']} epochs: {rerun['test_error_pct']:.2f} % at "
+                    f"{rerun['compression_architecture']:.1f}x (`{rerun['_stem']}`)")
+            if len(group) > 1:
+                tail += f"; {seed_spread_text(group)}"
         lines.append(f"- {model} {method}: {why}{tail}.")
     return lines + [""]
 

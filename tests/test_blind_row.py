@@ -22,3 +22,9 @@ def test_a_tie_goes_to_the_smaller_tolerance():
 def test_without_a_qualifying_candidate_the_smallest_tolerance_is_taken_and_flagged():
     chosen, met = choose([_c(0.4, 11.0, False), _c(0.2, 9.0, False)])
     assert not met and chosen["tolerance_pct"] == 0.2
+
+
+def test_another_seed_writes_beside_seed_zero_never_over_it():
+    from benchmarks.blind_row import seed_suffix
+
+    assert seed_suffix(0) == "" and seed_suffix(2) == "_seed2"
