@@ -196,10 +196,10 @@ def main() -> None:
 
     out = Path(args.out)
     settings = {"lr": args.lr, "amp": args.amp, "dense_test_error_pct": dense_test}
-    rows = [r for r in _previous_rows(out) if all(r.get(k) == v for k, v in settings.items())]
+    rows = _previous_rows(out)  # every measured row stays in the file; only one with these settings is skipped
     for target in targets:
         for kind in args.importance:
-            if any(_same_target(r, kind, target) for r in rows):
+            if already_measured(rows, kind, target, settings):
                 print(f"{kind} at {target['macs'] / 1e6:.2f} M MACs, {target['epochs']} epochs: already measured")
                 continue
             t0 = time.perf_counter()
@@ -235,6 +235,14 @@ def main() -> None:
 def _previous_rows(out: Path) -> list[dict]:
     path = out.with_suffix(".json")
     return json.loads(path.read_text()).get("rows", []) if path.exists() else []
+
+
+def already_measured(rows: list[dict], kind: str, target: dict, settings: dict) -> bool:
+    """A row of this importance, MAC target and epochs measured with the same settings (lr, bf16, dense error).
+
+    Rows measured with other settings are not a match, but they stay in the file: a run with other settings (or
+    one that only ``--show``s bayescomp results) must never drop a measured row."""
+    return any(_same_target(r, kind, target) and all(r.get(k) == v for k, v in settings.items()) for r in rows)
 
 
 def _same_target(row: dict, kind: str, target: dict) -> bool:
@@ -306,30 +314,35 @@ def _plot(rows: list[dict], records: list[dict], dense_test: float, dense_macs: 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = plt.subplots(figsize=(7, 6.5))
+    ax.set_prop_cycle(color=plt.cm.tab20.colors[::2] + plt.cm.tab20.colors[1::2])  # 20 colours before a repeat
     for kind, epochs in sorted({(r["importance"], r["finetune_epochs"]) for r in rows}):
         mine = sorted((r for r in rows if r["importance"] == kind and r["finetune_epochs"] == epochs),
                       key=lambda r: r["flops_compressed"])
         ax.plot([r["flops_compressed"] / dense_macs for r in mine], [r["test_error_pct"] for r in mine],
                 "s-" if kind.startswith("posterior") else "o-", label=f"{_row_label(kind)}, fine-tuned {epochs} epochs")
+    curves_drawn = set()  # runs cut from one posterior share its threshold curve: one line per method
     for record in records:
         curve = [p for p in record.get("tradeoff_curve", []) if "flops" in p]
-        if curve:
+        if curve and record["method"] not in curves_drawn:
+            curves_drawn.add(record["method"])
             curve.sort(key=lambda p: p["flops"])
             ax.plot([p["flops"] / record["flops_dense"] for p in curve], [p["test_error_pct"] for p in curve],
-                    ".--", color="grey", label=f"bayescomp {record['method']}, shared threshold, no fine-tuning")
+                    ".--", color="grey" if record["method"] == "gnj" else "silver",
+                    label=f"bayescomp {record['method']}, shared threshold, no fine-tuning")
         ax.plot(record["flops_compressed"] / record["flops_dense"], record["test_error_pct"], "*", ms=14,
                 label=f"{_bayes_label(record)} ({record.get('finetune_epochs', 0)} fine-tuning epochs)")
     ax.axhline(dense_test, color="k", lw=0.8, ls=":", label=f"dense {dense_test:.2f} %")
     ax.set_xlabel("MACs kept (fraction of dense)")
     ax.set_ylabel("test error %")
-    ax.set_ylim(bottom=max(0.0, dense_test - 1.0), top=min(100.0, dense_test + 8.0))
-    ax.legend(fontsize=7)
+    worst = max([r["test_error_pct"] for r in rows] + [r["test_error_pct"] for r in records] + [dense_test])
+    ax.set_ylim(bottom=max(0.0, dense_test - 1.0), top=min(100.0, max(dense_test + 8.0, worst + 1.0)))
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=1)
     ax.set_title("ResNet-20 / CIFAR-10 from the same pretrained weights")
     path = RESULTS / "plots" / f"{stem}.png"
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
     return path
 

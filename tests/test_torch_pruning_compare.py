@@ -71,3 +71,18 @@ def test_bayescomp_rows_say_how_the_cut_was_chosen():
     assert label(target_macs=2.0, search="auto") == "bayescomp gnj, 2x MAC budget"
     assert label(target_macs=2.0, search="greedy", search_bn_images=250) == (
         "bayescomp gnj, 2x MAC budget, greedy allocation, adaptive batch norm (250 images)")
+
+
+def test_a_row_is_skipped_only_when_measured_with_the_same_settings():
+    """Rows with other settings (fp32 instead of bf16, another lr) are remeasured, and never dropped from the list."""
+    from benchmarks.torch_pruning_compare import already_measured
+
+    row = {"importance": "group_norm", "finetune_epochs": 10, "target_macs": 20_000_000, "flops_compressed": 20_050_000,
+           "lr": 5e-4, "amp": True, "dense_test_error_pct": 8.5}
+    target = {"macs": 20_100_000, "epochs": 10}
+    same = {"lr": 5e-4, "amp": True, "dense_test_error_pct": 8.5}
+    assert already_measured([row], "group_norm", target, same)
+    assert not already_measured([row], "group_norm", target, {**same, "amp": False})
+    assert not already_measured([row], "l1", target, same)
+    assert not already_measured([row], "group_norm", {"macs": 30_000_000, "epochs": 10}, same)
+    assert not already_measured([row], "group_norm", {**target, "epochs": 40}, same)
