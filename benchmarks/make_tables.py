@@ -270,7 +270,20 @@ def headline_table() -> str:
                   f"error on the context's classes with {s['median_weights_kept']:,.0f} weights, generated in "
                   f"{s['median_generate_ms']:.1f} ms (BC-GNJ retrained per context: median {s['median_retrain_s']:.0f} s over "
                   f"{s['retrained_contexts']} contexts)." + _equal_error_sentence()]
-    return "\n".join(lines + ["", f"{TEST_SET_MARK} setting chosen after reading test-set figures; see RESULTS.md."])
+    blind = blind_sentence(load_runs()[0])
+    return "\n".join(lines + ([""] + [blind] if blind else [])
+                     + ["", f"{TEST_SET_MARK} setting chosen after reading test-set figures; see RESULTS.md."])
+
+
+def blind_sentence(runs: list[dict]) -> str:
+    """The blind reruns (settings chosen on validation only, ``benchmarks/blind_row.py``) in one README sentence,
+    with the seed spread where there are several seeds; empty when none is committed."""
+    parts = [f"{model} {method} {group[0]['epochs']} epochs: {seed_spread_text(group)}"
+             for (model, method), group in sorted(blind_reruns(runs).items())]
+    if not parts:
+        return ""
+    return ("Rerun with every post-training setting chosen on the validation split by a rule fixed before the run "
+            f"(`benchmarks/blind_row.py`), test error at architecture compression: {'; '.join(parts)}.")
 
 
 def _equal_error_sentence() -> str:

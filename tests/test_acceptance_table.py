@@ -99,3 +99,15 @@ def test_the_test_set_mark_gives_the_blind_seed_spread():
     line = next(x for x in chosen_on_test_note(group) if x.startswith("- lenet300 gnj:"))
     assert "rerun blind with 200 epochs: 1.65 % at 12.7x (`lenet300_mnist_gnj_blind200`)" in line
     assert "1.68 ± 0.04 % at 11.8 ± 1.2x over seeds 0, 2" in line
+
+
+def test_the_readme_sentence_lists_each_blind_rerun_with_its_spread():
+    from benchmarks.make_tables import blind_sentence
+
+    assert blind_sentence([_run("lenet300_mnist_gnj", 1.71, 10.1)]) == ""
+    runs = [_run("lenet300_mnist_gnj_blind200", 1.65, 12.7, selection="b.json", epochs=200, seed=0),
+            _run("lenet300_mnist_gnj_blind200_seed1", 1.77, 16.8, selection="b.json", epochs=200, seed=1),
+            _run("lenet300_mnist_ghs_blind200", 1.74, 13.9, selection="b.json", epochs=200, seed=0)]
+    text = blind_sentence(runs)
+    assert "lenet300 ghs 200 epochs: 1.74 % at 13.9x" in text
+    assert "lenet300 gnj 200 epochs: 1.71 ± 0.08 % at 14.8 ± 2.9x over seeds 0, 1" in text
