@@ -27,7 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bayescomp import export
 from bayescomp.compress.packed import load_packed
 from bayescomp.data import load_dataset
-from bayescomp.runtime import bench_file, format_runtime_latency, int8_qdq_session, time_sessions
+from bayescomp.runtime import (bench_file, format_runtime_latency, int8_dot_product_native, int8_qdq_session,
+                               time_sessions)
 from benchmarks._common import RESULTS, this_command
 
 FILES = ("lenet5_mnist_gnj.bcz", "lenet300_mnist_gnj.bcz")
@@ -74,7 +75,7 @@ def int8_variant(path: Path, args: argparse.Namespace) -> dict:
     ``INT8_MARGIN`` faster."""
     model, meta = load_packed(path)
     bits = {int(k): int(v) for k, v in meta["_packed"]["bits"].items()}
-    out: dict = {"bits_per_layer": bits, "margin": INT8_MARGIN}
+    out: dict = {"bits_per_layer": bits, "margin": INT8_MARGIN, "weights_7_bit": not int8_dot_product_native()}
     data = load_dataset(meta["run"]["data"])
     with tempfile.TemporaryDirectory() as folder:
         int8, nodes = int8_qdq_session(model, bits, data.train.example(512), folder, args.threads)

@@ -160,8 +160,34 @@ def test_int8_qdq_only_on_layers_of_at_most_8_bits(tmp_path):
     with torch.no_grad():
         expected = model(x)
     got = export.onnx_outputs(session, x)
-    # int8 steps: inputs in [0, 1] at 1/255, weights per channel at max|w|/127; error well under 5 % of the scale
+    # int8 steps: inputs in [0, 1] at 1/255, weights per channel at max|w|/127 (or /63 with 7-bit weights, chosen
+    # by default on CPUs without an int8 dot product, where full-range weights saturate); error under 5 % of scale
     assert float((got - expected).abs().max()) < 0.05 * float(expected.abs().max())
     assert float((got - expected).abs().max()) > 0  # it really is quantised
+    seven, _ = runtime.int8_qdq_session(model, {1: 8, 3: 12}, calibration, tmp_path / "c", reduce_range=True)
+    error7 = float((export.onnx_outputs(seven, x) - expected).abs().max())
+    assert 0 < error7 < 0.05 * float(expected.abs().max())  # 7-bit weights hold on every CPU
     timed = runtime.time_sessions({"int8": session}, (16,), batch_sizes=(1, 8), rounds=1, repeats=3)
     assert set(timed["int8"]) == {"batch_1", "batch_8"} and min(timed["int8"].values()) > 0
+
+
+def test_int8_weights_use_7_bits_only_without_an_int8_dot_product(monkeypatch, tmp_path):
+    import onnxruntime.quantization as quantization
+
+    from bayescomp import mixed_precision
+
+    seen = {}
+    real = quantization.quantize_static
+
+    def spy(*args, **kwargs):
+        seen["reduce_range"] = kwargs["reduce_range"]
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(quantization, "quantize_static", spy)
+    model = _mlp([16, 8, 4]).eval()
+    cases = (({"avx2"}, True), ({"avx2", "avx512_vnni"}, False), ({"avx_vnni"}, False))
+    for index, (flags, expected) in enumerate(cases):
+        monkeypatch.setattr(mixed_precision, "_cpu_flags", lambda flags=flags: flags)
+        assert runtime.int8_dot_product_native() is not expected
+        runtime.int8_qdq_session(model, {1: 8}, torch.rand(64, 16), tmp_path / str(index))
+        assert seen.pop("reduce_range") is expected

@@ -171,13 +171,27 @@ def format_runtime_latency(result: dict[str, Any]) -> list[str]:
 INT8_OPS = ("Gemm", "MatMul", "Conv")
 
 
+def int8_dot_product_native() -> bool:
+    """Whether this CPU has an int8 dot-product instruction (AVX512-VNNI, AVX-VNNI or AMX-INT8), read from the
+    ``/proc/cpuinfo`` flags. Without one, onnxruntime multiplies uint8 activations by int8 weights with
+    ``VPMADDUBSW``, whose 16-bit pairwise sums saturate for full-range weights (onnxruntime's quantization
+    documentation), so the weights must then use 7 bits (``reduce_range``)."""
+    from bayescomp.mixed_precision import _cpu_flags
+
+    return bool(_cpu_flags() & {"avx512_vnni", "avx_vnni", "amx_int8"})
+
+
 def int8_qdq_session(model: nn.Module, bits: dict[int, int], calibration: torch.Tensor, folder: str | Path,
-                     threads: int = 1) -> tuple[Any, list[str]]:
+                     threads: int = 1, reduce_range: bool | None = None) -> tuple[Any, list[str]]:
     """onnxruntime session of ``model`` with int8 QDQ (static, per-channel weights) only on the layers whose
     posterior bit width is <= 8 (``bits``: top-level module index -> bits, as stored in the packed file); their
     precision then fits int8 (Louizos et al. 2017, Sec. 5: bits from the posterior variance). Activations are
     calibrated on ``calibration`` (images as the model takes them). Returns the session and the quantised
     ONNX node names; ``(None, [])`` when no layer qualifies.
+
+    ``reduce_range``: weights on 7 bits instead of 8. ``None`` (default) does so only on CPUs without an int8
+    dot-product instruction (:func:`int8_dot_product_native`): measured on an AVX2-only CPU, full-range weights
+    made a two-layer MLP's int8 output err by 23 % of its scale (saturation), 7-bit weights by 1.4 %.
     """
     import onnx
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
@@ -201,8 +215,11 @@ def int8_qdq_session(model: nn.Module, bits: dict[int, int], calibration: torch.
             return next(self.batches, None)
 
     target = folder / "int8_qdq.onnx"
+    if reduce_range is None:
+        reduce_range = not int8_dot_product_native()
     quantize_static(str(path), str(target), Reader(), quant_format=QuantFormat.QDQ, nodes_to_quantize=nodes,
-                    per_channel=True, weight_type=QuantType.QInt8, activation_type=QuantType.QUInt8)
+                    per_channel=True, reduce_range=reduce_range, weight_type=QuantType.QInt8,
+                    activation_type=QuantType.QUInt8)
     return export.onnx_session(target, threads), nodes
 
 
