@@ -52,13 +52,16 @@ def seed_mean_std(records: list[dict], key: str) -> tuple[float, float]:
 
 
 def seed_spread_text(records: list[dict]) -> str:
-    """``1.66 ± 0.04 % at 12.1 ± 0.8x over seeds 0, 1, 2`` (one record: its own figures)."""
+    """``1.66 ± 0.04 % at 12.1 ± 0.8x over seeds 0, 1, 2`` (one record: its own figures). The compression is the
+    one the blind rule ranked by (``selection_metric``): architecture, or non-zero weights (then said so)."""
+    metric = records[0].get("selection_metric", "architecture")
+    key, unit = f"compression_{metric}", "x non-zero" if metric == "nonzero" else "x"
     if len(records) == 1:
-        return f"{records[0]['test_error_pct']:.2f} % at {records[0]['compression_architecture']:.1f}x"
+        return f"{records[0]['test_error_pct']:.2f} % at {records[0][key]:.1f}{unit}"
     error, error_sd = seed_mean_std(records, "test_error_pct")
-    comp, comp_sd = seed_mean_std(records, "compression_architecture")
+    comp, comp_sd = seed_mean_std(records, key)
     seeds = ", ".join(str(r.get("seed", 0)) for r in records)
-    return f"{error:.2f} ± {error_sd:.2f} % at {comp:.1f} ± {comp_sd:.1f}x over seeds {seeds}"
+    return f"{error:.2f} ± {error_sd:.2f} % at {comp:.1f} ± {comp_sd:.1f}{unit} over seeds {seeds}"
 
 
 def this_command() -> str:

@@ -69,8 +69,8 @@ def chosen_on_test_note(runs: list[dict] = ()) -> list[str]:
         tail = ""
         if group:
             rerun = group[0]
-            tail = (f"; rerun blind with {rerun['epochs']} epochs: {rerun['test_error_pct']:.2f} % at "
-                    f"{rerun['compression_architecture']:.1f}x (`{rerun['_stem']}`)")
+            tail = (f"; rerun blind with {rerun['epochs']} epochs: {seed_spread_text([rerun])} "
+                    f"(`{rerun['_stem']}`)")
             if len(group) > 1:
                 tail += f"; {seed_spread_text(group)}"
         lines.append(f"- {model} {method}: {why}{tail}.")
@@ -283,7 +283,9 @@ def blind_sentence(runs: list[dict]) -> str:
     if not parts:
         return ""
     return ("Rerun with every post-training setting chosen on the validation split by a rule fixed before the run "
-            f"(`benchmarks/blind_row.py`), test error at architecture compression: {'; '.join(parts)}.")
+            "(`benchmarks/blind_row.py`), test error at architecture compression"
+            + (" (non-zero where marked)" if any(" non-zero" in part for part in parts) else "")
+            + f": {'; '.join(parts)}.")
 
 
 def _equal_error_sentence() -> str:

@@ -27,8 +27,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bayescomp import export
 from bayescomp.compress.packed import load_packed
 from bayescomp.data import load_dataset
-from bayescomp.runtime import (bench_file, format_runtime_latency, int8_dot_product_native, int8_qdq_session,
-                               time_sessions)
+from bayescomp.runtime import (
+    bench_file,
+    format_runtime_latency,
+    int8_dot_product_native,
+    int8_qdq_session,
+    time_sessions,
+)
 from benchmarks._common import RESULTS, this_command
 
 FILES = ("lenet5_mnist_gnj.bcz", "lenet300_mnist_gnj.bcz")

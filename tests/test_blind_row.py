@@ -6,7 +6,8 @@ from benchmarks.blind_row import choose
 
 
 def _c(tolerance: float, compression: float, qualifies: bool) -> dict:
-    return {"tolerance_pct": tolerance, "compression_architecture": compression, "qualifies": qualifies}
+    return {"tolerance_pct": tolerance, "compression_architecture": compression, "val_error_pct": 2.0,
+            "qualifies": qualifies}
 
 
 def test_the_most_compressed_qualifying_candidate_is_chosen():
@@ -28,3 +29,52 @@ def test_another_seed_writes_beside_seed_zero_never_over_it():
     from benchmarks.blind_row import seed_suffix
 
     assert seed_suffix(0) == "" and seed_suffix(2) == "_seed2"
+
+
+def test_turbo_and_sparse_vd_are_ranked_by_non_zero_compression():
+    from benchmarks.blind_row import METRICS
+
+    sparse = {"tolerance_pct": 0.2, "compression_architecture": 3.0, "compression_nonzero": 40.0, "qualifies": True}
+    wide = {"tolerance_pct": 0.4, "compression_architecture": 4.0, "compression_nonzero": 30.0, "qualifies": True}
+    assert choose([sparse, wide], METRICS["turbo"])[0] is sparse
+    assert choose([sparse, wide], METRICS.get("gnj", "architecture"))[0] is wide
+    assert METRICS["svd"] == "nonzero" and "gnj" not in METRICS and "ghs" not in METRICS
+
+
+def test_prior_variants_tie_to_the_earlier_and_the_fallback_takes_the_lowest_validation_error():
+    def c(variant, tolerance, compression, val, qualifies):
+        return {"variant": variant, "tolerance_pct": tolerance, "compression_architecture": compression,
+                "val_error_pct": val, "qualifies": qualifies}
+
+    first, second = c(0, 0.4, 11.0, 1.9, True), c(1, 0.4, 11.0, 1.8, True)
+    assert choose([second, first])[0] is first  # equal compression and tolerance: the earlier variant
+    missed = [c(0, 0.2, 9.0, 2.3, False), c(1, 0.2, 8.0, 2.1, False), c(1, 0.4, 12.0, 2.0, False)]
+    chosen, met = choose(missed)
+    assert not met and chosen is missed[1]  # smallest tolerance, then the lower validation error
+
+
+def test_the_markdown_names_the_variants_and_the_non_zero_headline():
+    from benchmarks.blind_row import markdown
+
+    cands = [{"variant": v, "prior": p, "tolerance_pct": 0.2, "kept_architecture": "400-80-90",
+              "compression_architecture": 3.0, "compression_nonzero": n, "val_error_pct_pruned": 2.0,
+              "val_error_pct": 1.9, "qualifies": True} for v, p, n in ((0, {}, 30.0), (1, {"slab_std": 10.0}, 20.0))]
+    record = {"model": "lenet300", "method": "turbo", "epochs": 30, "seed": 0, "command": "c", "torch_threads": 1,
+              "wall_time_s": 60.0, "dense_val_error_pct": 1.8, "allowance_pct": 0.2, "metric": "nonzero",
+              "variants": [{}, {"slab_std": 10.0}], "candidates": cands, "chosen": cands[0], "rule_met": True,
+              "published": "p.json", "result": {"test_error_pct": 1.7, "compression_architecture": 3.0,
+                                                 "compression_bits": 5.0, "compression_nonzero": 30.0,
+                                                 "kept_architecture": "400-80-90", "dense_test_error_pct": 1.6}}
+    text = markdown(record)
+    assert "largest non-zero compression" in text and "variant 0 (prior {})" in text
+    assert "**1.70 % at 30.0x non-zero**" in text and '1: `{"slab_std": 10.0}`' in text
+    assert "| 1 | 0.2 | 400-80-90 | 3.0 | 20.0 | 2.00 | 1.90 | yes |" in text
+
+
+def test_the_seed_spread_of_a_non_zero_rerun_says_non_zero():
+    from benchmarks._common import seed_spread_text
+
+    rows = [{"test_error_pct": e, "compression_architecture": 3.0, "compression_nonzero": n, "seed": s,
+             "selection_metric": "nonzero"} for e, n, s in ((1.6, 30.0, 0), (1.8, 40.0, 1))]
+    assert seed_spread_text(rows) == "1.70 ± 0.14 % at 35.0 ± 7.1x non-zero over seeds 0, 1"
+    assert seed_spread_text(rows[:1]) == "1.60 % at 30.0x non-zero"

@@ -172,7 +172,7 @@ def test_int8_qdq_only_on_layers_of_at_most_8_bits(tmp_path):
 
 
 def test_int8_weights_use_7_bits_only_without_an_int8_dot_product(monkeypatch, tmp_path):
-    import onnxruntime.quantization as quantization
+    from onnxruntime import quantization
 
     from bayescomp import mixed_precision
 
