@@ -282,8 +282,9 @@ def blind_sentence(runs: list[dict]) -> str:
              for (model, method), group in sorted(blind_reruns(runs).items())]
     if not parts:
         return ""
-    return ("Rerun with every post-training setting chosen on the validation split by a rule fixed before the run "
-            "(`benchmarks/blind_row.py`), test error at architecture compression"
+    return ("Rerun with the settings chosen on the validation split by a rule fixed before the run "
+            "(`benchmarks/blind_row.py`: the search tolerance, and the prior where variants were given), test error at "
+            "architecture compression"
             + (" (non-zero where marked)" if any(" non-zero" in part for part in parts) else "")
             + f": {'; '.join(parts)}.")
 
