@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import statistics
 import time
 
@@ -171,7 +172,7 @@ def _kept(run: dict, comparison: str) -> float:
     return run["equal_count_drops"][fraction]["kept"]
 
 
-def markdown(runs: list[dict], rows: list[dict], command: str, stem: str) -> str:
+def markdown(runs: list[dict], rows: list[dict], commands: list[str], stem: str) -> str:
     lines = ["## Self-compression over seeds: Bayesian against plain at equal kernel counts", "",
              "One-conv-layer CNN, diagonal covariance. Drop = test accuracy lost by the cut (points); difference = "
              "plain drop - Bayesian drop, mean and 95 % Student-t interval over the seeds (positive: the Bayesian "
@@ -204,7 +205,7 @@ def markdown(runs: list[dict], rows: list[dict], command: str, stem: str) -> str
                   ", ".join(f"{n} {v}" for v, n in counts.items()) + "."]
     if (RESULTS / "plots" / f"{stem}.png").exists():
         lines += ["", f"![{stem}](benchmarks/results/plots/{stem}.png)"]
-    lines += ["", f"Command: `{command}`", f"Wall time of all runs: {sum(r['wall_time_s'] for r in runs) / 60:.0f} min "
+    lines += ["", "Commands: " + "; ".join(f"`{c}`" for c in commands), f"Wall time of all runs: {sum(r['wall_time_s'] for r in runs) / 60:.0f} min "
               "(2-core CPU, one thread each, shared with other jobs)."]
     return "\n".join(lines) + "\n"
 
@@ -239,12 +240,33 @@ def plot(rows: list[dict], stem: str) -> None:
     plt.close(fig)
 
 
-def write(runs: list[dict], command: str, stem: str) -> None:
+def run_key(run: dict) -> tuple:
+    return run["data"], run["kernels"], run["seed"], run["rho_init"]
+
+
+def merged(path, runs: list[dict], command: str) -> tuple[list[dict], list[str]]:
+    """``runs`` joined with those another process has written to ``path`` since (keyed by data, N, seed, rho; the
+    file's copy wins), so several processes can share one study, each on its own seeds; and every command that
+    contributed runs, in order."""
+    stored = json.loads(path.read_text()) if path.exists() else {}
+    on_disk = stored.get("runs", [])
+    commands = stored.get("commands", [stored["command"]] if "command" in stored else [])
+    known = {run_key(r) for r in on_disk}
+    return on_disk + [r for r in runs if run_key(r) not in known], commands + [command] * (command not in commands)
+
+
+def write(runs: list[dict], command: str, stem: str) -> list[dict]:
+    """Merge with the file, then write JSON (atomically), markdown and plot; returns the merged runs."""
+    path = RESULTS / f"{stem}.json"
+    runs, commands = merged(path, runs, command)
     rows = summarise(runs)
     plot(rows, stem)
-    (RESULTS / f"{stem}.json").write_text(json.dumps({"command": command, "git_commit": git_commit(), "summary": rows, "runs": runs},
-                               indent=1))
-    (RESULTS / f"{stem}.md").write_text(markdown(runs, rows, command, stem))
+    temporary = path.with_suffix(f".json.{os.getpid()}.tmp")
+    temporary.write_text(json.dumps({"commands": commands, "git_commit": git_commit(), "summary": rows, "runs": runs},
+                                    indent=1))
+    os.replace(temporary, path)
+    (RESULTS / f"{stem}.md").write_text(markdown(runs, rows, commands, stem))
+    return runs
 
 
 def main() -> None:
@@ -262,7 +284,7 @@ def main() -> None:
     args = parser.parse_args()
     path = RESULTS / f"{args.stem}.json"
     runs = json.loads(path.read_text())["runs"] if path.exists() else []
-    done = {(r["data"], r["kernels"], r["seed"], r["rho_init"]) for r in runs}
+    done = {run_key(r) for r in runs}
     command = this_command()
     for name in args.data:
         data = load_dataset(name, train_subset=args.train_subset, test_subset=args.train_subset)
@@ -274,7 +296,7 @@ def main() -> None:
                 r = runs[-1]
                 print(json.dumps({k: r[k] for k in ("data", "kernels", "seed", "accuracy_before",
                                                     "equal_count_drops", "wall_time_s")}), flush=True)
-                write(runs, command, args.stem)
+                runs = write(runs, command, args.stem)
     if runs:
         write(runs, command, args.stem)
 
