@@ -20,3 +20,24 @@ def test_runs_another_process_wrote_are_kept_and_its_copy_wins(tmp_path):
     assert commands == ["old", "new"]
     path.write_text(json.dumps({"commands": ["old", "new"], "runs": runs}))
     assert merged(path, [], "new")[1] == ["old", "new"]
+
+
+def _study_run(seed: int, bayes_accuracy: float, rho: float) -> dict:
+    return {"data": "mnist", "kernels": 25, "seed": seed, "rho_init": rho,
+            "accuracy_before": {"plain": 98.5, "bayes": bayes_accuracy}, "wall_time_s": 1.0,
+            "min_over_median_norm": {"plain": 0.6, "bayes": 0.7},
+            "equal_count_drops": {"0.5": {"kept": 12, "plain": 1.0 + seed, "bayes_norm": -2.0, "bayes_snr": -2.0}},
+            "self_compression": {"kept": 20, "plain_drop": 0.1, "bayes_drop": 0.2}}
+
+
+def test_a_bayesian_net_at_chance_voids_its_rows_and_only_those():
+    from benchmarks.self_compression_seeds import VOID, markdown, summarise
+
+    runs = [_study_run(s, 10.3, -2.2) for s in range(3)] + [_study_run(s, 98.0, -10.0) for s in range(3)]
+    rows = summarise(runs)
+    assert {r["verdict"] for r in rows if r["rho_init"] == -2.2} == {VOID}
+    kept = [r for r in rows if r["rho_init"] == -10.0]
+    assert kept and VOID not in {r["verdict"] for r in kept}
+    assert next(r for r in kept if r["comparison"] == "keep 50%, norm")["verdict"] == "Bayesian loses less"
+    text = markdown(runs, rows, ["c"], "none")
+    assert f"over {len(kept)} comparisons" in text and f"{len(rows) - len(kept)} comparisons are void" in text
