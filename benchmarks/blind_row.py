@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import hashlib
 import json
 import time
 from dataclasses import replace
@@ -62,21 +63,45 @@ def recipe(model: str, method: str, seed: int) -> RunConfig:
 METRICS = {"svd": "nonzero", "turbo": "nonzero"}
 
 
-def candidate(method, ctx: RunContext, posterior: torch.nn.Module, tolerance: float, dense_val: float) -> dict:
-    """Prune at ``tolerance`` and fine-tune as the pipeline does; validation figures only."""
+def model_digest(model: torch.nn.Module) -> str:
+    """SHA-256 of a model's state (names, shapes and values): equal digests, equal pruned models."""
+    digest = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        digest.update(name.encode())
+        digest.update(str(tuple(tensor.shape)).encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def candidate(method, ctx: RunContext, posterior: torch.nn.Module, tolerance: float, dense_val: float,
+              seen: dict[str, dict] | None = None) -> dict:
+    """Prune at ``tolerance`` and fine-tune as the pipeline does; validation figures only. A tolerance that prunes
+    to exactly the model an earlier one did (``seen``: digest -> figures; Turbo-VBI's support decides alone) reuses
+    its figures: fine-tuning is seeded, so it would repeat them bit for bit."""
     config = replace(ctx.config, compress=replace(ctx.config.compress, tolerance_pct=tolerance))
     trial = replace(ctx, config=config, log=lambda *_: None, run_dir=None)
     result = method.compress(copy.deepcopy(posterior), trial)
-    if config.finetune.epochs > 0:
+    key = model_digest(result.model)
+    if seen is not None and key in seen:
+        return {**seen[key], "tolerance_pct": tolerance, "same_model_as_tolerance": seen[key]["tolerance_pct"]}
+    figures = _measure(result, trial, tolerance, dense_val)
+    if seen is not None:
+        seen[key] = figures
+    return figures
+
+
+def _measure(result, trial: RunContext, tolerance: float, dense_val: float) -> dict:
+    """Fine-tune (guarded) and measure one pruned model on the validation split."""
+    if trial.config.finetune.epochs > 0:
         check = guarded_finetune(result.model, trial)  # as the pipeline does, validation only
         before = check["val_error_pct_before"]
         after = check["val_error_pct_after"] if check["kept"] else before
     else:
-        before = after = evaluate(result.model, ctx.data.val)["error_pct"]
+        before = after = evaluate(result.model, trial.data.val)["error_pct"]
     return {"tolerance_pct": tolerance, "kept_architecture": "-".join(map(str, result.architecture_kept)),
             "compression_architecture": result.compression_architecture,
             "compression_nonzero": result.compression_nonzero, "val_error_pct_pruned": before,
-            "val_error_pct": after, "qualifies": after <= dense_val + ctx.extras["allowance"] + 1e-9}
+            "val_error_pct": after, "qualifies": after <= dense_val + trial.extras["allowance"] + 1e-9}
 
 
 def seed_suffix(seed: int) -> str:
@@ -116,6 +141,8 @@ def markdown(record: dict) -> str:
               f"({record['dense_val_error_pct']:.2f} %) + {record['allowance_pct']} points. Chosen: {chosen_text}"
               + ("" if record["rule_met"] else " (no candidate qualified: the lowest validation error at the "
                                                  "smallest tolerance)") + "."), ""]
+    if any("same_model_as_tolerance" in c for c in record["candidates"]):
+        lines += ["(= t): that tolerance pruned to exactly the model of tolerance t, whose figures it shares.", ""]
     if len(variants) > 1:
         lines += ["Prior variants: " + "; ".join(f"{i}: `{json.dumps(v)}`" for i, v in enumerate(variants)), ""]
     head = ("| variant " if len(variants) > 1 else "") + ("| tolerance | kept | × architecture | × non-zero | "
@@ -123,8 +150,9 @@ def markdown(record: dict) -> str:
     lines += [head, "|---" * head.count("| ") + "|"]
     for c in record["candidates"]:
         nonzero = f"{c['compression_nonzero']:.1f}" if "compression_nonzero" in c else "-"
+        same = f" (= {c['same_model_as_tolerance']})" if "same_model_as_tolerance" in c else ""
         lines.append(("" if len(variants) == 1 else f"| {c['variant']} ")
-                     + f"| {c['tolerance_pct']} | {c['kept_architecture']} | {c['compression_architecture']:.1f} | "
+                     + f"| {c['tolerance_pct']}{same} | {c['kept_architecture']} | {c['compression_architecture']:.1f} | "
                      f"{nonzero} | {c['val_error_pct_pruned']:.2f} | {c['val_error_pct']:.2f} | "
                      f"{'yes' if c['qualifies'] else 'no'} |")
     r = record["result"]
@@ -177,9 +205,10 @@ def main() -> None:
         dense_val = evaluate(ctx.dense, ctx.data.val)["error_pct"]  # the same dense model for every variant
         ctx = replace(ctx, extras={"allowance": args.allowance})
         trained.append((config, run_dir))
+        seen: dict[str, dict] = {}
         for tolerance in args.tolerances:
             candidates.append({"variant": index, "prior": dict(prior),
-                               **candidate(method, ctx, posterior, tolerance, dense_val)})
+                               **candidate(method, ctx, posterior, tolerance, dense_val, seen)})
             print(json.dumps(candidates[-1]), flush=True)
     chosen, rule_met = choose(candidates, metric)
     config, run_dir = trained[chosen["variant"]]

@@ -78,3 +78,32 @@ def test_the_seed_spread_of_a_non_zero_rerun_says_non_zero():
              "selection_metric": "nonzero"} for e, n, s in ((1.6, 30.0, 0), (1.8, 40.0, 1))]
     assert seed_spread_text(rows) == "1.70 ± 0.14 % at 35.0 ± 7.1x non-zero over seeds 0, 1"
     assert seed_spread_text(rows[:1]) == "1.60 % at 30.0x non-zero"
+
+
+def test_a_tolerance_that_prunes_to_the_same_model_reuses_the_measured_figures(monkeypatch):
+    from types import SimpleNamespace
+
+    import torch
+
+    from bayescomp.methods import RunContext
+    from bayescomp.pipeline import RunConfig
+    from benchmarks import blind_row
+
+    torch.manual_seed(0)
+    models = {0.2: torch.nn.Linear(4, 2), 0.4: None, 0.6: torch.nn.Linear(4, 2)}
+    models[0.4] = torch.nn.Linear(4, 2)
+    models[0.4].load_state_dict(models[0.2].state_dict())  # 0.4 prunes to exactly 0.2's model
+    method = SimpleNamespace(compress=lambda _, trial: SimpleNamespace(model=models[trial.config.compress.tolerance_pct]))
+    measured = []
+
+    def measure(result, trial, tolerance, dense_val):
+        measured.append(tolerance)
+        return {"tolerance_pct": tolerance, "val_error_pct": 1.0 + tolerance, "qualifies": True}
+
+    monkeypatch.setattr(blind_row, "_measure", measure)
+    ctx = RunContext(config=RunConfig(), data=None, dense=None, run_dir=None, settings=None)
+    seen: dict = {}
+    out = [blind_row.candidate(method, ctx, torch.nn.Linear(1, 1), t, 1.0, seen) for t in (0.2, 0.4, 0.6)]
+    assert measured == [0.2, 0.6]
+    assert out[1]["tolerance_pct"] == 0.4 and out[1]["val_error_pct"] == 1.2 and out[1]["same_model_as_tolerance"] == 0.2
+    assert "same_model_as_tolerance" not in out[2] and out[2]["val_error_pct"] == 1.6
