@@ -228,12 +228,19 @@ def plot(rows: list[dict], stem: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    rows = [r for r in rows if r["verdict"] != VOID]  # nothing to compare where the Bayesian net did not learn
+    if not rows:
+        return
+    several_rho = len({r["rho_init"] for r in rows}) > 1
     datasets = sorted({r["data"] for r in rows})
     fig, axes = plt.subplots(1, len(datasets), figsize=(5 * len(datasets), 3.4), squeeze=False)
     for ax, data in zip(axes[0], datasets):
-        names = list(dict.fromkeys(r["comparison"] for r in rows if r["data"] == data))
-        for offset, name in enumerate(names):
-            mine = sorted((r for r in rows if r["data"] == data and r["comparison"] == name), key=lambda r: r["kernels"])
+        names = list(dict.fromkeys((r["comparison"], r["rho_init"]) for r in rows if r["data"] == data))
+        for offset, (name, rho) in enumerate(names):
+            mine = sorted((r for r in rows if r["data"] == data and (r["comparison"], r["rho_init"]) == (name, rho)),
+                          key=lambda r: r["kernels"])
+            if several_rho:
+                name = f"{name}, rho {rho:g}"
             x = [r["kernels"] * (1 + 0.04 * (offset - len(names) / 2)) for r in mine]
             y = [r["difference"][0] for r in mine]
             err = [[0 if math.isnan(r["difference"][1]) else r["difference"][0] - r["difference"][1] for r in mine],

@@ -41,3 +41,12 @@ def test_a_bayesian_net_at_chance_voids_its_rows_and_only_those():
     assert next(r for r in kept if r["comparison"] == "keep 50%, norm")["verdict"] == "Bayesian loses less"
     text = markdown(runs, rows, ["c"], "none")
     assert f"over {len(kept)} comparisons" in text and f"{len(rows) - len(kept)} comparisons are void" in text
+
+
+def test_void_rows_are_not_plotted():
+    from benchmarks._common import RESULTS
+    from benchmarks.self_compression_seeds import plot, summarise
+
+    rows = summarise([_study_run(s, 10.3, -2.2) for s in range(3)])
+    plot(rows, "test_void_only_never_written")
+    assert not (RESULTS / "plots" / "test_void_only_never_written.png").exists()
