@@ -342,3 +342,47 @@ def test_zoo_models_with_their_input_normalisation_convert(name):
         noisy = Moments(torch.rand(2, 1, 4, 4), var=torch.full((2, 1, 4, 4), 0.5))
         normalised = model[0](noisy)
         torch.testing.assert_close(normalised.var, noisy.var / 0.31 ** 2)
+
+
+def layer_by_layer(seq: DensitySequential, x: Moments) -> Moments:
+    for layer in seq:
+        x = layer(x)
+    return x
+
+
+@pytest.mark.parametrize("padding", [0, 1])
+def test_full_mode_fused_conv_pool_and_skipped_flatten_match_layer_by_layer(padding: int) -> None:
+    """``DensitySequential`` fuses conv -> activation -> max-pool and skips a flatten before a Linear in full mode;
+    the moments and every parameter gradient must equal those of the layers applied one by one (which build the
+    full conv covariance and the dense zero-block matrix)."""
+    torch.manual_seed(11)
+    seq = DensitySequential(DensityConv2d(2, 3, 3, padding=padding), DensityReLU(), DensityMaxPool2d(2),
+                            DensityConv2d(3, 4, 2), DensityTanh(), DensityMaxPool2d(2, stride=1),
+                            DensityFlatten(), DensityLinear(36 if padding else 16, 5), DensitySoftmax()).double()
+    with torch.no_grad():
+        for layer in seq:
+            if hasattr(layer, "weight_rho"):
+                layer.weight_rho.uniform_(-3.0, 0.0)
+                layer.bias.normal_()
+    gen = torch.Generator().manual_seed(12)
+    mean = torch.randn(3, 2, 10, 10, generator=gen, dtype=torch.float64)
+    a = torch.randn(3, 2, 100, 100, generator=gen, dtype=torch.float64) * 0.05
+    x = Moments(mean=mean, cov=a @ a.transpose(-1, -2))  # a random input exercises the input-variance terms
+    fused, plain = seq(x), layer_by_layer(seq, x)
+    torch.testing.assert_close(fused.mean, plain.mean)
+    torch.testing.assert_close(fused.cov, plain.cov)
+    assert float(plain.cov.detach().abs().max()) > 1e-6  # the comparison is not between zeros
+
+    def grads(out: Moments) -> list[Tensor]:
+        seq.zero_grad()
+        (out.mean.sin().sum() + out.cov.pow(2).sum() * 1e3).backward()
+        return [p.grad.clone() for p in seq.parameters()]
+
+    for g_fused, g_plain in zip(grads(seq(x)), grads(layer_by_layer(seq, x))):
+        torch.testing.assert_close(g_fused, g_plain)
+    # a plain tensor in full mode starts from its variances only (no zero covariance): the same moments
+    point, reference = seq(x.mean, mode="full"), layer_by_layer(seq, Moments.deterministic(x.mean, "full"))
+    torch.testing.assert_close(point.cov, reference.cov)
+    torch.testing.assert_close(point.mean, reference.mean)
+    # diag mode takes no shortcut and keeps its own result
+    torch.testing.assert_close(seq(x.mean, mode="diag").mean, layer_by_layer(seq, Moments.deterministic(x.mean)).mean)
