@@ -43,10 +43,11 @@ from benchmarks._common import RESULTS, this_command
 CONV = 0  # index of the conv layer in both networks
 
 
-def plain_cnn(kernels: int, seed: int) -> nn.Sequential:
+def plain_cnn(kernels: int, seed: int, image_size: int = 28) -> nn.Sequential:
     torch.manual_seed(seed)
+    side = (image_size - 4) // 2  # after the 5x5 conv and the 2x2 pool: 12 for MNIST's 28x28
     return nn.Sequential(nn.Conv2d(1, kernels, 5), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
-                         nn.Linear(kernels * 144, 10))
+                         nn.Linear(kernels * side * side, 10))
 
 
 def posterior_mean_network(model: nn.Sequential) -> nn.Sequential:
