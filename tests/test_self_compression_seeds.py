@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import torch
+
 from benchmarks.self_compression_seeds import merged
 
 
@@ -50,3 +52,31 @@ def test_void_rows_are_not_plotted():
     rows = summarise([_study_run(s, 10.3, -2.2) for s in range(3)])
     plot(rows, "test_void_only_never_written")
     assert not (RESULTS / "plots" / "test_void_only_never_written.png").exists()
+
+
+def test_covariance_and_image_size_are_part_of_a_run_and_old_runs_read_as_diag_28():
+    from benchmarks.self_compression_seeds import group, run_key, summarise
+
+    old = _study_run(0, 98.0, -10.0)
+    full = {**_study_run(0, 98.0, -10.0), "covariance": "full", "image_size": 14}
+    assert run_key(old) == ("mnist", 25, 0, -10.0, "diag", 28)
+    assert run_key(full) != run_key(old) and group(full) == ("mnist", 25, -10.0, "full", 14)
+    rows = summarise([old, full])
+    assert {(r["covariance"], r["image_size"]) for r in rows} == {("diag", 28), ("full", 14)}
+    assert all(r["n"] == 1 for r in rows)  # never pooled across settings
+
+
+def test_downsampled_images_are_2x2_block_means_and_labels_stay():
+    from bayescomp.data import DataBundle, TensorData
+    from benchmarks.self_compression_seeds import downsampled
+
+    gen = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (3, 1, 28, 28), generator=gen, dtype=torch.uint8)
+    split = TensorData(images, torch.tensor([1, 2, 3]))
+    data = DataBundle("mnist", split, split, split, 10, (1, 28, 28), (0.1,), (0.3,), tuple("0123456789"))
+    small = downsampled(data, 14)
+    expected = images.double().view(3, 1, 14, 2, 14, 2).mean((3, 5))
+    assert small.input_shape == (1, 14, 14) and small.train.images.dtype == torch.uint8
+    assert (small.test.images.double() - expected).abs().max() <= 0.5  # rounded to the nearest integer
+    assert torch.equal(small.val.labels, split.labels)
+    assert downsampled(data, 28) is data
