@@ -80,3 +80,17 @@ def test_downsampled_images_are_2x2_block_means_and_labels_stay():
     assert (small.test.images.double() - expected).abs().max() <= 0.5  # rounded to the nearest integer
     assert torch.equal(small.val.labels, split.labels)
     assert downsampled(data, 28) is data
+
+
+def test_a_learned_but_much_weaker_bayesian_net_is_flagged_and_keeps_its_verdict():
+    from benchmarks.self_compression_seeds import markdown, summarise, weak_settings
+
+    weak = [_study_run(s, 40.0, -2.2) for s in range(3)]  # learned (>= 20 %) but 58.5 points below plain
+    strong = [_study_run(s, 97.0, -10.0) for s in range(3)]
+    assert [key for key, _, _ in weak_settings(weak + strong)] == [("mnist", 25, -2.2, "diag", 28)]
+    rows = summarise(weak + strong)
+    flagged = next(r for r in rows if r["rho_init"] == -2.2 and r["comparison"] == "keep 50%, norm")
+    assert flagged["verdict"] == "Bayesian loses less"  # the annotation does not touch the verdict
+    text = markdown(weak + strong, rows, ["c"], "none")
+    assert "Read with care" in text and "rho -2.2, diag, 28 px (40.0 % against 98.5 %)" in text
+    assert "rho -10" not in text.split("Read with care")[1].split("\n")[0]
