@@ -183,6 +183,11 @@ CHANCE_PCT = 10.0
 VOID = "void: the Bayesian net did not learn"
 
 
+def learned(runs: list[dict]) -> bool:
+    """Whether the Bayesian nets of one setting's seeds learned: mean accuracy before any cut >= twice chance."""
+    return statistics.fmean(r["accuracy_before"]["bayes"] for r in runs) >= 2 * CHANCE_PCT
+
+
 #: A learned (non-void) setting whose Bayesian net trails the plain one by more than this many points before any
 #: cut is flagged under the table: its verdicts stand, but they compare a much weaker net.
 WEAK_GAP_POINTS = 10.0
@@ -196,7 +201,7 @@ def weak_settings(runs: list[dict]) -> list[tuple[tuple, float, float]]:
         mine = [r for r in runs if group(r) == key]
         bayes = statistics.fmean(r["accuracy_before"]["bayes"] for r in mine)
         plain = statistics.fmean(r["accuracy_before"]["plain"] for r in mine)
-        if bayes >= 2 * CHANCE_PCT and plain - bayes > WEAK_GAP_POINTS:
+        if learned(mine) and plain - bayes > WEAK_GAP_POINTS:
             out.append((key, bayes, plain))
     return out
 
@@ -205,7 +210,6 @@ def summarise(runs: list[dict]) -> list[dict]:
     rows = []
     for key in sorted({group(r) for r in runs}):
         mine = [r for r in runs if group(r) == key]
-        learned = statistics.fmean(r["accuracy_before"]["bayes"] for r in mine) >= 2 * CHANCE_PCT
         names = list(comparisons(mine[0]))
         for name in names:
             pairs = [comparisons(r)[name] for r in mine]
@@ -214,7 +218,7 @@ def summarise(runs: list[dict]) -> list[dict]:
                          "image_size": key[4], "comparison": name, "n": len(mine),
                          "plain_drop": statistics.fmean(p for p, _ in pairs),
                          "bayes_drop": statistics.fmean(b for _, b in pairs),
-                         "difference": diff, "verdict": verdict(diff[1], diff[2]) if learned else VOID,
+                         "difference": diff, "verdict": verdict(diff[1], diff[2]) if learned(mine) else VOID,
                          "kept": statistics.fmean(_kept(r, name) for r in mine)})
     return rows
 
@@ -380,7 +384,8 @@ def main() -> None:
                            args.image_size)
         for seed in args.seeds:  # seeds outermost: an interrupted study has every N at equal depth
             for kernels in args.kernels:
-                if (name, kernels, seed, args.rho_init, args.covariance, args.image_size) in done:
+                if run_key({"data": name, "kernels": kernels, "seed": seed, "rho_init": args.rho_init,
+                            "covariance": args.covariance, "image_size": args.image_size}) in done:
                     continue
                 runs.append(run_one(data, name, kernels, seed, args))
                 r = runs[-1]
