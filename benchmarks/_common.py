@@ -35,10 +35,11 @@ def budget_label(compress: dict) -> str:
 
 def blind_reruns(runs: list[dict]) -> dict[tuple[str, str], list[dict]]:
     """The blind reruns (``benchmarks/blind_row.py``: records with a ``selection``) by (model, method), each list in
-    seed order: seed 0 is the rerun first committed, other seeds (``..._seed1``) give its spread."""
+    seed order: seed 0 is the rerun first committed, other seeds (``..._seed1``) give its spread. Tagged variants
+    (``--tag``: a changed recipe) are not the row's reruns and are left out."""
     groups: dict[tuple[str, str], list[dict]] = {}
     for record in runs:
-        if record.get("selection"):
+        if record.get("selection") and not record.get("selection_tag"):
             groups.setdefault((record["model"], record["method"]), []).append(record)
     return {key: sorted(group, key=lambda r: r.get("seed", 0)) for key, group in groups.items()}
 

@@ -25,6 +25,11 @@ The rule, written before the run:
     OMP_NUM_THREADS=1 python -m benchmarks.blind_row --model lenet300 --method ghs --epochs 200
     OMP_NUM_THREADS=1 python -m benchmarks.blind_row --model lenet300 --method turbo --epochs 30 \
         --prior-variants '{}' '{"slab_std": 10.0}'
+
+``--prior-set key=value`` changes one prior setting of the recipe (e.g. ``weight_sampling=batch``) and
+``--tag`` names such a run apart (``runs/blind/<model>_<method>_<epochs>_<tag>``, ``..._blind<epochs>_<tag>``
+files): a tagged run is a variant of the row, not the row's rerun, so RESULTS.md does not count it among the
+row's seeds.
 """
 
 from __future__ import annotations
@@ -104,9 +109,25 @@ def _measure(result, trial: RunContext, tolerance: float, dense_val: float) -> d
             "val_error_pct": after, "qualifies": after <= dense_val + trial.extras["allowance"] + 1e-9}
 
 
-def seed_suffix(seed: int) -> str:
-    """Seed 0 keeps the original file names; another seed writes beside it (``..._seed1``), never over it."""
-    return f"_seed{seed}" if seed else ""
+def seed_suffix(seed: int, tag: str = "") -> str:
+    """Seed 0 keeps the original file names; another seed writes beside it (``..._seed1``), never over it; a
+    tagged variant (``--tag``) writes ``..._<tag>`` (``..._<tag>_seed1``)."""
+    return (f"_{tag}" if tag else "") + (f"_seed{seed}" if seed else "")
+
+
+def parse_prior_set(items: list[str]) -> dict:
+    """``["weight_sampling=batch", "clip_var=0.2"]`` -> {"weight_sampling": "batch", "clip_var": 0.2}: each value
+    read as JSON where it parses (numbers, booleans, null), else kept as a string."""
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"--prior-set expects key=value, got {item!r}")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
 
 
 def choose(candidates: list[dict], metric: str = "architecture") -> tuple[dict, bool]:
@@ -187,15 +208,21 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--prior-variants", type=json.loads, nargs="+", default=None, metavar="JSON",
                         help="complete prior-settings dicts to choose among on validation (default: the recipe's)")
+    parser.add_argument("--prior-set", nargs="+", default=[], metavar="KEY=VALUE",
+                        help="change these settings of the recipe's prior (applied to every variant)")
+    parser.add_argument("--tag", default="", help="name of this variant of the row (required with --prior-set)")
     args = parser.parse_args()
+    if args.prior_set and not args.tag:
+        raise SystemExit("--prior-set changes the recipe: give the run a --tag so it cannot overwrite the row")
     torch.set_num_threads(args.threads)
     started = time.perf_counter()
     base = recipe(args.model, args.method, args.seed)
     base.bayes = replace(base.bayes, epochs=args.epochs)
     base.latency, base.plots = False, False
     metric = METRICS.get(base.method, "architecture")
-    variants = args.prior_variants or [dict(base.prior)]
-    seed_tag = seed_suffix(args.seed)
+    changes = parse_prior_set(args.prior_set)
+    variants = [{**prior, **changes} for prior in (args.prior_variants or [dict(base.prior)])]
+    seed_tag = seed_suffix(args.seed, args.tag)
     root = Path("runs/blind") / f"{args.model}_{args.method}_{args.epochs}{seed_tag}"
     candidates, trained = [], []
     for index, prior in enumerate(variants):
@@ -216,9 +243,10 @@ def main() -> None:
     report = run(final, run_dir, log=print, progress=False, command=this_command())
     suffix = f"_blind{args.epochs}{seed_tag}"
     published = publish(report, run_dir, {"selection": f"benchmarks/results/blind_{args.model}_mnist_{args.method}_"
-                                                       f"{args.epochs}{seed_tag}.json", "selection_metric": metric},
+                                                       f"{args.epochs}{seed_tag}.json", "selection_metric": metric,
+                                                       **({"selection_tag": args.tag} if args.tag else {})},
                         suffix=suffix)
-    record = {"model": args.model, "method": args.method, "epochs": args.epochs, "seed": args.seed,
+    record = {"model": args.model, "method": args.method, "epochs": args.epochs, "seed": args.seed, "tag": args.tag,
               "dense_val_error_pct": dense_val, "allowance_pct": args.allowance, "metric": metric,
               "variants": variants, "candidates": candidates,
               "chosen": chosen, "rule_met": rule_met, "published": str(published.relative_to(RESULTS.parent.parent)),

@@ -10,9 +10,10 @@ the wall time on a quiet one with one thread) and the wall time.
 
 Variants: plain fp32 / bf16 (and channels_last for conv nets); each method's default (what ``bayescomp run``
 does by default: fused layers, ``--precision auto``, the config's z_sampling, default memory layout) and its fp32
-variant (what ``fit`` does by default); for BC-GNJ also the
-unfused autograd layers (the code path before the fused Functions), z per example / per batch in fp32 and bf16,
-and the authors' reference GNJ layers, re-implemented below from the published formulas (Louizos et al. 2017,
+variant (what ``fit`` does by default); for BC-GNJ also the unfused autograd layers (the code path before the
+fused Functions) and z per example / per batch in fp32 and bf16; for BC-GNJ and BC-GHS one weight draw per
+mini-batch (``weight_sampling="batch"``) with z per example / per batch; and the authors'
+reference GNJ layers, re-implemented below from the published formulas (Louizos et al. 2017,
 Eq. 6 posterior, local reparameterisation, KL of Molchanov et al. 2017 Eq. 14 for z and the closed-form Gaussian
 KL for the weights, variance clipping) in plain autograd ops, float32.
 
@@ -158,6 +159,12 @@ def variants(model_name: str, plain: nn.Module) -> dict[str, dict]:
         for precision in ("fp32", "bf16"):
             key = f"gnj z per {z} {precision}"
             out[key] = dict(model=bayesify(plain, "gnj", {"z_sampling": z}), precision=precision, method="gnj")
+    for method in ("gnj", "ghs"):  # one weight draw per mini-batch (weight_sampling="batch"), z per example / batch
+        for z in ("example", "batch"):
+            for precision in ("fp32", "bf16") if method == "gnj" else ("fp32",):
+                key = f"{method} weights per batch, z per {z} {precision}"
+                out[key] = dict(model=bayesify(plain, method, {"z_sampling": z, "weight_sampling": "batch"}),
+                                precision=precision, method=method)
     if default_layout:
         out[f"gnj {auto} NCHW (the default before NHWC Bayesian layers)"] = dict(
             model=bayesify(plain, "gnj"), precision="auto", method="gnj")

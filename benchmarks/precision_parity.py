@@ -1,6 +1,7 @@
 """Accuracy parity of the faster training paths on a full recipe: BC-GNJ end to end, fp32 vs bf16, z per example vs
-z per mini-batch, same seed, same cached dense network, the pipeline's default schedule for the model
-(``pipeline.DEFAULT_SCHEDULES``), compression with the default threshold search.
+z per mini-batch, local reparameterisation vs one weight draw per mini-batch (``w/batch``), same seed, same cached
+dense network, the pipeline's default schedule for the model (``pipeline.DEFAULT_SCHEDULES``), compression with the
+default threshold search.
 
 Writes benchmarks/results/precision_parity_<model>_<data>.json / .md: test error of the compressed model, the
 Bayesian (posterior-mean) error, the kept architecture, the compression ratios and the measured s/epoch.
@@ -25,18 +26,32 @@ from _common import RESULTS, this_command  # noqa: E402
 from bayescomp.pipeline import RunConfig, git_commit, run  # noqa: E402
 from bayescomp.train import native_bf16  # noqa: E402
 
-VARIANTS = {"fp32 z/example": ("fp32", "example"), "bf16 z/example": ("bf16", "example"),
-            "fp32 z/batch": ("fp32", "batch"), "bf16 z/batch": ("bf16", "batch")}
+VARIANTS = {"fp32 z/example": ("fp32", "example", "local"), "bf16 z/example": ("bf16", "example", "local"),
+            "fp32 z/batch": ("fp32", "batch", "local"), "bf16 z/batch": ("bf16", "batch", "local"),
+            "fp32 z/example w/batch": ("fp32", "example", "batch"), "fp32 z/batch w/batch": ("fp32", "batch", "batch")}
+
+
+def variant_of(row: dict) -> tuple[str, str, str]:
+    """(precision, z_sampling, weight_sampling) of a row; rows from before the option are local."""
+    return row["precision"], row["z_sampling"], row.get("weight_sampling", "local")
+
+
+def label(variant: tuple[str, str, str]) -> str:
+    precision, z, weights = variant
+    return f"{precision} z/{z}" + (" w/batch" if weights == "batch" else "")
 KEYS = ("test_error_pct", "test_error_pct_bayes", "dense_test_error_pct", "kept_architecture",
         "compression_architecture", "compression_bits", "compression_file", "epoch_s_mean", "thresholds")
 
 
-def one_run(model: str, data: str, seed: int, precision: str, z_sampling: str, root: Path) -> dict:
-    config = RunConfig(model=model, data=data, method="gnj", seed=seed, prior={"z_sampling": z_sampling},
-                       latency=False, plots=False)
-    run_dir = root / f"{model}_{precision}_{z_sampling}_{seed}"
+def one_run(model: str, data: str, seed: int, precision: str, z_sampling: str, weight_sampling: str,
+            root: Path) -> dict:
+    config = RunConfig(model=model, data=data, method="gnj", seed=seed,
+                       prior={"z_sampling": z_sampling, "weight_sampling": weight_sampling}, latency=False, plots=False)
+    run_dir = root / f"{model}_{precision}_{z_sampling}_{weight_sampling}_{seed}"
     report = run(config, run_dir, log=lambda *_: None, progress=False, amp=precision == "bf16")
-    return {"seed": seed, "precision": precision, "z_sampling": z_sampling, **{k: report.get(k) for k in KEYS}}
+    return {"seed": seed, "precision": precision, "z_sampling": z_sampling, "weight_sampling": weight_sampling,
+            **{k: report.get(k) for k in KEYS}, "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "native_bf16": native_bf16(), "git_commit": git_commit()}
 
 
 def markdown(rows: list[dict], header: dict) -> str:
@@ -45,19 +60,19 @@ def markdown(rows: list[dict], header: dict) -> str:
              "| variant | seed | test error % (compressed) | error % (posterior mean) | kept architecture | "
              "compression (architecture) | compression (bits) | s/epoch |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['precision']} z/{r['z_sampling']} | {r['seed']} | {r['test_error_pct']:.2f} | "
+        lines.append(f"| {label(variant_of(r))} | {r['seed']} | {r['test_error_pct']:.2f} | "
                      f"{r['test_error_pct_bayes']:.2f} | {r['kept_architecture']} | "
                      f"{r['compression_architecture']:.1f}x | {r['compression_bits']:.1f}x | {r['epoch_s_mean']:.2f} |")
-    variants = sorted({(r["precision"], r["z_sampling"]) for r in rows})
-    if any(sum(1 for r in rows if (r["precision"], r["z_sampling"]) == v) > 1 for v in variants):
+    variants = sorted({variant_of(r) for r in rows})
+    if any(sum(1 for r in rows if variant_of(r) == v) > 1 for v in variants):
         lines += ["", "Mean ± sample standard deviation over seeds:", "",
                   "| variant | seeds | test error % | error % (posterior mean) | compression (architecture) |",
                   "|---|---|---|---|---|"]
-        for precision, z in variants:
-            mine = [r for r in rows if (r["precision"], r["z_sampling"]) == (precision, z)]
+        for variant in variants:
+            mine = [r for r in rows if variant_of(r) == variant]
             cells = [_spread([r[k] for r in mine]) for k in ("test_error_pct", "test_error_pct_bayes",
                                                                "compression_architecture")]
-            lines.append(f"| {precision} z/{z} | {len(mine)} | {cells[0]} | {cells[1]} | {cells[2]}x |")
+            lines.append(f"| {label(variant)} | {len(mine)} | {cells[0]} | {cells[1]} | {cells[2]}x |")
     return "\n".join(lines) + "\n"
 
 
@@ -87,12 +102,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for seed in (int(s) for s in args.seeds.split(",")):
             for name in args.variants.split(","):
-                precision, z = VARIANTS[name]
-                rows.append(one_run(args.model, args.data, seed, precision, z, Path(tmp)))
+                rows.append(one_run(args.model, args.data, seed, *VARIANTS[name], Path(tmp)))
                 print(json.dumps(rows[-1]), flush=True)
-    done = {(r["seed"], r["precision"], r["z_sampling"]) for r in rows}
-    rows = sorted([r for r in previous if (r["seed"], r["precision"], r["z_sampling"]) not in done] + rows,
-                  key=lambda r: (r["seed"], r["z_sampling"], r["precision"]))
+    done = {(r["seed"], *variant_of(r)) for r in rows}
+    rows = sorted([r for r in previous if (r["seed"], *variant_of(r)) not in done] + rows,
+                  key=lambda r: (r["seed"], r["z_sampling"], r.get("weight_sampling", "local"), r["precision"]))
     config = RunConfig(model=args.model, data=args.data, method="gnj")
     header = {"model": args.model, "data": args.data, "bayes_epochs": config.bayes.epochs,
               "bayes_schedule": config.to_dict()["bayes"], "threads": torch.get_num_threads(),

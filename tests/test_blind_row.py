@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from benchmarks.blind_row import choose
 
 
@@ -107,3 +109,17 @@ def test_a_tolerance_that_prunes_to_the_same_model_reuses_the_measured_figures(m
     assert measured == [0.2, 0.6]
     assert out[1]["tolerance_pct"] == 0.4 and out[1]["val_error_pct"] == 1.2 and out[1]["same_model_as_tolerance"] == 0.2
     assert "same_model_as_tolerance" not in out[2] and out[2]["val_error_pct"] == 1.6
+
+
+def test_a_tagged_variant_writes_apart_and_is_not_counted_among_the_rows_seeds():
+    from benchmarks._common import blind_reruns
+    from benchmarks.blind_row import parse_prior_set, seed_suffix
+
+    assert seed_suffix(0, "wbatch") == "_wbatch" and seed_suffix(1, "wbatch") == "_wbatch_seed1"
+    assert parse_prior_set(["weight_sampling=batch", "clip_var=0.2", "x=null"]) == {
+        "weight_sampling": "batch", "clip_var": 0.2, "x": None}
+    with pytest.raises(SystemExit, match="key=value"):
+        parse_prior_set(["weight_sampling"])
+    row = {"model": "lenet300", "method": "gnj", "selection": "a.json", "seed": 0}
+    tagged = {**row, "selection": "b.json", "selection_tag": "wbatch"}
+    assert blind_reruns([row, tagged]) == {("lenet300", "gnj"): [row]}

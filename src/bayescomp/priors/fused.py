@@ -180,6 +180,31 @@ def sample_lrt(mean: torch.Tensor, var: torch.Tensor, noise: torch.Tensor,
     return _SampleLRT.apply(mean, var, noise, z)
 
 
+class _WeightDraw(torch.autograd.Function):
+    """w = mu + sqrt(sigma²) eps, one draw of a weight tensor, with the gradient in closed form:
+    dL/dmu = g, dL/dlog sigma² = g * sigma eps / 2 (one saved tensor, sigma eps)."""
+
+    @staticmethod
+    def forward(ctx, mu, log_sigma2, sigma2, eps):
+        spread = sigma2.sqrt().mul_(eps)
+        ctx.save_for_backward(spread)
+        return mu + spread
+
+    @staticmethod
+    def backward(ctx, grad):
+        (spread,) = ctx.saved_tensors
+        g_log_sigma2 = grad * spread * 0.5 if ctx.needs_input_grad[1] else None
+        return (grad if ctx.needs_input_grad[0] else None), g_log_sigma2, None, None
+
+
+def draw_weights(mu: torch.Tensor, log_sigma2: torch.Tensor, sigma2: torch.Tensor,
+                 eps: torch.Tensor) -> torch.Tensor:
+    """One sample mu + sqrt(sigma²) eps of a Gaussian weight posterior (``sigma2`` = exp(log_sigma2), detached;
+    the gradient reaches ``log_sigma2`` through the hand-written backward). Used by ``weight_sampling="batch"``,
+    where a mini-batch shares one draw of the weights instead of sampling its pre-activations."""
+    return _WeightDraw.apply(mu, log_sigma2, sigma2.detach(), eps)
+
+
 K1, K2, K3 = 0.63576, 1.87320, 1.48695
 
 

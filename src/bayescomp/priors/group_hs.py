@@ -37,7 +37,10 @@ from bayescomp.priors.fused import noise_like
 from bayescomp.priors.group_nj import (
     _fused_conv,
     _fused_linear,
+    _shared_draw_conv,
+    _shared_draw_linear,
     _unfused_linear,
+    check_weight_sampling,
     check_z_sampling,
     kl_standard_normal,
 )
@@ -73,6 +76,8 @@ class GroupHSConfig:
             default.
         z_sampling: ``"example"`` (log s and log z~ drawn per example) or ``"batch"`` (once per mini-batch); what
             it changes is described at :func:`bayescomp.priors.group_nj.check_z_sampling`.
+        weight_sampling: ``"local"`` (local reparameterisation, the paper's) or ``"batch"`` (one draw of w~ per
+            mini-batch); see :func:`bayescomp.priors.group_nj.check_weight_sampling`.
     """
 
     tau0: float = 1e-5
@@ -82,10 +87,12 @@ class GroupHSConfig:
     prune_statistic: str = "log_scale"
     threshold: float = 6.9
     z_sampling: str = "example"
+    weight_sampling: str = "local"
     name: str = "ghs"
 
     def __post_init__(self) -> None:
         check_z_sampling(self.z_sampling)
+        check_weight_sampling(self.weight_sampling)
         if not self.tau0 > 0:
             raise ValueError(f"tau0 must be positive, got {self.tau0}")
         if self.point_estimate not in POINT_ESTIMATES:
@@ -243,6 +250,8 @@ class LinearGroupHS(_GroupHSMixin, BayesianLinear):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.deterministic:
             return F.linear(x, self.posterior_mean_weight(), self.bias_mu)
+        if self.config.weight_sampling == "batch":
+            return _shared_draw_linear(self, x)
         if self.fused:
             return _fused_linear(self, x)
         return _unfused_linear(self, x)
@@ -266,6 +275,8 @@ class Conv2dGroupHS(_GroupHSMixin, BayesianConv2d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.deterministic:
             return self._conv(x, self.posterior_mean_weight(), self.posterior_mean_bias())
+        if self.config.weight_sampling == "batch":
+            return _shared_draw_conv(self, x)
         if self.fused:
             return _fused_conv(self, x)
         mean = self._conv(x, self.weight_mu, self.bias_mu)

@@ -10,8 +10,10 @@ so that it is >= 0 and vanishes as alpha -> inf; the conditional weight term is 
 0.5 (−log sigma² + sigma² + mu² − 1), independent of z. Biases carry a N(0, 1) prior as in the reference code.
 The conv KL uses −0.5·log sigma² and exp(log sigma²) (the reference code's 2017 conv bug, fixed there in 2018).
 
-Training uses the local reparameterisation trick: the pre-activation is sampled from its Gaussian conditional on
-z, so each mini-batch costs two matrix products (means and variances) instead of sampling weights.
+Training uses the local reparameterisation trick by default: the pre-activation is sampled from its Gaussian
+conditional on z, so each mini-batch costs two matrix products (means and variances) instead of sampling weights.
+``weight_sampling="batch"`` samples the weights once per mini-batch instead (one product; see
+:func:`check_weight_sampling`).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from bayescomp.priors.base import BayesianConv2d, BayesianLayer, BayesianLinear, PriorSpec, register_prior
-from bayescomp.priors.fused import in_layout, linear_lrt, memory_format_of, noise_like, sample_lrt
+from bayescomp.priors.fused import draw_weights, in_layout, linear_lrt, memory_format_of, noise_like, sample_lrt
 
 K1, K2, K3 = 0.63576, 1.87320, 1.48695
 _EPS = 1e-8
@@ -46,16 +48,21 @@ class GroupNJConfig:
             threshold search in :mod:`bayescomp.compress.masks` usually replaces it.
         z_sampling: ``"example"`` draws the group scales z once per example (the paper's estimator) or
             ``"batch"`` once per mini-batch, shared by its examples (see :func:`check_z_sampling`).
+        weight_sampling: ``"local"`` samples each example's pre-activations (local reparameterisation, the
+            paper's estimator) or ``"batch"`` draws the weights once per mini-batch (see
+            :func:`check_weight_sampling`).
     """
 
     clip_var: float | None = 0.2
     init_log_sigma2: float = -9.0
     threshold: float = -3.0
     z_sampling: str = "example"
+    weight_sampling: str = "local"
     name: str = "gnj"
 
     def __post_init__(self) -> None:
         check_z_sampling(self.z_sampling)
+        check_weight_sampling(self.weight_sampling)
 
 
 Z_SAMPLINGS = ("example", "batch")
@@ -79,6 +86,26 @@ def check_z_sampling(value: str) -> None:
     """
     if value not in Z_SAMPLINGS:
         raise ValueError(f"z_sampling must be one of {Z_SAMPLINGS}, got {value!r}")
+
+
+WEIGHT_SAMPLINGS = ("local", "batch")
+
+
+def check_weight_sampling(value: str) -> None:
+    """Validate a ``weight_sampling`` option (BC-GNJ and BC-GHS).
+
+    ``"local"``: local reparameterisation (Kingma, Salimans, Welling 2015), the paper's estimator: each example's
+    pre-activation is drawn from its Gaussian marginal, which costs a second matrix product (the variances) and
+    its gradients, so a step has about twice the multiply-accumulates of a plain step. ``"batch"``: one draw of the
+    weights w = z (mu + sigma eps) per mini-batch (as in Blundell et al. 2015), shared by its examples: one
+    product, as in plain training, plus a few passes over the weights. The marginal of each pre-activation and the
+    expected loss are the same, so the gradient stays unbiased; what changes is its variance: the weight noise is
+    common to the batch, so its share of the gradient variance no longer falls with the batch size (the reason
+    Kingma et al. prefer the local estimator). The group scales z still follow ``z_sampling``. Not in the paper;
+    offered for speed, with its accuracy and compression measured in ``benchmarks/results/sampling_parity*``.
+    """
+    if value not in WEIGHT_SAMPLINGS:
+        raise ValueError(f"weight_sampling must be one of {WEIGHT_SAMPLINGS}, got {value!r}")
 
 
 def kl_log_uniform_approx(log_alpha: torch.Tensor) -> torch.Tensor:
@@ -191,6 +218,8 @@ class LinearGroupNJ(_GroupNJMixin, BayesianLinear):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.deterministic:
             return F.linear(x, self.posterior_mean_weight(), self.bias_mu)
+        if self.config.weight_sampling == "batch":
+            return _shared_draw_linear(self, x)
         if self.fused:
             return _fused_linear(self, x)
         return _unfused_linear(self, x)
@@ -214,6 +243,8 @@ class Conv2dGroupNJ(_GroupNJMixin, BayesianConv2d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.deterministic:
             return self._conv(x, self.posterior_mean_weight(), self.posterior_mean_bias())
+        if self.config.weight_sampling == "batch":
+            return _shared_draw_conv(self, x)
         if self.fused:
             return _fused_conv(self, x)
         mean = self._conv(x, self.weight_mu, self.bias_mu)
@@ -280,6 +311,44 @@ def _fused_conv(layer: BayesianConv2d, x: torch.Tensor) -> torch.Tensor:
     mean, var = in_layout(memory_format_of(layer.weight_mu), mean, var)
     z = layer._sample_z(x.shape[0])[:, :, None, None]
     return sample_lrt(mean, var, noise_like(mean), z)
+
+
+def _draw(layer: BayesianLayer, name: str) -> torch.Tensor | None:
+    """One draw mu + sigma eps of ``<name>_mu`` (``weight`` or ``bias``; None when the layer has none): through
+    :func:`draw_weights` when the layer is fused (exp(log sigma²) cached for the KL), else with autograd ops."""
+    mu, log_sigma2 = getattr(layer, f"{name}_mu"), getattr(layer, f"{name}_log_sigma2")
+    if mu is None:
+        return None
+    eps = noise_like(mu)
+    if layer.fused:
+        return draw_weights(mu, log_sigma2, layer._variance(f"{name}_log_sigma2", fresh=True), eps)
+    return mu + (0.5 * log_sigma2).exp() * eps
+
+
+def _shared_draw_linear(layer: BayesianLinear, x: torch.Tensor) -> torch.Tensor:
+    """Training forward with ``weight_sampling="batch"`` (GNJ, GHS): z drawn as ``z_sampling`` says, then one
+    draw of the weights and the bias for the whole mini-batch. A per-batch z scales the weight's columns (no input
+    gradient needed in the first layer), a per-example z the inputs."""
+    z = layer._sample_z(_examples(x))
+    weight, bias = _draw(layer, "weight"), _draw(layer, "bias")
+    if layer.config.z_sampling == "batch":
+        return F.linear(x, weight * z[0], bias)
+    if x.dim() == 1:
+        z = z[0]
+    elif x.dim() > 2:
+        z = z.view(z.shape[0], *([1] * (x.dim() - 2)), z.shape[-1])
+    return F.linear(x * z, weight, bias)
+
+
+def _shared_draw_conv(layer: BayesianConv2d, x: torch.Tensor) -> torch.Tensor:
+    """Training forward with ``weight_sampling="batch"`` (GNJ, GHS): one convolution with one draw of the
+    filters; z (per output filter) scales the filters and bias when drawn per batch, the outputs when per example."""
+    z = layer._sample_z(x.shape[0])
+    weight, bias = _draw(layer, "weight"), _draw(layer, "bias")
+    if layer.config.z_sampling == "batch":
+        return layer._conv(x, weight * z[0].view(-1, 1, 1, 1), None if bias is None else bias * z[0])
+    out = layer._conv(x, weight, bias)
+    return out * z.to(out.dtype)[:, :, None, None]
 
 
 register_prior(PriorSpec(
