@@ -24,7 +24,8 @@ def _gnj_epoch_ratio(record: dict) -> list[tuple[str, float, str]]:
         name = next((k for k in variants if k.startswith("gnj default")), "gnj fp32" if "gnj fp32" in variants else None)
         if name is not None:
             out.append((result["model"], variants[name]["ratio_to_plain_fp32_cpu"],
-                        f"{name}, CPU time, {record.get('threads', '?')} thread(s)"))
+                        f"{name}, CPU time, {record.get('threads', '?')} thread(s)"
+                        + (f", {record['cpu_capability']} CPU" if record.get("cpu_capability") else "")))
     return out
 
 
