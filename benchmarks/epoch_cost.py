@@ -165,6 +165,10 @@ def variants(model_name: str, plain: nn.Module) -> dict[str, dict]:
                 key = f"{method} weights per batch, z per {z} {precision}"
                 out[key] = dict(model=bayesify(plain, method, {"z_sampling": z, "weight_sampling": "batch"}),
                                 precision=precision, method=method)
+    if conv:  # NHWC in float32 too (the default uses it with bf16 only)
+        out["gnj fp32 channels_last"] = dict(model=bayesify(plain, "gnj"), precision="fp32", method="gnj", layout="cl")
+        out["gnj weights per batch, z per example fp32 channels_last"] = dict(
+            model=bayesify(plain, "gnj", {"weight_sampling": "batch"}), precision="fp32", method="gnj", layout="cl")
     if default_layout:
         out[f"gnj {auto} NCHW (the default before NHWC Bayesian layers)"] = dict(
             model=bayesify(plain, "gnj"), precision="auto", method="gnj")
@@ -195,11 +199,12 @@ def time_steps(spec: dict, data: SimpleNamespace, n_train: int, steps: int) -> t
     return time.process_time() - cpu, time.perf_counter() - wall, record["loss"]
 
 
-def measure(model_name: str, rounds: int, steps: int, batch: int) -> dict:
+def measure(model_name: str, rounds: int, steps: int, batch: int, skip: tuple[str, ...] = ()) -> dict:
     data = load_dataset(DATA[model_name])
     torch.manual_seed(0)
     plain = create_model(model_name, data.num_classes, data.input_shape, data.mean, data.std)
-    specs = variants(model_name, plain)
+    specs = {name: spec for name, spec in variants(model_name, plain).items()
+             if name == "plain fp32" or not any(word in name for word in skip)}
     for spec in specs.values():
         _prepare(spec)
     subset = SimpleNamespace(train=data.train.subset(steps * batch, seed=1))
@@ -251,17 +256,20 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--steps", type=str, default="", help="model=steps,... overrides (default 43/10/3)")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--skip", default="", help="comma-separated words: variants whose name contains one are not "
+                                                   "run (e.g. bf16 on a CPU without native bf16); plain fp32 always is")
     parser.add_argument("--out", default="epoch_cost")
     parser.add_argument("--note", default="Variants interleaved; ratios are within one run.",
                         help="how the machine was loaded while measuring (recorded with the figures)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     steps = dict(STEPS, **{k: int(v) for k, v in (p.split("=") for p in args.steps.split(",") if p)})
+    skip = tuple(word for word in args.skip.split(",") if word)
     header = {"threads": torch.get_num_threads(), "torch": torch.__version__,
               "cpu_capability": torch.backends.cpu.get_cpu_capability(), "native_bf16": native_bf16(),
               "auto_precision": resolve_precision("auto"), "command": this_command(), "git_commit": git_commit(),
-              "note": args.note}
-    results = [measure(m, args.rounds, steps[m], 128) for m in args.models.split(",")]
+              "note": args.note, "skipped": list(skip)}
+    results = [measure(m, args.rounds, steps[m], 128, skip) for m in args.models.split(",")]
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"{args.out}.json").write_text(json.dumps({**header, "results": results}, indent=2))
     (RESULTS / f"{args.out}.md").write_text(markdown(results, header))

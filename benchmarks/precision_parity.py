@@ -93,7 +93,6 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     stem = f"precision_parity_{args.model}_{args.data}"
     path = RESULTS / f"{stem}.json"
-    previous = json.loads(path.read_text())["runs"] if path.exists() else []
     if args.table_only:
         header = json.loads(path.read_text())
         (RESULTS / f"{stem}.md").write_text(markdown(header["runs"], header))
@@ -104,6 +103,8 @@ def main() -> None:
             for name in args.variants.split(","):
                 rows.append(one_run(args.model, args.data, seed, *VARIANTS[name], Path(tmp)))
                 print(json.dumps(rows[-1]), flush=True)
+    # read the earlier rows only now: another invocation (another seed) may have written while this one trained
+    previous = json.loads(path.read_text())["runs"] if path.exists() else []
     done = {(r["seed"], *variant_of(r)) for r in rows}
     rows = sorted([r for r in previous if (r["seed"], *variant_of(r)) not in done] + rows,
                   key=lambda r: (r["seed"], r["z_sampling"], r.get("weight_sampling", "local"), r["precision"]))

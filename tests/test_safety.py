@@ -188,6 +188,8 @@ SMALL = ["--train-subset", "600", "--val-size", "200", "--test-subset", "200", "
     (["--prior-option", "clip_var=abc"], "clip_var"),
     (["--prior-option", "clip_var=-1"], "clip_var"),
     (["--prior-option", "z_sampling=3"], "z_sampling"),
+    (["--prior-option", "weight_sampling=bogus"], "weight_sampling"),
+    (["--method", "ghs", "--prior-option", "weight_sampling=example"], "weight_sampling"),
     (["--method", "turbo", "--prior-option", "p01=1.5"], "p01"),
     (["--method", "magnitude", "--sparsity", "-0.1"], "--sparsity"),
 ])
