@@ -56,13 +56,15 @@ def one_run(model: str, data: str, seed: int, precision: str, z_sampling: str, w
 
 def markdown(rows: list[dict], header: dict) -> str:
     lines = [f"BC-GNJ {header['model']}/{header['data']}, default schedule ({header['bayes_epochs']} Bayesian epochs), "
-             f"CPU {header['threads']} thread(s), native bf16: {header['native_bf16']}.", "",
+             f"CPU {header['threads']} thread(s). CPU: the row's machine (its vector ISA, and whether it has native "
+             "bf16); 'not recorded' for rows made before each row recorded it.", "",
              "| variant | seed | test error % (compressed) | error % (posterior mean) | kept architecture | "
-             "compression (architecture) | compression (bits) | s/epoch |", "|---|---|---|---|---|---|---|---|"]
+             "compression (architecture) | compression (bits) | s/epoch | CPU |", "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {label(variant_of(r))} | {r['seed']} | {r['test_error_pct']:.2f} | "
                      f"{r['test_error_pct_bayes']:.2f} | {r['kept_architecture']} | "
-                     f"{r['compression_architecture']:.1f}x | {r['compression_bits']:.1f}x | {r['epoch_s_mean']:.2f} |")
+                     f"{r['compression_architecture']:.1f}x | {r['compression_bits']:.1f}x | {r['epoch_s_mean']:.2f} | "
+                     f"{_machine(r)} |")
     variants = sorted({variant_of(r) for r in rows})
     if any(sum(1 for r in rows if variant_of(r) == v) > 1 for v in variants):
         lines += ["", "Mean ± sample standard deviation over seeds:", "",
@@ -74,6 +76,12 @@ def markdown(rows: list[dict], header: dict) -> str:
                                                                "compression_architecture")]
             lines.append(f"| {label(variant)} | {len(mine)} | {cells[0]} | {cells[1]} | {cells[2]}x |")
     return "\n".join(lines) + "\n"
+
+
+def _machine(row: dict) -> str:
+    if "cpu_capability" not in row:
+        return "not recorded"
+    return f"{row['cpu_capability']}, " + ("native bf16" if row.get("native_bf16") else "no native bf16")
 
 
 def _spread(values: list[float]) -> str:
