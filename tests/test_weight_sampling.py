@@ -9,6 +9,7 @@ import torch
 from bayescomp.priors import PRIORS
 from bayescomp.priors.fused import draw_weights
 from bayescomp.priors.group_nj import GroupNJConfig, LinearGroupNJ
+from tests.test_fused import _step
 
 GROUP_PRIORS = ("gnj", "ghs")
 
@@ -27,16 +28,6 @@ def _layer(prior: str, kind: str, z_sampling: str):
     if kind == "linear":
         return PRIORS[prior].from_linear(torch.nn.Linear(7, 5), config), torch.randn(16, 7)
     return PRIORS[prior].from_conv2d(torch.nn.Conv2d(3, 5, 3, padding=1), config), torch.randn(4, 3, 6, 6)
-
-
-def _step(layer, x: torch.Tensor, fused: bool):
-    layer.fused = fused
-    layer.zero_grad(set_to_none=True)
-    x = x.clone().requires_grad_()
-    torch.manual_seed(11)
-    out = layer(x)
-    (out.square().sum() + layer.kl_divergence()).backward()
-    return out.detach(), x.grad, {n: p.grad.clone() for n, p in layer.named_parameters() if p.grad is not None}
 
 
 @pytest.mark.parametrize("prior", GROUP_PRIORS)
