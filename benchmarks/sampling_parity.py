@@ -69,22 +69,24 @@ def markdown(record: dict) -> str:
     lines = [f"# {record['model']} {record['method']}: `{record['tag']}` ({record['change']}) against the paper's "
              f"estimator, blind {record['epochs']}-epoch recipe", "",
              f"Command: `{record['command']}`. Each run: `python -m benchmarks.blind_row` (the tolerance chosen on "
-             "validation by the rule fixed there; the test set read once). Seconds per epoch are each run's own "
-             "(machines differ between runs: see each record's `device`/commit).", "",
-             "| estimator | seed | test error % | posterior-mean error % | kept | × architecture | × bits | "
-             "s / epoch |", "|---|---|---|---|---|---|---|---|"]
+             "validation by the rule fixed there; the test set read once). Seconds per epoch are each run's own wall "
+             "time on whatever machine and load it had: compare speed in `epoch_cost_*.md`, not here.", "",
+             "| estimator | seed | test error % | posterior-mean error % | dense test error % | kept | × architecture "
+             "| × bits | s / epoch |", "|---|---|---|---|---|---|---|---|---|"]
     for label, runs in (("paper (local)", record["row"]), (record["tag"], record["variant"])):
         for r in runs:
             lines.append(f"| {label} | {r['seed']} | {r['test_error_pct']:.2f} | {r['test_error_pct_bayes']:.2f} | "
-                         f"{r['kept_architecture']} | {r['compression_architecture']:.1f} | "
+                         f"{r['dense_test_error_pct']:.2f} | {r['kept_architecture']} | {r['compression_architecture']:.1f} | "
                          f"{r['compression_bits']:.1f} | {r['epoch_s_mean']:.2f} |")
     lines += ["", "| quantity | paper (local) | " + record["tag"] + " | difference, 95 % Welch interval |",
               "|---|---|---|---|"]
     for key, label in FIELDS:
         s = record["summary"][key]
         d = s["difference"]
+        interval = (f"[{d['low']:+.2f}, {d['high']:+.2f}]" if not math.isnan(d["low"])
+                    else "(no interval: one seed on a side)")
         lines.append(f"| {label} | {s['row_mean']:.2f} ± {s['row_sd']:.2f} | {s['variant_mean']:.2f} ± "
-                     f"{s['variant_sd']:.2f} | {d['mean']:+.2f} [{d['low']:+.2f}, {d['high']:+.2f}] |")
+                     f"{s['variant_sd']:.2f} | {d['mean']:+.2f} {interval} |")
     return "\n".join(lines + [""])
 
 
@@ -99,7 +101,7 @@ def main() -> None:
     variant = published(args.model, args.method, args.epochs, args.tag)
     if not row or not variant:
         raise SystemExit(f"need blind runs of both: {len(row)} of the row, {len(variant)} tagged {args.tag!r}")
-    keep = ("seed", "test_error_pct", "test_error_pct_bayes", "kept_architecture", "compression_architecture",
+    keep = ("seed", "test_error_pct", "test_error_pct_bayes", "dense_test_error_pct", "kept_architecture", "compression_architecture",
             "compression_bits", "epoch_s_mean", "git_commit", "torch_threads")
     changed = {k: v for k, v in variant[0]["config"]["prior"].items() if row[0]["config"]["prior"].get(k) != v}
     record = {"model": args.model, "method": args.method, "epochs": args.epochs, "tag": args.tag,
