@@ -152,8 +152,9 @@ def markdown(record: dict) -> str:
     chosen_text = f"tolerance {chosen['tolerance_pct']}"
     if len(variants) > 1:
         chosen_text += f", variant {chosen['variant']} (prior {json.dumps(chosen['prior'])})"
+    tag = f", variant `{record['tag']}` (a changed recipe, not the row's rerun)" if record.get("tag") else ""
     lines = [(f"# Blind rerun: {record['model']} {record['method']}, {record['epochs']} Bayesian epochs, "
-              f"seed {record.get('seed', 0)}"),
+              f"seed {record.get('seed', 0)}{tag}"),
              "", (f"Command: `{record['command']}` (CPU, {record['torch_threads']} thread(s), "
                   f"{record['wall_time_s'] / 60:.0f} min)"), "",
              ("Rule (fixed before the run, see `benchmarks/blind_row.py`): among the "
