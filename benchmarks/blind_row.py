@@ -155,8 +155,8 @@ def markdown(record: dict) -> str:
     tag = f", variant `{record['tag']}` (a changed recipe, not the row's rerun)" if record.get("tag") else ""
     lines = [(f"# Blind rerun: {record['model']} {record['method']}, {record['epochs']} Bayesian epochs, "
               f"seed {record.get('seed', 0)}{tag}"),
-             "", (f"Command: `{record['command']}` (CPU, {record['torch_threads']} thread(s), "
-                  f"{record['wall_time_s'] / 60:.0f} min)"), "",
+             "", (f"Command: `{record['command']}` ({record.get('device', 'CPU')}, {record['torch_threads']} CPU "
+                  f"thread(s), {record['wall_time_s'] / 60:.0f} min)"), "",
              ("Rule (fixed before the run, see `benchmarks/blind_row.py`): among the "
               + ("prior variants and " if len(variants) > 1 else "") + f"search tolerances, the largest "
               f"{METRIC_WORDS[metric]} whose fine-tuned validation error is at most the dense model's "
@@ -187,14 +187,24 @@ def markdown(record: dict) -> str:
     return "\n".join(lines)
 
 
-def train_variant(config: RunConfig, run_dir: Path) -> tuple:
-    """Dense model, data and trained posterior of one variant (each resumes from its own run directory)."""
+def device_name(device: str | None) -> str:
+    """Where the run trained, in words: ``"CPU"`` or the accelerator's name (``"cuda: NVIDIA H200"``)."""
+    if device is None or torch.device(device).type == "cpu":
+        return "CPU"
+    if torch.device(device).type == "cuda":
+        return f"cuda: {torch.cuda.get_device_name(torch.device(device))}"
+    return str(device)
+
+
+def train_variant(config: RunConfig, run_dir: Path, device: str | None = None) -> tuple:
+    """Dense model, data and trained posterior of one variant (each resumes from its own run directory); training
+    and fine-tuning run on ``device`` (the CPU when None)."""
     _prepare_run_dir(config, run_dir, False, print)
     data = load_data(config)
-    dense = dense_model(config, data, print, False)
+    dense = dense_model(config, data, print, False, device)
     method = get_method(config.method)
     ctx = RunContext(config=config, data=data, dense=dense, run_dir=run_dir, settings=method.make_settings(config.prior),
-                     log=print, progress=False, extras={})
+                     log=print, progress=False, device=device, extras={})
     return method, ctx, prepare_and_train(method, ctx).model  # resumes from runs/blind/.../bayes.ckpt
 
 
@@ -207,6 +217,7 @@ def main() -> None:
     parser.add_argument("--allowance", type=float, default=0.2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--device", default=None, help="train and fine-tune there (e.g. cuda; default: the CPU)")
     parser.add_argument("--prior-variants", type=json.loads, nargs="+", default=None, metavar="JSON",
                         help="complete prior-settings dicts to choose among on validation (default: the recipe's)")
     parser.add_argument("--prior-set", nargs="+", default=[], metavar="KEY=VALUE",
@@ -229,7 +240,7 @@ def main() -> None:
     for index, prior in enumerate(variants):
         config = replace(base, prior=dict(prior))
         run_dir = root if len(variants) == 1 else root.with_name(f"{root.name}_v{index}")
-        method, ctx, posterior = train_variant(config, run_dir)
+        method, ctx, posterior = train_variant(config, run_dir, args.device)
         dense_val = evaluate(ctx.dense, ctx.data.val)["error_pct"]  # the same dense model for every variant
         ctx = replace(ctx, extras={"allowance": args.allowance})
         trained.append((config, run_dir))
@@ -241,7 +252,7 @@ def main() -> None:
     chosen, rule_met = choose(candidates, metric)
     config, run_dir = trained[chosen["variant"]]
     final = replace(config, compress=replace(config.compress, tolerance_pct=chosen["tolerance_pct"]))
-    report = run(final, run_dir, log=print, progress=False, command=this_command())
+    report = run(final, run_dir, log=print, progress=False, command=this_command(), device=args.device)
     suffix = f"_blind{args.epochs}{seed_tag}"
     published = publish(report, run_dir, {"selection": f"benchmarks/results/blind_{args.model}_mnist_{args.method}_"
                                                        f"{args.epochs}{seed_tag}.json", "selection_metric": metric,
@@ -253,7 +264,7 @@ def main() -> None:
               "chosen": chosen, "rule_met": rule_met, "published": str(published.relative_to(RESULTS.parent.parent)),
               "result": {k: report[k] for k in ("test_error_pct", "compression_architecture", "compression_bits",
                                                 "compression_nonzero", "kept_architecture", "dense_test_error_pct")},
-              "command": this_command(), "torch_threads": torch.get_num_threads(),
+              "command": this_command(), "torch_threads": torch.get_num_threads(), "device": device_name(args.device),
               "wall_time_s": time.perf_counter() - started}
     stem = f"blind_{args.model}_mnist_{args.method}_{args.epochs}{seed_tag}"
     (RESULTS / f"{stem}.json").write_text(json.dumps(record, indent=2))

@@ -6,6 +6,8 @@ and must not depend on the trainer.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -35,6 +37,24 @@ def evaluate(model: nn.Module, data: Split, batch_size: int = 1000) -> dict[str,
             errors += (logits.argmax(1) != labels).sum().item()
             count += labels.numel()
     return {"error_pct": 100.0 * errors / max(count, 1), "nll": nll / max(count, 1)}
+
+
+@contextmanager
+def placed(model: nn.Module, device: str | torch.device | None) -> Iterator[nn.Module]:
+    """Inside the block the model (the same object: its modules, parameters and hooks stay valid) sits on
+    ``device``; afterwards it is back where it was. ``None``: left where it is. Moving a LeNet costs a millisecond,
+    against seconds for one CPU evaluation of a convolutional net, so a search can evaluate on an accelerator while
+    everything else stays on the CPU."""
+    home = device_of(model)
+    target = home if device is None else torch.device(device)
+    if target == home:
+        yield model
+        return
+    model.to(target)
+    try:
+        yield model
+    finally:
+        model.to(home)
 
 
 def device_of(model: nn.Module) -> torch.device:

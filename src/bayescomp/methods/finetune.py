@@ -20,27 +20,31 @@ from bayescomp.train import TrainConfig, evaluate, fit
 
 
 def finetune_keeping_zeros(model: nn.Module, data: DataBundle, config: TrainConfig, checkpoint: Path | None,
-                           progress: bool, log) -> None:
-    """Fine-tune the pruned plain model in place; weights that are zero (per-weight pruning: Sparse VD, Turbo-VBI)
-    stay zero (a fixed ``torch.nn.utils.prune`` mask during training, made permanent afterwards)."""
+                           progress: bool, log, device: str | None = None) -> None:
+    """Fine-tune the pruned plain model in place (on ``device``, the model's own when None); weights that are zero
+    (per-weight pruning: Sparse VD, Turbo-VBI) stay zero (a fixed ``torch.nn.utils.prune`` mask during training,
+    made permanent afterwards)."""
     layers = [m for m in prunable_modules(model) if bool((m.weight == 0).any())]
     _apply_masks(layers, [m.weight.detach() != 0 for m in layers])
     try:
-        fit(model, data, config, checkpoint_path=checkpoint, progress=progress, log=log)
+        fit(model, data, config, checkpoint_path=checkpoint, progress=progress, log=log, device=device)
     finally:
         _make_permanent(layers)
 
 
-def finetune_aware_compress(model: nn.Module, data: DataBundle, config: Any, log=print) -> CompressionResult:
+def finetune_aware_compress(model: nn.Module, data: DataBundle, config: Any, log=print,
+                            device: str | None = None) -> CompressionResult:
     """Pick the pruning level by the validation error *after* fine-tuning (see ``CompressConfig.finetune_search``).
 
     The greedy search runs with a wide tolerance to list candidate plans from mild to severe; a bisection along
     them fine-tunes each probed candidate (``config.finetune``) and keeps the most compressed one whose validation
     error is within ``tolerance_pct`` points of the unpruned posterior mean's (the reference of the plain search;
     the dense model's is not used because fine-tuning a pruned posterior rarely returns to it). Only the
-    validation split is used. ``config`` is a :class:`bayescomp.pipeline.RunConfig`.
+    validation split is used. ``config`` is a :class:`bayescomp.pipeline.RunConfig`; ``device``: where the
+    searches evaluate and the probes are fine-tuned.
     """
-    wide = compress(model, data.val, replace(config.compress, tolerance_pct=config.compress.search_range_pct))
+    wide = compress(model, data.val, replace(config.compress, tolerance_pct=config.compress.search_range_pct),
+                    device=device)
     path = wide.search_path
     budget = wide.base_val_error_pct + config.compress.tolerance_pct
     probes: dict[int, float] = {}
@@ -48,7 +52,7 @@ def finetune_aware_compress(model: nn.Module, data: DataBundle, config: Any, log
     def finetuned_val_error(k: int) -> float:
         thresholds = thresholds_for_counts(wide.log_alpha, path[k]["pruned"])
         candidate = compress(model, data.val, replace(config.compress, thresholds=thresholds))
-        finetune_keeping_zeros(candidate.model, data, config.finetune, None, False, lambda *_: None)
+        finetune_keeping_zeros(candidate.model, data, config.finetune, None, False, lambda *_: None, device)
         probes[k] = evaluate(candidate.model, data.val)["error_pct"]
         log(f"  candidate {k}/{len(path) - 1}: arch {candidate.architecture_kept}, "
             f"{candidate.compression_architecture:.1f}x, fine-tuned val err {probes[k]:.2f}% (budget {budget:.2f}%)")
@@ -73,8 +77,8 @@ def finetune_aware_compress(model: nn.Module, data: DataBundle, config: Any, log
 def search_and_compress(model: nn.Module, ctx: Any) -> CompressionResult:
     """The compress hook of the priors: the posterior's threshold search on the validation split (fine-tuning
     aware when ``compress.finetune_search`` and fine-tuning epochs are set, unless a MAC budget decides the pruning
-    level: ``compress.target_macs`` / ``target_weights``)."""
+    level: ``compress.target_macs`` / ``target_weights``), evaluating on the run's device."""
     config = ctx.config
     if config.compress.finetune_search and config.finetune.epochs > 0 and not config.compress.budgeted:
-        return finetune_aware_compress(model, ctx.data, config, ctx.log)
-    return compress(model, ctx.data.val, config.compress, log=ctx.log if ctx.progress else None)
+        return finetune_aware_compress(model, ctx.data, config, ctx.log, ctx.device)
+    return compress(model, ctx.data.val, config.compress, log=ctx.log if ctx.progress else None, device=ctx.device)

@@ -45,7 +45,7 @@ def guarded_finetune(model: nn.Module, ctx: RunContext, checkpoint: Any = None) 
     Returns the validation errors before and after and whether the fine-tuned weights were kept."""
     before = evaluate(model, ctx.data.val)["error_pct"]
     pruned_state = copy.deepcopy(model.state_dict())
-    finetune_keeping_zeros(model, ctx.data, ctx.config.finetune, checkpoint, ctx.progress, ctx.log)
+    finetune_keeping_zeros(model, ctx.data, ctx.config.finetune, checkpoint, ctx.progress, ctx.log, ctx.device)
     after = evaluate(model, ctx.data.val)["error_pct"]
     kept = after <= before or not ctx.config.compress.finetune_guard
     if not kept:
