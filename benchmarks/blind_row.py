@@ -156,7 +156,9 @@ def markdown(record: dict) -> str:
     lines = [(f"# Blind rerun: {record['model']} {record['method']}, {record['epochs']} Bayesian epochs, "
               f"seed {record.get('seed', 0)}{tag}"),
              "", (f"Command: `{record['command']}` ({record.get('device', 'CPU')}, {record['torch_threads']} CPU "
-                  f"thread(s), {record['wall_time_s'] / 60:.0f} min)"), "",
+                  f"thread(s), {record['wall_time_s'] / 60:.0f} min"
+                  + (f"; the posterior was trained on {record['trained_on']}" if record.get("trained_on") else "")
+                  + ")"), "",
              ("Rule (fixed before the run, see `benchmarks/blind_row.py`): among the "
               + ("prior variants and " if len(variants) > 1 else "") + f"search tolerances, the largest "
               f"{METRIC_WORDS[metric]} whose fine-tuned validation error is at most the dense model's "
@@ -196,15 +198,15 @@ def device_name(device: str | None) -> str:
     return str(device)
 
 
-def train_variant(config: RunConfig, run_dir: Path, device: str | None = None) -> tuple:
+def train_variant(config: RunConfig, run_dir: Path, device: str | None = None, cuda_graphs: bool = False) -> tuple:
     """Dense model, data and trained posterior of one variant (each resumes from its own run directory); training
-    and fine-tuning run on ``device`` (the CPU when None)."""
+    and fine-tuning run on ``device`` (the CPU when None), the Bayesian steps as CUDA graphs if ``cuda_graphs``."""
     _prepare_run_dir(config, run_dir, False, print)
     data = load_data(config)
     dense = dense_model(config, data, print, False, device)
     method = get_method(config.method)
     ctx = RunContext(config=config, data=data, dense=dense, run_dir=run_dir, settings=method.make_settings(config.prior),
-                     log=print, progress=False, device=device, extras={})
+                     log=print, progress=False, device=device, cuda_graphs=cuda_graphs, extras={})
     return method, ctx, prepare_and_train(method, ctx).model  # resumes from runs/blind/.../bayes.ckpt
 
 
@@ -218,6 +220,10 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--device", default=None, help="train and fine-tune there (e.g. cuda; default: the CPU)")
+    parser.add_argument("--trained-on", default="",
+                        help="where the posterior in the run directory was trained, when not here (recorded)")
+    parser.add_argument("--cuda-graphs", action="store_true",
+                        help="replay each Bayesian training step as one CUDA graph (bayescomp.cuda_graphs)")
     parser.add_argument("--prior-variants", type=json.loads, nargs="+", default=None, metavar="JSON",
                         help="complete prior-settings dicts to choose among on validation (default: the recipe's)")
     parser.add_argument("--prior-set", nargs="+", default=[], metavar="KEY=VALUE",
@@ -240,7 +246,7 @@ def main() -> None:
     for index, prior in enumerate(variants):
         config = replace(base, prior=dict(prior))
         run_dir = root if len(variants) == 1 else root.with_name(f"{root.name}_v{index}")
-        method, ctx, posterior = train_variant(config, run_dir, args.device)
+        method, ctx, posterior = train_variant(config, run_dir, args.device, args.cuda_graphs)
         dense_val = evaluate(ctx.dense, ctx.data.val)["error_pct"]  # the same dense model for every variant
         ctx = replace(ctx, extras={"allowance": args.allowance})
         trained.append((config, run_dir))
@@ -265,6 +271,7 @@ def main() -> None:
               "result": {k: report[k] for k in ("test_error_pct", "compression_architecture", "compression_bits",
                                                 "compression_nonzero", "kept_architecture", "dense_test_error_pct")},
               "command": this_command(), "torch_threads": torch.get_num_threads(), "device": device_name(args.device),
+              "cuda_graphs": args.cuda_graphs, **({"trained_on": args.trained_on} if args.trained_on else {}),
               "wall_time_s": time.perf_counter() - started}
     stem = f"blind_{args.model}_mnist_{args.method}_{args.epochs}{seed_tag}"
     (RESULTS / f"{stem}.json").write_text(json.dumps(record, indent=2))

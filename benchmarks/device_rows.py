@@ -15,7 +15,8 @@ post-training path costs a minute, not the budget.
     python -m benchmarks.device_rows --device cuda --budget-s 540 --out /tmp/out \\
         --jobs "lenet5 gnj 200 0" "lenet5 ghs 200 0" --canary gnj ghs
 
-``--out`` receives ``results.tar.gz`` (new files under ``benchmarks/results``, the logs, the driver's record) and,
+``--out`` receives ``results.tar.gz`` (new files under ``benchmarks/results``, ``runs/device_logs``: the jobs' logs
+and the driver's record) and,
 for each job stopped before its end, ``ckpt_<job>.tar`` (its ``bayes.ckpt`` and ``run.json``), so the run can
 continue elsewhere.
 """
@@ -67,9 +68,9 @@ class Job:
     def run_dir(self) -> Path:
         return Path("runs/blind") / self.name
 
-    def command(self, device: str) -> list[str]:
+    def command(self, device: str, common: list[str] = ()) -> list[str]:
         cmd = [sys.executable, "-m", "benchmarks.blind_row", "--model", self.model, "--method", self.method,
-               "--epochs", str(self.epochs), "--seed", str(self.seed), "--device", device, *self.extra]
+               "--epochs", str(self.epochs), "--seed", str(self.seed), "--device", device, *common, *self.extra]
         return cmd + (["--tag", "canary", "--tolerances", "1.0"] if self.canary else [])
 
     def read_progress(self) -> None:
@@ -137,14 +138,14 @@ def jobs_that_fit(training: list[Job], seconds_left: float) -> int:
 def pack(jobs: list[Job], out: Path, started: float, record: dict) -> None:
     """results.tar.gz (new result files, logs, the record) and a checkpoint tar for every job stopped early."""
     out.mkdir(parents=True, exist_ok=True)
-    (out / "device_rows.json").write_text(json.dumps(record, indent=2))
-    with tarfile.open(out / "results.tar.gz", "w:gz") as tar:
+    logs = jobs[0].log_path.parent
+    (logs / "device_rows.json").write_text(json.dumps(record, indent=2))
+    with tarfile.open(out / "results.tar.gz", "w:gz") as tar:  # one file: the way back takes at most eight
         for path in sorted(RESULTS.iterdir()):
             if path.is_file() and path.stat().st_mtime >= started and "canary" not in path.name:
                 tar.add(path)
-        for job in jobs:
-            tar.add(job.log_path, arcname=f"logs/{job.log_path.name}")
-        tar.add(out / "device_rows.json", arcname="logs/device_rows.json")
+        for path in sorted(logs.iterdir()):  # the jobs' logs, the record, anything a wrapper left there
+            tar.add(path, arcname=f"logs/{path.name}")
     for job in jobs:
         if job.stopped and not job.canary and (job.run_dir / "bayes.ckpt").exists():
             with tarfile.open(out / f"ckpt_{job.name}.tar", "w") as tar:
@@ -183,6 +184,7 @@ def main() -> None:
                              "command will run again on the same machine and resume the jobs")
     parser.add_argument("--post-s", type=float, default=150.0, help="seconds kept for pruning and fine-tuning")
     parser.add_argument("--check-s", type=float, default=20.0)
+    parser.add_argument("--job-args", default="", help="arguments given to every job and canary (e.g. --cuda-graphs)")
     parser.add_argument("--mps", action="store_true", help="try the CUDA multi-process service first")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
@@ -194,11 +196,11 @@ def main() -> None:
     jobs = [parse_job(text) for text in args.jobs]
     canaries = [Job(jobs[0].model, method, 1, 0, canary=True) for method in args.canary]
     logs = Path("runs/device_logs")
-    logs.mkdir(parents=True, exist_ok=True)
+    logs.mkdir(parents=True, exist_ok=True)  # a wrapper may have left its own log here (packed too)
     for job in canaries + jobs:
         job.log_path = logs / f"{job.name}.log"
         with job.log_path.open("w") as log:
-            job.process = subprocess.Popen(job.command(args.device), stdout=log, stderr=subprocess.STDOUT,
+            job.process = subprocess.Popen(job.command(args.device, args.job_args.split()), stdout=log, stderr=subprocess.STDOUT,
                                            start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     events = []
     while any(job.running for job in jobs) and time.time() < deadline:
@@ -225,7 +227,7 @@ def main() -> None:
         job.stop("deadline")
     record = {"device": args.device, "mps": mps, "budget_s": args.budget_s, "events": events,
               "wall_time_s": time.time() - started,
-              "jobs": [{"name": job.name, "command": " ".join(job.command(args.device)[1:]),
+              "jobs": [{"name": job.name, "command": " ".join(job.command(args.device, args.job_args.split())[1:]),
                         "returncode": job.process.returncode, "stopped": job.stopped,
                         "last_epoch": job.last_epoch[1] if job.last_epoch else None, "canary": job.canary,
                         "median_epoch_s": statistics.median(job.epoch_seconds) if job.epoch_seconds else None}

@@ -220,7 +220,13 @@ def training_state(model: torch.nn.Module, optimizer, scheduler, epoch: int, con
 def restore_training_state(state: dict[str, Any], model: torch.nn.Module, optimizer, scheduler) -> None:
     """Load a :func:`training_state` checkpoint into the model, optimiser, schedule and the global RNGs."""
     model.load_state_dict(state["model"])
+    # how the optimiser runs (fused kernel, capturable for CUDA graphs) belongs to this run, not to the file: a
+    # checkpoint written by a CUDA-graph run on a GPU must resume on a CPU, and the other way round
+    modes = [{key: group[key] for key in ("fused", "capturable", "foreach") if key in group}
+             for group in optimizer.param_groups]
     optimizer.load_state_dict(state["optimizer"])
+    for group, mode in zip(optimizer.param_groups, modes):
+        group.update(mode)
     scheduler.load_state_dict(state["scheduler"])
     torch.set_rng_state(state["torch_rng"])
     random.setstate(state["python_rng"])

@@ -15,11 +15,12 @@ from torch import nn
 from bayescomp.priors.base import bayesian_layers
 
 
-def collect_kl(model: nn.Module) -> torch.Tensor:
-    """Sum of the KL divergences of all Bayesian layers (0 for a plain model)."""
+def collect_kl(model: nn.Module, device: torch.device | str | None = None) -> torch.Tensor:
+    """Sum of the KL divergences of all Bayesian layers (0 for a plain model, made on ``device``: a CUDA graph
+    cannot copy a CPU zero in)."""
     terms = [layer.kl_divergence() for _, layer in bayesian_layers(model)]
     if not terms:
-        return torch.zeros(())
+        return torch.zeros((), device=device)
     return torch.stack(terms).sum()
 
 
@@ -35,5 +36,5 @@ def variational_loss(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Return ``(loss, nll, kl)`` with loss = mean NLL + kl_scale * KL_sum / n_train."""
     nll = F.cross_entropy(logits, targets)
-    kl = collect_kl(model).to(nll.device)
+    kl = collect_kl(model, nll.device).to(nll.device)
     return nll + kl_scale * kl / float(n_train), nll, kl

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import random
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from torch import nn
 
 from bayescomp import distributed as dist_utils
 from bayescomp.checkpoint import restore_training_state, training_state  # noqa: F401  (re-exported)
+from bayescomp.cuda_graphs import WARMUP_STEPS, GraphedStep, graph_unsafe_layers
 from bayescomp.data import DataBundle
 from bayescomp.data_sources import steps_per_epoch as split_steps
 from bayescomp.evaluation import device_of as _device_of
@@ -31,7 +33,7 @@ from bayescomp.evaluation import evaluate  # noqa: F401  (re-exported: bayescomp
 from bayescomp.mixed_precision import (  # noqa: F401  (re-exported: bayescomp.train.native_bf16, ...)
     PRECISIONS, AutocastForward, native_bf16, resolve_precision,
 )
-from bayescomp.loop import NonFiniteLossError, StepLoss, run_epoch, train_epochs  # noqa: F401 (re-exported)
+from bayescomp.loop import NAN_ADVICE, NonFiniteLossError, StepLoss, run_epoch, train_epochs  # noqa: F401 (re-exported)
 from bayescomp.objective import kl_weight, variational_loss
 from bayescomp.priors.base import bayesian_layers
 
@@ -115,8 +117,9 @@ def _lr_factor(schedule: str, epoch: int, total: int) -> float:
     raise ValueError(f"unknown lr_schedule {schedule!r}; use constant, cosine or linear")
 
 
-def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
-    """Adam (fused kernel), with a parameter group per entry of ``config.lr_scales`` that matches something."""
+def make_optimizer(model: nn.Module, config: TrainConfig, capturable: bool = False) -> torch.optim.Optimizer:
+    """Adam (fused kernel), with a parameter group per entry of ``config.lr_scales`` that matches something;
+    ``capturable``: its step count kept on the device, so a CUDA graph can record the step."""
     buckets: dict[str, list[nn.Parameter]] = {"": []}
     for name, param in model.named_parameters():
         if param.requires_grad:
@@ -124,7 +127,8 @@ def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimiz
             buckets.setdefault(suffix, []).append(param)
     groups = [{"params": params, "lr": config.lr * config.lr_scales.get(suffix, 1.0)}
               for suffix, params in buckets.items() if params]
-    return torch.optim.Adam(groups, lr=config.lr, weight_decay=config.weight_decay, fused=True)
+    return torch.optim.Adam(groups, lr=config.lr, weight_decay=config.weight_decay, fused=True,
+                            capturable=capturable)
 
 
 def fit(
@@ -140,6 +144,7 @@ def fit(
     amp: bool | None = None,
     precision: str = "fp32",
     channels_last: bool | None = None,
+    cuda_graphs: bool = False,
 ) -> TrainHistory:
     """Train ``model`` in place on ``data.train``; validate on ``data.val`` after each epoch.
 
@@ -167,6 +172,10 @@ def fit(
             plain fp32 0.68-0.90x, BC-GNJ fp32 0.83-0.88x of the NCHW epoch); the Bayesian layers draw their noise and keep both products in the
             layout of their weights (:func:`bayescomp.priors.fused.in_layout`), so the NHWC convolutions' speed is
             not lost to strided elementwise passes (benchmarks/results/epoch_cost_*.md).
+        cuda_graphs: on a CUDA device, replay every full mini-batch's step as one CUDA graph
+            (:mod:`bayescomp.cuda_graphs`: small networks' GPU steps are bound by kernel-launch latency). Needs
+            layers marked ``graph_safe`` and fp32, single-process training; otherwise the run says why and trains
+            eagerly. Off by default.
 
     Under torchrun (``WORLD_SIZE > 1``) the model is wrapped in ``DistributedDataParallel`` for the training
     steps only; ``model`` itself stays unwrapped (hooks, checkpoints). Rank 0 logs and writes the checkpoint.
@@ -190,7 +199,7 @@ def fit(
     hook = _to_channels_last(model) if channels_last else None
     try:
         return _fit(model, data, config, checkpoint_path, progress, stop_after_epochs, log, objective, place,
-                    chosen == "bf16", distributed)
+                    chosen == "bf16", distributed, cuda_graphs)
     finally:
         model.to(home)
         if hook is not None:
@@ -227,8 +236,9 @@ def _to_channels_last(model: nn.Module):
 
 
 def _fit(model, data, config, checkpoint_path, progress, stop_after_epochs, log, objective, place: torch.device,
-         amp: bool, distributed: bool) -> TrainHistory:
-    optimizer = make_optimizer(model, config)
+         amp: bool, distributed: bool, cuda_graphs: bool = False) -> TrainHistory:
+    graphs = cuda_graphs and _graphs_allowed(model, place, amp, distributed, log)
+    optimizer = make_optimizer(model, config, capturable=graphs)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda e: _lr_factor(config.lr_schedule, e, config.epochs)
     )
@@ -243,7 +253,7 @@ def _fit(model, data, config, checkpoint_path, progress, stop_after_epochs, log,
     def one_epoch(epoch: int) -> dict[str, float]:
         if distributed:  # independent posterior noise per rank, reproducible on resume
             torch.manual_seed(_rank_seed(config.seed, epoch, dist_utils.rank()))
-        record = _train_epoch(run, epoch)
+        record = _train_epoch_graphed(run, epoch) if graphs else _train_epoch(run, epoch)
         for _, layer in bayesian_layers(model):
             layer.on_epoch_end()
         return record
@@ -253,6 +263,17 @@ def _fit(model, data, config, checkpoint_path, progress, stop_after_epochs, log,
                           lambda record: _epoch_line(record, config.epochs), checkpoint_path, log,
                           stop_after_epochs)
     return TrainHistory(epochs)
+
+
+def _graphs_allowed(model: nn.Module, place: torch.device, amp: bool, distributed: bool, log) -> bool:
+    """Whether ``fit(cuda_graphs=True)`` can capture this run's step; if not, say why (it then trains eagerly)."""
+    unsafe = graph_unsafe_layers(model)
+    reason = ("it needs a CUDA device" if place.type != "cuda" else "bf16 autocast is not captured" if amp
+              else "data-parallel steps are not captured" if distributed
+              else f"layers {unsafe} are not graph-safe" if unsafe else None)
+    if reason is not None:
+        log(f"cuda_graphs: {reason}; training eagerly")
+    return reason is None
 
 
 @dataclass
@@ -276,6 +297,7 @@ class TrainingRun:
     progress: bool = False
     n_train: int | None = None
     steps: int | None = None
+    graphed: GraphedStep | None = None  # the captured step of a cuda_graphs run (made at its first full batch)
 
     def __post_init__(self) -> None:
         self.n_train = len(self.data.train) if self.n_train is None else self.n_train
@@ -336,6 +358,66 @@ def _train_epoch(run: TrainingRun, epoch: int) -> dict[str, float]:
     if run.has_bayes:
         record["kl_weight"] = kl_weight(epoch + 1, config.kl_warmup_epochs)
     return record
+
+
+def _train_epoch_graphed(run: TrainingRun, epoch: int) -> dict[str, float]:
+    """:func:`_train_epoch` with each full mini-batch's step replayed as a CUDA graph (:mod:`bayescomp.cuda_graphs`),
+    captured at the epoch's first full batch (the learning rate is a constant of the graph); the first steps of the
+    run are eager warm-up steps and a smaller last batch runs eagerly. Same data order, objective and logging."""
+    model, config, steps = run.model, run.config, run.steps
+    model.train()
+    generator = torch.Generator().manual_seed(config.seed * 100_003 + epoch)
+    layers = [layer for _, layer in bayesian_layers(model)]
+
+    def after_step() -> None:
+        for layer in layers:
+            layer.apply_constraints()
+
+    totals = torch.zeros(3, dtype=torch.float64)
+    start, captured = time.perf_counter(), False
+    batches = run.data.train.batches(config.batch_size, shuffle=True, generator=generator, device=run.device)
+    for step, (images, labels) in enumerate(batches):
+        if config.augment == "crop_flip":
+            images = crop_flip(images, generator)
+        scale = kl_weight(epoch + step / steps, config.kl_warmup_epochs)
+        if run.graphed is None:
+            run.graphed = GraphedStep(model, run.forward, run.objective, run.optimizer, after_step, run.n_train,
+                                      images, labels)
+        graphed = run.graphed
+        if not graphed.fits(images):
+            values = _eager_step(run, images, labels, scale, after_step)
+        elif graphed.warmups < WARMUP_STEPS:
+            values = graphed.warm_up(images, labels, scale)
+        else:
+            if not captured:
+                graphed.capture()
+                captured = True
+            values = graphed(images, labels, scale)
+        loss, nll, kl = values.tolist()
+        if not math.isfinite(loss):
+            raise NonFiniteLossError(f"loss became {loss} at epoch {epoch + 1}, step {step + 1} (nll={nll:.4g}, "
+                                     f"kl={kl:.4g}); the step ran inside a CUDA graph and is applied in memory, but "
+                                     f"the checkpoint of the last completed epoch is kept. {NAN_ADVICE}")
+        totals += torch.tensor([loss, nll, kl], dtype=torch.float64)
+    record = dict(zip(("loss", "nll", "kl"), (totals / max(steps, 1)).tolist()))
+    record.update(epoch=epoch + 1, epoch_s=time.perf_counter() - start, lr=run.optimizer.param_groups[0]["lr"])
+    if run.has_bayes:
+        record["kl_weight"] = kl_weight(epoch + 1, config.kl_warmup_epochs)
+    return record
+
+
+def _eager_step(run: TrainingRun, images: torch.Tensor, labels: torch.Tensor, scale: float,
+                after_step) -> torch.Tensor:
+    """One ordinary step (a graph run's smaller last batch); returns (loss, nll, kl) as a tensor."""
+    loss, nll, kl = run.objective(run.forward(images), labels, run.model, run.n_train, scale)
+    values = torch.stack([loss.detach(), nll.detach(), kl.detach().to(loss.device, loss.dtype)])
+    if not bool(torch.isfinite(loss)):
+        return values  # the caller raises before anything is applied
+    run.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    run.optimizer.step()
+    after_step()
+    return values
 
 
 def shard_loss(net: nn.Module, model: nn.Module, objective: Any, images: torch.Tensor, labels: torch.Tensor,

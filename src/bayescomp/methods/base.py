@@ -45,6 +45,7 @@ class RunContext:
     progress: bool = True
     device: str | None = None
     amp: bool = False
+    cuda_graphs: bool = False  # replay the Bayesian training step as a CUDA graph (fit(cuda_graphs=True))
     metadata: dict[str, Any] = field(default_factory=dict)  # extra fields of the compressed file's metadata
     extras: dict[str, Any] = field(default_factory=dict)  # extra report fields
     state: dict[str, Any] = field(default_factory=dict)  # a method's private state between its hooks
@@ -57,7 +58,7 @@ def shared_training(model: nn.Module, ctx: RunContext, objective: Any = None) ->
     """The default ``train`` hook: the library's one training loop on the Bayesian schedule, checkpointed."""
     checkpoint = None if ctx.run_dir is None else ctx.run_dir / "bayes.ckpt"
     return fit(model, ctx.data, ctx.config.bayes, checkpoint_path=checkpoint, progress=ctx.progress,
-               log=ctx.log, device=ctx.device, amp=ctx.amp, objective=objective)
+               log=ctx.log, device=ctx.device, amp=ctx.amp, objective=objective, cuda_graphs=ctx.cuda_graphs)
 
 
 def _no_extras(model: nn.Module | None, ctx: RunContext) -> dict[str, Any]:

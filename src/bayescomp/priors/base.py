@@ -36,6 +36,9 @@ class BayesianLayer(nn.Module):
     #: training forward through the fused Functions of :mod:`bayescomp.priors.fused` (False: the plain autograd
     #: ops, kept as the reference the fused path is tested against and for the benchmark's unfused variant)
     fused: bool = True
+    #: forward, KL and ``apply_constraints`` are pure tensor code (no host reads, no value-dependent Python), so
+    #: ``fit(cuda_graphs=True)`` may capture the training step (:mod:`bayescomp.cuda_graphs`)
+    graph_safe: bool = False
 
     def _variance_cache(self) -> VarianceCache:
         cache = self.__dict__.get("_variances")

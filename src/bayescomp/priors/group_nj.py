@@ -151,6 +151,8 @@ def kl_standard_normal(mu: torch.Tensor, log_sigma2: torch.Tensor,
 class _GroupNJMixin(BayesianLayer):
     """Parameters and posterior statistics shared by the linear and the conv layer."""
 
+    graph_safe = True
+
     def _init_posterior(self, weight: torch.Tensor, bias: torch.Tensor | None, groups: int, cfg: GroupNJConfig):
         self.config = cfg
         self.weight_mu = nn.Parameter(weight.detach().clone())

@@ -70,6 +70,8 @@ class SparseVDConfig:
 class _SparseVDMixin(PerWeightGaussian):
     """Parameters and posterior statistics shared by the linear and the conv layer."""
 
+    graph_safe = True
+
     def _init_posterior(self, weight: torch.Tensor, bias: torch.Tensor | None, cfg: SparseVDConfig) -> None:
         self.config = cfg
         self.weight_mu = nn.Parameter(weight.detach().clone())
