@@ -125,3 +125,19 @@ def test_a_bayesian_lenet5_trains_under_graphs_as_eagerly(prior, mnist_small):
         errors.append(history.epochs[-1]["val_error_pct"])
     assert not any("training eagerly" in line for line in lines)
     assert errors[1] < 50.0 and abs(errors[0] - errors[1]) < 10.0, errors
+
+
+def test_cli_cuda_graphs_flag_reaches_training_and_the_report(tmp_path, capsys):
+    """``bayescomp run --cuda-graphs`` on a CPU: the training says it runs eagerly, the report records the
+    request under ``training``."""
+    import json
+
+    from bayescomp.cli import main
+
+    run_dir = tmp_path / "r"
+    code = main(["run", "--model", "lenet300", "--method", "gnj", "--run-dir", str(run_dir), "--train-subset", "500",
+                 "--val-size", "200", "--test-subset", "200", "--dense-epochs", "1", "--epochs", "1",
+                 "--no-progress", "--no-latency", "--no-plots", "--cuda-graphs"])
+    assert code == 0
+    assert "cuda_graphs: it needs a CUDA device; training eagerly" in capsys.readouterr().out
+    assert json.loads((run_dir / "report.json").read_text())["training"]["cuda_graphs"] is True

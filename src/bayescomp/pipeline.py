@@ -128,16 +128,19 @@ def save_compressed(result: CompressionResult, path: Path, metadata: dict[str, A
 
 
 def run(config: RunConfig, run_dir: str | Path, log=print, progress: bool = True, restart: bool = False,
-        command: str | None = None, device: str | None = None, amp: bool = False) -> dict[str, Any]:
+        command: str | None = None, device: str | None = None, amp: bool = False,
+        cuda_graphs: bool = False) -> dict[str, Any]:
     """Run the whole job into ``run_dir`` and return the report (also written as report.json / report.md).
 
     Under torchrun (``bayescomp run --nproc N``) the ranks train data-parallel; rank 0 searches the thresholds,
     every rank reads its masks from its own posterior with them and they must agree (``report["ddp"]``), then
     rank 0 alone compresses, writes the files and sends the report to the other ranks, which return it too.
 
-    ``device`` / ``amp``: where the dense and Bayesian training run and whether they use bfloat16 autocast (see
-    :func:`bayescomp.train.fit`); compression, measurement and the report always run on the CPU. They do not change
-    what a run means, so they are not part of ``run.json``; the report records them under ``training``.
+    ``device`` / ``amp`` / ``cuda_graphs``: where the dense and Bayesian training, the threshold search's
+    evaluations and the fine-tuning run, whether training uses bfloat16 autocast, and whether the Bayesian step is
+    replayed as a CUDA graph (see :func:`bayescomp.train.fit`); the rest of compression, measurement and the report
+    run on the CPU. They do not change what a run means, so they are not part of ``run.json``; the report records
+    them under ``training``.
     """
     started = time.perf_counter()
     dist_utils.init_from_env()
@@ -150,14 +153,14 @@ def run(config: RunConfig, run_dir: str | Path, log=print, progress: bool = True
     run_dir = Path(run_dir)
     lock = runlock.acquire(run_dir, log) if dist_utils.is_main() else None  # one writer per run directory
     try:
-        return _run(config, run_dir, log, progress, restart, command, device, amp, started)
+        return _run(config, run_dir, log, progress, restart, command, device, amp, started, cuda_graphs)
     finally:
         if lock is not None:
             runlock.release(lock)
 
 
 def _run(config: RunConfig, run_dir: Path, log, progress: bool, restart: bool, command: str | None,
-         device: str | None, amp: bool, started: float) -> dict[str, Any]:
+         device: str | None, amp: bool, started: float, cuda_graphs: bool = False) -> dict[str, Any]:
     if dist_utils.is_main():
         _prepare_run_dir(config, run_dir, restart, log)
     dist_utils.barrier()
@@ -170,9 +173,10 @@ def _run(config: RunConfig, run_dir: Path, log, progress: bool, restart: bool, c
 
     method = get_method(config.method)
     ctx = RunContext(config=config, data=data, dense=dense, run_dir=run_dir,
-                     settings=method.make_settings(config.prior), log=log, progress=progress, device=device, amp=amp)
+                     settings=method.make_settings(config.prior), log=log, progress=progress, device=device, amp=amp,
+                     cuda_graphs=cuda_graphs)
     outcome = prepare_and_train(method, ctx)
-    training = {"device": str(device or "cpu"), "amp": amp}
+    training = {"device": str(device or "cpu"), "amp": amp, **({"cuda_graphs": True} if cuda_graphs else {})}
     if dist_utils.is_distributed():
         return _finish_distributed(method, ctx, outcome, dense_eval, started, command, training)
     return _finish(method, ctx, outcome, dense_eval, started, command, training=training)
