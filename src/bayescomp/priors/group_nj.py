@@ -269,15 +269,20 @@ def _examples(x: torch.Tensor) -> int:
     return x.shape[0] if x.dim() > 1 else 1
 
 
+def _per_example(z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """The rows of z (one per example, ``_sample_z``) shaped to multiply ``x`` of any rank: a vector for a single
+    example, (B, 1, ..., 1, D) for token inputs, so all of an example's tokens share its z."""
+    if x.dim() == 1:
+        return z[0]
+    if x.dim() > 2:
+        return z.view(z.shape[0], *([1] * (x.dim() - 2)), z.shape[-1])
+    return z
+
+
 def _unfused_linear(layer: BayesianLinear, x: torch.Tensor) -> torch.Tensor:
     """Training forward of a group-scaled Linear layer (GNJ, GHS) with plain autograd ops, for inputs of any rank:
     z per example (rows of ``_sample_z``) broadcast over the token dimensions (see :class:`BayesianLinear`)."""
-    z = layer._sample_z(_examples(x))
-    if x.dim() == 1:
-        z = z[0]
-    elif x.dim() > 2:
-        z = z.view(z.shape[0], *([1] * (x.dim() - 2)), z.shape[-1])  # (B, 1, ..., 1, D): shared by the tokens
-    x_scaled = x * z
+    x_scaled = x * _per_example(layer._sample_z(_examples(x)), x)
     mean = F.linear(x_scaled, layer.weight_mu, layer.bias_mu)
     bias_var = layer.bias_log_sigma2.exp() if layer.bias_mu is not None else None
     var = F.linear(x_scaled.pow(2), layer.weight_log_sigma2.exp(), bias_var)
@@ -339,11 +344,7 @@ def _shared_draw_linear(layer: BayesianLinear, x: torch.Tensor) -> torch.Tensor:
     weight, bias = _draw(layer, "weight"), _draw(layer, "bias")
     if layer.config.z_sampling == "batch":
         return F.linear(x, weight * z[0], bias)
-    if x.dim() == 1:
-        z = z[0]
-    elif x.dim() > 2:
-        z = z.view(z.shape[0], *([1] * (x.dim() - 2)), z.shape[-1])
-    return F.linear(x * z, weight, bias)
+    return F.linear(x * _per_example(z, x), weight, bias)
 
 
 def _shared_draw_conv(layer: BayesianConv2d, x: torch.Tensor) -> torch.Tensor:
