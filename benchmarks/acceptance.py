@@ -91,21 +91,36 @@ def _paper_rows(by: dict, runs: list[dict], row) -> None:
         row("LeNet-300-100 BC-GNJ or BC-GHS: error <= 1.8 % at >= 12x, setting chosen on validation only"
             " (mean over the blind seeds)",
             f"{seed_spread_text(group)} ({method}, `{group[0]['_stem']}`)", error <= 1.8 and compression >= 12)
+    lenet5 = {method: group for (model, method), group in blind_reruns(runs).items() if model == "lenet5"}
     targets = (("gnj", 1.0, 108, 361, "LeNet-5-Caffe BC-GNJ: error <= 1.0 % at >= 108x (architecture) and >= 361x "
                                       "(bits), the paper's figures"),
                ("ghs", 1.0, 156, 419, "LeNet-5-Caffe BC-GHS: error <= 1.0 % at >= 156x (architecture) and >= 419x "
                                       "(bits), the paper's figures"))
     for method, limit, arch, bits, target in targets:
+        if method in lenet5:  # the blind reruns (setting chosen on validation) judge the row once they exist
+            group = lenet5[method]
+            error, architecture, bit = (seed_mean_std(group, key)[0] for key in
+                                        ("test_error_pct", "compression_architecture", "compression_bits"))
+            row(target + ", chosen on validation only", f"{seed_spread_text(group)}, bits {bit:.0f}x "
+                f"({group[0]['epochs']} epochs, `{group[0]['_stem']}`)",
+                error <= limit and architecture >= arch and bit >= bits)
+            continue
         r = by.get(("lenet5", method))
         if r:
             row(target, f"{r['test_error_pct']:.2f} % at {r['compression_architecture']:.1f}x, bits "
                         f"{r['compression_bits']:.0f}x", r["test_error_pct"] <= limit
                 and r["compression_architecture"] >= arch and r["compression_bits"] >= bits)
+    target = "LeNet-5-Caffe Sparse VD: error <= 0.8 % with >= 280x fewer non-zero weights, the paper's figures"
+    if "svd" in lenet5:
+        group = lenet5["svd"]
+        row(target + ", chosen on validation only", f"{seed_spread_text(group)} ({group[0]['epochs']} epochs, "
+            f"`{group[0]['_stem']}`)", seed_mean_std(group, "test_error_pct")[0] <= 0.8
+            and seed_mean_std(group, "compression_nonzero")[0] >= 280)
+        return
     r = by.get(("lenet5", "svd"))
     if r and "compression_nonzero" in r:
-        row("LeNet-5-Caffe Sparse VD: error <= 0.8 % with >= 280x fewer non-zero weights, the paper's figures",
-            f"{r['test_error_pct']:.2f} % at {r['compression_nonzero']:.1f}x ({r['epochs']} epochs; the paper 200)",
-            r["test_error_pct"] <= 0.8 and r["compression_nonzero"] >= 280)
+        row(target, f"{r['test_error_pct']:.2f} % at {r['compression_nonzero']:.1f}x ({r['epochs']} epochs; the "
+                    "paper 200)", r["test_error_pct"] <= 0.8 and r["compression_nonzero"] >= 280)
 
 
 def _mac_ratio(record: dict) -> float:
