@@ -310,6 +310,22 @@ def _rank_seed(seed: int, epoch: int, rank: int) -> int:
     return (seed * 1_000_003 + epoch * 7_919 + rank * 104_729 + 1) % (2**63)
 
 
+def _epoch_generator(config: TrainConfig, epoch: int) -> torch.Generator:
+    """The data order (and augmentation) of an epoch: seeded by (seed, epoch), so a resumed run sees the same."""
+    return torch.Generator().manual_seed(config.seed * 100_003 + epoch)
+
+
+def _constraints_step(model: nn.Module):
+    """What runs after every optimiser step: each Bayesian layer's ``apply_constraints``."""
+    layers = [layer for _, layer in bayesian_layers(model)]
+
+    def after_step() -> None:
+        for layer in layers:
+            layer.apply_constraints()
+
+    return after_step
+
+
 def _train_epoch(run: TrainingRun, epoch: int) -> dict[str, float]:
     """One pass over the training split through :func:`bayescomp.loop.run_epoch`; ``net`` is the
     ``DistributedDataParallel`` wrapper when data-parallel.
@@ -325,8 +341,8 @@ def _train_epoch(run: TrainingRun, epoch: int) -> dict[str, float]:
     model, config, forward, net, steps, n_train = run.model, run.config, run.forward, run.net, run.steps, run.n_train
     objective = run.objective
     (model if net is None else net).train()
-    generator = torch.Generator().manual_seed(config.seed * 100_003 + epoch)
-    layers = [layer for _, layer in bayesian_layers(model)]
+    generator = _epoch_generator(config, epoch)
+    after_step = _constraints_step(model)
     augment = (lambda x, rows: crop_flip(x, generator, rows=rows)) if config.augment == "crop_flip" else None
 
     def step_loss(batch, step: int) -> StepLoss:
@@ -349,10 +365,6 @@ def _train_epoch(run: TrainingRun, epoch: int) -> dict[str, float]:
         return StepLoss(local, global_nll + (loss.item() - nll.item()), global_nll, kl.item(), value,
                         f"this rank: loss {loss.item():.4g}, nll={nll.item():.4g}, kl={kl.item():.4g}")
 
-    def after_step() -> None:
-        for layer in layers:
-            layer.apply_constraints()
-
     batches = run.data.train.batches(config.batch_size, shuffle=True, generator=generator, device=run.device)
     record = run_epoch(batches, step_loss, run.optimizer, epoch, config.epochs, steps, run.progress, after_step)
     if run.has_bayes:
@@ -366,13 +378,8 @@ def _train_epoch_graphed(run: TrainingRun, epoch: int) -> dict[str, float]:
     run are eager warm-up steps and a smaller last batch runs eagerly. Same data order, objective and logging."""
     model, config, steps = run.model, run.config, run.steps
     model.train()
-    generator = torch.Generator().manual_seed(config.seed * 100_003 + epoch)
-    layers = [layer for _, layer in bayesian_layers(model)]
-
-    def after_step() -> None:
-        for layer in layers:
-            layer.apply_constraints()
-
+    generator = _epoch_generator(config, epoch)
+    after_step = _constraints_step(model)
     totals = torch.zeros(3, dtype=torch.float64)
     start, captured = time.perf_counter(), False
     batches = run.data.train.batches(config.batch_size, shuffle=True, generator=generator, device=run.device)
