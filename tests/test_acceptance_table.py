@@ -111,3 +111,23 @@ def test_the_readme_sentence_lists_each_blind_rerun_with_its_spread():
     text = blind_sentence(runs)
     assert "lenet300 ghs 200 epochs: 1.74 % at 13.9x" in text
     assert "lenet300 gnj 200 epochs: 1.71 ± 0.08 % at 14.8 ± 2.9x over seeds 0, 1" in text
+
+
+def _cost(model: str, ratios: dict[str, float]) -> dict:
+    variants = {"plain fp32": {"ratio_to_plain_fp32_cpu": 1.0}}
+    variants.update({f"{method} default (bf16)": {"ratio_to_plain_fp32_cpu": r} for method, r in ratios.items()})
+    return {"threads": 1, "cpu_capability": "AVX512", "results": [{"model": model, "variants": variants}]}
+
+
+def _cost_rows(costs: list[dict]) -> list[str]:
+    return [line for line in acceptance_table([], costs).splitlines() if "epoch of" in line or "epochs of" in line]
+
+
+def test_epoch_rows_use_each_models_own_target_and_compare_the_other_methods_with_gnj():
+    rows = _cost_rows([_cost("lenet5", {"gnj": 1.55, "ghs": 1.90, "svd": 1.50}),
+                       _cost("lenet300", {"gnj": 2.10, "ghs": 2.30, "svd": 2.0, "turbo": 1.8})])
+    lenet5, lenet300, ratio5, ratio300 = rows
+    assert "<= 1.6x" in lenet5 and "1.55x" in lenet5 and lenet5.endswith("| yes |")
+    assert "ghs 1.226x" in ratio5 and ratio5.endswith("| no |")  # 1.90 / 1.55 > 1.2
+    assert "<= 2.0x" in lenet300 and lenet300.endswith("| no |")  # 2.10 > 2.0
+    assert "turbo 0.857x" in ratio300 and ratio300.endswith("| yes |")  # max 2.30 / 2.10 = 1.095
