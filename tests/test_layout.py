@@ -72,7 +72,7 @@ def test_channels_last_sampled_training_step_matches_the_default_layout(prior, m
     """Every registered prior: with the noise fixed by logical index and the same seed for the group scales, the
     sampled forward and every gradient agree between NCHW and NHWC (fp32); so the NHWC default of bf16 CPU training
     changes only the speed and the order in which the noise is drawn."""
-    for module_name in ("bayescomp.priors.base", "bayescomp.priors.group_nj", "bayescomp.priors.group_hs"):
+    for module_name in ("bayescomp.priors.base", "bayescomp.priors.group_nj"):
         monkeypatch.setattr(sys.modules[module_name], "noise_like", _index_noise)
     torch.manual_seed(0)
     model = bayesify(create_model("lenet5", 10, (1, 28, 28), [0.13], [0.31]), prior)

@@ -29,17 +29,12 @@ import math
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from bayescomp.priors.base import BayesianConv2d, BayesianLayer, BayesianLinear, PriorSpec, register_prior
-from bayescomp.priors.fused import noise_like
+from bayescomp.priors.base import BayesianLayer, PriorSpec, register_prior
 from bayescomp.priors.group_nj import (
-    _fused_conv,
-    _fused_linear,
-    _shared_draw_conv,
-    _shared_draw_linear,
-    _unfused_linear,
+    GroupScaledConv2d,
+    GroupScaledLinear,
     check_weight_sampling,
     check_z_sampling,
     kl_standard_normal,
@@ -237,60 +232,22 @@ class _GroupHSMixin(BayesianLayer):
                     self.bias_log_sigma2.clamp_(max=bound)
 
 
-class LinearGroupHS(_GroupHSMixin, BayesianLinear):
+class LinearGroupHS(_GroupHSMixin, GroupScaledLinear):
     """Bayesian ``nn.Linear`` with a horseshoe scale per input neuron (z_i scales column i)."""
 
-    def __init__(self, in_features: int, out_features: int, bias: bool = True, config: GroupHSConfig | None = None):
-        super().__init__()
-        self.in_features, self.out_features = in_features, out_features
-        weight = torch.randn(out_features, in_features) / math.sqrt(in_features)
-        self._init_posterior(weight, torch.zeros(out_features) if bias else None, in_features,
-                             config or GroupHSConfig())
-
-    def posterior_mean_bias(self) -> torch.Tensor | None:
-        return self.bias_mu
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.deterministic:
-            return F.linear(x, self.posterior_mean_weight(), self.bias_mu)
-        if self.config.weight_sampling == "batch":
-            return _shared_draw_linear(self, x)
-        if self.fused:
-            return _fused_linear(self, x)
-        return _unfused_linear(self, x)
+    config_class = GroupHSConfig
 
     def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, groups=in, tau0={self.config.tau0}"
+        return f"{super().extra_repr()}, tau0={self.config.tau0}"
 
 
-class Conv2dGroupHS(_GroupHSMixin, BayesianConv2d):
+class Conv2dGroupHS(_GroupHSMixin, GroupScaledConv2d):
     """Bayesian ``nn.Conv2d`` with a horseshoe scale per output filter (z_c scales channel c, bias included)."""
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, dilation=1,
-                 groups: int = 1, bias: bool = True, config: GroupHSConfig | None = None):
-        super().__init__()
-        template = self._set_geometry(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias)
-        self._init_posterior(template.weight, template.bias, out_channels, config or GroupHSConfig())
-
-    def posterior_mean_bias(self) -> torch.Tensor | None:
-        return None if self.bias_mu is None else self.bias_mu * self._z_point()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.deterministic:
-            return self._conv(x, self.posterior_mean_weight(), self.posterior_mean_bias())
-        if self.config.weight_sampling == "batch":
-            return _shared_draw_conv(self, x)
-        if self.fused:
-            return _fused_conv(self, x)
-        mean = self._conv(x, self.weight_mu, self.bias_mu)
-        bias_var = self.bias_log_sigma2.exp() if self.bias_mu is not None else None
-        var = self._conv(x.pow(2), self.weight_log_sigma2.exp(), bias_var)
-        z = self._sample_z(x.shape[0])[:, :, None, None]
-        return (mean + var.add(_EPS).sqrt() * noise_like(mean)) * z
+    config_class = GroupHSConfig
 
     def extra_repr(self) -> str:
-        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
-                f"padding={self.padding}, groups=out, tau0={self.config.tau0}")
+        return f"{super().extra_repr()}, tau0={self.config.tau0}"
 
 
 register_prior(PriorSpec(

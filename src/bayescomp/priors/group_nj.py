@@ -183,6 +183,10 @@ class _GroupNJMixin(BayesianLayer):
             kl = kl + kl_standard_normal(self.bias_mu, self.bias_log_sigma2, self._variance("bias_log_sigma2"))
         return kl
 
+    def _z_point(self) -> torch.Tensor:
+        """The point estimate of z used for the posterior-mean network: E[z] = mu_z."""
+        return self.z_mu
+
     def posterior_mean_weight(self) -> torch.Tensor:
         return self.weight_mu * self._z_view(self.z_mu)
 
@@ -208,15 +212,19 @@ class _GroupNJMixin(BayesianLayer):
         return self.z_mu + eps * (0.5 * self.z_log_sigma2).exp()
 
 
-class LinearGroupNJ(_GroupNJMixin, BayesianLinear):
-    """Bayesian ``nn.Linear`` with a GNJ scale per input neuron (z_i scales column i of the weight)."""
+class GroupScaledLinear(BayesianLinear):
+    """``nn.Linear`` with one multiplicative scale z_i per input neuron (z_i scales column i of the weight): the
+    constructor and the forward paths shared by the group priors (BC-GNJ, BC-GHS). A prior's mixin supplies the
+    posterior (``_init_posterior``, ``_sample_z``, ``_z_point``, ``posterior_mean_weight``) and ``config_class``."""
 
-    def __init__(self, in_features: int, out_features: int, bias: bool = True, config: GroupNJConfig | None = None):
+    config_class: type
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, config=None):
         super().__init__()
         self.in_features, self.out_features = in_features, out_features
         weight = torch.randn(out_features, in_features) / math.sqrt(in_features)
         self._init_posterior(weight, torch.zeros(out_features) if bias else None, in_features,
-                             config or GroupNJConfig())
+                             config or self.config_class())
 
     def posterior_mean_bias(self) -> torch.Tensor | None:
         return self.bias_mu
@@ -234,17 +242,20 @@ class LinearGroupNJ(_GroupNJMixin, BayesianLinear):
         return f"in_features={self.in_features}, out_features={self.out_features}, groups=in"
 
 
-class Conv2dGroupNJ(_GroupNJMixin, BayesianConv2d):
-    """Bayesian ``nn.Conv2d`` with a GNJ scale per output filter (z_c scales output channel c, bias included)."""
+class GroupScaledConv2d(BayesianConv2d):
+    """``nn.Conv2d`` with one multiplicative scale z_c per output filter (z_c scales channel c, bias included):
+    the constructor and the forward paths shared by the group priors, as :class:`GroupScaledLinear`."""
+
+    config_class: type
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, dilation=1,
-                 groups: int = 1, bias: bool = True, config: GroupNJConfig | None = None):
+                 groups: int = 1, bias: bool = True, config=None):
         super().__init__()
         template = self._set_geometry(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias)
-        self._init_posterior(template.weight, template.bias, out_channels, config or GroupNJConfig())
+        self._init_posterior(template.weight, template.bias, out_channels, config or self.config_class())
 
     def posterior_mean_bias(self) -> torch.Tensor | None:
-        return None if self.bias_mu is None else self.bias_mu * self.z_mu
+        return None if self.bias_mu is None else self.bias_mu * self._z_point()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.deterministic:
@@ -253,15 +264,23 @@ class Conv2dGroupNJ(_GroupNJMixin, BayesianConv2d):
             return _shared_draw_conv(self, x)
         if self.fused:
             return _fused_conv(self, x)
-        mean = self._conv(x, self.weight_mu, self.bias_mu)
-        bias_var = self.bias_log_sigma2.exp() if self.bias_mu is not None else None
-        var = self._conv(x.pow(2), self.weight_log_sigma2.exp(), bias_var)
-        z = self._sample_z(x.shape[0])[:, :, None, None]
-        return (mean + var.add(_EPS).sqrt() * noise_like(mean)) * z
+        return _unfused_conv(self, x)
 
     def extra_repr(self) -> str:
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
                 f"padding={self.padding}, groups=out")
+
+
+class LinearGroupNJ(_GroupNJMixin, GroupScaledLinear):
+    """Bayesian ``nn.Linear`` with a GNJ scale per input neuron (z_i scales column i of the weight)."""
+
+    config_class = GroupNJConfig
+
+
+class Conv2dGroupNJ(_GroupNJMixin, GroupScaledConv2d):
+    """Bayesian ``nn.Conv2d`` with a GNJ scale per output filter (z_c scales output channel c, bias included)."""
+
+    config_class = GroupNJConfig
 
 
 def _examples(x: torch.Tensor) -> int:
@@ -287,6 +306,16 @@ def _unfused_linear(layer: BayesianLinear, x: torch.Tensor) -> torch.Tensor:
     bias_var = layer.bias_log_sigma2.exp() if layer.bias_mu is not None else None
     var = F.linear(x_scaled.pow(2), layer.weight_log_sigma2.exp(), bias_var)
     return mean + var.add(_EPS).sqrt() * torch.randn_like(mean)
+
+
+def _unfused_conv(layer: BayesianConv2d, x: torch.Tensor) -> torch.Tensor:
+    """Training forward of a group-scaled Conv2d layer (GNJ, GHS) with plain autograd ops: means and variances of
+    the pre-activations by two convolutions, then z (per example and output filter) scales the sampled outputs."""
+    mean = layer._conv(x, layer.weight_mu, layer.bias_mu)
+    bias_var = layer.bias_log_sigma2.exp() if layer.bias_mu is not None else None
+    var = layer._conv(x.pow(2), layer.weight_log_sigma2.exp(), bias_var)
+    z = layer._sample_z(x.shape[0])[:, :, None, None]
+    return (mean + var.add(_EPS).sqrt() * noise_like(mean)) * z
 
 
 def _fused_linear(layer: BayesianLinear, x: torch.Tensor) -> torch.Tensor:
