@@ -52,6 +52,8 @@ def main() -> None:
     parser.add_argument("--run-dir", default=None)
     parser.add_argument("--device", default=None, help="training device (cpu, cuda); default: cuda if available")
     parser.add_argument("--amp", action="store_true", help="bfloat16 autocast in training (GPU)")
+    parser.add_argument("--cuda-graphs", action="store_true",
+                        help="replay each training step as one CUDA graph (bayescomp.cuda_graphs; --device cuda)")
     parser.add_argument("--hardware", default=None, help="what the run ran on, for the result file")
     parser.add_argument("--pretrained", action="store_true",
                         help="start from the shipped dense weights (benchmarks/pretrain.py) instead of training them")
@@ -83,7 +85,8 @@ def main() -> None:
     if args.finetune_lr is not None:
         config.finetune = replace(config.finetune, lr=args.finetune_lr)
     run_dir = Path(args.run_dir or f"runs/cifar/{args.model}_cifar10_{args.method}")
-    report = run(config, run_dir, progress=False, command=this_command(), device=args.device, amp=args.amp)
+    report = run(config, run_dir, progress=False, command=this_command(), device=args.device, amp=args.amp,
+                 cuda_graphs=args.cuda_graphs)
 
     model, _ = load_packed(run_dir / "compressed.bcz")
     images = load_dataset("cifar10", test_subset=64).test.example(64)

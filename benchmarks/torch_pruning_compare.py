@@ -43,6 +43,7 @@ import torch
 import torch_pruning as tp
 
 from bayescomp.data import load_dataset
+from bayescomp.evaluation import placed
 from bayescomp.models import create_model
 from bayescomp.train import TrainConfig, evaluate, fit
 
@@ -168,6 +169,10 @@ def main() -> None:
                         help="default: the matched bayescomp run's Bayesian + fine-tuning epochs")
     parser.add_argument("--lr", type=float, default=5e-4)
     parser.add_argument("--amp", action="store_true", help="bfloat16 autocast in fine-tuning")
+    parser.add_argument("--device", default=None,
+                        help="fine-tune and evaluate there (e.g. cuda; default: the CPU); pruning stays on the CPU")
+    parser.add_argument("--cuda-graphs", action="store_true",
+                        help="replay each fine-tuning step as one CUDA graph (bayescomp.cuda_graphs; --device cuda)")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--out", default=str(RESULTS / "resnet20_cifar10_torch-pruning"))
     args = parser.parse_args()
@@ -191,11 +196,14 @@ def main() -> None:
     records += [json.loads(Path(path).read_text()) for path in args.show]
     default_epochs = targets[0]["epochs"] if targets else 2
     for fraction in args.fractions:
-        targets.append({"macs": int(fraction * dense_macs), "epochs": args.finetune_epochs or default_epochs,
+        epochs = args.finetune_epochs if args.finetune_epochs is not None else default_epochs  # 0: none
+        targets.append({"macs": int(fraction * dense_macs), "epochs": epochs,
                         "matched": None})
 
     out = Path(args.out)
     settings = {"lr": args.lr, "amp": args.amp, "dense_test_error_pct": dense_test}
+    if args.device:
+        settings["device"] = args.device
     rows = _previous_rows(out)  # every measured row stays in the file; only one with these settings is skipped
     for target in targets:
         for kind in args.importance:
@@ -211,15 +219,19 @@ def main() -> None:
                 scores = posterior_scores(dense, args.posterior) if kind == "posterior_uniform" else None
                 model, ratio = prune_to_macs(dense, target["macs"], kind, example, scores)
             macs, params = macs_and_params(model, example)
-            before = evaluate(model, data.val)["error_pct"]
+            with placed(model, args.device):
+                before = evaluate(model, data.val)["error_pct"]
             config = TrainConfig(epochs=target["epochs"], lr=args.lr, lr_schedule="cosine", augment="crop_flip")
-            fit(model, data, config, progress=False, amp=args.amp, log=lambda *_: None)
+            fit(model, data, config, progress=False, amp=args.amp, log=lambda *_: None, device=args.device,
+                cuda_graphs=args.cuda_graphs)
+            with placed(model, args.device):
+                val_error, test_error = (evaluate(model, split)["error_pct"] for split in (data.val, data.test))
             row = {"importance": kind, "matched": target["matched"],
                    "pruning_ratio": None if kind == "posterior" else round(ratio, 4),
                    "flops_compressed": macs, "params_compressed": params, "mac_ratio": dense_macs / macs,
                    "param_ratio": dense_params / params, "finetune_epochs": target["epochs"],
-                   "val_error_before_finetune_pct": before, "val_error_pct": evaluate(model, data.val)["error_pct"],
-                   "test_error_pct": evaluate(model, data.test)["error_pct"], "target_macs": target["macs"],
+                   "val_error_before_finetune_pct": before, "val_error_pct": val_error,
+                   "test_error_pct": test_error, "target_macs": target["macs"],
                    "wall_time_s": round(time.perf_counter() - t0, 1), "threads": torch.get_num_threads(), **settings}
             row["command"] = "python " + " ".join(shlex.quote(a) for a in sys.argv)
             if kind == "posterior":
