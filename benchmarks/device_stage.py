@@ -17,7 +17,7 @@ Calls must follow each other while the machine is warm (it is handed back after 
 store is lost and ``receive`` says which parts are missing. Nothing here runs code from the parts: they are bytes.
 
     python -m benchmarks.device_stage split ../shared/data/cifar-10/cifar10-uint8.npz --relative cifar-10 \\
-        --out .devcarry/stage --part-mib 26
+        --out .devcarry/stage --also-carry .devcarry/site   # parts sized to what a call leaves (auto)
     # on the device, call k (carry .devcarry/stage/cifar10-uint8.npz/0k):
     python -m benchmarks.device_stage receive .devcarry/stage/cifar10-uint8.npz --data-root /tmp/bcdata
 """
@@ -28,11 +28,34 @@ import argparse
 import hashlib
 import json
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
 MANIFEST = "manifest.json"
 CHUNK = 1 << 20
+CALL_LIMIT = 64 << 20  # what one call carries: the working tree that travels plus the carried paths
+MARGIN = 2 << 20
+
+
+def travelling_bytes(repo: Path, carried: list[Path]) -> int:
+    """Bytes a call sends besides the part: the files git tracks, the untracked ones it does not ignore, and the
+    other carried paths."""
+    listed = subprocess.run(["git", "-C", str(repo), "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+                            check=True, capture_output=True).stdout.split(b"\0")
+    total = sum((repo / name.decode()).stat().st_size for name in listed if name and (repo / name.decode()).is_file())
+    for path in carried:
+        total += sum(f.stat().st_size for f in ([path] if path.is_file() else path.rglob("*")) if f.is_file())
+    return total
+
+
+def auto_part_bytes(repo: Path, carried: list[Path]) -> int:
+    """The largest part that fits one call beside everything else that travels (2 MiB kept spare)."""
+    room = CALL_LIMIT - MARGIN - travelling_bytes(repo, carried)
+    if room < (1 << 20):
+        raise ValueError(f"the working tree and the carried paths leave {room / (1 << 20):.1f} MiB of a call's "
+                         f"{CALL_LIMIT >> 20} MiB: carry less")
+    return room
 
 
 def sha256_of(path: Path) -> str:
@@ -126,7 +149,10 @@ def main(argv: list[str] | None = None) -> int:
     cut = sub.add_parser("split", help="cut a file into numbered part folders (here)")
     cut.add_argument("source", type=Path)
     cut.add_argument("--out", type=Path, default=Path(".devcarry/stage"))
-    cut.add_argument("--part-mib", type=float, default=26.0)
+    cut.add_argument("--part-mib", default="auto",
+                     help="part size in MiB, or auto: what a call leaves beside the working tree and --also-carry")
+    cut.add_argument("--also-carry", type=Path, nargs="*", default=[],
+                     help="the other paths each call will carry (counted by --part-mib auto)")
     cut.add_argument("--relative", default="", help="folder under the data root the file belongs in (cifar-10)")
     get = sub.add_parser("receive", help="store this call's parts and join them when complete (on the device)")
     get.add_argument("staged", type=Path, help="the staged file's folder (.devcarry/stage/<name>)")
@@ -134,7 +160,9 @@ def main(argv: list[str] | None = None) -> int:
     get.add_argument("--data-root", type=Path, default=Path("/tmp/bcdata"))
     args = parser.parse_args(argv)
     if args.command == "split":
-        manifest = split(args.source, args.out, int(args.part_mib * (1 << 20)), args.relative)
+        part = (auto_part_bytes(Path.cwd(), args.also_carry) if args.part_mib == "auto"
+                else int(float(args.part_mib) * (1 << 20)))
+        manifest = split(args.source, args.out, part, args.relative)
         print(f"{manifest['name']}: {len(manifest['parts'])} parts in {args.out / manifest['name']}/NN "
               f"(sha256 {manifest['sha256'][:12]}...)")
         return 0

@@ -71,3 +71,21 @@ def test_the_command_line_exits_3_until_every_part_arrived(tmp_path, capsys):
     assert "still missing [1]" in capsys.readouterr().out
     assert main(["receive", str(_call(tmp_path, staged, 1)), *common]) == 0
     assert (tmp_path / "data" / "blob.npz").read_bytes() == source.read_bytes()
+
+
+def test_auto_parts_fill_what_a_call_leaves_beside_the_tree(tmp_path):
+    import subprocess
+
+    from benchmarks.device_stage import CALL_LIMIT, MARGIN, auto_part_bytes
+
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    (tmp_path / "tracked.bin").write_bytes(b"t" * 5000)
+    (tmp_path / ".gitignore").write_text("ignored/\n")
+    (tmp_path / "ignored").mkdir()
+    (tmp_path / "ignored" / "big.bin").write_bytes(b"i" * 70_000)  # ignored and not carried: does not travel
+    (tmp_path / "site").mkdir()
+    (tmp_path / "site" / "pkg.py").write_bytes(b"s" * 3000)
+    tree = 5000 + len("ignored/\n")
+    assert auto_part_bytes(tmp_path, []) == CALL_LIMIT - MARGIN - tree - 3000  # site/ is untracked, not ignored
+    (tmp_path / ".gitignore").write_text("ignored/\nsite/\n")
+    assert auto_part_bytes(tmp_path, [tmp_path / "site"]) == CALL_LIMIT - MARGIN - len("ignored/\nsite/\n") - 5000 - 3000
