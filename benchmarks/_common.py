@@ -44,6 +44,16 @@ def blind_reruns(runs: list[dict]) -> dict[tuple[str, str], list[dict]]:
     return {key: sorted(group, key=lambda r: r.get("seed", 0)) for key, group in groups.items()}
 
 
+def blind_variants(runs: list[dict]) -> dict[tuple[str, str, str], list[dict]]:
+    """The tagged blind runs (``blind_row.py --tag``: the row's recipe with a changed setting, chosen on validation
+    by the same rule) by (model, method, tag), each list in seed order."""
+    groups: dict[tuple[str, str, str], list[dict]] = {}
+    for record in runs:
+        if record.get("selection") and record.get("selection_tag"):
+            groups.setdefault((record["model"], record["method"], record["selection_tag"]), []).append(record)
+    return {key: sorted(group, key=lambda r: r.get("seed", 0)) for key, group in groups.items()}
+
+
 def seed_mean_std(records: list[dict], key: str) -> tuple[float, float]:
     """Mean and sample standard deviation of ``key`` over records (std 0 for a single record)."""
     values = [float(r[key]) for r in records]

@@ -262,7 +262,8 @@ def main() -> None:
     suffix = f"_blind{args.epochs}{seed_tag}"
     published = publish(report, run_dir, {"selection": f"benchmarks/results/blind_{args.model}_mnist_{args.method}_"
                                                        f"{args.epochs}{seed_tag}.json", "selection_metric": metric,
-                                                       **({"selection_tag": args.tag} if args.tag else {})},
+                                                       **({"selection_tag": args.tag, "selection_prior_set": changes}
+                                                          if args.tag else {})},
                         suffix=suffix)
     record = {"model": args.model, "method": args.method, "epochs": args.epochs, "seed": args.seed, "tag": args.tag,
               "dense_val_error_pct": dense_val, "allowance_pct": args.allowance, "metric": metric,

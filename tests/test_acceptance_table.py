@@ -131,3 +131,14 @@ def test_epoch_rows_use_each_models_own_target_and_compare_the_other_methods_wit
     assert "ghs 1.226x" in ratio5 and ratio5.endswith("| no |")  # 1.90 / 1.55 > 1.2
     assert "<= 2.0x" in lenet300 and lenet300.endswith("| no |")  # 2.10 > 2.0
     assert "turbo 0.857x" in ratio300 and ratio300.endswith("| yes |")  # max 2.30 / 2.10 = 1.095
+
+
+def test_a_tagged_lenet5_variant_gets_its_own_paper_row_beside_the_rerun():
+    rerun = _run("lenet5_mnist_ghs_blind200", 0.95, 140.0, selection="blind.json", compression_bits=380.0, epochs=200)
+    variant = _run("lenet5_mnist_ghs_blind200_wbatch", 0.90, 160.0, selection="blind_w.json", compression_bits=430.0,
+                   epochs=200, selection_tag="wbatch", selection_prior_set={"weight_sampling": "batch"})
+    rows = [line for line in acceptance_table([rerun, variant], []).splitlines() if "BC-GHS: error <= 1.0 %" in line]
+    assert len(rows) == 2
+    tagged, plain = rows
+    assert "variant `wbatch` (weight_sampling=batch)" in tagged and "160.0x" in tagged and tagged.endswith("| yes |")
+    assert "variant" not in plain and "140.0x" in plain and plain.endswith("| no |")
