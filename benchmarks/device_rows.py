@@ -19,6 +19,10 @@ With ``--job-args=--cuda-graphs`` each Bayesian step is one CUDA graph (:mod:`ba
 LeNet-5 epoch took 1.1 s (BC-GNJ) instead of 5.0 s, so a 200-epoch run trains in about four minutes; the pruning
 search and fine-tuning after it take another two to four (``benchmarks/results/device_rows_lenet5_h200.md``).
 
+A job on a CIFAR-10 model (``"resnet20 gnj 30 0 --pretrained --finetune-epochs 40"``) runs ``benchmarks.cifar_runs``
+with the given setting instead; CIFAR-10 does not fit one call, so it is staged first over several calls
+(``benchmarks/device_stage.py``) and ``$BAYESCOMP_DATA`` points at where it was joined.
+
 ``--out`` receives ``results.tar.gz`` (new files under ``benchmarks/results``, ``runs/device_logs``: the jobs' logs
 and the driver's record) and,
 for each job stopped before its end, ``ckpt_<job>.tar`` (its ``bayes.ckpt`` and ``run.json``), so the run can
@@ -43,6 +47,9 @@ from pathlib import Path
 
 from benchmarks._common import RESULTS
 
+#: Models whose jobs run ``benchmarks.cifar_runs`` (CIFAR-10 staged by ``benchmarks.device_stage``) instead of
+#: ``blind_row``: extra job words go to it (e.g. ``--pretrained --target-macs 2 --finetune-epochs 40``).
+CIFAR_MODELS = ("resnet20", "resnet56", "vgg16")
 EPOCH = re.compile(r"^epoch\s+(\d+)/(\d+)\s.*\((\d+(?:\.\d+)?)s\)")
 
 
@@ -73,6 +80,12 @@ class Job:
         return Path("runs/blind") / self.name
 
     def command(self, device: str, common: list[str] = ()) -> list[str]:
+        if self.model in CIFAR_MODELS:  # a CIFAR-10 run (benchmarks/cifar_runs.py): its setting is given, not searched
+            if self.seed or self.canary:
+                raise SystemExit(f"{self.name}: CIFAR-10 jobs take seed 0 and no canary (cifar_runs has neither)")
+            return [sys.executable, "-m", "benchmarks.cifar_runs", "--model", self.model, "--method", self.method,
+                    "--epochs", str(self.epochs), "--run-dir", str(self.run_dir), "--device", device, *common,
+                    *self.extra]
         cmd = [sys.executable, "-m", "benchmarks.blind_row", "--model", self.model, "--method", self.method,
                "--epochs", str(self.epochs), "--seed", str(self.seed), "--device", device, *common, *self.extra]
         return cmd + (["--tag", "canary", "--tolerances", "1.0"] if self.canary else [])

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import time
 
+import pytest
+
 import torch
 from torch import nn
 
@@ -82,3 +84,13 @@ def test_placed_keeps_the_modules_parameters_and_hooks():
     with placed(model, torch.device("cpu")):
         model(torch.ones(1, 3))
     assert model[0].weight is weight and seen == [1]
+
+
+def test_a_cifar_job_runs_cifar_runs_with_its_own_run_directory_and_arguments():
+    job = parse_job("resnet20 gnj 30 0 --pretrained --finetune-epochs 40")
+    cmd = job.command("cuda", ["--cuda-graphs"])
+    assert cmd[1:3] == ["-m", "benchmarks.cifar_runs"]
+    assert cmd[cmd.index("--run-dir") + 1] == str(job.run_dir) and cmd[cmd.index("--epochs") + 1] == "30"
+    assert cmd[-4:] == ["--cuda-graphs", "--pretrained", "--finetune-epochs", "40"]
+    with pytest.raises(SystemExit, match="seed 0"):
+        parse_job("resnet20 gnj 30 1").command("cuda")
