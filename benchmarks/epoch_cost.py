@@ -269,11 +269,20 @@ def main() -> None:
               "cpu_capability": torch.backends.cpu.get_cpu_capability(), "native_bf16": native_bf16(),
               "auto_precision": resolve_precision("auto"), "command": this_command(), "git_commit": git_commit(),
               "note": args.note, "skipped": list(skip)}
+    out = output_stem(args.out)
     results = [measure(m, args.rounds, steps[m], 128, skip) for m in args.models.split(",")]
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"{args.out}.json").write_text(json.dumps({**header, "results": results}, indent=2))
-    (RESULTS / f"{args.out}.md").write_text(markdown(results, header))
     print(markdown(results, header))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps({**header, "results": results}, indent=2))
+    out.with_suffix(".md").write_text(markdown(results, header))
+
+
+def output_stem(out: str) -> Path:
+    """Where ``--out`` writes (``.json`` and ``.md`` appended): a bare name goes to ``benchmarks/results``, a path
+    (``benchmarks/results/x``, ``/tmp/x``) is taken as it is. Resolved before the measurement, so a typo costs
+    nothing."""
+    path = Path(out)
+    return RESULTS / out if path.parent == Path(".") else path
 
 
 if __name__ == "__main__":
