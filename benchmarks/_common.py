@@ -33,25 +33,29 @@ def budget_label(compress: dict) -> str:
     return f"{' + '.join(parts)} budget" if parts else ""
 
 
+def _blind_groups(runs: list[dict], tagged: bool) -> dict[tuple, list[dict]]:
+    """Blind runs (records with a ``selection``), untagged or tagged, grouped by (model, method[, tag]) in seed
+    order."""
+    groups: dict[tuple, list[dict]] = {}
+    for record in runs:
+        tag = record.get("selection_tag")
+        if record.get("selection") and bool(tag) == tagged:
+            key = (record["model"], record["method"]) + ((tag,) if tagged else ())
+            groups.setdefault(key, []).append(record)
+    return {key: sorted(group, key=lambda r: r.get("seed", 0)) for key, group in groups.items()}
+
+
 def blind_reruns(runs: list[dict]) -> dict[tuple[str, str], list[dict]]:
     """The blind reruns (``benchmarks/blind_row.py``: records with a ``selection``) by (model, method), each list in
     seed order: seed 0 is the rerun first committed, other seeds (``..._seed1``) give its spread. Tagged variants
     (``--tag``: a changed recipe) are not the row's reruns and are left out."""
-    groups: dict[tuple[str, str], list[dict]] = {}
-    for record in runs:
-        if record.get("selection") and not record.get("selection_tag"):
-            groups.setdefault((record["model"], record["method"]), []).append(record)
-    return {key: sorted(group, key=lambda r: r.get("seed", 0)) for key, group in groups.items()}
+    return _blind_groups(runs, tagged=False)
 
 
 def blind_variants(runs: list[dict]) -> dict[tuple[str, str, str], list[dict]]:
     """The tagged blind runs (``blind_row.py --tag``: the row's recipe with a changed setting, chosen on validation
     by the same rule) by (model, method, tag), each list in seed order."""
-    groups: dict[tuple[str, str, str], list[dict]] = {}
-    for record in runs:
-        if record.get("selection") and record.get("selection_tag"):
-            groups.setdefault((record["model"], record["method"], record["selection_tag"]), []).append(record)
-    return {key: sorted(group, key=lambda r: r.get("seed", 0)) for key, group in groups.items()}
+    return _blind_groups(runs, tagged=True)
 
 
 def seed_mean_std(records: list[dict], key: str) -> tuple[float, float]:

@@ -23,10 +23,14 @@ def _gnj_epoch_ratio(record: dict) -> list[tuple[str, float, str]]:
         variants = result["variants"]
         name = next((k for k in variants if k.startswith("gnj default")), "gnj fp32" if "gnj fp32" in variants else None)
         if name is not None:
-            out.append((result["model"], variants[name]["ratio_to_plain_fp32_cpu"],
-                        f"{name}, CPU time, {record.get('threads', '?')} thread(s)"
-                        + (f", {record['cpu_capability']} CPU" if record.get("cpu_capability") else "")))
+            out.append((result["model"], variants[name]["ratio_to_plain_fp32_cpu"], _how_measured(record, name)))
     return out
+
+
+def _how_measured(record: dict, what: str) -> str:
+    """``<what>, CPU time, <threads> thread(s)[, <capability> CPU]`` of an interleaved epoch-cost record."""
+    return (f"{what}, CPU time, {record.get('threads', '?')} thread(s)"
+            + (f", {record['cpu_capability']} CPU" if record.get("cpu_capability") else ""))
 
 
 #: The fast-training issue's epoch targets (BC-GNJ epoch / plain fp32 epoch of the same model, same run).
@@ -43,8 +47,7 @@ def _method_epoch_ratios(record: dict) -> list[tuple[str, dict[str, float], str]
         if "gnj" not in defaults or len(defaults) < 2:
             continue
         ratios = {m: defaults[m] / defaults["gnj"] for m in ("ghs", "svd", "turbo") if m in defaults}
-        out.append((result["model"], ratios, f"default variants, CPU time, {record.get('threads', '?')} thread(s)"
-                    + (f", {record['cpu_capability']} CPU" if record.get("cpu_capability") else "")))
+        out.append((result["model"], ratios, _how_measured(record, "default variants")))
     return out
 
 
@@ -115,21 +118,21 @@ def _paper_rows(by: dict, runs: list[dict], row) -> None:
                                       "(bits), the paper's figures"),
                ("ghs", 1.0, 156, 419, "LeNet-5-Caffe BC-GHS: error <= 1.0 % at >= 156x (architecture) and >= 419x "
                                       "(bits), the paper's figures"))
+    def judge(group: list[dict], limit: float, arch: float, bits: float, target: str) -> None:
+        error, architecture, bit = (seed_mean_std(group, key)[0] for key in
+                                    ("test_error_pct", "compression_architecture", "compression_bits"))
+        row(target, f"{seed_spread_text(group)}, bits {bit:.0f}x ({group[0]['epochs']} epochs, `{group[0]['_stem']}`)",
+            error <= limit and architecture >= arch and bit >= bits)
+
     variants = blind_variants(runs)
     for method, limit, arch, bits, target in targets:
-        def judge(group: list[dict], label: str) -> None:
-            error, architecture, bit = (seed_mean_std(group, key)[0] for key in
-                                        ("test_error_pct", "compression_architecture", "compression_bits"))
-            row(target + label, f"{seed_spread_text(group)}, bits {bit:.0f}x "
-                f"({group[0]['epochs']} epochs, `{group[0]['_stem']}`)",
-                error <= limit and architecture >= arch and bit >= bits)
-
         for (model, tagged, tag), group in sorted(variants.items()):
             if model == "lenet5" and tagged == method:  # a changed recipe is its own row, never the row's rerun
                 settings = ", ".join(f"{k}={v}" for k, v in group[0].get("selection_prior_set", {}).items())
-                judge(group, f", chosen on validation only; variant `{tag}`" + (f" ({settings})" if settings else ""))
+                judge(group, limit, arch, bits, f"{target}, chosen on validation only; variant `{tag}`"
+                      + (f" ({settings})" if settings else ""))
         if method in lenet5:  # the blind reruns (setting chosen on validation) judge the row once they exist
-            judge(lenet5[method], ", chosen on validation only")
+            judge(lenet5[method], limit, arch, bits, target + ", chosen on validation only")
             continue
         r = by.get(("lenet5", method))
         if r:
