@@ -61,6 +61,10 @@ def main() -> None:
     parser.add_argument("--finetune-lr", type=float, default=None,
                         help="fine-tuning learning rate (Adam; default: the zoo schedule's); the fine-tuned weights "
                              "are kept only if the validation error does not rise (CompressConfig.finetune_guard)")
+    parser.add_argument("--distill", type=float, default=0.0,
+                        help="fine-tune with knowledge distillation from the dense model, this weight alpha on the "
+                             "soft term (bayescomp.distill; 0: labels only)")
+    parser.add_argument("--distill-temperature", type=float, default=4.0, help="its softening temperature")
     parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args()
     if args.threads:
@@ -84,6 +88,9 @@ def main() -> None:
         config.finetune = replace(config.finetune, epochs=args.finetune_epochs, augment="crop_flip")
     if args.finetune_lr is not None:
         config.finetune = replace(config.finetune, lr=args.finetune_lr)
+    if args.distill:
+        config.finetune = replace(config.finetune, distill=args.distill,
+                                  distill_temperature=args.distill_temperature)
     run_dir = Path(args.run_dir or f"runs/cifar/{args.model}_cifar10_{args.method}")
     report = run(config, run_dir, progress=False, command=this_command(), device=args.device, amp=args.amp,
                  cuda_graphs=args.cuda_graphs)
@@ -95,7 +102,9 @@ def main() -> None:
     extra = {"onnx_max_abs_diff": exported["max_abs_diff"], "onnx_max_rel_diff": exported["max_rel_diff"],
              "hardware": args.hardware or f"{os.cpu_count()}-core CPU" + (f", {args.device}" if args.device else ""),
              "dense_epochs": 0 if args.pretrained else config.dense.epochs, "epochs": config.bayes.epochs,
-             "pretrained": args.pretrained, "finetune_epochs": config.finetune.epochs}
+             "pretrained": args.pretrained, "finetune_epochs": config.finetune.epochs,
+             **({"finetune_distill": {"alpha": args.distill, "temperature": args.distill_temperature}}
+                if args.distill else {})}
     path = publish(report, run_dir, extra, suffix=f"_{args.variant}" if args.variant else "")
     print(f"{args.model} {args.method}: test error {report['test_error_pct']:.2f}% (dense "
           f"{report['dense_test_error_pct']:.2f}%), {report['compression_architecture']:.1f}x architecture, "

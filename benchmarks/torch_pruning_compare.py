@@ -173,6 +173,10 @@ def main() -> None:
                         help="fine-tune and evaluate there (e.g. cuda; default: the CPU); pruning stays on the CPU")
     parser.add_argument("--cuda-graphs", action="store_true",
                         help="replay each fine-tuning step as one CUDA graph (bayescomp.cuda_graphs; --device cuda)")
+    parser.add_argument("--distill", type=float, default=0.0,
+                        help="fine-tune with knowledge distillation from the dense model, this weight alpha on the "
+                             "soft term (bayescomp.distill; 0: labels only); give the bayescomp run the same")
+    parser.add_argument("--distill-temperature", type=float, default=4.0, help="its softening temperature")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--out", default=str(RESULTS / "resnet20_cifar10_torch-pruning"))
     args = parser.parse_args()
@@ -202,6 +206,8 @@ def main() -> None:
 
     out = Path(args.out)
     settings = {"lr": args.lr, "amp": args.amp, "dense_test_error_pct": dense_test}
+    # None when off, so a plain rerun never takes a distilled row for its own (and old rows, without the key, match)
+    settings["distill"] = {"alpha": args.distill, "temperature": args.distill_temperature} if args.distill else None
     if args.device:
         settings["device"] = args.device
     rows = _previous_rows(out)  # every measured row stays in the file; only one with these settings is skipped
@@ -221,9 +227,10 @@ def main() -> None:
             macs, params = macs_and_params(model, example)
             with placed(model, args.device):
                 before = evaluate(model, data.val)["error_pct"]
-            config = TrainConfig(epochs=target["epochs"], lr=args.lr, lr_schedule="cosine", augment="crop_flip")
+            config = TrainConfig(epochs=target["epochs"], lr=args.lr, lr_schedule="cosine", augment="crop_flip",
+                                 distill=args.distill, distill_temperature=args.distill_temperature)
             fit(model, data, config, progress=False, amp=args.amp, log=lambda *_: None, device=args.device,
-                cuda_graphs=args.cuda_graphs)
+                cuda_graphs=args.cuda_graphs, teacher=dense if args.distill else None)
             with placed(model, args.device):
                 val_error, test_error = (evaluate(model, split)["error_pct"] for split in (data.val, data.test))
             row = {"importance": kind, "matched": target["matched"],
@@ -268,6 +275,13 @@ def _row_label(kind: str) -> str:
         kind, f"Torch-Pruning {kind}")
 
 
+def _distill_label(distill: dict | None) -> str:
+    """``, distilled from the dense model (alpha 0.9, T 4)`` for a fine-tuning that used distillation, else ``""``."""
+    if not distill:
+        return ""
+    return f", distilled from the dense model (alpha {distill['alpha']:g}, T {distill['temperature']:g})"
+
+
 def _bayes_label(record: dict) -> str:
     """``bayescomp gnj, 2x MAC budget`` or ``bayescomp gnj, 1.0-point search``: how the run chose its pruning."""
     compress = record.get("config", {}).get("compress", {})
@@ -296,11 +310,13 @@ def _write(out: Path, rows: list[dict], records: list[dict], dense_test: float, 
              "| importance | matched | MACs | MAC ratio | param ratio | epochs | val err | test err |",
              "|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {_row_label(r['importance'])} | {r['matched'] or '-'} | {r['flops_compressed'] / 1e6:.2f} M | "
+        lines.append(f"| {_row_label(r['importance'])}{_distill_label(r.get('distill'))} | {r['matched'] or '-'} | "
+                     f"{r['flops_compressed'] / 1e6:.2f} M | "
                      f"{r['mac_ratio']:.2f}x | {r['param_ratio']:.2f}x | {r['finetune_epochs']} | "
                      f"{r['val_error_pct']:.2f} % | {r['test_error_pct']:.2f} % |")
     for record in records:
-        lines.append(f"| {_bayes_label(record)} ({record.get('finetune_epochs', 0)} fine-tuning epochs) | - | "
+        lines.append(f"| {_bayes_label(record)} ({record.get('finetune_epochs', 0)} fine-tuning epochs"
+                     f"{_distill_label(record.get('finetune_distill'))}) | - | "
                      f"{record['flops_compressed'] / 1e6:.2f} M (bayescomp count) | "
                      f"{record['flops_dense'] / record['flops_compressed']:.2f}x | "
                      f"{record['weights_dense'] / record['weights_kept']:.2f}x | "
@@ -328,11 +344,15 @@ def _plot(rows: list[dict], records: list[dict], dense_test: float, dense_macs: 
 
     fig, ax = plt.subplots(figsize=(7, 6.5))
     ax.set_prop_cycle(color=plt.cm.tab20.colors[::2] + plt.cm.tab20.colors[1::2])  # 20 colours before a repeat
-    for kind, epochs in sorted({(r["importance"], r["finetune_epochs"]) for r in rows}):
-        mine = sorted((r for r in rows if r["importance"] == kind and r["finetune_epochs"] == epochs),
+    def curve_key(r: dict) -> tuple:
+        return r["importance"], r["finetune_epochs"], _distill_label(r.get("distill"))
+
+    for kind, epochs, distilled in sorted({curve_key(r) for r in rows}):
+        mine = sorted((r for r in rows if curve_key(r) == (kind, epochs, distilled)),
                       key=lambda r: r["flops_compressed"])
         ax.plot([r["flops_compressed"] / dense_macs for r in mine], [r["test_error_pct"] for r in mine],
-                "s-" if kind.startswith("posterior") else "o-", label=f"{_row_label(kind)}, fine-tuned {epochs} epochs")
+                "s-" if kind.startswith("posterior") else "o-",
+                label=f"{_row_label(kind)}, fine-tuned {epochs} epochs{distilled}")
     curves_drawn = set()  # runs cut from one posterior share its threshold curve: one line per method
     for record in records:
         curve = [p for p in record.get("tradeoff_curve", []) if "flops" in p]
@@ -343,7 +363,8 @@ def _plot(rows: list[dict], records: list[dict], dense_test: float, dense_macs: 
                     ".--", color="grey" if record["method"] == "gnj" else "silver",
                     label=f"bayescomp {record['method']}, shared threshold, no fine-tuning")
         ax.plot(record["flops_compressed"] / record["flops_dense"], record["test_error_pct"], "*", ms=14,
-                label=f"{_bayes_label(record)} ({record.get('finetune_epochs', 0)} fine-tuning epochs)")
+                label=f"{_bayes_label(record)} ({record.get('finetune_epochs', 0)} fine-tuning epochs"
+                      f"{_distill_label(record.get('finetune_distill'))})")
     ax.axhline(dense_test, color="k", lw=0.8, ls=":", label=f"dense {dense_test:.2f} %")
     ax.set_xlabel("MACs kept (fraction of dense)")
     ax.set_ylabel("test error %")

@@ -146,6 +146,18 @@ def test_cli_finetune_aware_search_picks_a_candidate_within_budget(tmp_path):
     assert report["weights_kept"] in {p["weights_kept"] for p in report["search_path"]}
 
 
+def test_cli_distillation_is_recorded_in_the_run_and_its_settings_checked(tmp_path, capsys):
+    run_dir = tmp_path / "kd"
+    code = main(["run", "--model", "lenet300", "--run-dir", str(run_dir), *SMALL, "--no-latency", "--no-plots",
+                 "--finetune-epochs", "1", "--distill", "0.8", "--distill-temperature", "3"])
+    assert code == 0
+    finetune = json.loads((run_dir / "run.json").read_text())["finetune"]
+    assert (finetune["distill"], finetune["distill_temperature"]) == (0.8, 3.0)
+    assert main(["run", "--model", "lenet300", "--run-dir", str(tmp_path / "bad"), *SMALL,
+                 "--finetune-epochs", "1", "--distill", "1.5"]) != 0
+    assert "distill" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("method", list_methods())
 def test_every_method_runs_end_to_end_and_its_file_reproduces_the_report(method, tmp_path):
     """Iterates the method registry: a new method is run end to end the day it lands."""

@@ -86,3 +86,22 @@ def test_a_row_is_skipped_only_when_measured_with_the_same_settings():
     assert not already_measured([row], "l1", target, same)
     assert not already_measured([row], "group_norm", {"macs": 30_000_000, "epochs": 10}, same)
     assert not already_measured([row], "group_norm", {**target, "epochs": 40}, same)
+
+
+def test_a_distilled_row_is_never_taken_for_a_plain_one():
+    """A row fine-tuned with distillation is another setting: a plain rerun remeasures, a distilled rerun skips it;
+    rows written before the setting existed (no key) still count as plain."""
+    from benchmarks.torch_pruning_compare import _distill_label, already_measured
+
+    plain = {"importance": "group_norm", "finetune_epochs": 20, "target_macs": 20_000_000,
+             "flops_compressed": 20_050_000, "lr": 5e-4, "amp": True, "dense_test_error_pct": 8.5}
+    kd = {"alpha": 0.9, "temperature": 4.0}
+    target = {"macs": 20_000_000, "epochs": 20}
+    settings = {"lr": 5e-4, "amp": True, "dense_test_error_pct": 8.5}
+    assert already_measured([plain], "group_norm", target, {**settings, "distill": None})
+    assert not already_measured([plain], "group_norm", target, {**settings, "distill": kd})
+    distilled = {**plain, "distill": kd}
+    assert already_measured([distilled], "group_norm", target, {**settings, "distill": kd})
+    assert not already_measured([distilled], "group_norm", target, {**settings, "distill": None})
+    assert _distill_label(kd) == ", distilled from the dense model (alpha 0.9, T 4)"
+    assert _distill_label(None) == ""

@@ -107,6 +107,12 @@ def _add_run_parser(sub) -> None:
     run.add_argument("--finetune-epochs", type=int, default=None,
                      help="epochs of plain fine-tuning of the pruned model before quantisation, 0: none "
                           f"(default: {per_method(finetune_epochs)})")
+    run.add_argument("--distill", type=float, default=None, metavar="ALPHA",
+                     help="fine-tune the pruned model with knowledge distillation from the run's dense model: "
+                          "(1 - ALPHA) cross-entropy + ALPHA T^2 KL on softened outputs (bayescomp.distill; default: "
+                          "0, labels only)")
+    run.add_argument("--distill-temperature", type=float, default=None, metavar="T",
+                     help="softening temperature of --distill (default: 4)")
     run.add_argument("--finetune-search", action="store_true",
                      help="with --finetune-epochs: choose the pruning level by the fine-tuned validation error, "
                           "within --tolerance points of the unpruned posterior mean's")
@@ -265,6 +271,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     config.bayes = _train_config(config.bayes, args, bayes=True)
     if args.finetune_epochs is not None:  # 0 turns off a method's default fine-tuning (magnitude's)
         config.finetune = replace(config.finetune, epochs=args.finetune_epochs)
+    if args.distill is not None:
+        config.finetune = replace(config.finetune, distill=args.distill)
+    if args.distill_temperature is not None:
+        config.finetune = replace(config.finetune, distill_temperature=args.distill_temperature)
     return _run_and_print(config, args, data)
 
 

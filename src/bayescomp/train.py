@@ -28,6 +28,7 @@ from bayescomp.checkpoint import restore_training_state, training_state  # noqa:
 from bayescomp.cuda_graphs import WARMUP_STEPS, GraphedStep, graph_unsafe_layers
 from bayescomp.data import DataBundle
 from bayescomp.data_sources import steps_per_epoch as split_steps
+from bayescomp.distill import DistillationPair, distillation_objective
 from bayescomp.evaluation import device_of as _device_of
 from bayescomp.evaluation import evaluate  # noqa: F401  (re-exported: bayescomp.train.evaluate)
 from bayescomp.mixed_precision import (  # noqa: F401  (re-exported: bayescomp.train.native_bf16, ...)
@@ -54,6 +55,12 @@ class TrainConfig:
             noise log-variances start far below their optimum (-9) and, for groups the data do not need, Adam
             moves them by about ``lr`` per step only; a larger step lets the posterior find the groups it can drop
             in fewer epochs, while weights keep the base rate. ``{}`` is plain Adam on all parameters.
+        augment: ``"none"`` or ``"crop_flip"`` (pad-4 random crop and horizontal flip, per example).
+        distill: weight alpha of the knowledge-distillation term (:mod:`bayescomp.distill`) when :func:`fit` is
+            given a ``teacher``: the loss is ``(1 - alpha) CE + alpha T^2 KL(teacher_T || student_T)``. 0 (default):
+            labels only. The pipeline's fine-tuning of a pruned model distils from the run's dense model.
+        distill_temperature: the softening temperature T of that term (4, a common choice for CIFAR-sized
+            classifiers; not tuned here).
     """
 
     epochs: int = 10
@@ -65,8 +72,14 @@ class TrainConfig:
     weight_decay: float = 0.0
     lr_scales: dict[str, float] = field(default_factory=dict)
     augment: str = "none"
+    distill: float = 0.0
+    distill_temperature: float = 4.0
 
     def __post_init__(self) -> None:
+        if not 0.0 <= self.distill <= 1.0:
+            raise ValueError(f"distill (the distillation weight alpha) must be in [0, 1], got {self.distill}")
+        if self.distill_temperature <= 0:
+            raise ValueError(f"distill_temperature must be > 0, got {self.distill_temperature}")
         if self.augment not in AUGMENTATIONS:
             raise ValueError(f"unknown augment {self.augment!r}; use {' or '.join(AUGMENTATIONS)}")
 
@@ -145,6 +158,7 @@ def fit(
     precision: str = "fp32",
     channels_last: bool | None = None,
     cuda_graphs: bool = False,
+    teacher: nn.Module | None = None,
 ) -> TrainHistory:
     """Train ``model`` in place on ``data.train``; validate on ``data.val`` after each epoch.
 
@@ -176,6 +190,9 @@ def fit(
             (:mod:`bayescomp.cuda_graphs`: small networks' GPU steps are bound by kernel-launch latency). Needs
             layers marked ``graph_safe`` and fp32, single-process training; otherwise the run says why and trains
             eagerly. Off by default.
+        teacher: a trained network to distil from (:mod:`bayescomp.distill`) with weight ``config.distill``; it
+            is copied and frozen, never changed. Needs ``config.distill > 0`` and the default objective; CUDA graphs
+            are not used with it.
 
     Under torchrun (``WORLD_SIZE > 1``) the model is wrapped in ``DistributedDataParallel`` for the training
     steps only; ``model`` itself stays unwrapped (hooks, checkpoints). Rank 0 logs and writes the checkpoint.
@@ -190,6 +207,16 @@ def fit(
                          "a DataLoader batches on its own, so pass its Dataset instead (bayescomp.make_bundle)")
     if not dist_utils.is_main():
         log, progress = (lambda *_: None), False
+    if (teacher is not None) != (config.distill > 0):
+        raise ValueError("distillation needs both a teacher and TrainConfig.distill > 0 "
+                         f"(got teacher={'a model' if teacher is not None else None}, distill={config.distill})")
+    if teacher is not None:
+        if objective is not None:
+            raise ValueError("distillation replaces the objective; pass either a teacher or an objective")
+        student = model
+        model = DistillationPair(student, teacher)
+        objective = distillation_objective(config.distill_temperature, config.distill)
+        cuda_graphs = False
     home = _device_of(model)
     place = torch.device(device) if device is not None else home
     chosen = resolve_precision(("bf16" if amp else "fp32") if amp is not None else precision, place.type)

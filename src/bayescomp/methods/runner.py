@@ -45,7 +45,8 @@ def guarded_finetune(model: nn.Module, ctx: RunContext, checkpoint: Any = None) 
     Returns the validation errors before and after and whether the fine-tuned weights were kept."""
     before = evaluate(model, ctx.data.val)["error_pct"]
     pruned_state = copy.deepcopy(model.state_dict())
-    finetune_keeping_zeros(model, ctx.data, ctx.config.finetune, checkpoint, ctx.progress, ctx.log, ctx.device)
+    finetune_keeping_zeros(model, ctx.data, ctx.config.finetune, checkpoint, ctx.progress, ctx.log, ctx.device,
+                           ctx.dense)
     after = evaluate(model, ctx.data.val)["error_pct"]
     kept = after <= before or not ctx.config.compress.finetune_guard
     if not kept:
@@ -65,7 +66,9 @@ def compress_and_finetune(method: Method, ctx: RunContext, outcome: MethodOutcom
     if method.finetune_after_compress and finetune.epochs > 0:
         outcome.test_error_pct_before_finetune = evaluate(result.model, ctx.data.test)["error_pct"]
         ctx.log(f"pruned test error before fine-tuning {outcome.test_error_pct_before_finetune:.2f}%")
-        ctx.log(f"fine-tuning the pruned model ({finetune.epochs} epochs, deterministic, lr {finetune.lr})")
+        teacher = f", distilling from the dense model (alpha {finetune.distill:g}, T {finetune.distill_temperature:g})" \
+            if finetune.distill > 0 else ""
+        ctx.log(f"fine-tuning the pruned model ({finetune.epochs} epochs, deterministic, lr {finetune.lr}{teacher})")
         outcome.finetune_validation = guarded_finetune(result.model, ctx, checkpoint)
         result.model.eval()
         result.quantized_model = quantize_model(result.model, result.precisions)
