@@ -158,7 +158,8 @@ def _mac_ratio(record: dict) -> float:
 
 def _resnet20_rows(runs: list[dict], row) -> None:
     """Issue 18: the shipped dense ResNet-20, the best Bayesian cut at >= 2x MACs, and the comparison with
-    Torch-Pruning's group-norm pruner at (about) equal MACs and the same total epochs (Bayesian + fine-tuning)."""
+    Torch-Pruning's group-norm pruner at (about) equal MACs, the same total epochs (Bayesian + fine-tuning) and the
+    same fine-tuning loss (a run distilled from the dense model meets only Torch-Pruning rows distilled alike)."""
     weights = Path(__file__).resolve().parents[1] / "src/bayescomp/models/weights/resnet20_cifar10.json"
     if weights.exists():
         shipped = json.loads(weights.read_text())
@@ -187,13 +188,15 @@ def _resnet20_rows(runs: list[dict], row) -> None:
                   if t["importance"] == "group_norm" and t.get("test_error_pct") is not None]
     for r in (r for r in bayes if _mac_ratio(r) >= 1.9):
         total = r["epochs"] + r.get("finetune_epochs", 0)
+        distill = r.get("finetune_distill")
         peers = [t for t in group_norm if abs(t["mac_ratio"] / _mac_ratio(r) - 1) <= 0.05
-                 and t["finetune_epochs"] <= total]
+                 and t["finetune_epochs"] <= total and t.get("distill") == distill]
         if not peers:
             continue
         peer = max(peers, key=lambda t: t["finetune_epochs"])
+        both = " (both fine-tuned by distillation from the dense model)" if distill else ""
         row(f"ResNet-20 at equal MACs: Bayesian (`{r['_stem']}`, {total} epochs) <= Torch-Pruning group-norm with "
-            "the same epochs",
+            f"the same epochs{both}",
             f"{r['test_error_pct']:.2f} % at {_mac_ratio(r):.2f}x against {peer['test_error_pct']:.2f} % at "
             f"{peer['mac_ratio']:.2f}x ({peer['finetune_epochs']} fine-tuning epochs)",
             r["test_error_pct"] <= peer["test_error_pct"] and peer["finetune_epochs"] == total)

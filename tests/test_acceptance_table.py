@@ -67,6 +67,20 @@ def test_resnet20_equal_mac_row_compares_with_the_same_epochs_of_torch_pruning()
         assert len(rows) == 1 and rows[0].endswith(f"| {verdict} |")
 
 
+def test_a_distilled_resnet20_run_meets_only_torch_pruning_rows_distilled_alike():
+    """A run fine-tuned by distillation with a setting no committed Torch-Pruning row used is not compared with the
+    plain rows (nor with rows distilled otherwise): a different fine-tuning recipe is not the same budget."""
+    import json
+
+    from benchmarks._common import RESULTS
+
+    peer = next(t for t in json.loads((RESULTS / "resnet20_cifar10_torch-pruning.json").read_text())["rows"]
+                if t["importance"] == "group_norm" and t["finetune_epochs"] == 40 and not t.get("distill"))
+    run = _resnet("resnet20_cifar10_gnj_kd", peer["test_error_pct"] - 1.0, peer["mac_ratio"], 3.0)
+    run["finetune_distill"] = {"alpha": 0.123, "temperature": 4.0}
+    assert not [key for key in _resnet_rows([run]) if key.startswith("ResNet-20 at equal MACs")]
+
+
 def test_the_test_set_mark_names_a_committed_blind_rerun():
     from benchmarks.make_tables import chosen_on_test_note
 
