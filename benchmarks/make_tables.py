@@ -79,7 +79,8 @@ def chosen_on_test_note(runs: list[dict] = ()) -> list[str]:
 
 def _before(r: dict) -> str:
     value = r.get("test_error_pct_pruned_before_finetune")
-    return f"{value:.2f} (fine-tuned {r.get('finetune_epochs')} ep.) → " if value is not None else ""
+    how = " distilled" if r.get("finetune_distill") else ""
+    return f"{value:.2f} (fine-tuned{how} {r.get('finetune_epochs')} ep.) → " if value is not None else ""
 
 
 def variants_table(records: list[dict]) -> str:

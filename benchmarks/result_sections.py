@@ -123,7 +123,7 @@ def cifar_section(runs: list[dict]) -> list[str]:
                   or f"{compress.get('search', 'auto')}, {compress.get('tolerance_pct', 0):g} pt")
         lines.append(
             f"| {r['model']} | {r['method']} | {search} | {r.get('hardware', '–')} | "
-            f"{start} | {r.get('epochs')} + {r.get('finetune_epochs') or 0} | "
+            f"{start} | {r.get('epochs')} + {r.get('finetune_epochs') or 0}{_distilled(r)} | "
             f"{r['dense_test_error_pct']:.2f} % | {r['test_error_pct']:.2f} % | {r['compression_architecture']:.1f} | "
             f"{r['compression_bits']:.1f} | {r['compression_file']:.1f} | {r['flops_dense']:,} → "
             f"{r['flops_compressed']:,} ({r['flops_dense'] / r['flops_compressed']:.2f}) | {latency} | "
@@ -202,3 +202,9 @@ def other_sections(run_stems: set[str]) -> list[str]:
             text = f"## {md.stem} (`benchmarks/results/{md.name}`)\n\n{text}"
         lines += [text, ""]
     return lines
+
+
+def _distilled(r: dict) -> str:
+    """`` (distilled, alpha 0.9, T 4)`` when the fine-tuning learned from the dense model as well as the labels."""
+    distill = r.get("finetune_distill")
+    return f" (distilled, alpha {distill['alpha']:g}, T {distill['temperature']:g})" if distill else ""
