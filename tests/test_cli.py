@@ -159,6 +159,30 @@ def test_cli_distillation_is_recorded_in_the_run_and_its_settings_checked(tmp_pa
 
 
 @pytest.mark.parametrize("method", list_methods())
+def test_every_method_accepts_distillation_in_its_fine_tuning(method, tmp_path, monkeypatch):
+    """Iterates the registry: wherever a method fine-tunes, --distill reaches fit with the run's dense model as the
+    teacher (never a half set-up distillation that fit would refuse mid-run)."""
+    import bayescomp.train as train_module
+
+    real_fit, teachers = train_module.fit, []
+
+    def spying_fit(model, data, config, *args, teacher=None, **kwargs):
+        if config.distill > 0:
+            teachers.append(teacher)
+        return real_fit(model, data, config, *args, teacher=teacher, **kwargs)
+
+    for where in ("bayescomp.methods.finetune.fit", "bayescomp.magnitude.fit"):
+        monkeypatch.setattr(where, spying_fit)
+    short = ["--train-subset", "1000", "--val-size", "500", "--test-subset", "500", "--dense-epochs", "1",
+             "--epochs", "1", "--batch-size", "100", "--no-progress"]
+    assert main(["run", "--model", "lenet300", "--method", method, "--run-dir", str(tmp_path / method), *short,
+                 "--no-latency", "--no-plots", "--finetune-epochs", "1", "--distill", "0.5"]) == 0
+    assert all(isinstance(t, torch.nn.Module) for t in teachers)
+    spec = get_method(method)
+    assert bool(teachers) == (spec.finetune_after_compress or bool(spec.default_finetune_epochs))
+
+
+@pytest.mark.parametrize("method", list_methods())
 def test_every_method_runs_end_to_end_and_its_file_reproduces_the_report(method, tmp_path):
     """Iterates the method registry: a new method is run end to end the day it lands."""
     run_dir = tmp_path / method

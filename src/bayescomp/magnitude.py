@@ -226,13 +226,14 @@ def _make_permanent(layers: list[nn.Module]) -> None:
 
 def prune_and_finetune(model: nn.Sequential, data: DataBundle, config: MagnitudeConfig,
                        finetune: TrainConfig, log: Callable[[str], None] = print,
-                       progress: bool = False) -> list[torch.Tensor]:
+                       progress: bool = False, teacher: nn.Module | None = None) -> list[torch.Tensor]:
     """Gradual magnitude pruning of ``model`` in place (Han et al. 2015; Zhu & Gupta 2017).
 
     Round r prunes the current weights to s_r and fine-tunes ``finetune.epochs // rounds`` epochs (the
     remainder in the last round) with seed ``finetune.seed + r``. ``fit`` optimises ``weight_orig``; the
     mask multiplies it in every forward pass, so pruned weights are zero throughout fine-tuning. Whatever
     happens, the model leaves as plain Linear/Conv2d layers (zeros in place, no prune hooks or buffers).
+    With ``finetune.distill > 0`` every round distils from ``teacher`` (the unpruned model; :mod:`bayescomp.distill`).
     Returns the final keep masks.
     """
     layers = _plain_layers(model)
@@ -251,7 +252,7 @@ def prune_and_finetune(model: nn.Sequential, data: DataBundle, config: Magnitude
                 f"{kept}/{total} (sparsity {1 - kept / total:.4f}); fine-tuning {epochs} epochs")
             if epochs > 0:
                 fit(model, data, dataclasses.replace(finetune, epochs=epochs, seed=finetune.seed + r),
-                    progress=progress, log=log)
+                    progress=progress, log=log, teacher=teacher if finetune.distill > 0 else None)
     finally:
         _make_permanent(layers)
     return masks

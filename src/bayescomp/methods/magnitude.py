@@ -27,7 +27,8 @@ def _train(model: nn.Module, ctx: RunContext) -> TrainHistory:
     ctx.log(f"magnitude pruning to sparsity {settings.sparsity} "
             f"({'structured' if settings.structured else 'unstructured'}, {settings.scope}), {settings.rounds} "
             f"rounds, {finetune.epochs} fine-tuning epochs")
-    ctx.state["masks"] = prune_and_finetune(model, ctx.data, settings, finetune, log=ctx.log, progress=ctx.progress)
+    ctx.state["masks"] = prune_and_finetune(model, ctx.data, settings, finetune, log=ctx.log, progress=ctx.progress,
+                                            teacher=ctx.dense)
     return TrainHistory()
 
 
