@@ -34,7 +34,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import shlex
 import sys
 import time
 from pathlib import Path
@@ -48,7 +47,7 @@ from bayescomp.models import create_model
 from bayescomp.train import TrainConfig, evaluate, fit
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import budget_label  # noqa: E402
+from _common import budget_label, this_command  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -240,7 +239,7 @@ def main() -> None:
                    "val_error_before_finetune_pct": before, "val_error_pct": val_error,
                    "test_error_pct": test_error, "target_macs": target["macs"],
                    "wall_time_s": round(time.perf_counter() - t0, 1), "threads": torch.get_num_threads(), **settings}
-            row["command"] = "python " + " ".join(shlex.quote(a) for a in sys.argv)
+            row["command"] = this_command()
             if kind == "posterior":
                 row.update(posterior=str(args.posterior), log_alpha_threshold=round(ratio, 4))
             if kind == "posterior_uniform":
@@ -303,7 +302,7 @@ def _write(out: Path, rows: list[dict], records: list[dict], dense_test: float, 
                            "amp": args.amp},
               "rows": rows, "wall_time_s": round(time.perf_counter() - started, 1),
               "threads": torch.get_num_threads(),
-              "command": "python " + " ".join(shlex.quote(a) for a in sys.argv)}
+              "command": this_command()}
     out.with_suffix(".json").write_text(json.dumps(result, indent=1) + "\n")
     lines = [f"# Torch-Pruning on pretrained ResNet-20/CIFAR-10 (dense {dense_test:.2f} % test error, "
              f"{dense_macs / 1e6:.1f} M MACs)", "", f"Command: `{result['command']}`", "",
