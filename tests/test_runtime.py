@@ -191,3 +191,19 @@ def test_int8_weights_use_7_bits_only_without_an_int8_dot_product(monkeypatch, t
         assert runtime.int8_dot_product_native() is not expected
         runtime.int8_qdq_session(model, {1: 8}, torch.rand(64, 16), tmp_path / str(index))
         assert seen.pop("reduce_range") is expected
+
+
+def test_runtime_latency_write_up_has_the_lenet5_acceptance_only_when_lenet5_was_timed():
+    """benchmarks.runtime_latency --files times any committed file (ResNet-20 too); the issue-19 acceptance line
+    belongs to the LeNet-5 file alone. Rendered from the committed record, with and without that entry."""
+    import json
+
+    from benchmarks._common import RESULTS
+    from benchmarks.runtime_latency import render
+
+    record = json.loads((RESULTS / "runtime_latency.json").read_text())
+    assert "## Acceptance (issue 19)" in render(record)
+    record.pop("acceptance")
+    record["models"] = {k: v for k, v in record["models"].items() if k != "lenet5_mnist_gnj"}
+    text = render(record)
+    assert "Acceptance" not in text and "lenet300_mnist_gnj" in text and "lenet5_mnist_gnj" not in text
