@@ -196,7 +196,7 @@ def main() -> None:
             int(record.get("epochs", 0)) + int(record.get("finetune_epochs", 0)))
         ratio = record["flops_compressed"] / record["flops_dense"]
         targets.append({"macs": int(ratio * dense_macs), "epochs": epochs, "matched": Path(path).name})
-    records += [json.loads(Path(path).read_text()) for path in args.show]
+    records += [json.loads(Path(path).read_text()) for path in args.show if path not in args.targets_from]
     default_epochs = targets[0]["epochs"] if targets else 2
     for fraction in args.fractions:
         epochs = args.finetune_epochs if args.finetune_epochs is not None else default_epochs  # 0: none
