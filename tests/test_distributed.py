@@ -109,6 +109,10 @@ def _worker(rank: int, port: int, out: str, case: str) -> None:
                              "masks": mask_digest(model, thresholds, data.val.example()),
                              "same_state": distributed.all_equal(_digest(model))}
     torch.save(result, Path(out) / f"rank{rank}.pt")
+    # leave the group before the interpreter exits: gloo threads still running at exit can abort the process
+    # ("terminate called without an active exception", seen once in CI as a SIGABRT of rank 0)
+    torch.distributed.barrier()
+    torch.distributed.destroy_process_group()
 
 
 def _spawn(tmp_path: Path, case: str, monkeypatch) -> list[dict]:
