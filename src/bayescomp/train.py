@@ -213,8 +213,7 @@ def fit(
     if teacher is not None:
         if objective is not None:
             raise ValueError("distillation replaces the objective; pass either a teacher or an objective")
-        student = model
-        model = DistillationPair(student, teacher)
+        model = DistillationPair(model, teacher)
         objective = distillation_objective(config.distill_temperature, config.distill)
         cuda_graphs = False
     home = _device_of(model)

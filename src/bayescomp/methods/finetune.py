@@ -25,8 +25,6 @@ def finetune_keeping_zeros(model: nn.Module, data: DataBundle, config: TrainConf
     (per-weight pruning: Sparse VD, Turbo-VBI) stay zero (a fixed ``torch.nn.utils.prune`` mask during training,
     made permanent afterwards). With ``config.distill > 0`` it distils from ``dense``, the run's dense model
     (:mod:`bayescomp.distill`)."""
-    if config.distill > 0 and dense is None:
-        raise ValueError("fine-tuning with distill > 0 needs the dense model to distil from")
     layers = [m for m in prunable_modules(model) if bool((m.weight == 0).any())]
     _apply_masks(layers, [m.weight.detach() != 0 for m in layers])
     try:
