@@ -71,6 +71,14 @@ def _free_port() -> int:
 
 
 def _worker(rank: int, port: int, out: str, case: str) -> None:
+    """A spawned rank, run the way the CLI runs a torchrun worker (:func:`distributed.run_worker`): the group is
+    left on every path and the process exits with ``os._exit``. A rank that returned normally could die at
+    interpreter exit with SIGABRT ("terminate called without an active exception", gloo threads still being
+    destroyed), which failed CI twice after complete, correct runs."""
+    distributed.run_worker(lambda _argv: _work(rank, port, out, case))
+
+
+def _work(rank: int, port: int, out: str, case: str) -> int:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(WORLD), RANK=str(rank),
                       LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
@@ -109,10 +117,7 @@ def _worker(rank: int, port: int, out: str, case: str) -> None:
                              "masks": mask_digest(model, thresholds, data.val.example()),
                              "same_state": distributed.all_equal(_digest(model))}
     torch.save(result, Path(out) / f"rank{rank}.pt")
-    # leave the group before the interpreter exits: gloo threads still running at exit can abort the process
-    # ("terminate called without an active exception", seen once in CI as a SIGABRT of rank 0)
-    torch.distributed.barrier()
-    torch.distributed.destroy_process_group()
+    return 0
 
 
 def _spawn(tmp_path: Path, case: str, monkeypatch) -> list[dict]:
