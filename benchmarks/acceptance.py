@@ -128,7 +128,9 @@ def _paper_rows(by: dict, runs: list[dict], row) -> None:
     for method, limit, arch, bits, target in targets:
         for (model, tagged, tag), group in sorted(variants.items()):
             if model == "lenet5" and tagged == method:  # a changed recipe is its own row, never the row's rerun
-                settings = ", ".join(f"{k}={v}" for k, v in group[0].get("selection_prior_set", {}).items())
+                settings = ", ".join([f"{k}={v}" for k, v in group[0].get("selection_prior_set", {}).items()]
+                                     + ([f"bit reduction `{group[0]['selection_bits_reduce']}` chosen on validation"]
+                                        if "selection_bits_reduce" in group[0] else []))
                 judge(group, limit, arch, bits, f"{target}, chosen on validation only; variant `{tag}`"
                       + (f" ({settings})" if settings else ""))
         if method in lenet5:  # the blind reruns (setting chosen on validation) judge the row once they exist

@@ -156,3 +156,15 @@ def test_a_tagged_lenet5_variant_gets_its_own_paper_row_beside_the_rerun():
     tagged, plain = rows
     assert "variant `wbatch` (weight_sampling=batch)" in tagged and "160.0x" in tagged and tagged.endswith("| yes |")
     assert "variant" not in plain and "140.0x" in plain and plain.endswith("| no |")
+
+
+def test_a_variant_whose_bits_were_chosen_on_validation_says_so_and_is_judged_on_its_bits():
+    kwargs = dict(selection="blind_b.json", epochs=200, selection_tag="valbits", selection_prior_set={},
+                  selection_bits_reduce="mean", seed=1)
+    rows = []
+    for bits in (370.0, 350.0):
+        run = _run("lenet5_mnist_gnj_blind200_valbits_seed1", 0.95, 130.0, compression_bits=bits, **kwargs)
+        rows += [line for line in acceptance_table([run], []).splitlines() if "BC-GNJ: error <= 1.0 %" in line]
+    assert len(rows) == 2
+    assert "variant `valbits` (bit reduction `mean` chosen on validation)" in rows[0] and "bits 370x" in rows[0]
+    assert rows[0].endswith("| yes |") and rows[1].endswith("| no |")  # 350x < the paper's 361x

@@ -123,3 +123,69 @@ def test_a_tagged_variant_writes_apart_and_is_not_counted_among_the_rows_seeds()
     row = {"model": "lenet300", "method": "gnj", "selection": "a.json", "seed": 0}
     tagged = {**row, "selection": "b.json", "selection_tag": "wbatch"}
     assert blind_reruns([row, tagged]) == {("lenet300", "gnj"): [row]}
+
+
+def _bits(reduce: str, quantized: float, arch: str = "8-10-71-13") -> dict:
+    return {"bits_reduce": reduce, "kept_architecture": arch, "val_error_pct": 1.00, "val_error_pct_quantized": quantized,
+            "bits_per_layer": [12, 10], "compression_bits": 300.0}
+
+
+def test_the_reference_bits_are_taken_only_within_the_allowance():
+    from benchmarks.blind_row import choose_bits
+
+    recipe = _bits("max", 1.00)
+    assert choose_bits(recipe, _bits("mean", 1.10), 0.1)["bits_reduce"] == "mean"  # exactly at the allowance
+    assert choose_bits(recipe, _bits("mean", 1.12), 0.1) is recipe
+    assert choose_bits(recipe, _bits("mean", 1.12), 0.2)["bits_reduce"] == "mean"
+    with pytest.raises(ValueError, match="different pruned models"):
+        choose_bits(recipe, _bits("mean", 1.0, "8-10-70-13"), 0.1)
+
+
+def test_a_candidate_records_its_quantised_validation_error_and_bits():
+    """On a real pruned LeNet-300-100: the recorded quantised error is the quantised model's own (an independent
+    evaluation of ``result.quantized_model``), and the reference's mean reduction never needs more bits."""
+    from dataclasses import replace
+
+    from bayescomp.bayesify import bayesify
+    from bayescomp.compress import CompressConfig, compress
+    from bayescomp.data import load_dataset
+    from bayescomp.methods import RunContext
+    from bayescomp.models import create_model
+    from bayescomp.pipeline import RunConfig
+    from bayescomp.train import TrainConfig, evaluate, fit, seed_everything
+    from benchmarks.blind_row import _measure
+
+    data = load_dataset("mnist", val_size=500, seed=0, train_subset=2000, test_subset=100)
+    seed_everything(0)
+    model = bayesify(create_model("lenet300", 10, (1, 28, 28), data.mean, data.std), "gnj")
+    fit(model, data, TrainConfig(epochs=2, batch_size=128, lr=3e-3, seed=0), progress=False, log=lambda *_: None)
+    config = RunConfig(finetune=TrainConfig(epochs=0))
+    ctx = RunContext(config=config, data=data, dense=None, run_dir=None, settings=None, extras={"allowance": 0.2})
+    figures = {}
+    for reduce in ("max", "mean"):
+        result = compress(model, data.val, CompressConfig(thresholds=-1.0, bits_reduce=reduce))
+        trial = replace(ctx, config=replace(config, compress=replace(config.compress, bits_reduce=reduce)))
+        figures[reduce] = _measure(result, trial, 0.2, 1.0)
+        assert figures[reduce]["val_error_pct_quantized"] == evaluate(result.quantized_model, data.val)["error_pct"]
+        assert figures[reduce]["bits_per_layer"] == result.bits_per_layer and figures[reduce]["bits_reduce"] == reduce
+    assert figures["mean"]["kept_architecture"] == figures["max"]["kept_architecture"]
+    assert all(a <= b for a, b in zip(figures["mean"]["bits_per_layer"], figures["max"]["bits_per_layer"]))
+    assert figures["mean"]["compression_bits"] >= figures["max"]["compression_bits"]
+
+
+def test_the_markdown_states_the_bits_rule_and_what_it_tried():
+    from benchmarks.blind_row import markdown
+
+    cand = {"tolerance_pct": 0.2, "kept_architecture": "8-10-71-13", "compression_architecture": 130.0,
+            "compression_nonzero": 130.0, "val_error_pct_pruned": 1.1, "val_error_pct": 1.0, "qualifies": True}
+    tried = [_bits("max", 1.00), {**_bits("mean", 1.04), "bits_per_layer": [9, 7], "compression_bits": 420.0}]
+    record = {"model": "lenet5", "method": "gnj", "epochs": 200, "seed": 1, "tag": "valbits", "command": "c",
+              "torch_threads": 2, "wall_time_s": 60.0, "dense_val_error_pct": 0.8, "allowance_pct": 0.2,
+              "metric": "architecture", "variants": [{}], "candidates": [cand], "chosen": cand, "rule_met": True,
+              "bits_choice": {"allowance_pct": 0.1, "tried": tried, "chosen": "mean"},
+              "published": "p.json", "result": {"test_error_pct": 0.9, "compression_architecture": 130.0,
+                                                 "compression_bits": 420.0, "compression_nonzero": 130.0,
+                                                 "kept_architecture": "8-10-71-13", "dense_test_error_pct": 0.6}}
+    text = markdown(record)
+    assert "`mean`: bits 9-7, 420.0x, quantised validation error 1.04 %" in text
+    assert "Chosen: `mean`." in text and "(1.00 %) + 0.1 points" in text
