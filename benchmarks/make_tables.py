@@ -14,7 +14,7 @@ import json
 import re
 from pathlib import Path
 
-from benchmarks._common import blind_reruns, seed_spread_text
+from benchmarks._common import blind_reruns, blind_variants, seed_mean_std, seed_spread_text
 from benchmarks.acceptance import acceptance_table
 from benchmarks.published import PUBLISHED  # one list of published figures for both tables
 from benchmarks.result_sections import (
@@ -281,13 +281,26 @@ def blind_sentence(runs: list[dict]) -> str:
     with the seed spread where there are several seeds; empty when none is committed."""
     parts = [f"{model} {method} {group[0]['epochs']} epochs: {seed_spread_text(group)}"
              for (model, method), group in sorted(blind_reruns(runs).items())]
-    if not parts:
+    variants = [f"{model} {method} `{tag}` {group[0]['epochs']} epochs: {seed_spread_text(group)}" + _bits_text(group)
+                for (model, method, tag), group in sorted(blind_variants(runs).items())]
+    if not parts and not variants:
         return ""
     return ("Rerun with the settings chosen on the validation split by a rule fixed before the run "
             "(`benchmarks/blind_row.py`: the search tolerance, and the prior where variants were given), test error at "
             "architecture compression"
-            + (" (non-zero where marked)" if any(" non-zero" in part for part in parts) else "")
-            + f": {'; '.join(parts)}.")
+            + (" (non-zero where marked)" if any(" non-zero" in part for part in parts + variants) else "")
+            + f": {'; '.join(parts)}"
+            + (f"; tagged variants (a changed recipe or rule, not the row's rerun): {'; '.join(variants)}"
+               if variants else "") + ".")
+
+
+def _bits_text(group: list[dict]) -> str:
+    """``, bits 370 ± 12x (bit reduction chosen on validation)`` for a variant whose bits rule chose the bits."""
+    if "selection_bits_reduce" not in group[0]:
+        return ""
+    mean, spread = seed_mean_std(group, "compression_bits")
+    return (f", bits {mean:.0f}" + (f" ± {spread:.0f}" if len(group) > 1 else "")
+            + "x (bit reduction chosen on validation)")
 
 
 def _equal_error_sentence() -> str:

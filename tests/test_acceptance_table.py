@@ -125,6 +125,14 @@ def test_the_readme_sentence_lists_each_blind_rerun_with_its_spread():
     text = blind_sentence(runs)
     assert "lenet300 ghs 200 epochs: 1.74 % at 13.9x" in text
     assert "lenet300 gnj 200 epochs: 1.71 ± 0.08 % at 14.8 ± 2.9x over seeds 0, 1" in text
+    assert "tagged variants" not in text
+    bits = [_run(f"lenet5_mnist_gnj_blind200_valbits_seed{s}", e, c, selection="v.json", epochs=200, seed=s,
+                 selection_tag="valbits", selection_bits_reduce="mean", compression_bits=b)
+            for s, e, c, b in ((1, 0.9, 130.0, 380.0), (2, 1.0, 120.0, 360.0))]
+    text = blind_sentence(runs + bits)
+    assert text.startswith("Rerun") and text.endswith(".")
+    assert ("tagged variants (a changed recipe or rule, not the row's rerun): lenet5 gnj `valbits` 200 epochs: "
+            "0.95 ± 0.07 % at 125.0 ± 7.1x over seeds 1, 2, bits 370 ± 14x (bit reduction chosen on validation)") in text
 
 
 def _cost(model: str, ratios: dict[str, float]) -> dict:
