@@ -33,6 +33,9 @@ The rule, written before the run:
     OMP_NUM_THREADS=1 python -m benchmarks.blind_row --model lenet300 --method turbo --epochs 30 \
         --prior-variants '{}' '{"slab_std": 10.0}'
 
+``--train-only`` stops after training (no candidate, no test figure): long trainings can run first, and the same
+command without it resumes from the trained posteriors for the rule's steps.
+
 ``--prior-set key=value`` changes one prior setting of the recipe (e.g. ``weight_sampling=batch``) and
 ``--tag`` names such a run apart (``runs/blind/<model>_<method>_<epochs>_<tag>``, ``..._blind<epochs>_<tag>``
 files): a tagged run is a variant of the row, not the row's rerun, so RESULTS.md does not count it among the
@@ -262,6 +265,9 @@ def main() -> None:
     parser.add_argument("--prior-set", nargs="+", default=[], metavar="KEY=VALUE",
                         help="change these settings of the recipe's prior (applied to every variant)")
     parser.add_argument("--tag", default="", help="name of this variant of the row (required with --prior-set)")
+    parser.add_argument("--train-only", action="store_true",
+                        help="train (or resume) every variant's posterior and stop: no candidate, no test figure; "
+                             "the same command without it then resumes from the trained posteriors")
     parser.add_argument("--choose-bits", action="store_true",
                         help="rule step 4: the reference code's mean bit reduction where validation allows it")
     parser.add_argument("--bits-allowance", type=float, default=0.1,
@@ -285,6 +291,9 @@ def main() -> None:
         config = replace(base, prior=dict(prior))
         run_dir = root if len(variants) == 1 else root.with_name(f"{root.name}_v{index}")
         method, ctx, posterior = train_variant(config, run_dir, args.device, args.cuda_graphs)
+        if args.train_only:
+            print(f"trained {run_dir}", flush=True)
+            continue
         dense_val = evaluate(ctx.dense, ctx.data.val)["error_pct"]  # the same dense model for every variant
         ctx = replace(ctx, extras={"allowance": args.allowance})
         trained.append((config, run_dir))
@@ -293,6 +302,8 @@ def main() -> None:
             candidates.append({"variant": index, "prior": dict(prior),
                                **candidate(method, ctx, posterior, tolerance, dense_val, seen)})
             print(json.dumps(candidates[-1]), flush=True)
+    if args.train_only:
+        return
     chosen, rule_met = choose(candidates, metric)
     config, run_dir = trained[chosen["variant"]]
     final = replace(config, compress=replace(config.compress, tolerance_pct=chosen["tolerance_pct"]))

@@ -189,3 +189,28 @@ def test_the_markdown_states_the_bits_rule_and_what_it_tried():
     text = markdown(record)
     assert "`mean`: bits 9-7, 420.0x, quantised validation error 1.04 %" in text
     assert "Chosen: `mean`." in text and "(1.00 %) + 0.1 points" in text
+
+
+def test_train_only_trains_every_variant_and_reads_no_split_after_training(monkeypatch):
+    import sys
+    from types import SimpleNamespace
+
+    from benchmarks import blind_row
+
+    trained = []
+
+    def fake_train(config, run_dir, device=None, cuda_graphs=False):
+        trained.append((config.prior, run_dir.name))
+        return None, SimpleNamespace(dense=None, data=None), None
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("--train-only must not evaluate, prune or run the pipeline")
+
+    monkeypatch.setattr(blind_row, "train_variant", fake_train)
+    for name in ("evaluate", "candidate", "run", "publish"):
+        monkeypatch.setattr(blind_row, name, forbidden)
+    monkeypatch.setattr(sys, "argv", ["blind_row", "--model", "lenet300", "--method", "turbo", "--epochs", "3",
+                                      "--seed", "2", "--prior-variants", "{}", '{"slab_std": 10.0}', "--train-only"])
+    blind_row.main()
+    assert [d for _, d in trained] == ["lenet300_turbo_3_seed2_v0", "lenet300_turbo_3_seed2_v1"]
+    assert trained[1][0]["slab_std"] == 10.0 and trained[0][0].get("slab_std") != 10.0
