@@ -54,10 +54,10 @@ from pathlib import Path
 
 import torch
 
+from bayescomp.compress import quantize_model
 from bayescomp.methods import RunContext, get_method
 from bayescomp.methods.runner import guarded_finetune, prepare_and_train
 from bayescomp.pipeline import RunConfig, _prepare_run_dir, dense_model, load_data, run
-from bayescomp.compress import quantize_model
 from bayescomp.train import evaluate
 from benchmarks._common import RESULTS, publish, this_command
 from benchmarks.seeds import with_seed

@@ -167,8 +167,8 @@ def test_a_tagged_lenet5_variant_gets_its_own_paper_row_beside_the_rerun():
 
 
 def test_a_variant_whose_bits_were_chosen_on_validation_says_so_and_is_judged_on_its_bits():
-    kwargs = dict(selection="blind_b.json", epochs=200, selection_tag="valbits", selection_prior_set={},
-                  selection_bits_reduce="mean", seed=1)
+    kwargs = {"selection": "blind_b.json", "epochs": 200, "selection_tag": "valbits", "selection_prior_set": {},
+              "selection_bits_reduce": "mean", "seed": 1}
     rows = []
     for bits in (370.0, 350.0):
         run = _run("lenet5_mnist_gnj_blind200_valbits_seed1", 0.95, 130.0, compression_bits=bits, **kwargs)
