@@ -296,7 +296,7 @@ def main() -> None:
             continue
         dense_val = evaluate(ctx.dense, ctx.data.val)["error_pct"]  # the same dense model for every variant
         ctx = replace(ctx, extras={"allowance": args.allowance})
-        trained.append((config, run_dir))
+        trained.append((config, run_dir, method, ctx, posterior))
         seen: dict[str, dict] = {}
         for tolerance in args.tolerances:
             candidates.append({"variant": index, "prior": dict(prior),
@@ -305,12 +305,10 @@ def main() -> None:
     if args.train_only:
         return
     chosen, rule_met = choose(candidates, metric)
-    config, run_dir = trained[chosen["variant"]]
+    config, run_dir, method, ctx, posterior = trained[chosen["variant"]]
     final = replace(config, compress=replace(config.compress, tolerance_pct=chosen["tolerance_pct"]))
     bits_choice = None
     if args.choose_bits and final.compress.bits_reduce != REFERENCE_BITS:
-        method, ctx, posterior = train_variant(config, run_dir, args.device, args.cuda_graphs)  # resumes: trained
-        ctx = replace(ctx, extras={"allowance": args.allowance})
         tried = [{k: v for k, v in chosen.items() if k not in ("variant", "prior")}]
         reference = replace(final, compress=replace(final.compress, bits_reduce=REFERENCE_BITS))
         tried.append(candidate(method, replace(ctx, config=reference), posterior, chosen["tolerance_pct"], dense_val))

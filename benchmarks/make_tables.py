@@ -289,9 +289,8 @@ def blind_sentence(runs: list[dict]) -> str:
             "(`benchmarks/blind_row.py`: the search tolerance, and the prior where variants were given), test error at "
             "architecture compression"
             + (" (non-zero where marked)" if any(" non-zero" in part for part in parts + variants) else "")
-            + f": {'; '.join(parts)}"
-            + (f"; tagged variants (a changed recipe or rule, not the row's rerun): {'; '.join(variants)}"
-               if variants else "") + ".")
+            + ": " + "; ".join(parts + ([f"tagged variants (a changed recipe or rule, not the row's rerun): "
+                                        f"{'; '.join(variants)}"] if variants else [])) + ".")
 
 
 def _bits_text(group: list[dict]) -> str:
