@@ -141,8 +141,9 @@ def test_the_reference_bits_are_taken_only_within_the_allowance():
         choose_bits(recipe, _bits("mean", 1.0, "8-10-70-13"), 0.1)
 
 
-def test_a_candidate_records_its_quantised_validation_error_and_bits():
-    """On a real pruned LeNet-300-100: the recorded quantised error is the quantised model's own (an independent
+@pytest.mark.parametrize("method", ["gnj", "ghs"])
+def test_a_candidate_records_its_quantised_validation_error_and_bits(method):
+    """On a real pruned LeNet-300-100 (both group priors, which the bits step serves): the recorded quantised error is the quantised model's own (an independent
     evaluation of ``result.quantized_model``), and the reference's mean reduction never needs more bits."""
     from dataclasses import replace
 
@@ -157,13 +158,13 @@ def test_a_candidate_records_its_quantised_validation_error_and_bits():
 
     data = load_dataset("mnist", val_size=500, seed=0, train_subset=2000, test_subset=100)
     seed_everything(0)
-    model = bayesify(create_model("lenet300", 10, (1, 28, 28), data.mean, data.std), "gnj")
+    model = bayesify(create_model("lenet300", 10, (1, 28, 28), data.mean, data.std), method)
     fit(model, data, TrainConfig(epochs=2, batch_size=128, lr=3e-3, seed=0), progress=False, log=lambda *_: None)
     config = RunConfig(finetune=TrainConfig(epochs=0))
     ctx = RunContext(config=config, data=data, dense=None, run_dir=None, settings=None, extras={"allowance": 0.2})
-    figures = {}
+    figures, threshold = {}, -1.0 if method == "gnj" else None  # GHS: its own default statistic and threshold
     for reduce in ("max", "mean"):
-        result = compress(model, data.val, CompressConfig(thresholds=-1.0, bits_reduce=reduce))
+        result = compress(model, data.val, CompressConfig(thresholds=threshold, bits_reduce=reduce))
         trial = replace(ctx, config=replace(config, compress=replace(config.compress, bits_reduce=reduce)))
         figures[reduce] = _measure(result, trial, 0.2, 1.0)
         assert figures[reduce]["val_error_pct_quantized"] == evaluate(result.quantized_model, data.val)["error_pct"]
