@@ -143,8 +143,9 @@ def test_the_reference_bits_are_taken_only_within_the_allowance():
 
 @pytest.mark.parametrize("method", ["gnj", "ghs"])
 def test_a_candidate_records_its_quantised_validation_error_and_bits(method):
-    """On a real pruned LeNet-300-100 (both group priors, which the bits step serves): the recorded quantised error is the quantised model's own (an independent
-    evaluation of ``result.quantized_model``), and the reference's mean reduction never needs more bits."""
+    """On a real pruned LeNet-300-100 (both group priors, which the bits step serves): the recorded quantised
+    error is the quantised model's own (an independent evaluation of ``result.quantized_model``), and the
+    reference's mean reduction never needs more bits."""
     from dataclasses import replace
 
     from bayescomp.bayesify import bayesify
