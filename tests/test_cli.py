@@ -218,6 +218,7 @@ def test_every_method_runs_end_to_end_and_its_file_reproduces_the_report(method,
             moments = load_with_uncertainty(run_dir / "compressed.bcz")(x)
             torch.testing.assert_close(moments.mean, model(x).softmax(dim=1), rtol=1e-4, atol=1e-5)
             assert bool((moments.var > 0).any())
+        assert 0.0 <= report["test_error_pct_density"] < 20.0  # the report stage still measures the density twin
     assert report["calibration"]["ece"] == pytest.approx(expected_calibration_error(probs, labels)["ece"], abs=1e-9)
     assert report["calibration"]["rejection_curve"][0]["accuracy_pct"] == pytest.approx(
         100 - report["test_error_pct"], abs=1e-6)

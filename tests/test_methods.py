@@ -129,3 +129,40 @@ def test_finetuning_that_raises_the_validation_error_is_undone_by_the_guard(mnis
     assert same is guard
     if guard:
         assert evaluate(wrecked.model, mnist_small.val)["error_pct"] == pytest.approx(record["val_error_pct_before"])
+
+
+class _SealedSplit:
+    """A test split that fails on any use: what a step reads of it is caught where it happens."""
+
+    def __getattr__(self, name):
+        raise AssertionError(f"the test split was read (.{name}) before the report")
+
+    def __len__(self):
+        raise AssertionError("the test split was read (len) before the report")
+
+
+@pytest.mark.parametrize("name", list_methods())
+def test_training_and_compression_never_read_the_test_split(name, mnist_small):
+    """Every registered method trains and compresses on the training and validation splits alone, so a caller
+    that compresses without reporting (the blind rule of ``benchmarks/blind_row.py``) reads no test image; report
+    figures (self-compression's density-twin error) come from ``report_extras``, which gets the real split."""
+    from dataclasses import replace
+
+    from bayescomp.methods import RunContext
+    from bayescomp.methods.runner import prepare_and_train
+    from bayescomp.pipeline import RunConfig
+
+    torch.manual_seed(0)
+    dense = nn.Sequential(nn.Flatten(), nn.Linear(784, 32), nn.ReLU(), nn.Linear(32, 10))
+    fit(dense, mnist_small, TrainConfig(epochs=1, lr=3e-3), progress=False, log=lambda *_: None)
+    method = get_method(name)
+    config = RunConfig(method=name, bayes=TrainConfig(epochs=1, lr=3e-3), finetune=TrainConfig(epochs=0))
+    sealed = replace(mnist_small, test=_SealedSplit())
+    ctx = RunContext(config=config, data=sealed, dense=dense, run_dir=None,
+                     settings=method.make_settings(config.prior), log=lambda *_: None, progress=False)
+    model = prepare_and_train(method, ctx).model
+    result = method.compress(model, ctx)
+    assert result.model is not None
+    extras = method.report_extras(model if method.posterior_in_report else None, replace(ctx, data=mnist_small))
+    if name == "self":
+        assert extras["test_error_pct_density"] == evaluate(ctx.state["density_twin"], mnist_small.test)["error_pct"]

@@ -41,13 +41,21 @@ def _compress(model: nn.Module, ctx: RunContext):
     plain = dense_shaped_posterior_mean(ctx.dense, small, kept)
     ctx.metadata["variance_head"] = variance_head(small)
     ctx.extras["self_compression_rounds"] = rounds
-    ctx.extras["test_error_pct_density"] = evaluate(small, ctx.data.test)["error_pct"]
+    ctx.state["density_twin"] = small  # its test error is a report figure, read after compression
     return magnitude_compress(plain, [torch.ones_like(m.weight) for m in prunable_modules(plain)])
+
+
+def _report_extras(model: nn.Module | None, ctx: RunContext) -> dict:
+    """The compressed density twin's own test error, beside the plain model's. Computed here, at report time,
+    not in ``compress``: compression decides only on the validation split, so a caller that compresses without
+    reporting (the blind rule of ``benchmarks/blind_row.py``) never reads the test set."""
+    twin = ctx.state.get("density_twin")
+    return {} if twin is None else {"test_error_pct_density": evaluate(twin, ctx.data.test)["error_pct"]}
 
 
 register_method(Method(
     name="self", config_cls=SelfCompressionConfig, needs="density", aliases=("self-compression",),
     description="self-compression: a density-propagating BNN deletes its redundant kernels (Carannante et al. 2020)",
     prepare=_prepare, train=_train, compress=_compress,
-    finetune_after_compress=False, posterior_in_report=False,
+    finetune_after_compress=False, posterior_in_report=False, report_extras=_report_extras,
 ))
