@@ -10,7 +10,10 @@ The rule, written before the run:
    (Turbo-VBI's slab width on LeNet-300-100) gets its recipe chosen again, on validation.
 2. For every variant and every search tolerance in ``--tolerances``, prune the posterior with the automatic search
    on the validation split at that tolerance, fine-tune the kept weights with the recipe's fine-tuning (the
-   validation guard included) and measure the **validation** error. No test figure is computed here.
+   validation guard included) and measure the **validation** error. No test figure is computed here. A method
+   whose own settings carry the tolerance (self-compression deletes kernels within its ``tolerance_pct`` and does
+   not fine-tune afterwards) gets the swept tolerance there too (:func:`at_tolerance`; a step added before its
+   first blind run).
 3. Keep the candidates whose validation error is at most the dense model's validation error plus ``--allowance``
    points (default 0.2: the paper's own LeNet-300-100 loss, 1.6 % dense to 1.8 % compressed); among them choose the
    one with the largest compression (the smaller tolerance, then the earlier variant, on a tie). Compression is
@@ -89,26 +92,43 @@ def model_digest(model: torch.nn.Module) -> str:
     return digest.hexdigest()
 
 
+def owns_tolerance(method) -> bool:
+    """Whether the method's own settings carry the search tolerance, read after training (self-compression deletes
+    kernels while the validation error stays within its ``tolerance_pct``, and never calls the shared search)."""
+    return "tolerance_pct" in method.post_training_settings
+
+
+def at_tolerance(method, config: RunConfig, tolerance: float) -> RunConfig:
+    """``config`` with its search tolerance set to ``tolerance`` points: the shared search's, and the method's own
+    where it has one (:func:`owns_tolerance`), so the rule's sweep reaches every method."""
+    config = replace(config, compress=replace(config.compress, tolerance_pct=tolerance))
+    if owns_tolerance(method):
+        config = replace(config, prior={**dict(config.prior), "tolerance_pct": tolerance})
+    return config
+
+
 def candidate(method, ctx: RunContext, posterior: torch.nn.Module, tolerance: float, dense_val: float,
               seen: dict[str, dict] | None = None) -> dict:
     """Prune at ``tolerance`` and fine-tune as the pipeline does; validation figures only. A tolerance that prunes
     to exactly the model an earlier one did (``seen``: digest -> figures; Turbo-VBI's support decides alone) reuses
     its figures: fine-tuning is seeded, so it would repeat them bit for bit."""
-    config = replace(ctx.config, compress=replace(ctx.config.compress, tolerance_pct=tolerance))
-    trial = replace(ctx, config=config, log=lambda *_: None, run_dir=None)
+    config = at_tolerance(method, ctx.config, tolerance)
+    trial = replace(ctx, config=config, settings=method.make_settings(config.prior), log=lambda *_: None,
+                    run_dir=None, state=dict(ctx.state), extras=dict(ctx.extras), metadata=dict(ctx.metadata))
     result = method.compress(copy.deepcopy(posterior), trial)
     key = model_digest(result.model)
     if seen is not None and key in seen:
         return {**seen[key], "tolerance_pct": tolerance, "same_model_as_tolerance": seen[key]["tolerance_pct"]}
-    figures = _measure(result, trial, tolerance, dense_val)
+    figures = _measure(result, trial, tolerance, dense_val, finetune=method.finetune_after_compress)
     if seen is not None:
         seen[key] = figures
     return figures
 
 
-def _measure(result, trial: RunContext, tolerance: float, dense_val: float) -> dict:
-    """Fine-tune (guarded) and measure one pruned model on the validation split."""
-    if trial.config.finetune.epochs > 0:
+def _measure(result, trial: RunContext, tolerance: float, dense_val: float, finetune: bool = True) -> dict:
+    """Fine-tune (guarded, where the method's pipeline fine-tunes: ``finetune``) and measure one pruned model on the
+    validation split."""
+    if finetune and trial.config.finetune.epochs > 0:
         check = guarded_finetune(result.model, trial)  # as the pipeline does, validation only
         before = check["val_error_pct_before"]
         after = check["val_error_pct_after"] if check["kept"] else before
@@ -306,7 +326,7 @@ def main() -> None:
         return
     chosen, rule_met = choose(candidates, metric)
     config, run_dir, method, ctx, posterior = trained[chosen["variant"]]
-    final = replace(config, compress=replace(config.compress, tolerance_pct=chosen["tolerance_pct"]))
+    final = at_tolerance(method, config, chosen["tolerance_pct"])
     bits_choice = None
     if args.choose_bits and final.compress.bits_reduce != REFERENCE_BITS:
         tried = [{k: v for k, v in chosen.items() if k not in ("variant", "prior")}]

@@ -83,11 +83,12 @@ def test_the_seed_spread_of_a_non_zero_rerun_says_non_zero():
 
 
 def test_a_tolerance_that_prunes_to_the_same_model_reuses_the_measured_figures(monkeypatch):
+    import dataclasses
     from types import SimpleNamespace
 
     import torch
 
-    from bayescomp.methods import RunContext
+    from bayescomp.methods import RunContext, get_method
     from bayescomp.pipeline import RunConfig
     from benchmarks import blind_row
 
@@ -95,15 +96,16 @@ def test_a_tolerance_that_prunes_to_the_same_model_reuses_the_measured_figures(m
     models = {0.2: torch.nn.Linear(4, 2), 0.4: None, 0.6: torch.nn.Linear(4, 2)}
     models[0.4] = torch.nn.Linear(4, 2)
     models[0.4].load_state_dict(models[0.2].state_dict())  # 0.4 prunes to exactly 0.2's model
-    method = SimpleNamespace(compress=lambda _, trial: SimpleNamespace(model=models[trial.config.compress.tolerance_pct]))
+    method = dataclasses.replace(get_method("gnj"), compress=lambda _, trial: SimpleNamespace(
+        model=models[trial.config.compress.tolerance_pct]))
     measured = []
 
-    def measure(result, trial, tolerance, dense_val):
+    def measure(result, trial, tolerance, dense_val, finetune=True):
         measured.append(tolerance)
         return {"tolerance_pct": tolerance, "val_error_pct": 1.0 + tolerance, "qualifies": True}
 
     monkeypatch.setattr(blind_row, "_measure", measure)
-    ctx = RunContext(config=RunConfig(), data=None, dense=None, run_dir=None, settings=None)
+    ctx = RunContext(config=RunConfig(), data=None, dense=None, run_dir=None, settings=None, extras={"allowance": 0.2})
     seen: dict = {}
     out = [blind_row.candidate(method, ctx, torch.nn.Linear(1, 1), t, 1.0, seen) for t in (0.2, 0.4, 0.6)]
     assert measured == [0.2, 0.6]
@@ -216,3 +218,42 @@ def test_train_only_trains_every_variant_and_reads_no_split_after_training(monke
     blind_row.main()
     assert [d for _, d in trained] == ["lenet300_turbo_3_seed2_v0", "lenet300_turbo_3_seed2_v1"]
     assert trained[1][0]["slab_std"] == 10.0 and trained[0][0].get("slab_std") != 10.0
+
+
+@pytest.mark.parametrize("name", ["self", "gnj"])
+def test_the_tolerance_sweep_reaches_a_method_that_owns_its_tolerance(name):
+    """Self-compression deletes kernels within its own ``tolerance_pct`` and never calls the shared search: each
+    candidate must hand the method settings at the swept tolerance (else every candidate is the same model), while a
+    method without its own tolerance keeps its prior settings untouched."""
+    import dataclasses
+
+    from torch import nn
+
+    from bayescomp.methods import RunContext, get_method
+    from bayescomp.pipeline import RunConfig
+    from benchmarks.blind_row import at_tolerance, candidate
+
+    class Captured(Exception):
+        pass
+
+    seen = []
+
+    def capture(model, ctx):
+        seen.append((ctx.config.compress.tolerance_pct, getattr(ctx.settings, "tolerance_pct", None),
+                     dict(ctx.config.prior)))
+        raise Captured  # what compress was handed is all this test needs
+
+    method = dataclasses.replace(get_method(name), compress=capture)
+    config = RunConfig(method=name, prior=method.settings_dict())
+    ctx = RunContext(config=config, data=None, dense=None, run_dir=None, settings=method.make_settings(config.prior),
+                     extras={"allowance": 0.2})
+    for tolerance in (0.2, 1.5):
+        with pytest.raises(Captured):
+            candidate(method, ctx, nn.Linear(2, 2), tolerance, 1.0)
+    if name == "self":
+        assert [(s[0], s[1]) for s in seen] == [(0.2, 0.2), (1.5, 1.5)]
+        assert at_tolerance(method, config, 0.8).prior["tolerance_pct"] == 0.8
+    else:
+        assert [s[0] for s in seen] == [0.2, 1.5] and all(s[2] == config.prior for s in seen)
+        assert at_tolerance(method, config, 0.8).prior == config.prior
+    assert ctx.settings == method.make_settings(config.prior)  # the shared context is left as it was

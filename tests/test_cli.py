@@ -183,7 +183,7 @@ def test_every_method_accepts_distillation_in_its_fine_tuning(method, tmp_path, 
 
 
 @pytest.mark.parametrize("method", list_methods())
-def test_every_method_runs_end_to_end_and_its_file_reproduces_the_report(method, tmp_path):
+def test_every_method_runs_end_to_end_and_its_file_reproduces_the_report(method, tmp_path, capsys):
     """Iterates the method registry: a new method is run end to end the day it lands."""
     run_dir = tmp_path / method
     # methods that fine-tune by default (magnitude pruning: 10 epochs) get a short schedule here
@@ -219,6 +219,14 @@ def test_every_method_runs_end_to_end_and_its_file_reproduces_the_report(method,
             torch.testing.assert_close(moments.mean, model(x).softmax(dim=1), rtol=1e-4, atol=1e-5)
             assert bool((moments.var > 0).any())
         assert 0.0 <= report["test_error_pct_density"] < 20.0  # the report stage still measures the density twin
+        # its deletion tolerance is read only after training: a rerun at another tolerance reuses the trained twin
+        capsys.readouterr()
+        assert main(["run", "--model", "lenet300", "--method", method, "--run-dir", str(run_dir), *SMALL,
+                     "--no-latency", "--prior-option", "tolerance_pct=0.0"]) == 0
+        out = capsys.readouterr().out
+        assert "reusing the trained posterior" in out and "prior.tolerance_pct" in out and "epoch   1/" not in out
+        assert "deleting kernels (tolerance 0.0 points" in out
+        assert json.loads((run_dir / "run.json").read_text())["prior"]["tolerance_pct"] == 0.0
     assert report["calibration"]["ece"] == pytest.approx(expected_calibration_error(probs, labels)["ece"], abs=1e-9)
     assert report["calibration"]["rejection_curve"][0]["accuracy_pct"] == pytest.approx(
         100 - report["test_error_pct"], abs=1e-6)

@@ -166,3 +166,29 @@ def test_training_and_compression_never_read_the_test_split(name, mnist_small):
     extras = method.report_extras(model if method.posterior_in_report else None, replace(ctx, data=mnist_small))
     if name == "self":
         assert extras["test_error_pct_density"] == evaluate(ctx.state["density_twin"], mnist_small.test)["error_pct"]
+
+
+@pytest.mark.parametrize("name", list_methods())
+def test_only_a_methods_post_training_settings_reuse_a_trained_run_directory(name):
+    """A run directory refuses other training settings; a change to the fields a method reads only after training
+    (``post_training_settings``, e.g. self-compression's tolerance) is listed as ``prior.<field>`` so the trained
+    model is reused, and any other field of its settings still counts as a change of ``prior``."""
+    from bayescomp.pipeline import RunConfig, changed_settings
+
+    method = get_method(name)
+    base = RunConfig(method=name).to_dict()
+    base["prior"] = method.settings_dict()
+    for key in method.post_training_settings:
+        after = {**base, "prior": {**base["prior"], key: "changed"}}
+        assert changed_settings(base, after) == [f"prior.{key}"]
+    for key in set(base["prior"]) - set(method.post_training_settings):
+        after = {**base, "prior": {**base["prior"], key: "changed"}}
+        assert changed_settings(base, after) == ["prior"]
+    other = next(n for n in list_methods() if n != name)
+    assert "method" in changed_settings(base, {**base, "method": other, "prior": {}})
+
+
+def test_a_post_training_setting_must_be_a_settings_field():
+    existing = get_method("self")
+    with pytest.raises(ValueError, match="not fields of"):
+        dataclasses.replace(existing, name="self-typo", aliases=(), post_training_settings=("tolerance",))

@@ -204,6 +204,19 @@ def _check_thresholds_fit(config: RunConfig, data: DataBundle) -> None:
     check_threshold_count(thresholds, layers, config.model)  # the RNG is reseeded before the dense model
 
 
+def changed_settings(previous: dict, current: dict) -> list[str]:
+    """The top-level settings that differ between two ``run.json`` records; a change confined to the method's
+    post-training settings (:attr:`~bayescomp.methods.Method.post_training_settings`, e.g. self-compression's
+    tolerance) is listed as ``prior.<field>`` instead of ``prior``."""
+    changed = {k for k in set(previous) | set(current) if previous.get(k) != current.get(k)}
+    if "prior" in changed and "method" not in changed:
+        before, after = previous.get("prior") or {}, current.get("prior") or {}
+        keys = {k for k in set(before) | set(after) if before.get(k) != after.get(k)}
+        if keys <= set(get_method(current["method"]).post_training_settings):
+            changed = (changed - {"prior"}) | {f"prior.{k}" for k in keys}
+    return sorted(changed)
+
+
 def _prepare_run_dir(config: RunConfig, run_dir: Path, restart: bool, log) -> None:
     """Check that ``run_dir`` holds no run with other settings (or clear it with ``restart``); write run.json."""
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -211,8 +224,8 @@ def _prepare_run_dir(config: RunConfig, run_dir: Path, restart: bool, log) -> No
     if record_path.exists() and not restart:
         previous = json.loads(record_path.read_text())
         current = json.loads(json.dumps(config.to_dict()))
-        changed = sorted(k for k in set(previous) | set(current) if previous.get(k) != current.get(k))
-        if set(changed) - POST_TRAINING_FIELDS:
+        changed = changed_settings(previous, current)
+        if {k for k in changed if not k.startswith("prior.")} - POST_TRAINING_FIELDS:
             raise ValueError(f"{run_dir} holds a run with other settings ({', '.join(changed)} differ, see "
                              f"{record_path}); choose another --run-dir or pass --restart to overwrite it")
         if changed:

@@ -17,7 +17,7 @@ The pipeline calls the hooks in this order, all with one :class:`RunContext`::
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field, is_dataclass
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -87,6 +87,8 @@ class Method:
         cli_options: fields of ``config_cls`` that have their own ``bayescomp run`` flag.
         default_finetune_epochs: fine-tuning epochs after pruning unless the caller says otherwise.
         finetune_after_compress: whether the pipeline's shared fine-tuning applies to ``result.model``.
+        post_training_settings: fields of ``config_cls`` read only after training (by ``compress``): changing them
+            in a run directory reuses its trained model instead of refusing the directory.
         distributed: whether the method supports data-parallel training (``--nproc > 1``).
         posterior_in_report: whether the trained model is a posterior whose trade-off curve the report draws.
         report_extras: extra report fields after compression.
@@ -106,6 +108,7 @@ class Method:
     cli_options: tuple[str, ...] = ()
     default_finetune_epochs: int = 0
     finetune_after_compress: bool = True
+    post_training_settings: tuple[str, ...] = ()
     distributed: bool = False
     posterior_in_report: bool = True
     report_extras: Callable[[nn.Module | None, RunContext], dict[str, Any]] = _no_extras
@@ -116,6 +119,10 @@ class Method:
             raise ValueError(f"method {self.name!r}: needs must be one of {NEEDS}, got {self.needs!r}")
         if not is_dataclass(self.config_cls):
             raise TypeError(f"method {self.name!r}: config_cls must be a dataclass")
+        unknown = set(self.post_training_settings) - {f.name for f in fields(self.config_cls)}
+        if unknown:
+            raise ValueError(f"method {self.name!r}: post_training_settings {sorted(unknown)} are not fields of "
+                             f"{self.config_cls.__name__}")
 
     def make_settings(self, options: Mapping[str, Any] | Any | None = None) -> Any:
         """The settings dataclass from ``None`` (defaults), a dict of fields, or an instance, values checked."""

@@ -58,4 +58,5 @@ register_method(Method(
     description="self-compression: a density-propagating BNN deletes its redundant kernels (Carannante et al. 2020)",
     prepare=_prepare, train=_train, compress=_compress,
     finetune_after_compress=False, posterior_in_report=False, report_extras=_report_extras,
+    post_training_settings=("criterion", "tolerance_pct", "retrain_epochs", "max_rounds"),
 ))
