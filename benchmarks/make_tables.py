@@ -61,8 +61,9 @@ def mark_table_rows(markdown: str) -> str:
 
 
 def chosen_on_test_note(runs: list[dict] = ()) -> list[str]:
-    """The † list; where a blind rerun of the row is committed (``benchmarks/blind_row.py``), its figures follow."""
-    blind = blind_reruns(runs)
+    """The † list; where a blind rerun of the row is committed (``benchmarks/blind_row.py``), its figures follow,
+    then those of its tagged variants (the recipe with one setting changed, chosen on validation by the same rule)."""
+    blind, variants = blind_reruns(runs), blind_variants(runs)
     lines = [f"{TEST_SET_MARK} Settings chosen after reading test-set figures (not a blind choice):", ""]
     for (model, method), why in CHOSEN_ON_TEST.items():
         group = blind.get((model, method))
@@ -73,6 +74,10 @@ def chosen_on_test_note(runs: list[dict] = ()) -> list[str]:
                     f"(`{rerun['_stem']}`)")
             if len(group) > 1:
                 tail += f"; {seed_spread_text(group)}"
+        for (v_model, v_method, tag), tagged in sorted(variants.items()):
+            if (v_model, v_method) == (model, method):
+                tail += (f"; variant `{tag}` rerun blind with {tagged[0]['epochs']} epochs: "
+                         f"{seed_spread_text(tagged)} (`{tagged[0]['_stem']}`)")
         lines.append(f"- {model} {method}: {why}{tail}.")
     return lines + [""]
 

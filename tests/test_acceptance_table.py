@@ -91,6 +91,17 @@ def test_the_test_set_mark_names_a_committed_blind_rerun():
     assert "rerun blind" not in next(x for x in note.splitlines() if x.startswith("- lenet5 gnj:"))
 
 
+def test_the_test_set_mark_names_the_rows_blind_tagged_variants_too():
+    from benchmarks.make_tables import chosen_on_test_note
+
+    tagged = [_run(f"lenet5_mnist_ghs_blind200_valbits_seed{s}", e, c, selection="v.json", epochs=200, seed=s,
+                   selection_tag="valbits") for s, e, c in ((1, 1.30, 142.4), (0, 0.90, 130.0))]
+    line = next(x for x in chosen_on_test_note(tagged) if x.startswith("- lenet5 ghs:"))
+    assert "variant `valbits` rerun blind with 200 epochs: 1.10 ± 0.28 % at 136.2 ± 8.8x over seeds 0, 1" in line
+    assert "`lenet5_mnist_ghs_blind200_valbits_seed1`" not in line  # named by seed 0's file, as the untagged rows
+    assert "valbits" not in next(x for x in chosen_on_test_note(tagged) if x.startswith("- lenet5 gnj:"))
+
+
 def test_the_blind_target_is_judged_on_the_seed_mean_not_the_best_seed():
     """One seed inside the target and two outside: the mean decides, and the row shows the spread."""
     runs = [_run("lenet300_mnist_gnj_blind200", 1.65, 12.7, selection="b.json", seed=0),
