@@ -221,6 +221,8 @@ def markdown(record: dict) -> str:
                    f"error is at most the fine-tuned model's ({bits['tried'][0]['val_error_pct']:.2f} %) + "
                    f"{bits['allowance_pct']} points. Tried: " + "; ".join(rows)
                    + f". Chosen: `{bits['chosen']}`."), ""]
+    if record.get("finetunes") is False:
+        lines += ["This method does not fine-tune after pruning: the fine-tuned column repeats the pruned model's.", ""]
     if any("same_model_as_tolerance" in c for c in record["candidates"]):
         lines += ["(= t): that tolerance pruned to exactly the model of tolerance t, whose figures it shares.", ""]
     if len(variants) > 1:
@@ -347,7 +349,7 @@ def main() -> None:
                         suffix=suffix)
     record = {"model": args.model, "method": args.method, "epochs": args.epochs, "seed": args.seed, "tag": args.tag,
               "dense_val_error_pct": dense_val, "allowance_pct": args.allowance, "metric": metric,
-              "variants": variants, "candidates": candidates,
+              "variants": variants, "candidates": candidates, "finetunes": method.finetune_after_compress,
               "chosen": chosen, "rule_met": rule_met, **({"bits_choice": bits_choice} if bits_choice else {}),
               "published": str(published.relative_to(RESULTS.parent.parent)),
               "result": {k: report[k] for k in ("test_error_pct", "compression_architecture", "compression_bits",

@@ -257,3 +257,19 @@ def test_the_tolerance_sweep_reaches_a_method_that_owns_its_tolerance(name):
         assert [s[0] for s in seen] == [0.2, 1.5] and all(s[2] == config.prior for s in seen)
         assert at_tolerance(method, config, 0.8).prior == config.prior
     assert ctx.settings == method.make_settings(config.prior)  # the shared context is left as it was
+
+
+def test_the_markdown_says_when_the_method_does_not_fine_tune():
+    from benchmarks.blind_row import markdown
+
+    cand = {"tolerance_pct": 0.2, "kept_architecture": "784-58-52", "compression_architecture": 5.4,
+            "compression_nonzero": 5.4, "val_error_pct_pruned": 2.9, "val_error_pct": 2.9, "qualifies": False}
+    record = {"model": "lenet300", "method": "self", "epochs": 30, "seed": 0, "tag": "", "command": "c",
+              "torch_threads": 1, "wall_time_s": 60.0, "dense_val_error_pct": 1.9, "allowance_pct": 0.2,
+              "metric": "architecture", "variants": [{}], "candidates": [cand], "chosen": cand, "rule_met": False,
+              "published": "p.json", "result": {"test_error_pct": 2.4, "compression_architecture": 5.4,
+                                                 "compression_bits": 5.4, "compression_nonzero": 5.4,
+                                                 "kept_architecture": "784-58-52", "dense_test_error_pct": 1.6}}
+    assert "does not fine-tune" not in markdown(record)  # older records carry no flag: nothing claimed
+    assert "does not fine-tune after pruning" in markdown({**record, "finetunes": False})
+    assert "does not fine-tune" not in markdown({**record, "finetunes": True})
