@@ -92,17 +92,12 @@ def model_digest(model: torch.nn.Module) -> str:
     return digest.hexdigest()
 
 
-def owns_tolerance(method) -> bool:
-    """Whether the method's own settings carry the search tolerance, read after training (self-compression deletes
-    kernels while the validation error stays within its ``tolerance_pct``, and never calls the shared search)."""
-    return "tolerance_pct" in method.post_training_settings
-
-
 def at_tolerance(method, config: RunConfig, tolerance: float) -> RunConfig:
     """``config`` with its search tolerance set to ``tolerance`` points: the shared search's, and the method's own
-    where it has one (:func:`owns_tolerance`), so the rule's sweep reaches every method."""
+    where its settings carry one read after training (self-compression deletes kernels within its ``tolerance_pct``
+    and never calls the shared search), so the rule's sweep reaches every method."""
     config = replace(config, compress=replace(config.compress, tolerance_pct=tolerance))
-    if owns_tolerance(method):
+    if "tolerance_pct" in method.post_training_settings:
         config = replace(config, prior={**dict(config.prior), "tolerance_pct": tolerance})
     return config
 
