@@ -59,8 +59,12 @@ def main() -> None:
                         help="start from the shipped dense weights (benchmarks/pretrain.py) instead of training them")
     parser.add_argument("--finetune-epochs", type=int, default=0, help="fine-tuning of the pruned model (disclosed)")
     parser.add_argument("--finetune-lr", type=float, default=None,
-                        help="fine-tuning learning rate (Adam; default: the zoo schedule's); the fine-tuned weights "
+                        help="fine-tuning learning rate (default: the zoo schedule's); the fine-tuned weights "
                              "are kept only if the validation error does not rise (CompressConfig.finetune_guard)")
+    parser.add_argument("--finetune-optimizer", choices=("adam", "sgd"), default=None,
+                        help="fine-tuning optimiser (default: the zoo schedule's, Adam); sgd: Nesterov momentum 0.9")
+    parser.add_argument("--finetune-weight-decay", type=float, default=None,
+                        help="fine-tuning L2 penalty (default: the zoo schedule's, 0)")
     parser.add_argument("--distill", type=float, default=0.0,
                         help="fine-tune with knowledge distillation from the dense model, this weight alpha on the "
                              "soft term (bayescomp.distill; 0: labels only)")
@@ -88,6 +92,10 @@ def main() -> None:
         config.finetune = replace(config.finetune, epochs=args.finetune_epochs, augment="crop_flip")
     if args.finetune_lr is not None:
         config.finetune = replace(config.finetune, lr=args.finetune_lr)
+    if args.finetune_optimizer is not None:
+        config.finetune = replace(config.finetune, optimizer=args.finetune_optimizer)
+    if args.finetune_weight_decay is not None:
+        config.finetune = replace(config.finetune, weight_decay=args.finetune_weight_decay)
     if args.distill:
         config.finetune = replace(config.finetune, distill=args.distill,
                                   distill_temperature=args.distill_temperature)

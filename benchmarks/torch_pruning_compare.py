@@ -167,6 +167,9 @@ def main() -> None:
     parser.add_argument("--finetune-epochs", type=int, default=None,
                         help="default: the matched bayescomp run's Bayesian + fine-tuning epochs")
     parser.add_argument("--lr", type=float, default=5e-4)
+    parser.add_argument("--optimizer", choices=("adam", "sgd"), default="adam",
+                        help="fine-tuning optimiser (sgd: Nesterov momentum 0.9); give the bayescomp run the same")
+    parser.add_argument("--weight-decay", type=float, default=0.0, help="fine-tuning L2 penalty")
     parser.add_argument("--amp", action="store_true", help="bfloat16 autocast in fine-tuning")
     parser.add_argument("--device", default=None,
                         help="fine-tune and evaluate there (e.g. cuda; default: the CPU); pruning stays on the CPU")
@@ -209,6 +212,8 @@ def main() -> None:
     settings["distill"] = {"alpha": args.distill, "temperature": args.distill_temperature} if args.distill else None
     if args.device:
         settings["device"] = args.device
+    if args.optimizer != "adam" or args.weight_decay:  # absent for the default, so older rows still match
+        settings.update(optimizer=args.optimizer, weight_decay=args.weight_decay)
     rows = _previous_rows(out)  # every measured row stays in the file; only one with these settings is skipped
     for target in targets:
         for kind in args.importance:
@@ -227,7 +232,8 @@ def main() -> None:
             with placed(model, args.device):
                 before = evaluate(model, data.val)["error_pct"]
             config = TrainConfig(epochs=target["epochs"], lr=args.lr, lr_schedule="cosine", augment="crop_flip",
-                                 distill=args.distill, distill_temperature=args.distill_temperature)
+                                 distill=args.distill, distill_temperature=args.distill_temperature,
+                                 optimizer=args.optimizer, weight_decay=args.weight_decay)
             fit(model, data, config, progress=False, amp=args.amp, log=lambda *_: None, device=args.device,
                 cuda_graphs=args.cuda_graphs, teacher=dense if args.distill else None)
             with placed(model, args.device):
@@ -281,6 +287,13 @@ def _distill_label(distill: dict | None) -> str:
     return f", distilled from the dense model (alpha {distill['alpha']:g}, T {distill['temperature']:g})"
 
 
+def _optimizer_label(optimizer: str | None, lr: float | None, weight_decay: float | None) -> str:
+    """``, SGD lr 0.02, weight decay 0.0005`` for a fine-tuning that was not Adam (the default), else ``""``."""
+    if optimizer in (None, "adam"):
+        return ""
+    return f", {optimizer.upper()} lr {lr:g}, weight decay {weight_decay or 0:g}"
+
+
 def _bayes_label(record: dict) -> str:
     """``bayescomp gnj, 2x MAC budget`` or ``bayescomp gnj, 1.0-point search``: how the run chose its pruning."""
     compress = record.get("config", {}).get("compress", {})
@@ -298,8 +311,10 @@ def _write(out: Path, rows: list[dict], records: list[dict], dense_test: float, 
     rows = sorted(rows, key=lambda r: (r["importance"], -r["flops_compressed"]))
     result = {"model": "resnet20", "data": "cifar10", "method": "torch-pruning", "torch_pruning": tp.__version__,
               "flops_dense": dense_macs, "params_dense": dense_params, "dense_test_error_pct": dense_test,
-              "finetune": {"optimizer": "Adam", "lr": args.lr, "schedule": "cosine", "augment": "crop_flip",
-                           "amp": args.amp},
+              "finetune": {"optimizer": args.optimizer, "lr": args.lr, "weight_decay": args.weight_decay,
+                           "schedule": "cosine", "augment": "crop_flip", "amp": args.amp,
+                           "note": "the last run's; each row records its own lr, and its optimizer and weight "
+                                   "decay where they are not Adam without decay"},
               "rows": rows, "wall_time_s": round(time.perf_counter() - started, 1),
               "threads": torch.get_num_threads(),
               "command": this_command()}
@@ -309,13 +324,18 @@ def _write(out: Path, rows: list[dict], records: list[dict], dense_test: float, 
              "| importance | matched | MACs | MAC ratio | param ratio | epochs | val err | test err |",
              "|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {_row_label(r['importance'])}{_distill_label(r.get('distill'))} | {r['matched'] or '-'} | "
+        lines.append(f"| {_row_label(r['importance'])}{_distill_label(r.get('distill'))}"
+                     f"{_optimizer_label(r.get('optimizer'), r.get('lr'), r.get('weight_decay'))} | "
+                     f"{r['matched'] or '-'} | "
                      f"{r['flops_compressed'] / 1e6:.2f} M | "
                      f"{r['mac_ratio']:.2f}x | {r['param_ratio']:.2f}x | {r['finetune_epochs']} | "
                      f"{r['val_error_pct']:.2f} % | {r['test_error_pct']:.2f} % |")
     for record in records:
+        finetune = record.get("config", {}).get("finetune", {})
         lines.append(f"| {_bayes_label(record)} ({record.get('finetune_epochs', 0)} fine-tuning epochs"
-                     f"{_distill_label(record.get('finetune_distill'))}) | - | "
+                     f"{_distill_label(record.get('finetune_distill'))}"
+                     f"{_optimizer_label(finetune.get('optimizer'), finetune.get('lr'), finetune.get('weight_decay'))}"
+                     f") | - | "
                      f"{record['flops_compressed'] / 1e6:.2f} M (bayescomp count) | "
                      f"{record['flops_dense'] / record['flops_compressed']:.2f}x | "
                      f"{record['weights_dense'] / record['weights_kept']:.2f}x | "

@@ -192,3 +192,16 @@ def test_a_post_training_setting_must_be_a_settings_field():
     existing = get_method("self")
     with pytest.raises(ValueError, match="not fields of"):
         dataclasses.replace(existing, name="self-typo", aliases=(), post_training_settings=("tolerance",))
+
+
+def test_a_run_directory_written_before_a_training_field_existed_is_still_reused():
+    """A ``run.json`` whose training sections lack a field added later (here ``optimizer``) matches a run that
+    leaves the field at its default, and differs from one that changes it."""
+    from bayescomp.pipeline import RunConfig, changed_settings
+
+    current = RunConfig(method="gnj").to_dict()
+    older = {**current, "finetune": {k: v for k, v in current["finetune"].items() if k != "optimizer"}}
+    assert "optimizer" in current["finetune"]
+    assert changed_settings(older, current) == []
+    sgd = {**current, "finetune": {**current["finetune"], "optimizer": "sgd"}}
+    assert changed_settings(older, sgd) == ["finetune"]

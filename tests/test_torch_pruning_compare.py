@@ -105,3 +105,22 @@ def test_a_distilled_row_is_never_taken_for_a_plain_one():
     assert not already_measured([distilled], "group_norm", target, {**settings, "distill": None})
     assert _distill_label(kd) == ", distilled from the dense model (alpha 0.9, T 4)"
     assert _distill_label(None) == ""
+
+
+def test_an_sgd_row_is_never_taken_for_an_adam_one():
+    """Fine-tuning with SGD is another setting: an Adam rerun (whose settings carry no optimizer key, as rows written
+    before the option did not) remeasures nothing of it, and the table says which optimiser a row used."""
+    from benchmarks.torch_pruning_compare import _optimizer_label, already_measured
+
+    adam = {"importance": "group_norm", "finetune_epochs": 50, "target_macs": 14_000_000,
+            "flops_compressed": 14_050_000, "lr": 5e-4, "amp": True, "dense_test_error_pct": 8.5, "distill": None}
+    sgd_settings = {"lr": 0.02, "amp": True, "dense_test_error_pct": 8.5, "distill": None, "optimizer": "sgd",
+                    "weight_decay": 5e-4}
+    sgd = {**adam, **sgd_settings}
+    target = {"macs": 14_000_000, "epochs": 50}
+    assert not already_measured([adam], "group_norm", target, sgd_settings)
+    assert already_measured([sgd], "group_norm", target, sgd_settings)
+    adam_settings = {"lr": 5e-4, "amp": True, "dense_test_error_pct": 8.5, "distill": None}
+    assert not already_measured([sgd], "group_norm", target, adam_settings)
+    assert _optimizer_label("sgd", 0.02, 5e-4) == ", SGD lr 0.02, weight decay 0.0005"
+    assert _optimizer_label(None, 5e-4, 0.0) == _optimizer_label("adam", 5e-4, 0.0) == ""

@@ -141,3 +141,50 @@ def test_mixed_precision_keeps_the_variance_parameters_in_float32(mnist_small):
     assert math.isfinite(runs[True]["loss"])
     assert abs(runs[True]["val_error_pct"] - runs[False]["val_error_pct"]) < 3.0
     assert abs(runs[True]["nll"] - runs[False]["nll"]) < 0.1
+
+
+def test_sgd_option_is_nesterov_sgd_with_weight_decay_and_trains(mnist_small):
+    """``optimizer="sgd"`` builds SGD with Nesterov momentum and the config's weight decay, and the step it takes
+    is SGD's: one step from zero momentum moves each weight by lr * (grad + wd * w) * (1 + momentum)."""
+    from bayescomp.train import SGD_MOMENTUM, make_optimizer
+
+    torch.manual_seed(0)
+    layer = nn.Linear(4, 3)
+    config = TrainConfig(lr=0.1, optimizer="sgd", weight_decay=0.01)
+    optimizer = make_optimizer(layer, config)
+    assert isinstance(optimizer, torch.optim.SGD)
+    assert optimizer.param_groups[0]["nesterov"] and optimizer.param_groups[0]["momentum"] == SGD_MOMENTUM
+    before = layer.weight.detach().clone()
+    layer(torch.randn(5, 4)).square().sum().backward()
+    grad = layer.weight.grad.detach().clone() + 0.01 * before
+    optimizer.step()
+    expected = before - 0.1 * grad * (1 + SGD_MOMENTUM)  # buf = g; Nesterov: g + momentum * buf
+    torch.testing.assert_close(layer.weight.detach(), expected)
+
+    model = create_model("lenet300", 10, mnist_small.input_shape, mnist_small.mean, mnist_small.std)
+    fit(model, mnist_small, TrainConfig(epochs=2, batch_size=64, lr=0.05, optimizer="sgd", weight_decay=5e-4),
+        progress=False, log=lambda *_: None)
+    assert evaluate(model, mnist_small.test)["error_pct"] < 20.0
+
+
+def test_unknown_optimizer_is_refused():
+    with pytest.raises(ValueError, match="unknown optimizer 'rmsprop'"):
+        TrainConfig(optimizer="rmsprop")
+
+
+def test_a_checkpoint_written_before_a_config_field_existed_still_resumes(mnist_small, tmp_path):
+    """A checkpoint whose saved training config lacks a field added later (``optimizer``) resumes under a config
+    that leaves the field at its default, and is refused under one that changes it."""
+    config = TrainConfig(epochs=2, batch_size=500)
+    path = tmp_path / "old.ckpt"
+    fit(_model(mnist_small), mnist_small, config, checkpoint_path=path, progress=False, stop_after_epochs=1,
+        log=lambda *_: None)
+    state = load_checkpoint(path)
+    del state["train_config"]["optimizer"]
+    save_checkpoint(state, path)
+    history = fit(_model(mnist_small), mnist_small, config, checkpoint_path=path, progress=False,
+                  log=lambda *_: None)
+    assert len(history.epochs) == 2
+    with pytest.raises(ValueError, match="other settings"):
+        fit(_model(mnist_small), mnist_small, TrainConfig(epochs=2, batch_size=500, optimizer="sgd"),
+            checkpoint_path=path, progress=False, log=lambda *_: None)

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import MISSING, asdict, dataclass, fields, is_dataclass
 from pathlib import Path
 from typing import Any
 
@@ -98,6 +98,17 @@ def load_in_turn(path: str | Path) -> dict[str, Any] | None:
     return state
 
 
+def with_field_defaults(config: Any, written: Any) -> Any:
+    """``written`` (a config saved as a dict) with the fields it lacks set to ``config``'s dataclass defaults, so a
+    checkpoint written before a field existed (e.g. ``TrainConfig.optimizer``) still resumes under a config that
+    leaves that field at its default."""
+    if not isinstance(written, dict) or not is_dataclass(config):
+        return written
+    defaults = {f.name: (f.default if f.default is not MISSING else f.default_factory())
+                for f in fields(config) if f.default is not MISSING or f.default_factory is not MISSING}
+    return {**defaults, **written}
+
+
 def train_epochs(model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, config: Any,
                  one_epoch: Callable[[int], dict[str, float]], validate: Callable[[], dict[str, float]],
                  line: Callable[[dict[str, float]], str], checkpoint_path: str | Path | None = None,
@@ -115,7 +126,8 @@ def train_epochs(model: torch.nn.Module, optimizer: torch.optim.Optimizer, sched
     start = 0
     state = load_in_turn(checkpoint_path) if checkpoint_path else None
     if state is not None:
-        written = {"train_config": state.get("train_config"), **{k: state.get(k) for k in extra}}
+        written = {"train_config": with_field_defaults(config, state.get("train_config")),
+                   **{k: state.get(k) for k in extra}}
         if written != {"train_config": asdict(config), **extra}:
             raise ValueError(f"checkpoint {checkpoint_path} was written with other settings (another training "
                              f"config or model config: {state.get('train_config')}); use a new run directory "

@@ -208,6 +208,7 @@ def changed_settings(previous: dict, current: dict) -> list[str]:
     """The top-level settings that differ between two ``run.json`` records; a change confined to the method's
     post-training settings (:attr:`~bayescomp.methods.Method.post_training_settings`, e.g. self-compression's
     tolerance) is listed as ``prior.<field>`` instead of ``prior``."""
+    previous, current = _train_defaults_filled(previous), _train_defaults_filled(current)
     changed = {k for k in set(previous) | set(current) if previous.get(k) != current.get(k)}
     if "prior" in changed and "method" not in changed:
         before, after = previous.get("prior") or {}, current.get("prior") or {}
@@ -215,6 +216,16 @@ def changed_settings(previous: dict, current: dict) -> list[str]:
         if keys <= set(get_method(current["method"]).post_training_settings):
             changed = (changed - {"prior"}) | {f"prior.{k}" for k in keys}
     return sorted(changed)
+
+
+TRAIN_SECTIONS = ("dense", "bayes", "finetune")  # the TrainConfig sections of a run.json
+
+
+def _train_defaults_filled(record: dict) -> dict:
+    """``record`` with each training section's missing fields set to :class:`TrainConfig`'s defaults, so a run
+    directory written before a field existed (e.g. ``optimizer``) still matches a run that leaves it at its default."""
+    defaults = json.loads(json.dumps(asdict(TrainConfig())))
+    return {k: ({**defaults, **v} if k in TRAIN_SECTIONS and isinstance(v, dict) else v) for k, v in record.items()}
 
 
 def _prepare_run_dir(config: RunConfig, run_dir: Path, restart: bool, log) -> None:

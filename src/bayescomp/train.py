@@ -46,11 +46,14 @@ class TrainConfig:
     Args:
         epochs: passes over the training split.
         batch_size: mini-batch size.
-        lr: Adam learning rate.
+        lr: learning rate (of ``optimizer``).
         lr_schedule: ``"constant"``, ``"cosine"`` (to 0 at the end) or ``"linear"`` (to 0 at the end).
         kl_warmup_epochs: KL weight rises linearly from 0 to 1 over this many epochs (0: no warm-up).
         seed: seeds data order, initial noise and everything else random.
-        weight_decay: Adam L2 penalty (plain pre-training only; the prior regularises Bayesian training).
+        weight_decay: L2 penalty (plain training and fine-tuning; the prior regularises Bayesian training).
+        optimizer: ``"adam"`` (default: every Bayesian and MNIST recipe) or ``"sgd"`` (momentum 0.9, Nesterov),
+            the optimiser CIFAR ResNets are trained with (``benchmarks/pretrain.py``); offered for fine-tuning a
+            pruned ResNet, where Adam without weight decay generalises worse. Not tuned per model here.
         lr_scales: learning-rate multipliers by parameter-name suffix, e.g. ``{"z_log_sigma2": 10}``. The group
             noise log-variances start far below their optimum (-9) and, for groups the data do not need, Adam
             moves them by about ``lr`` per step only; a larger step lets the posterior find the groups it can drop
@@ -70,6 +73,7 @@ class TrainConfig:
     kl_warmup_epochs: float = 0.0
     seed: int = 0
     weight_decay: float = 0.0
+    optimizer: str = "adam"
     lr_scales: dict[str, float] = field(default_factory=dict)
     augment: str = "none"
     distill: float = 0.0
@@ -80,6 +84,8 @@ class TrainConfig:
             raise ValueError(f"distill (the distillation weight alpha) must be in [0, 1], got {self.distill}")
         if self.distill_temperature <= 0:
             raise ValueError(f"distill_temperature must be > 0, got {self.distill_temperature}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"unknown optimizer {self.optimizer!r}; use {' or '.join(OPTIMIZERS)}")
         if self.augment not in AUGMENTATIONS:
             raise ValueError(f"unknown augment {self.augment!r}; use {' or '.join(AUGMENTATIONS)}")
 
@@ -107,6 +113,8 @@ def crop_flip(images: torch.Tensor, generator: torch.Generator, padding: int = 4
 
 
 AUGMENTATIONS = ("none", "crop_flip")
+OPTIMIZERS = ("adam", "sgd")
+SGD_MOMENTUM = 0.9  # with Nesterov's correction, as benchmarks/pretrain.py trains the CIFAR ResNets
 
 
 @dataclass
@@ -131,8 +139,9 @@ def _lr_factor(schedule: str, epoch: int, total: int) -> float:
 
 
 def make_optimizer(model: nn.Module, config: TrainConfig, capturable: bool = False) -> torch.optim.Optimizer:
-    """Adam (fused kernel), with a parameter group per entry of ``config.lr_scales`` that matches something;
-    ``capturable``: its step count kept on the device, so a CUDA graph can record the step."""
+    """Adam (fused kernel) or, with ``config.optimizer="sgd"``, SGD with Nesterov momentum, with a parameter group
+    per entry of ``config.lr_scales`` that matches something; ``capturable``: Adam's step count kept on the device,
+    so a CUDA graph can record the step (SGD keeps no step count)."""
     buckets: dict[str, list[nn.Parameter]] = {"": []}
     for name, param in model.named_parameters():
         if param.requires_grad:
@@ -140,6 +149,9 @@ def make_optimizer(model: nn.Module, config: TrainConfig, capturable: bool = Fal
             buckets.setdefault(suffix, []).append(param)
     groups = [{"params": params, "lr": config.lr * config.lr_scales.get(suffix, 1.0)}
               for suffix, params in buckets.items() if params]
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=config.lr, momentum=SGD_MOMENTUM, nesterov=True,
+                               weight_decay=config.weight_decay)
     return torch.optim.Adam(groups, lr=config.lr, weight_decay=config.weight_decay, fused=True,
                             capturable=capturable)
 
