@@ -146,13 +146,15 @@ def test_cli_finetune_aware_search_picks_a_candidate_within_budget(tmp_path):
     assert report["weights_kept"] in {p["weights_kept"] for p in report["search_path"]}
 
 
-def test_cli_distillation_is_recorded_in_the_run_and_its_settings_checked(tmp_path, capsys):
+def test_cli_fine_tuning_recipe_and_distillation_are_recorded_in_the_run_and_checked(tmp_path, capsys):
     run_dir = tmp_path / "kd"
     code = main(["run", "--model", "lenet300", "--run-dir", str(run_dir), *SMALL, "--no-latency", "--no-plots",
-                 "--finetune-epochs", "1", "--distill", "0.8", "--distill-temperature", "3"])
+                 "--finetune-epochs", "1", "--distill", "0.8", "--distill-temperature", "3",
+                 "--finetune-optimizer", "sgd", "--finetune-lr", "0.01", "--finetune-weight-decay", "5e-4"])
     assert code == 0
     finetune = json.loads((run_dir / "run.json").read_text())["finetune"]
     assert (finetune["distill"], finetune["distill_temperature"]) == (0.8, 3.0)
+    assert (finetune["optimizer"], finetune["lr"], finetune["weight_decay"]) == ("sgd", 0.01, 5e-4)
     assert main(["run", "--model", "lenet300", "--run-dir", str(tmp_path / "bad"), *SMALL,
                  "--finetune-epochs", "1", "--distill", "1.5"]) != 0
     assert "distill" in capsys.readouterr().err

@@ -29,7 +29,7 @@ from bayescomp.export import ExportError
 from bayescomp.models import MODELS
 from bayescomp.methods import get_method, list_methods, method_keys
 from bayescomp.runlock import RunDirLockedError
-from bayescomp.train import NonFiniteLossError, TrainConfig
+from bayescomp.train import OPTIMIZERS, NonFiniteLossError, TrainConfig
 from bayescomp.validate import check_cli_values
 
 
@@ -107,6 +107,13 @@ def _add_run_parser(sub) -> None:
     run.add_argument("--finetune-epochs", type=int, default=None,
                      help="epochs of plain fine-tuning of the pruned model before quantisation, 0: none "
                           f"(default: {per_method(finetune_epochs)})")
+    run.add_argument("--finetune-lr", type=float, default=None,
+                     help="learning rate of that fine-tuning (default: the model's recipe)")
+    run.add_argument("--finetune-optimizer", choices=OPTIMIZERS, default=None,
+                     help="optimiser of that fine-tuning: adam, or sgd with Nesterov momentum 0.9, as CIFAR ResNets "
+                          "are trained (default: adam)")
+    run.add_argument("--finetune-weight-decay", type=float, default=None,
+                     help="L2 penalty of that fine-tuning (default: 0)")
     run.add_argument("--distill", type=float, default=None, metavar="ALPHA",
                      help="fine-tune the pruned model with knowledge distillation from the run's dense model: "
                           "(1 - ALPHA) cross-entropy + ALPHA T^2 KL on softened outputs (bayescomp.distill; default: "
@@ -271,8 +278,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     config.bayes = _train_config(config.bayes, args, bayes=True)
     if args.finetune_epochs is not None:  # 0 turns off a method's default fine-tuning (magnitude's)
         config.finetune = replace(config.finetune, epochs=args.finetune_epochs)
-    if args.distill is not None:
-        config.finetune = replace(config.finetune, distill=args.distill)
+    finetune = {"lr": args.finetune_lr, "optimizer": args.finetune_optimizer,
+                "weight_decay": args.finetune_weight_decay, "distill": args.distill}
+    config.finetune = replace(config.finetune, **{k: v for k, v in finetune.items() if v is not None})
     if args.distill_temperature is not None:
         config.finetune = replace(config.finetune, distill_temperature=args.distill_temperature)
     return _run_and_print(config, args, data)
