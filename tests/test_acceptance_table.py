@@ -187,3 +187,34 @@ def test_a_variant_whose_bits_were_chosen_on_validation_says_so_and_is_judged_on
     assert len(rows) == 2
     assert "variant `valbits` (bit reduction `mean` chosen on validation)" in rows[0] and "bits 370x" in rows[0]
     assert rows[0].endswith("| yes |") and rows[1].endswith("| no |")  # 350x < the paper's 361x
+
+
+RESNET_TARGET = ("ResNet-20, a Bayesian method from the pretrained model: >= 2x fewer MACs and >= 3x fewer weights "
+                 "at <= 1.0 point above the dense test error")
+
+
+def test_the_resnet20_headline_is_chosen_on_validation_not_on_test():
+    """Of two runs that meet both sizes, the one with the lower fine-tuned validation error is the headline even
+    when the other has the lower test error."""
+    lower_val = _resnet("resnet20_cifar10_gnj_val", 9.8, 2.9, 3.2)
+    lower_val["finetune_validation"] = {"val_error_pct_after": 9.0}
+    lower_test = _resnet("resnet20_cifar10_gnj_test", 9.4, 2.9, 3.2)
+    lower_test["finetune_validation"] = {"val_error_pct_after": 9.5}
+    row = _resnet_rows([lower_test, lower_val])[RESNET_TARGET]
+    assert "resnet20_cifar10_gnj_val" in row and "validation error (9.00 %) of the 2 runs" in row
+    assert row.endswith("| no |")  # 9.8 % is 1.3 points above dense
+
+
+def test_an_sgd_fine_tuned_resnet20_run_meets_only_sgd_torch_pruning_rows():
+    """A run fine-tuned with SGD is not compared with Adam rows of Torch-Pruning (another recipe)."""
+    import json
+
+    from benchmarks._common import RESULTS
+
+    peer = next(t for t in json.loads((RESULTS / "resnet20_cifar10_torch-pruning.json").read_text())["rows"]
+                if t["importance"] == "group_norm" and t["finetune_epochs"] == 40 and not t.get("distill")
+                and t.get("optimizer", "adam") == "adam")
+    run = _resnet("resnet20_cifar10_gnj_sgd", peer["test_error_pct"] - 1.0, peer["mac_ratio"], 3.0)
+    assert [key for key in _resnet_rows([run]) if key.startswith("ResNet-20 at equal MACs")]
+    run["config"] = {"finetune": {"optimizer": "sgd"}}
+    assert not [key for key in _resnet_rows([run]) if key.startswith("ResNet-20 at equal MACs")]
