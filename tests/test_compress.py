@@ -250,6 +250,31 @@ def test_empty_units_are_folded_into_the_next_bias_exactly():
         torch.testing.assert_close(model(x), expected, rtol=1e-5, atol=1e-5)
 
 
+def test_units_no_later_weight_reads_are_removed_exactly():
+    """A per-weight prior can empty a filter's whole input column of the next convolution: the filter then feeds
+    nothing, and compression removes it (exact even before a padded convolution, where folding is not)."""
+    torch.manual_seed(0)
+    plain = nn.Sequential(nn.Conv2d(1, 6, 3), nn.ReLU(), nn.Conv2d(6, 8, 3, padding=1), nn.ReLU(), nn.Flatten(),
+                          nn.Linear(8 * 10 * 10, 10))
+    model = bayesify(plain, "turbo")
+    layers = [layer for _, layer in bayesian_layers(model)]
+    with torch.no_grad():
+        for layer in layers:
+            layer.bias_mu.uniform_(-1, 1)
+            layer.support_log_odds.fill_(20.0)
+        layers[1].support_log_odds.view(8, 6, 9)[:, 4] = -20.0  # no filter of conv2 reads conv1's filter 4
+    x = torch.rand(4, 1, 12, 12)
+    with deterministic_mode(model), torch.no_grad():
+        expected = model(x)
+    result = compress(model, None)
+    assert result.architecture_kept[:2] == [5, 8]
+    assert result.model[0].out_channels == 5 and result.model[2].in_channels == 5
+    with torch.no_grad():
+        torch.testing.assert_close(result.model(x), expected, rtol=1e-5, atol=1e-5)
+    kept = compress(model, None, CompressConfig(fold_empty_units=False))  # the clean-up is part of that setting
+    assert kept.architecture_kept[:2] == [6, 8]
+
+
 def test_units_before_a_padded_convolution_are_not_folded():
     torch.manual_seed(0)
     plain = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Conv2d(4, 5, 3, padding=1), nn.ReLU(), nn.Flatten(),

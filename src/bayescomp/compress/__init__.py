@@ -61,7 +61,8 @@ class CompressConfig:
             then explored up to ``search_range_pct`` points above the unpruned posterior mean.
         search_range_pct: how far the greedy candidates may go when ``finetune_search`` is on.
         fold_empty_units: remove neurons/filters whose incoming weights are all pruned, folding their constant
-            output into the next layer's bias (exact; see :mod:`bayescomp.compress.fold`). Chains only.
+            output into the next layer's bias, and those whose outgoing weights are all pruned (both exact; see
+            :mod:`bayescomp.compress.fold`). Chains only.
         graph_reduce: for networks that are not chains, how the statistics of the layers sharing a channel
             combine: ``"min"`` (drop it only when every layer's posterior says so) or ``"mean"``
             (see :mod:`bayescomp.compress.graph`).

@@ -1,4 +1,4 @@
-"""Remove neurons and filters left empty: units whose every incoming weight is pruned.
+"""Remove neurons and filters left empty: units whose every incoming weight is pruned, and units no later weight reads.
 
 Per-weight priors (Sparse VD, Turbo-VBI) can empty a unit's whole row of incoming weights while the next layer still
 reads it. Such a unit no longer depends on the input: it outputs the constant act(bias) (a constant feature map for a
@@ -7,6 +7,10 @@ folded into the next layer's bias and the unit is removed, exactly (up to float 
 where that is exact: between the two layers only elementwise activations, dropout, max pooling (any padding),
 average pooling without padding, and a flatten may sit (batch norm of a running model would also be constant, but
 is left alone), and a next convolution must not pad (a padded border would not see the constant).
+
+The mirror case needs no such care: a unit whose every *outgoing* weight is zero (a filter whose input column of the
+next convolution is empty) contributes nothing whatever sits between the layers, so :func:`drop_unread_units`
+removes it exactly. Group priors never leave one (their groups are whole rows or columns); per-weight priors can.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ import torch
 from torch import nn
 
 from bayescomp.compress.chain import Chain
-from bayescomp.compress.masks import PruningPlan, _interface_width
+from bayescomp.compress.masks import PruningPlan, _interface_width, close_plan
 
 ELEMENTWISE = (nn.ReLU, nn.LeakyReLU, nn.ELU, nn.GELU, nn.Tanh, nn.Sigmoid, nn.SiLU, nn.Identity, nn.Dropout)
 
@@ -80,3 +84,23 @@ def fold_empty_units(chain: Chain, plan: PruningPlan) -> tuple[PruningPlan, int]
             in_keep[i + 1] = in_keep[i + 1] & out_keep[i].repeat_interleave(width)
             folded += int(empty.sum())
     return PruningPlan(in_keep, out_keep, shifts if any(s is not None for s in shifts) else None), folded
+
+
+def drop_unread_units(chain: Chain, plan: PruningPlan) -> tuple[PruningPlan, int]:
+    """``plan`` without the units whose outgoing posterior-mean weights (the next layer's input columns, over the
+    whole kernel or every flattened feature) are all zero; also the number of units dropped. Exact: a zero weight
+    reads nothing. The first layer's inputs (the network's input) are left to the chain's own input selection."""
+    in_keep = [k.clone() for k in plan.in_keep]
+    with torch.no_grad():
+        for i in range(len(chain.layers) - 1):
+            nxt = chain.layers[i + 1]
+            weight, _ = _parameters(nxt.module)
+            width = _interface_width(chain.layers[i], nxt)
+            kernel = weight[0, 0].numel() if weight.dim() == 4 else 1
+            rows = weight.cpu().flatten(1)[plan.out_keep[i + 1]]  # only the next layer's kept outputs read
+            read = (rows != 0).view(rows.shape[0], -1, kernel).any(dim=2).any(dim=0)
+            in_keep[i + 1] = in_keep[i + 1] & read.view(-1, width).any(dim=1).repeat_interleave(width)
+    closed = close_plan(chain, in_keep, list(plan.out_keep))
+    closed.bias_shift = plan.bias_shift
+    dropped = sum(int(a.sum()) - int(b.sum()) for a, b in zip(plan.out_keep, closed.out_keep))
+    return closed, dropped

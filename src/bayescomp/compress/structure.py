@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from bayescomp.compress.chain import Chain
-from bayescomp.compress.fold import fold_empty_units
+from bayescomp.compress.fold import drop_unread_units, fold_empty_units
 from bayescomp.compress.masks import (
     PruneError, PruningPlan, full_architecture, group_keep_from_thresholds, group_statistics, masked, propagate,
 )
@@ -94,16 +94,17 @@ class ChainStructure:
     def fold(self, plan: PruningPlan) -> PruningPlan:
         """``plan`` minus the units whose incoming posterior-mean weights are all zero, their constants folded into
         the next layer's bias. The fold is computed on the unpruned network (so the constant meets every next-layer
-        weight it would have met), then merged into the plan's group masks and propagated again."""
+        weight it would have met), then merged into the plan's group masks and propagated again. Units no kept
+        weight of the next layer reads are dropped too (:func:`~bayescomp.compress.fold.drop_unread_units`)."""
         folded, count = fold_empty_units(self.chain, PruningPlan.keep_all(self.chain))
         if not count:
-            return plan
+            return drop_unread_units(self.chain, plan)[0]
         groups = [(p_out if layer.kind == "conv" else p_in) & (f_out if layer.kind == "conv" else f_in)
                   for layer, p_in, p_out, f_in, f_out in zip(self.chain.layers, plan.in_keep, plan.out_keep,
                                                              folded.in_keep, folded.out_keep)]
         merged = propagate(self.chain, groups)
         merged.bias_shift = folded.bias_shift
-        return merged
+        return drop_unread_units(self.chain, merged)[0]
 
     def cut(self, plan: PruningPlan) -> Cut:
         chain = self.chain
