@@ -287,6 +287,12 @@ def _distill_label(distill: dict | None) -> str:
     return f", distilled from the dense model (alpha {distill['alpha']:g}, T {distill['temperature']:g})"
 
 
+def _finetuned_val_label(record: dict) -> str:
+    """The bayescomp run's validation error after its fine-tuning (5,000 images), ``-`` where not recorded."""
+    val = (record.get("finetune_validation") or {}).get("val_error_pct_after")
+    return "-" if val is None else f"{val:.2f} %"
+
+
 def _optimizer_label(optimizer: str | None, lr: float | None, weight_decay: float | None) -> str:
     """``, SGD lr 0.02, weight decay 0.0005`` for a fine-tuning that was not Adam (the default), else ``""``."""
     if optimizer in (None, "adam"):
@@ -339,7 +345,8 @@ def _write(out: Path, rows: list[dict], records: list[dict], dense_test: float, 
                      f"{record['flops_compressed'] / 1e6:.2f} M (bayescomp count) | "
                      f"{record['flops_dense'] / record['flops_compressed']:.2f}x | "
                      f"{record['weights_dense'] / record['weights_kept']:.2f}x | "
-                     f"{int(record.get('epochs', 0)) + int(record.get('finetune_epochs', 0))} | - | "
+                     f"{int(record.get('epochs', 0)) + int(record.get('finetune_epochs', 0))} | "
+                     f"{_finetuned_val_label(record)} | "
                      f"{record['test_error_pct']:.2f} % |")
     commands = list(dict.fromkeys(r["command"] for r in rows if r.get("command")))
     if commands:

@@ -124,3 +124,10 @@ def test_an_sgd_row_is_never_taken_for_an_adam_one():
     assert not already_measured([sgd], "group_norm", target, adam_settings)
     assert _optimizer_label("sgd", 0.02, 5e-4) == ", SGD lr 0.02, weight decay 0.0005"
     assert _optimizer_label(None, 5e-4, 0.0) == _optimizer_label("adam", 5e-4, 0.0) == ""
+
+
+def test_bayescomp_rows_show_their_fine_tuned_validation_error():
+    from benchmarks.torch_pruning_compare import _finetuned_val_label
+
+    assert _finetuned_val_label({"finetune_validation": {"val_error_pct_after": 9.456}}) == "9.46 %"
+    assert _finetuned_val_label({}) == "-"
