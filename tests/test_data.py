@@ -78,6 +78,18 @@ def test_mnist_split_is_seeded_and_subsets_are_deterministic():
         a.train.subset(501)
 
 
+def test_a_subset_and_its_complement_partition_the_split():
+    """What the threshold search reads (``subset``) and what it leaves out (``subset_complement``) are disjoint and
+    together the whole split, each in the split's order; the subset is the one the search has always read."""
+    val = load_dataset("mnist", val_size=1000, seed=3, train_subset=500, test_subset=200).val
+    seen, unseen = val.subset(300, seed=0), val.subset_complement(300, seed=0)
+    assert (len(seen), len(unseen)) == (300, 700)
+    order = torch.randperm(1000, generator=torch.Generator().manual_seed(0))[:300].sort().values
+    assert torch.equal(seen.images, val.images[order])
+    rest = torch.tensor(sorted(set(range(1000)) - set(order.tolist())))
+    assert torch.equal(unseen.images, val.images[rest]) and torch.equal(unseen.labels, val.labels[rest])
+
+
 def test_cifar10_shapes_channels_and_labels():
     bundle = load_dataset("cifar10", val_size=5000, seed=0)
     assert bundle.input_shape == (3, 32, 32) and bundle.class_names[0] == "airplane"

@@ -129,6 +129,23 @@ def test_finetuning_that_raises_the_validation_error_is_undone_by_the_guard(mnis
     assert same is guard
     if guard:
         assert evaluate(wrecked.model, mnist_small.val)["error_pct"] == pytest.approx(record["val_error_pct_before"])
+    assert "val_error_pct_after_unseen" not in record  # the search read the whole validation split
+
+
+def test_fine_tuned_validation_error_is_also_given_on_the_images_the_search_did_not_read(mnist_small):
+    """With ``search_val_size`` the search chooses on part of the validation split; the record adds the error
+    after fine-tuning on the rest, measured here independently."""
+    from bayescomp.compress import CompressConfig
+
+    torch.manual_seed(0)
+    dense = nn.Sequential(nn.Flatten(), nn.Linear(784, 64), nn.ReLU(), nn.Linear(64, 10))
+    fit(dense, mnist_small, TrainConfig(epochs=1, lr=3e-3), progress=False, log=lambda *_: None)
+    result = bayescomp.compress_model(dense, mnist_small, "gnj", epochs=1, finetune=TrainConfig(epochs=1),
+                                      compress=CompressConfig(search_val_size=200), log=lambda *_: None)
+    record = result.extras["finetune_validation"]
+    unseen = mnist_small.val.subset_complement(200, seed=0)
+    assert record["val_images_unseen"] == len(mnist_small.val) - 200 == len(unseen)
+    assert record["val_error_pct_after_unseen"] == pytest.approx(evaluate(result.model, unseen)["error_pct"])
 
 
 class _SealedSplit:
@@ -205,3 +222,13 @@ def test_a_run_directory_written_before_a_training_field_existed_is_still_reused
     assert changed_settings(older, current) == []
     sgd = {**current, "finetune": {**current["finetune"], "optimizer": "sgd"}}
     assert changed_settings(older, sgd) == ["finetune"]
+
+
+def test_the_report_says_the_fine_tuned_validation_error_on_the_unseen_images():
+    from bayescomp.report import _finetuned_validation_sentence
+
+    record = {"val_error_pct_after": 9.456, "val_error_pct_after_unseen": 9.82, "val_images_unseen": 4000}
+    assert _finetuned_validation_sentence(record) == (" Validation error after fine-tuning 9.46 % (9.82 % on the "
+                                                      "4,000 images the search did not read).")
+    assert _finetuned_validation_sentence({"val_error_pct_after": 1.0}) == " Validation error after fine-tuning 1.00 %."
+    assert _finetuned_validation_sentence(None) == ""

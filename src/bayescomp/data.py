@@ -286,10 +286,20 @@ class TensorData:
 
     def subset(self, n: int, seed: int = 0) -> TensorData:
         """``n`` random rows (kept in their original order), the same for the same ``seed``."""
+        idx = self._subset_mask(n, seed).nonzero().flatten()
+        return TensorData(self.images[idx], self.labels[idx])
+
+    def subset_complement(self, n: int, seed: int = 0) -> TensorData:
+        """The rows :meth:`subset` with the same ``n`` and ``seed`` leaves out (in their original order)."""
+        idx = (~self._subset_mask(n, seed)).nonzero().flatten()
+        return TensorData(self.images[idx], self.labels[idx])
+
+    def _subset_mask(self, n: int, seed: int) -> torch.Tensor:
         if not 1 <= n <= len(self):
             raise ValueError(f"subset size must be between 1 and {len(self)}, got {n}")
-        idx = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))[:n].sort().values
-        return TensorData(self.images[idx], self.labels[idx])
+        mask = torch.zeros(len(self), dtype=torch.bool)
+        mask[torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))[:n]] = True
+        return mask
 
 
 @dataclass

@@ -42,7 +42,9 @@ def prepare_and_train(method: Method, ctx: RunContext) -> MethodOutcome:
 def guarded_finetune(model: nn.Module, ctx: RunContext, checkpoint: Any = None) -> dict[str, Any]:
     """Fine-tune the pruned plain model with ``ctx.config.finetune``, judged on the validation split only: if it
     raised the validation error and ``compress.finetune_guard`` is on, the weights from before it are restored.
-    Returns the validation errors before and after and whether the fine-tuned weights were kept."""
+    Returns the validation errors before and after and whether the fine-tuned weights were kept; where the
+    threshold search read only part of the validation split (``compress.search_val_size``), also the error after
+    fine-tuning on the other part (``val_error_pct_after_unseen``), which the search's choice did not see."""
     before = evaluate(model, ctx.data.val)["error_pct"]
     pruned_state = copy.deepcopy(model.state_dict())
     finetune_keeping_zeros(model, ctx.data, ctx.config.finetune, checkpoint, ctx.progress, ctx.log, ctx.device,
@@ -53,7 +55,12 @@ def guarded_finetune(model: nn.Module, ctx: RunContext, checkpoint: Any = None) 
         model.load_state_dict(pruned_state)
         ctx.log(f"fine-tuning raised the validation error ({before:.2f}% -> {after:.2f}%); keeping the pruned "
                 "weights from before it (compress.finetune_guard)")
-    return {"val_error_pct_before": before, "val_error_pct_after": after, "kept": kept}
+    record = {"val_error_pct_before": before, "val_error_pct_after": after, "kept": kept}
+    searched = ctx.config.compress.search_val_size
+    if searched is not None and searched < len(ctx.data.val):
+        unseen = ctx.data.val.subset_complement(searched, seed=0)  # the search reads .subset(searched, seed=0)
+        record.update(val_error_pct_after_unseen=evaluate(model, unseen)["error_pct"], val_images_unseen=len(unseen))
+    return record
 
 
 def compress_and_finetune(method: Method, ctx: RunContext, outcome: MethodOutcome,
