@@ -79,6 +79,11 @@ def seed_spread_text(records: list[dict]) -> str:
     return f"{error:.2f} ± {error_sd:.2f} % at {comp:.1f} ± {comp_sd:.1f}{unit} over seeds {seeds}"
 
 
+def finetuned_val_error(record: dict) -> float | None:
+    """A result's validation error after its fine-tuning (5,000 images), where the record has it."""
+    return (record.get("finetune_validation") or {}).get("val_error_pct_after")
+
+
 def this_command() -> str:
     """The command line that reproduces this run, as ``python -m benchmarks.<script> ...`` from the repository root."""
     return "python -m " + " ".join(shlex.quote(a) for a in [f"benchmarks.{Path(sys.argv[0]).stem}", *sys.argv[1:]])

@@ -8,7 +8,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from benchmarks._common import RESULTS, blind_reruns, blind_variants, seed_mean_std, seed_spread_text
+from benchmarks._common import (
+    RESULTS, blind_reruns, blind_variants, finetuned_val_error, seed_mean_std, seed_spread_text,
+)
 
 
 def _gnj_epoch_ratio(record: dict) -> list[tuple[str, float, str]]:
@@ -158,15 +160,10 @@ def _mac_ratio(record: dict) -> float:
     return record["flops_dense"] / record["flops_compressed"]
 
 
-def _finetuned_val(record: dict) -> float | None:
-    """Validation error of the pruned model after its fine-tuning (5,000 images), where the record has it."""
-    return (record.get("finetune_validation") or {}).get("val_error_pct_after")
-
-
 def _validation_rank(record: dict) -> tuple[float, float]:
     """Issue 18's headline is chosen on validation: the lowest fine-tuned validation error; records written before
     the pipeline kept that figure rank after every record that has it (among themselves by test error)."""
-    val = _finetuned_val(record)
+    val = finetuned_val_error(record)
     return (val, 0.0) if val is not None else (float("inf"), record["test_error_pct"])
 
 
@@ -196,8 +193,8 @@ def _resnet20_rows(runs: list[dict], row) -> None:
         return r["test_error_pct"] - r["dense_test_error_pct"]
 
     best = min(bayes, key=lambda r: (False, *_validation_rank(r)) if meets(r) else (True, -_mac_ratio(r), 0.0))
-    chosen = (f", the lowest fine-tuned validation error ({_finetuned_val(best):.2f} %) of the "
-              f"{sum(map(meets, bayes))} runs that meet both sizes" if meets(best) and _finetuned_val(best) is not None
+    chosen = (f", the lowest fine-tuned validation error ({finetuned_val_error(best):.2f} %) of the "
+              f"{sum(map(meets, bayes))} runs that meet both sizes" if meets(best) and finetuned_val_error(best) is not None
               else "")
     row("ResNet-20, a Bayesian method from the pretrained model: >= 2x fewer MACs and >= 3x fewer weights at <= 1.0 "
         "point above the dense test error",

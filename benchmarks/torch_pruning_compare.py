@@ -47,7 +47,7 @@ from bayescomp.models import create_model
 from bayescomp.train import TrainConfig, evaluate, fit
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import budget_label, this_command  # noqa: E402
+from _common import budget_label, finetuned_val_error, this_command  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -289,7 +289,7 @@ def _distill_label(distill: dict | None) -> str:
 
 def _finetuned_val_label(record: dict) -> str:
     """The bayescomp run's validation error after its fine-tuning (5,000 images), ``-`` where not recorded."""
-    val = (record.get("finetune_validation") or {}).get("val_error_pct_after")
+    val = finetuned_val_error(record)
     return "-" if val is None else f"{val:.2f} %"
 
 

@@ -27,6 +27,7 @@ from bayescomp.bayesify import bayesify
 from bayescomp.checkpoint import atomic_torch_save, safe_torch_load
 from bayescomp.compress import CompressConfig, CompressionResult
 from bayescomp.compress.digest import mask_digest
+from bayescomp.loop import with_field_defaults
 from bayescomp.data import DataBundle
 from bayescomp.data_sources import data_identity, data_slug, load_data_source, make_bundle
 from bayescomp.methods import Method, RunContext, get_method, list_methods
@@ -224,8 +225,7 @@ TRAIN_SECTIONS = ("dense", "bayes", "finetune")  # the TrainConfig sections of a
 def _train_defaults_filled(record: dict) -> dict:
     """``record`` with each training section's missing fields set to :class:`TrainConfig`'s defaults, so a run
     directory written before a field existed (e.g. ``optimizer``) still matches a run that leaves it at its default."""
-    defaults = json.loads(json.dumps(asdict(TrainConfig())))
-    return {k: ({**defaults, **v} if k in TRAIN_SECTIONS and isinstance(v, dict) else v) for k, v in record.items()}
+    return {k: (with_field_defaults(TrainConfig(), v) if k in TRAIN_SECTIONS else v) for k, v in record.items()}
 
 
 def _prepare_run_dir(config: RunConfig, run_dir: Path, restart: bool, log) -> None:
