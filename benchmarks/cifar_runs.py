@@ -21,7 +21,7 @@ import tempfile
 from dataclasses import replace
 from pathlib import Path
 
-from bayescomp.compress import CompressConfig
+from bayescomp.compress import BUDGET_ORDERS, CompressConfig
 from bayescomp.compress.packed import load_packed
 from bayescomp.data import load_dataset
 from bayescomp.export import export_model
@@ -48,6 +48,9 @@ def main() -> None:
                         help="prune to this MAC reduction (e.g. 2) instead of the search tolerance")
     parser.add_argument("--target-weights", type=float, default=None,
                         help="and/or to this reduction of the weights kept (e.g. 3)")
+    parser.add_argument("--budget-order", choices=BUDGET_ORDERS, default="joint",
+                        help="with both budgets and --search greedy: joint savings, or weights_first / macs_first "
+                             "(CompressConfig.budget_order)")
     parser.add_argument("--variant", default=None, help="suffix of the result files, for a second setting")
     parser.add_argument("--run-dir", default=None)
     parser.add_argument("--device", default=None, help="training device (cpu, cuda); default: cuda if available")
@@ -81,7 +84,8 @@ def main() -> None:
                                                search_val_size=args.search_val_size, search=args.search,
                                                search_bn_images=args.search_bn_images,
                                                target_macs=args.target_macs,
-                                               target_weights=args.target_weights))
+                                               target_weights=args.target_weights,
+                                               budget_order=args.budget_order))
     if args.dense_epochs is not None:
         config.dense = replace(config.dense, epochs=args.dense_epochs)
     if args.epochs is not None:

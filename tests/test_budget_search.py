@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from bayescomp.compress import CompressConfig, PruneError, compress
-from bayescomp.compress.search import budget_greedy_search, thresholds_for_counts
+from bayescomp.compress.search import BUDGET_ORDERS, budget_greedy_search, thresholds_for_counts
 from bayescomp.measure import count_flops
 from bayescomp.models import create_model
 from tests.test_graph import Branchy, _noisy
@@ -143,6 +143,41 @@ def test_weight_budget_alone_and_a_mac_budget_alone_are_unchanged():
     counted = budget_greedy_search(stats, make_plan, cost, budget, _weights, error)
     uncounted = budget_greedy_search(stats, make_plan, cost, budget, lambda plan: 0, error)
     assert counted.plan == uncounted.plan
+
+
+@pytest.mark.parametrize("order", BUDGET_ORDERS)
+def test_every_budget_order_meets_both_budgets_and_stops_at_the_first_plan_that_does(order):
+    stats, make_plan, cost, error = _flat_problem()
+    mac_budget, weight_budget = 0.5 * cost([0, 0, 0]), 0.3 * _weights([0, 0, 0])
+    result = budget_greedy_search(stats, make_plan, cost, mac_budget, _weights, error, weight_budget=weight_budget,
+                                  order=order)
+    assert cost(result.plan) <= mac_budget and _weights(result.plan) <= weight_budget
+    before = result.path[-2]
+    assert before["cost"] > mac_budget or before["weights_kept"] > weight_budget
+    assert result.val_error_pct == pytest.approx(error(result.plan))
+
+
+def test_weights_first_does_not_overshoot_the_mac_budget_as_the_joint_count_does():
+    """The CNN shape in miniature (unit 0 holds the MACs, unit 2 the weights): counting both savings together cuts
+    the MAC-heavy unit while the weights are still over budget, then the weight-heavy unit's cuts remove MACs too, so
+    the plan ends far below the MAC budget. Serving the weights first leaves unit 0 alone until the weight budget is
+    met and then cuts it only for what is left: fewer groups go, the cost lands nearer its budget."""
+    stats, make_plan, cost, error = _flat_problem()
+    mac_budget, weight_budget = 0.7 * cost([0, 0, 0]), 0.5 * _weights([0, 0, 0])
+    joint = budget_greedy_search(stats, make_plan, cost, mac_budget, _weights, error, weight_budget=weight_budget)
+    first = budget_greedy_search(stats, make_plan, cost, mac_budget, _weights, error, weight_budget=weight_budget,
+                                 order="weights_first")
+    assert cost(joint.plan) < cost(first.plan) <= mac_budget
+    assert sum(first.plan) < sum(joint.plan) and first.val_error_pct < joint.val_error_pct
+    assert any(step["pruned"][0] > 0 for step in joint.path if step["weights_kept"] > weight_budget)
+    assert all(step["pruned"][0] == 0 for step in first.path if step["weights_kept"] > weight_budget)
+    # the default is the joint count, and an unknown order is refused by the search and by the config
+    assert budget_greedy_search(stats, make_plan, cost, mac_budget, _weights, error,
+                                weight_budget=weight_budget, order="joint").plan == joint.plan
+    with pytest.raises(ValueError, match="unknown budget order"):
+        budget_greedy_search(stats, make_plan, cost, mac_budget, _weights, error, order="weights-first")
+    with pytest.raises(ValueError, match="unknown budget_order"):
+        CompressConfig(target_macs=2.0, target_weights=3.0, budget_order="weights")
 
 
 @pytest.mark.parametrize("search", ["global", "greedy"])

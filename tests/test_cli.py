@@ -68,8 +68,10 @@ def test_cli_rerun_reuses_dense_model_and_finished_training(cli_run, capsys):
     assert "other settings" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("search,weights", [("auto", None), ("greedy", None), ("greedy", 5)])
-def test_cli_target_macs_reuses_the_posterior_and_meets_the_budget(search, weights, cli_run, tmp_path, capsys):
+@pytest.mark.parametrize("search,weights,order", [("auto", None, "joint"), ("greedy", None, "joint"),
+                                                 ("greedy", 5, "joint"), ("greedy", 5, "weights_first")])
+def test_cli_target_macs_reuses_the_posterior_and_meets_the_budget(search, weights, order, cli_run, tmp_path,
+                                                                   capsys):
     """``--target-macs 3`` on a finished run (one shared threshold, or ``--search greedy``; with ``--target-weights
     5`` as well): only compression is redone, and the compressed network's MACs (as the report counts them, checked
     on the saved file) are at most a third of the dense network's, its weights at most a fifth."""
@@ -78,13 +80,14 @@ def test_cli_target_macs_reuses_the_posterior_and_meets_the_budget(search, weigh
     shutil.copytree(trained, run_dir)
     capsys.readouterr()
     assert main(["run", "--model", "lenet300", "--run-dir", str(run_dir), *SMALL, "--no-latency", "--no-plots",
-                 "--target-macs", "3", "--search", search,
+                 "--target-macs", "3", "--search", search, "--budget-order", order,
                  *([] if weights is None else ["--target-weights", str(weights)])]) == 0
     assert "epoch   1/" not in capsys.readouterr().out
     report = json.loads((run_dir / "report.json").read_text())
     assert report["config"]["compress"]["target_macs"] == 3
     assert report["config"]["compress"]["target_weights"] == weights
     assert report["config"]["compress"]["search"] == search
+    assert report["config"]["compress"]["budget_order"] == order
     model = bayescomp.load(run_dir / "compressed.bcz")
     assert count_flops(model, (1, 28, 28)) <= report["flops_dense"] / 3
     if weights is not None:

@@ -22,7 +22,7 @@ from bayescomp.compress.masks import (
 from bayescomp.compress.packed import QuantSpec, packed_leaves, save_packed
 from bayescomp.compress.precision import LayerPrecision, layer_precisions, quantize_fixed_point
 from bayescomp.compress.search import (
-    SearchResult, budget_greedy_search, budget_threshold_search, global_threshold_search, greedy_search,
+    BUDGET_ORDERS, SearchResult, budget_greedy_search, budget_threshold_search, global_threshold_search, greedy_search,
 )
 from bayescomp.compress.shrink import shrink
 from bayescomp.compress.storage import compression_csr
@@ -84,6 +84,10 @@ class CompressConfig:
             fewer weights than the dense network. Both budgets must be met; the greedy search then counts a step's
             saving as the fractions of MACs and of weights it removes while each is over budget. Cutting MACs and
             weights are different cuts on a CNN (the early layers hold the MACs, the late ones the weights).
+        budget_order: with both budgets and ``search="greedy"``, how a step's saving is counted: ``"joint"``
+            (the sum above), ``"weights_first"`` (the weights alone until their budget is met, then the MACs) or
+            ``"macs_first"``. ``"weights_first"`` stops nearer the MAC budget on a CNN, whose late-layer cuts
+            remove MACs on the way (:func:`~bayescomp.compress.search.budget_greedy_search`).
     """
 
     thresholds: list[float] | float | str | None = None
@@ -100,10 +104,13 @@ class CompressConfig:
     finetune_guard: bool = True
     target_macs: float | None = None
     target_weights: float | None = None
+    budget_order: str = "joint"
 
     def __post_init__(self) -> None:
         if self.search not in SEARCHES:
             raise ValueError(f"unknown search {self.search!r}; use {', '.join(SEARCHES)}")
+        if self.budget_order not in BUDGET_ORDERS:
+            raise ValueError(f"unknown budget_order {self.budget_order!r}; use {', '.join(BUDGET_ORDERS)}")
         if isinstance(self.search_bn_images, bool) or not isinstance(self.search_bn_images, int) \
                 or self.search_bn_images < 0:
             raise ValueError(f"search_bn_images is a count of images (0: off), got {self.search_bn_images!r}")
@@ -302,7 +309,7 @@ def _search(model: nn.Module, structure: Structure, subset: Split, val: Split, c
         if config.search == "greedy":
             return budget_greedy_search(structure.stats, structure.plan_for_counts, macs, mac_budget,
                                         structure.weights_kept, error, log=log, describe=structure.describe_greedy,
-                                        weight_budget=weight_budget)
+                                        weight_budget=weight_budget, order=config.budget_order)
         return budget_threshold_search(structure.stats, structure.strict_plan, macs, mac_budget,
                                        structure.weights_kept, error, log, structure.describe_global,
                                        weight_budget=weight_budget)
@@ -332,6 +339,6 @@ def _stored_precisions(small: nn.Module, variances: list, per_weight: list[bool]
 
 
 __all__ = [
-    "CompressConfig", "CompressionResult", "PruneError", "PruningPlan", "UnsupportedModelError", "build_chain",
+    "BUDGET_ORDERS", "CompressConfig", "CompressionResult", "PruneError", "PruningPlan", "UnsupportedModelError", "build_chain",
     "compress", "compress_graph", "masked", "plan_from_thresholds", "propagate", "quantize_model", "shrink",
 ]

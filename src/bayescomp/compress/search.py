@@ -226,6 +226,9 @@ def budget_threshold_search(
     return SearchResult([candidates[lo]] * len(stats), plan, trial, base, path)
 
 
+BUDGET_ORDERS = ("joint", "weights_first", "macs_first")  # how budget_greedy_search counts two budgets' savings
+
+
 def budget_greedy_search(
     stats: list[torch.Tensor],
     make_plan: Callable[[list[int]], Any],
@@ -237,6 +240,7 @@ def budget_greedy_search(
     log: Callable[[str], None] | None = None,
     describe: Callable[[Any], str] = lambda plan: "",
     weight_budget: float | None = None,
+    order: str = "joint",
 ) -> SearchResult:
     """Per-unit counts chosen greedily until the plan costs at most ``budget``: each round proposes, for every unit,
     dropping its next ``step`` groups (largest statistic first) and accepts the proposal whose validation error
@@ -250,9 +254,19 @@ def budget_greedy_search(
     ECCV 2018) with the posterior's ranking in place of weight norms. ``make_plan(pruned)`` is as in
     :func:`greedy_search`; a unit whose next step would empty it halves its step, then stops.
 
+    ``order`` says how two budgets share a step's saving (see :data:`BUDGET_ORDERS`): ``"joint"`` (above),
+    ``"weights_first"`` (only the weights count until their budget is met, then only the cost, the MACs in every
+    caller) or ``"macs_first"``.
+    On a CNN the joint count overshoots the cost: cuts of the early layers save MACs and almost no weights, so once
+    the MAC budget is met the weight budget still has to be met in the late layers, whose cuts remove MACs as well
+    (measured on ResNet-20 at 2x MACs and 3x weights: 2.92x MACs). Serving the weights first takes the late
+    layers' MAC saving on the way and cuts the early layers only for what is left. Our choice, not from a paper.
+
     Raises:
         PruneError: every unit is down to its last group and the plan still costs more than ``budget``.
     """
+    if order not in BUDGET_ORDERS:
+        raise ValueError(f"unknown budget order {order!r}; use {', '.join(BUDGET_ORDERS)}")
     n_groups = [len(s) for s in stats]
     pruned = [0] * len(stats)
     plan = make_plan(pruned)
@@ -268,13 +282,18 @@ def budget_greedy_search(
         return spent > budget, weight_budget is not None and weights > weight_budget
 
     def saving(trial_cost: float, trial_weights: int) -> float:
-        """Fractions of the starting cost / weights this step removes, each while its budget is unmet."""
+        """Fractions of the starting cost / weights this step removes, each while its budget is unmet (and, for an
+        ordered search, while the budget served first is unmet, that budget's alone)."""
         over_cost, over_weights = unmet(spent, weights)
+        if order == "weights_first" and over_weights:
+            over_cost = False
+        elif order == "macs_first" and over_cost:
+            over_weights = False
         return (over_cost * (spent - trial_cost) / cost_scale
                 + over_weights * (weights - trial_weights) / weight_scale)
 
     while any(unmet(spent, weights)):
-        best = None
+        best, changed = None, False  # changed: a step was halved or a unit frozen this round
         for i in range(len(stats)):
             if frozen[i]:
                 continue
@@ -284,18 +303,21 @@ def budget_greedy_search(
                     steps[i] = max(1, steps[i] // 2)
                 else:
                     frozen[i] = True
+                changed = True
                 continue
             trial_cost, trial_weights = cost(trial_plan), weights_kept(trial_plan)
+            if trial_cost >= spent and trial_weights >= weights:  # these groups cost nothing (e.g. their consumer
+                frozen[i], changed = True, True                    # is already gone): never a way to a budget
+                continue
             saved = saving(trial_cost, trial_weights)
-            if saved <= 0:  # these groups cost nothing (e.g. their consumer is already gone): not a way to the budget
-                frozen[i] = True
+            if saved <= 0:  # saves only what is not counted now (a budget already met, or served second)
                 continue
             trial_error = error(trial_plan)
             key = ((trial_error - current) / saved, -saved)
             if best is None or key < best[0]:
                 best = (key, trial, trial_plan, trial_error, trial_cost, trial_weights)
         if best is None:
-            if not all(frozen):
+            if changed and not all(frozen):
                 continue  # a step was halved; propose again
             raise PruneError(f"no plan reaches {_budgets_text(budget, weight_budget)}: the most pruning that leaves every unit a group still "
                              f"costs {spent:,.0f} and keeps {weights:,} weights")
