@@ -26,11 +26,14 @@ CONTRACT = [key for key in REPORT_KEYS if key not in UNPUBLISHED]
 
 
 def budget_label(compress: dict) -> str:
-    """``2x MAC budget``, ``3x weight budget`` or ``2x MAC + 3x weight budget`` from a run's compress config; empty
-    when the run searched to an error tolerance instead."""
+    """``2x MAC budget``, ``3x weight budget`` or ``2x MAC + 3x weight budget`` (``... (weights first)`` when the
+    search served one budget first) from a run's compress config; empty when the run searched to an error tolerance
+    instead."""
     parts = [f"{compress[key]:g}x {what}" for key, what in (("target_macs", "MAC"), ("target_weights", "weight"))
              if compress.get(key)]
-    return f"{' + '.join(parts)} budget" if parts else ""
+    order = compress.get("budget_order", "joint")  # absent in records written before the option
+    served = f" ({order.replace('_', ' ')})" if len(parts) == 2 and order != "joint" else ""
+    return f"{' + '.join(parts)} budget{served}" if parts else ""
 
 
 def _blind_groups(runs: list[dict], tagged: bool) -> dict[tuple, list[dict]]:

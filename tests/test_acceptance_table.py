@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from benchmarks._common import budget_label
 from benchmarks.acceptance import acceptance_table
 
 
@@ -218,3 +219,12 @@ def test_an_sgd_fine_tuned_resnet20_run_meets_only_sgd_torch_pruning_rows():
     assert [key for key in _resnet_rows([run]) if key.startswith("ResNet-20 at equal MACs")]
     run["config"] = {"finetune": {"optimizer": "sgd"}}
     assert not [key for key in _resnet_rows([run]) if key.startswith("ResNet-20 at equal MACs")]
+
+
+def test_budget_label_names_the_budget_served_first():
+    both = {"target_macs": 2.0, "target_weights": 3.0}
+    assert budget_label(both) == "2x MAC + 3x weight budget"  # records written before budget_order existed
+    assert budget_label({**both, "budget_order": "joint"}) == "2x MAC + 3x weight budget"
+    assert budget_label({**both, "budget_order": "weights_first"}) == "2x MAC + 3x weight budget (weights first)"
+    assert budget_label({"target_macs": 2.0, "budget_order": "weights_first"}) == "2x MAC budget"
+    assert budget_label({"tolerance_pct": 1.0}) == ""

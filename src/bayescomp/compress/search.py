@@ -259,8 +259,10 @@ def budget_greedy_search(
     caller) or ``"macs_first"``.
     On a CNN the joint count overshoots the cost: cuts of the early layers save MACs and almost no weights, so once
     the MAC budget is met the weight budget still has to be met in the late layers, whose cuts remove MACs as well
-    (measured on ResNet-20 at 2x MACs and 3x weights: 2.92x MACs). Serving the weights first takes the late
-    layers' MAC saving on the way and cuts the early layers only for what is left. Our choice, not from a paper.
+    (measured on ResNet-20 at 2x MACs and 3x weights: 2.92x MACs). Serving the weights first cuts the early
+    layers only where that is the cheapest way to the weights, and meets the MAC budget on the way or with what is
+    left (the same posterior: 2.50x MACs, the MAC phase never needed; fine-tuned, 10.09 % test error against the
+    joint cut's 10.32 %, 10.04 % validation against 9.46 %). Our choice, not from a paper.
 
     Raises:
         PruneError: every unit is down to its last group and the plan still costs more than ``budget``.
