@@ -61,7 +61,7 @@ from bayescomp.compress import quantize_model
 from bayescomp.methods import RunContext, get_method
 from bayescomp.methods.runner import guarded_finetune, prepare_and_train
 from bayescomp.pipeline import RunConfig, _prepare_run_dir, dense_model, load_data, run
-from bayescomp.train import evaluate
+from bayescomp.train import TrainConfig, evaluate
 from benchmarks._common import RESULTS, publish, this_command
 from benchmarks.seeds import with_seed
 from benchmarks.table1 import RECIPES, build_config
@@ -142,6 +142,19 @@ def seed_suffix(seed: int, tag: str = "") -> str:
     """Seed 0 keeps the original file names; another seed writes beside it (``..._seed1``), never over it; a
     tagged variant (``--tag``) writes ``..._<tag>`` (``..._<tag>_seed1``)."""
     return (f"_{tag}" if tag else "") + (f"_seed{seed}" if seed else "")
+
+
+def with_finetune(finetune: TrainConfig, epochs: int | None, lr: float | None) -> TrainConfig:
+    """The recipe's fine-tuning with ``--finetune-epochs`` / ``--finetune-lr`` applied (None keeps the recipe's);
+    a schedule the recipe never set (Sparse VD's rows do not fine-tune) becomes cosine, as table1's recipes use."""
+    if epochs is None and lr is None:
+        return finetune
+    if epochs is not None and epochs < 0:
+        raise SystemExit(f"--finetune-epochs must be >= 0, got {epochs}")
+    if lr is not None and not lr > 0:
+        raise SystemExit(f"--finetune-lr must be positive, got {lr}")
+    return replace(finetune, epochs=finetune.epochs if epochs is None else epochs,
+                   lr=finetune.lr if lr is None else lr, lr_schedule="cosine")
 
 
 def parse_prior_set(items: list[str]) -> dict:
@@ -289,14 +302,20 @@ def main() -> None:
                         help="rule step 4: the reference code's mean bit reduction where validation allows it")
     parser.add_argument("--bits-allowance", type=float, default=0.1,
                         help="points of validation error the reference bits may add to the fine-tuned model's")
+    parser.add_argument("--finetune-epochs", type=int, default=None,
+                        help="fine-tune every candidate this many epochs (cosine, guarded on validation) in place of "
+                             "the recipe's fine-tuning: a changed recipe, so it needs --tag")
+    parser.add_argument("--finetune-lr", type=float, default=None, help="with --finetune-epochs: its learning rate")
     args = parser.parse_args()
-    if (args.prior_set or args.choose_bits) and not args.tag:
-        raise SystemExit("--prior-set and --choose-bits change the recipe: give the run a --tag so it cannot "
-                         "overwrite the row")
+    changes_recipe = args.prior_set or args.choose_bits or args.finetune_epochs is not None or args.finetune_lr
+    if changes_recipe and not args.tag:
+        raise SystemExit("--prior-set, --choose-bits and --finetune-* change the recipe: give the run a --tag so it "
+                         "cannot overwrite the row")
     torch.set_num_threads(args.threads)
     started = time.perf_counter()
     base = recipe(args.model, args.method, args.seed)
     base.bayes = replace(base.bayes, epochs=args.epochs)
+    base.finetune = with_finetune(base.finetune, args.finetune_epochs, args.finetune_lr)
     base.latency, base.plots = False, False
     metric = METRICS.get(base.method, "architecture")
     changes = parse_prior_set(args.prior_set)
