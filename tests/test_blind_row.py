@@ -127,6 +127,24 @@ def test_a_tagged_variant_writes_apart_and_is_not_counted_among_the_rows_seeds()
     assert blind_reruns([row, tagged]) == {("lenet300", "gnj"): [row]}
 
 
+def test_a_finetuning_override_changes_only_what_it_names_and_needs_a_tag(monkeypatch):
+    from benchmarks import blind_row
+
+    recipe = blind_row.recipe("lenet5", "svd", 0).finetune
+    assert recipe.epochs == 0  # Sparse VD's row does not fine-tune
+    assert blind_row.with_finetune(recipe, None, None) is recipe
+    changed = blind_row.with_finetune(recipe, 10, 5e-4)
+    assert (changed.epochs, changed.lr, changed.lr_schedule) == (10, 5e-4, "cosine")
+    assert (changed.batch_size, changed.optimizer, changed.seed) == (recipe.batch_size, recipe.optimizer, recipe.seed)
+    assert blind_row.with_finetune(recipe, 3, None).lr == recipe.lr
+    for epochs, lr in ((-1, None), (2, 0.0)):
+        with pytest.raises(SystemExit):
+            blind_row.with_finetune(recipe, epochs, lr)
+    monkeypatch.setattr("sys.argv", ["blind_row", "--model", "lenet5", "--method", "svd", "--finetune-epochs", "10"])
+    with pytest.raises(SystemExit, match="--tag"):
+        blind_row.main()
+
+
 def _bits(reduce: str, quantized: float, arch: str = "8-10-71-13") -> dict:
     return {"bits_reduce": reduce, "kept_architecture": arch, "val_error_pct": 1.00, "val_error_pct_quantized": quantized,
             "bits_per_layer": [12, 10], "compression_bits": 300.0}
