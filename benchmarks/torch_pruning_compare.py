@@ -300,6 +300,14 @@ def _optimizer_label(optimizer: str | None, lr: float | None, weight_decay: floa
     return f", {optimizer.upper()} lr {lr:g}, weight decay {weight_decay or 0:g}"
 
 
+def _bayes_finetune_label(record: dict) -> str:
+    """The bayescomp run's pruning and, in brackets, its fine-tuning recipe (epochs, distillation, optimizer)."""
+    finetune = record.get("config", {}).get("finetune", {})
+    return (f"{_bayes_label(record)} ({record.get('finetune_epochs', 0)} fine-tuning epochs"
+            f"{_distill_label(record.get('finetune_distill'))}"
+            f"{_optimizer_label(finetune.get('optimizer'), finetune.get('lr'), finetune.get('weight_decay'))})")
+
+
 def _bayes_label(record: dict) -> str:
     """``bayescomp gnj, 2x MAC budget`` or ``bayescomp gnj, 1.0-point search``: how the run chose its pruning."""
     compress = record.get("config", {}).get("compress", {})
@@ -337,11 +345,7 @@ def _write(out: Path, rows: list[dict], records: list[dict], dense_test: float, 
                      f"{r['mac_ratio']:.2f}x | {r['param_ratio']:.2f}x | {r['finetune_epochs']} | "
                      f"{r['val_error_pct']:.2f} % | {r['test_error_pct']:.2f} % |")
     for record in records:
-        finetune = record.get("config", {}).get("finetune", {})
-        lines.append(f"| {_bayes_label(record)} ({record.get('finetune_epochs', 0)} fine-tuning epochs"
-                     f"{_distill_label(record.get('finetune_distill'))}"
-                     f"{_optimizer_label(finetune.get('optimizer'), finetune.get('lr'), finetune.get('weight_decay'))}"
-                     f") | - | "
+        lines.append(f"| {_bayes_finetune_label(record)} | - | "
                      f"{record['flops_compressed'] / 1e6:.2f} M (bayescomp count) | "
                      f"{record['flops_dense'] / record['flops_compressed']:.2f}x | "
                      f"{record['weights_dense'] / record['weights_kept']:.2f}x | "
@@ -368,17 +372,18 @@ def _plot(rows: list[dict], records: list[dict], dense_test: float, dense_macs: 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 6.5))
+    fig, ax = plt.subplots(figsize=(12, 6.5))  # as wide as the legend below it, which names each recipe
     ax.set_prop_cycle(color=plt.cm.tab20.colors[::2] + plt.cm.tab20.colors[1::2])  # 20 colours before a repeat
-    def curve_key(r: dict) -> tuple:
-        return r["importance"], r["finetune_epochs"], _distill_label(r.get("distill"))
+    def curve_key(r: dict) -> tuple:  # one line per fine-tuning recipe: rows trained differently never join
+        return (r["importance"], r["finetune_epochs"], _distill_label(r.get("distill")),
+                _optimizer_label(r.get("optimizer"), r.get("lr"), r.get("weight_decay")))
 
-    for kind, epochs, distilled in sorted({curve_key(r) for r in rows}):
-        mine = sorted((r for r in rows if curve_key(r) == (kind, epochs, distilled)),
+    for kind, epochs, distilled, optimizer in sorted({curve_key(r) for r in rows}):
+        mine = sorted((r for r in rows if curve_key(r) == (kind, epochs, distilled, optimizer)),
                       key=lambda r: r["flops_compressed"])
         ax.plot([r["flops_compressed"] / dense_macs for r in mine], [r["test_error_pct"] for r in mine],
                 "s-" if kind.startswith("posterior") else "o-",
-                label=f"{_row_label(kind)}, fine-tuned {epochs} epochs{distilled}")
+                label=f"{_row_label(kind)}, fine-tuned {epochs} epochs{distilled}{optimizer}")
     curves_drawn = set()  # runs cut from one posterior share its threshold curve: one line per method
     for record in records:
         curve = [p for p in record.get("tradeoff_curve", []) if "flops" in p]
@@ -389,14 +394,13 @@ def _plot(rows: list[dict], records: list[dict], dense_test: float, dense_macs: 
                     ".--", color="grey" if record["method"] == "gnj" else "silver",
                     label=f"bayescomp {record['method']}, shared threshold, no fine-tuning")
         ax.plot(record["flops_compressed"] / record["flops_dense"], record["test_error_pct"], "*", ms=14,
-                label=f"{_bayes_label(record)} ({record.get('finetune_epochs', 0)} fine-tuning epochs"
-                      f"{_distill_label(record.get('finetune_distill'))})")
+                label=_bayes_finetune_label(record))
     ax.axhline(dense_test, color="k", lw=0.8, ls=":", label=f"dense {dense_test:.2f} %")
     ax.set_xlabel("MACs kept (fraction of dense)")
     ax.set_ylabel("test error %")
     worst = max([r["test_error_pct"] for r in rows] + [r["test_error_pct"] for r in records] + [dense_test])
     ax.set_ylim(bottom=max(0.0, dense_test - 1.0), top=min(100.0, max(dense_test + 8.0, worst + 1.0)))
-    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=1)
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.24), ncol=1)
     ax.set_title("ResNet-20 / CIFAR-10 from the same pretrained weights")
     path = RESULTS / "plots" / f"{stem}.png"
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -131,3 +131,35 @@ def test_bayescomp_rows_show_their_fine_tuned_validation_error():
 
     assert _finetuned_val_label({"finetune_validation": {"val_error_pct_after": 9.456}}) == "9.46 %"
     assert _finetuned_val_label({}) == "-"
+
+
+def test_the_plot_never_joins_rows_fine_tuned_differently(tmp_path, monkeypatch):
+    """Two group-norm rows with the same epochs and distillation, one Adam and one SGD, are two curves with two
+    labels; a bayescomp point's label names its fine-tuning optimiser."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from benchmarks import torch_pruning_compare as tpc
+
+    monkeypatch.setattr(tpc, "RESULTS", tmp_path)
+    base = {"importance": "group_norm", "finetune_epochs": 50, "distill": {"alpha": 0.9, "temperature": 4.0}}
+    rows = [{**base, "flops_compressed": 14e6, "test_error_pct": 10.1},
+            {**base, "flops_compressed": 14e6, "test_error_pct": 9.5, "optimizer": "sgd", "lr": 0.01,
+             "weight_decay": 5e-4},
+            {**base, "flops_compressed": 16e6, "test_error_pct": 9.4, "optimizer": "sgd", "lr": 0.01,
+             "weight_decay": 5e-4}]
+    record = {"method": "gnj", "flops_compressed": 16e6, "flops_dense": 40e6, "test_error_pct": 10.0,
+              "finetune_epochs": 40, "config": {"compress": {"target_macs": 2.0},
+                                                "finetune": {"optimizer": "sgd", "lr": 0.01, "weight_decay": 5e-4}}}
+    captured = {}
+    monkeypatch.setattr(plt.Figure, "savefig", lambda fig, *a, **k: captured.setdefault("fig", fig))
+    monkeypatch.setattr(plt, "close", lambda *a: None)
+    tpc._plot(rows, [record], 8.5, 40e6, "t")
+    lines = {line.get_label(): list(line.get_ydata()) for line in captured["fig"].axes[0].get_lines()}
+    adam = [label for label in lines if label.startswith("Torch-Pruning") and "SGD" not in label]
+    sgd = [label for label in lines if label.startswith("Torch-Pruning") and "SGD lr 0.01" in label]
+    assert len(adam) == 1 and lines[adam[0]] == [10.1]
+    assert len(sgd) == 1 and lines[sgd[0]] == [9.5, 9.4]
+    assert any(label.startswith("bayescomp gnj") and "SGD lr 0.01" in label for label in lines)
