@@ -83,9 +83,15 @@ def chosen_on_test_note(runs: list[dict] = ()) -> list[str]:
 
 
 def _before(r: dict) -> str:
+    """The pruned model's test error before fine-tuning and what the fine-tuning did: kept, or undone by the
+    validation guard (the model reported is then the pruned one)."""
     value = r.get("test_error_pct_pruned_before_finetune")
+    if value is None:
+        return ""
     how = " distilled" if r.get("finetune_distill") else ""
-    return f"{value:.2f} (fine-tuned{how} {r.get('finetune_epochs')} ep.) → " if value is not None else ""
+    if not (r.get("finetune_validation") or {}).get("kept", True):
+        return f"{value:.2f} ({r.get('finetune_epochs')} ep. of fine-tuning undone: validation error rose) → "
+    return f"{value:.2f} (fine-tuned{how} {r.get('finetune_epochs')} ep.) → "
 
 
 def variants_table(records: list[dict]) -> str:

@@ -228,3 +228,25 @@ def test_budget_label_names_the_budget_served_first():
     assert budget_label({**both, "budget_order": "weights_first"}) == "2x MAC + 3x weight budget (weights first)"
     assert budget_label({"target_macs": 2.0, "budget_order": "weights_first"}) == "2x MAC budget"
     assert budget_label({"tolerance_pct": 1.0}) == ""
+
+
+def test_table1_says_when_the_validation_guard_undid_the_fine_tuning():
+    from benchmarks.make_tables import _before
+
+    kept = {"test_error_pct_pruned_before_finetune": 0.83, "finetune_epochs": 10,
+            "finetune_validation": {"val_error_pct_before": 1.08, "val_error_pct_after": 1.02, "kept": True}}
+    undone = {**kept, "finetune_validation": {"val_error_pct_before": 1.08, "val_error_pct_after": 1.16, "kept": False}}
+    assert _before(kept) == "0.83 (fine-tuned 10 ep.) → "
+    assert "undone" in _before(undone) and "fine-tuned 10" not in _before(undone)
+    assert _before({**kept, "finetune_distill": {"alpha": 0.9}}).startswith("0.83 (fine-tuned distilled 10 ep.)")
+    assert _before({"finetune_epochs": 0}) == ""
+
+
+def test_a_variants_fine_tuning_is_described_with_how_often_the_guard_undid_it():
+    from benchmarks.acceptance import _finetune_words
+
+    kept = {"finetune_epochs": 10, "finetune_validation": {"kept": True}}
+    undone = {"finetune_epochs": 10, "finetune_validation": {"kept": False}}
+    words = _finetune_words([kept, undone, undone])
+    assert words == "10 fine-tuning epochs, undone by the validation guard in 2 of 3 seeds"
+    assert _finetune_words([kept]).endswith("in 0 of 1 seeds")
