@@ -87,6 +87,11 @@ def finetuned_val_error(record: dict) -> float | None:
     return (record.get("finetune_validation") or {}).get("val_error_pct_after")
 
 
+def finetune_undone(record: dict) -> bool:
+    """Whether the validation guard undid a result's fine-tuning (its model is then the pruned one)."""
+    return not (record.get("finetune_validation") or {}).get("kept", True)
+
+
 def this_command() -> str:
     """The command line that reproduces this run, as ``python -m benchmarks.<script> ...`` from the repository root."""
     return "python -m " + " ".join(shlex.quote(a) for a in [f"benchmarks.{Path(sys.argv[0]).stem}", *sys.argv[1:]])

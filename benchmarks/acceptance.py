@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 
 from benchmarks._common import (
-    RESULTS, blind_reruns, blind_variants, finetuned_val_error, seed_mean_std, seed_spread_text,
+    RESULTS, blind_reruns, blind_variants, finetune_undone, finetuned_val_error, seed_mean_std, seed_spread_text,
 )
 
 
@@ -166,7 +166,7 @@ def _finetune_words(group: list[dict]) -> str:
     """``10 fine-tuning epochs, undone by the validation guard in 1 of 1 seeds``: what a variant's fine-tuning was and
     how often the guard kept it."""
     epochs = group[0].get("finetune_epochs", 0)
-    undone = sum(not (r.get("finetune_validation") or {}).get("kept", True) for r in group)
+    undone = sum(finetune_undone(r) for r in group)
     return f"{epochs} fine-tuning epochs, undone by the validation guard in {undone} of {len(group)} seeds"
 
 

@@ -14,7 +14,7 @@ import json
 import re
 from pathlib import Path
 
-from benchmarks._common import blind_reruns, blind_variants, seed_mean_std, seed_spread_text
+from benchmarks._common import blind_reruns, blind_variants, finetune_undone, seed_mean_std, seed_spread_text
 from benchmarks.acceptance import acceptance_table
 from benchmarks.published import PUBLISHED  # one list of published figures for both tables
 from benchmarks.result_sections import (
@@ -89,7 +89,7 @@ def _before(r: dict) -> str:
     if value is None:
         return ""
     how = " distilled" if r.get("finetune_distill") else ""
-    if not (r.get("finetune_validation") or {}).get("kept", True):
+    if finetune_undone(r):
         return f"{value:.2f} ({r.get('finetune_epochs')} ep. of fine-tuning undone: validation error rose) → "
     return f"{value:.2f} (fine-tuned{how} {r.get('finetune_epochs')} ep.) → "
 
