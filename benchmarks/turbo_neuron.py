@@ -45,22 +45,38 @@ COLUMNS = ("test_error_pct", "kept_architecture", "weights_nonzero", "compressio
            "dense_block_share", "mean_row_run", "blocks_per_nonzero")
 
 
-def candidate_dir(run_root: Path, model: str, p_neuron: float | None) -> Path:
-    return run_root / (f"{model}_mnist_turbo_plain" if p_neuron is None else f"{model}_mnist_turbo_neuron_p{p_neuron:g}")
+#: a candidate: (p_neuron, neuron_cost); CONTROL is the same schedule without the neuron level
+Candidate = tuple[float | None, float]
+CONTROL: Candidate = (None, 0.0)
 
 
-def train_candidate(model: str, p_neuron: float | None, run_root: Path, restart: bool, epochs: int | None = None,
+def candidate_label(candidate: Candidate) -> str:
+    p_neuron, cost = candidate
+    if p_neuron is None:
+        return "plain"
+    return f"p{p_neuron:g}" + (f"_cost{cost:g}" if cost else "")
+
+
+def candidate_dir(run_root: Path, model: str, candidate: Candidate) -> Path:
+    label = candidate_label(candidate)
+    return run_root / (f"{model}_mnist_turbo_{label}" if label == "plain" else f"{model}_mnist_turbo_neuron_{label}")
+
+
+def train_candidate(model: str, candidate: Candidate, run_root: Path, restart: bool, epochs: int | None = None,
                     finetune_epochs: int | None = None) -> dict:
-    """The committed Turbo recipe plus the neuron level with prior ``p_neuron`` (None: without it, the control),
-    optionally with fewer Bayesian / fine-tuning epochs (run, or reuse if finished)."""
+    """The committed Turbo recipe plus the neuron level with prior ``p_neuron`` and ``neuron_cost`` (p_neuron None:
+    without it, the control), optionally with fewer Bayesian / fine-tuning epochs (run, or reuse if finished)."""
+    p_neuron, cost = candidate
     config = build_config(model, "turbo")
     config.prior = {**config.prior, "neuron_support": p_neuron is not None, "p_neuron": p_neuron or 0.1}
+    if cost:
+        config.prior["neuron_cost"] = cost
     if epochs is not None:
         config.bayes = replace(config.bayes, epochs=epochs)
     if finetune_epochs is not None:
         config.finetune = replace(config.finetune, epochs=finetune_epochs)
     config.__post_init__()  # re-validate the prior dict into a full TurboVBIConfig
-    return run_or_reuse(config, candidate_dir(run_root, model, p_neuron), restart)
+    return run_or_reuse(config, candidate_dir(run_root, model, candidate), restart)
 
 
 def validation_error(path: Path, model: str) -> float:
@@ -69,7 +85,7 @@ def validation_error(path: Path, model: str) -> float:
     return evaluate(bayescomp.load(path), data.val)["error_pct"]
 
 
-def choose(candidates: dict[float, dict], target: float) -> float:
+def choose(candidates: dict[Candidate, dict], target: float) -> Candidate:
     """The protocol's rule on validation error only (module docstring)."""
     ok = [p for p, c in candidates.items() if c["val_error_pct"] <= target]
     if ok:
@@ -95,16 +111,16 @@ def conv_filters(architecture: str, model: str) -> list[int]:
     return [int(x) for x in architecture.split("-")[:2]] if model == "lenet5" else []
 
 
-def summarise(model: str, candidates: dict[float, dict], reports: dict, rounds: int, run_root: Path) -> dict:
+def summarise(model: str, candidates: dict[Candidate, dict], reports: dict, rounds: int, run_root: Path) -> dict:
     """Choose on validation, then test error, compression, filters and interleaved latency of every model."""
     chosen = choose(candidates, TARGET_PCT[model])
     stem = f"turbo_neuron_{model}_mnist"
     shutil.copyfile(candidate_dir(run_root, model, chosen) / "compressed.bcz", RESULTS / f"{stem}.bcz")
     rows = {"turbo_neuron": {k: reports[chosen].get(k) for k in COLUMNS}}
     models = {"turbo_neuron": bayescomp.load(RESULTS / f"{stem}.bcz")}
-    if None in reports:  # the control: the same schedule without the neuron level
-        rows["turbo_same_schedule"] = {k: reports[None].get(k) for k in COLUMNS}
-        models["turbo_same_schedule"] = bayescomp.load(candidate_dir(run_root, model, None) / "compressed.bcz")
+    if CONTROL in reports:  # the control: the same schedule without the neuron level
+        rows["turbo_same_schedule"] = {k: reports[CONTROL].get(k) for k in COLUMNS}
+        models["turbo_same_schedule"] = bayescomp.load(candidate_dir(run_root, model, CONTROL) / "compressed.bcz")
     for method in REFERENCES:
         record = json.loads((RESULTS / f"{model}_mnist_{method}.json").read_text())
         rows[method] = {k: record.get(k) for k in COLUMNS}
@@ -115,9 +131,10 @@ def summarise(model: str, candidates: dict[float, dict], reports: dict, rounds: 
         row["val_error_pct"] = evaluate(models[name], val)["error_pct"]
     latency = interleaved_latency(models, rounds)
     return {
-        "model": model, "data": "mnist", "target_error_pct": TARGET_PCT[model], "chosen_p_neuron": chosen,
+        "model": model, "data": "mnist", "target_error_pct": TARGET_PCT[model], "chosen_p_neuron": chosen[0],
+        "chosen_neuron_cost": chosen[1], "chosen_label": candidate_label(chosen),
         "rule": "most non-zero compression with validation error <= target; else lowest validation error",
-        "candidates": {f"{p:g}": c for p, c in candidates.items()}, "rows": rows, "latency": latency,
+        "candidates": {candidate_label(c): {"p_neuron": c[0], "neuron_cost": c[1], **v} for c, v in candidates.items()}, "rows": rows, "latency": latency,
         "rounds": rounds, "threads": torch.get_num_threads(), "device": "cpu", "dtype": "float32",
         "compressed_file": f"{stem}.bcz", "chosen_config": reports[chosen]["config"],
         "bayes_epochs": reports[chosen]["config"]["bayes"]["epochs"],
@@ -131,15 +148,22 @@ def _cell(value, fmt: str) -> str:
     return "-" if value is None else format(value, fmt) + ("x" if fmt == ".1f" else "")
 
 
+def _chosen_words(result: dict) -> str:
+    cost = result.get("chosen_neuron_cost", 0.0)
+    return f"p_neuron = {result['chosen_p_neuron']:g}" + (f", neuron cost {cost:g} nats per weight" if cost else "")
+
+
 def markdown(result: dict) -> str:
     lines = [f"# Turbo-VBI with neuron-level support, {result['model']}/MNIST", "",
-             f"Chosen p_neuron = {result['chosen_p_neuron']:g} by validation only ({result['rule']}; target "
+             f"Chosen {_chosen_words(result)} by validation only ({result['rule']}; target "
              f"{result['target_error_pct']} %). Schedule: {result['bayes_epochs']} Bayesian + "
              f"{result['finetune_epochs']} fine-tuning epochs. Neuron level: our reconstruction (paper text not "
              "read, UNVERIFIED). gnj, turbo, svd: the committed Table 1 models (their own schedules).", "",
-             "| p_neuron | val error | test error | kept architecture | non-zero compression |", "|---|---|---|---|---|"]
-    for p, c in result["candidates"].items():
-        lines.append(f"| {p} | {c['val_error_pct']:.2f} % | {c['test_error_pct']:.2f} % | {c['kept_architecture']} | "
+             "| p_neuron | neuron cost (nats/weight) | val error | test error | kept architecture | non-zero compression |",
+             "|---|---|---|---|---|---|"]
+    for label, c in result["candidates"].items():
+        p, cost = c.get("p_neuron", float(label)), c.get("neuron_cost", 0.0)
+        lines.append(f"| {p:g} | {cost:g} | {c['val_error_pct']:.2f} % | {c['test_error_pct']:.2f} % | {c['kept_architecture']} | "
                      f"{c['compression_nonzero']:.1f}x |")
     lines += ["", f"Compressed models, CPU float32, latency ms, median over {result['rounds']} interleaved rounds "
               f"(range), {result['threads']} threads unless marked:", "",
@@ -163,6 +187,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="lenet5", choices=sorted(TARGET_PCT))
     parser.add_argument("--p-neuron", type=float, nargs="*", default=[0.01])
+    parser.add_argument("--neuron-cost", type=float, nargs="*", default=[0.0],
+                        help="neuron costs (nats per weight of the row); every p_neuron is tried with every cost")
     parser.add_argument("--control", action="store_true", help="also train Turbo without the neuron level")
     parser.add_argument("--epochs", type=int, default=None, help="Bayesian epochs (default: the Table 1 recipe)")
     parser.add_argument("--finetune-epochs", type=int, default=None, help="default: the Table 1 recipe")
@@ -173,20 +199,23 @@ def main() -> None:
     args = parser.parse_args()
     if any(not 0.0 < p < 1.0 for p in args.p_neuron) or args.rounds < 1:
         parser.error("--p-neuron values must lie in (0, 1) and --rounds must be >= 1")
+    if any(not 0.0 <= c < float("inf") for c in args.neuron_cost):
+        parser.error("--neuron-cost values must be finite and >= 0")
     if any(v is not None and v < 0 for v in (args.epochs, args.finetune_epochs)):
         parser.error("--epochs and --finetune-epochs must be >= 0")
-    wanted = list(args.p_neuron) + ([None] if args.control else [])
-    reports = {p: train_candidate(args.model, p, args.run_root, args.restart, args.epochs, args.finetune_epochs)
-               for p in wanted}
-    if args.train_only or not args.p_neuron:
+    tried = [(p, cost) for p in args.p_neuron for cost in args.neuron_cost]
+    wanted = tried + ([CONTROL] if args.control else [])
+    reports = {c: train_candidate(args.model, c, args.run_root, args.restart, args.epochs, args.finetune_epochs)
+               for c in wanted}
+    if args.train_only or not tried:
         return
     candidates = {}
-    for p in args.p_neuron:
-        path = candidate_dir(args.run_root, args.model, p) / "compressed.bcz"
-        candidates[p] = {"val_error_pct": validation_error(path, args.model),
-                         "test_error_pct": reports[p]["test_error_pct"],
-                         "kept_architecture": reports[p]["kept_architecture"],
-                         "compression_nonzero": reports[p]["compression_nonzero"]}
+    for c in tried:
+        path = candidate_dir(args.run_root, args.model, c) / "compressed.bcz"
+        candidates[c] = {"val_error_pct": validation_error(path, args.model),
+                         "test_error_pct": reports[c]["test_error_pct"],
+                         "kept_architecture": reports[c]["kept_architecture"],
+                         "compression_nonzero": reports[c]["compression_nonzero"]}
     result = summarise(args.model, candidates, reports, args.rounds, args.run_root)
     stem = RESULTS / f"turbo_neuron_{args.model}_mnist"
     stem.with_suffix(".json").write_text(json.dumps(result, indent=2))

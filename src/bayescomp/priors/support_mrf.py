@@ -36,6 +36,13 @@ whole while a row with a few strong weights is untouched. In log-odds, node (r, 
 softplus(h) (h: its belief without the neuron's message), and the neuron sends back logsigmoid(logit p_neuron +
 the other nodes' messages). The neuron edges close loops with the row chain, so BP is approximate even on a
 1 x C grid; with uncoupled chains (p01 = p11 both ways) every row is a star and BP is exact.
+
+``MarkovGridPrior.neuron_cost`` (nats per weight, default 0) makes a neuron's prior depend on its fan-in:
+logit P(t_r = 1) = logit p_neuron - neuron_cost * C for a row of C weights, a description-length prior in which
+a neuron pays for every weight it could keep. A fixed p_neuron is negligible against the summed evidence of a row
+of hundreds of weights; with the cost, a row stays on only while its weights' combined evidence for being active
+exceeds neuron_cost per weight of the row, so sparse rows (few, weak active weights) switch off as a whole.
+Our choice (UNVERIFIED, like the neuron level itself).
 """
 
 from __future__ import annotations
@@ -67,8 +74,11 @@ class MarkovGridPrior:
     p01_vertical: float | None = None  # None: same as p01
     p11_vertical: float | None = None  # None: same as p11
     p_neuron: float | None = None  # P(row's neuron on); None: no neuron level (module docstring)
+    neuron_cost: float = 0.0  # nats per weight of a row subtracted from its neuron's prior log-odds (docstring)
 
     def __post_init__(self) -> None:
+        if not isinstance(self.neuron_cost, numbers.Real) or not 0.0 <= float(self.neuron_cost) < math.inf:
+            raise ValueError(f"MarkovGridPrior.neuron_cost must be a finite number >= 0, got {self.neuron_cost!r}")
         for name in ("p01", "p11", "p_start", "p01_vertical", "p11_vertical", "p_neuron"):
             value = getattr(self, name)
             if value is None and name in ("p01_vertical", "p11_vertical", "p_neuron"):
@@ -92,11 +102,12 @@ class MarkovGridPrior:
         """Incoming message tensors per node: four grid neighbours, plus the row's neuron when it has one."""
         return 4 if self.p_neuron is None else 5
 
-    def neuron_log_odds(self) -> float:
-        """log(p_neuron / (1 - p_neuron)); only meaningful when the prior has a neuron level."""
+    def neuron_log_odds(self, row_length: int = 0) -> float:
+        """Prior log-odds of a neuron whose row has ``row_length`` weights: log(p_neuron / (1 - p_neuron)) -
+        neuron_cost * row_length; only meaningful when the prior has a neuron level."""
         if self.p_neuron is None:
             raise ValueError("this MarkovGridPrior has no neuron level (p_neuron is None)")
-        return math.log(self.p_neuron) - math.log1p(-self.p_neuron)
+        return math.log(self.p_neuron) - math.log1p(-self.p_neuron) - self.neuron_cost * row_length
 
     def stationary_active(self) -> float:
         """Stationary P(active) of the horizontal chain, p01 / (1 - p11 + p01); meant for initialising pi."""
@@ -264,7 +275,7 @@ def grid_bp(evidence_log_odds: torch.Tensor, prior: MarkovGridPrior, iterations:
             msgs = _zero_borders(msgs)
         start = _start_log_odds_field(evidence, prior)
         unary, message_fn = evidence + start, _message_fn(prior, evidence)
-        neuron_prior = None if prior.p_neuron is None else prior.neuron_log_odds()
+        neuron_prior = None if prior.p_neuron is None else prior.neuron_log_odds(evidence.shape[-1])
         sweeps, max_change = 0, math.inf
         for _ in range(iterations):
             new = _sweep(msgs, unary, message_fn, neuron_prior)
@@ -285,7 +296,8 @@ def exact_grid_marginals(evidence_log_odds: torch.Tensor, prior: MarkovGridPrior
 
     The log joint of a support s is sum_n s_n (e_n + start terms) plus the log tables of every horizontal and
     vertical edge, exactly the factor graph of the module docstring; with a neuron level, each row adds
-    log(p_neuron + (1 - p_neuron) [row empty]) (its neuron summed out). Leading batch dimensions are allowed.
+    log(p + (1 - p) [row empty]) (its neuron summed out; p = the neuron's prior, ``neuron_cost`` included).
+    Leading batch dimensions are allowed.
     """
     return _exact_marginals(evidence_log_odds, prior)[0]
 
@@ -293,7 +305,7 @@ def exact_grid_marginals(evidence_log_odds: torch.Tensor, prior: MarkovGridPrior
 def exact_neuron_marginals(evidence_log_odds: torch.Tensor, prior: MarkovGridPrior) -> torch.Tensor:
     """P(t_r = 1) of every row's neuron by the same enumeration, shape (..., R); needs ``prior.p_neuron``.
 
-    Given a support s, P(t_r = 1 | s) = p_neuron / (p_neuron + (1 - p_neuron) [row r empty]).
+    Given a support s, P(t_r = 1 | s) = p / (p + (1 - p) [row r empty]), p the neuron's prior (cost included).
     """
     if prior.p_neuron is None:
         raise ValueError("exact_neuron_marginals needs a MarkovGridPrior with p_neuron set")
@@ -321,9 +333,10 @@ def _exact_marginals(evidence_log_odds: torch.Tensor, prior: MarkovGridPrior
     neuron_on = None
     if prior.p_neuron is not None:
         empty = (configs.view(-1, rows, cols).sum(-1) == 0).to(torch.float64)  # (2^n, R)
-        row_factor = prior.p_neuron + (1.0 - prior.p_neuron) * empty
+        p_on = torch.sigmoid(torch.tensor(prior.neuron_log_odds(cols), dtype=torch.float64))
+        row_factor = p_on + (1.0 - p_on) * empty
         log_joint = log_joint + row_factor.log().sum(1, keepdim=True)
-        neuron_on = prior.p_neuron / row_factor  # P(t_r = 1 | s)
+        neuron_on = p_on / row_factor  # P(t_r = 1 | s)
     weights = torch.softmax(log_joint, dim=0)
     marginals = (configs.to(torch.float64).T @ weights).T.reshape(evidence.shape).to(evidence_log_odds.dtype)
     if neuron_on is None:

@@ -89,6 +89,11 @@ class TurboVBIConfig:
             p_neuron = 1e-4 removed a few more conv2 filters and fc neurons than the same schedule without it
             (20-21-233-65 vs 20-24-245-84) at about the same validation error, far from BC-GNJ's 8-12 filters;
             too small and too short a measurement to change what the committed Turbo rows were run with.
+        neuron_cost: nats per weight of a row subtracted from its neuron's prior log-odds (with ``neuron_support``):
+            logit P(neuron on) = logit p_neuron - neuron_cost * fan-in, so a neuron stays on only while its
+            weights' combined evidence for being active exceeds neuron_cost per weight it could keep. A plain
+            p_neuron is negligible against the evidence of hundreds of weights; the cost scales with the row.
+            Our reconstruction (UNVERIFIED); 0 (off) by default.
     """
 
     slab_std: float = 3.0
@@ -114,6 +119,7 @@ class TurboVBIConfig:
     threshold: float = 0.0
     neuron_support: bool = False
     p_neuron: float = 0.1
+    neuron_cost: float = 0.0
     name: str = "turbo"
 
     def __post_init__(self) -> None:
@@ -137,7 +143,8 @@ class TurboVBIConfig:
 
     def mrf(self) -> MarkovGridPrior:
         return MarkovGridPrior(p01=self.p01, p11=self.p11, p_start=self.p_start, p01_vertical=self.p01_vertical,
-                               p11_vertical=self.p11_vertical, p_neuron=self.p_neuron if self.neuron_support else None)
+                               p11_vertical=self.p11_vertical, p_neuron=self.p_neuron if self.neuron_support else None,
+                               neuron_cost=self.neuron_cost)
 
 
 class _TurboMixin(PerWeightGaussian):
