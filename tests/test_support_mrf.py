@@ -274,7 +274,9 @@ def _brute_force_with_neurons(evidence: torch.Tensor, prior: MarkovGridPrior) ->
     rows, cols = evidence.shape
     log_h, log_v = (t.tolist() for t in prior.log_tables())
     start = math.log(prior.p_start) - math.log1p(-prior.p_start)
-    log_p = (math.log1p(-prior.p_neuron), math.log(prior.p_neuron))
+    # the neuron's prior, its per-weight cost applied here from the fields (independently of neuron_log_odds)
+    log_odds = math.log(prior.p_neuron) - math.log1p(-prior.p_neuron) - prior.neuron_cost * cols
+    log_p = (-math.log1p(math.exp(log_odds)), log_odds - math.log1p(math.exp(log_odds)))
     total, node_on, neuron_on = 0.0, torch.zeros(rows, cols, dtype=torch.float64), torch.zeros(rows, dtype=torch.float64)
     for s_bits in range(2 ** (rows * cols)):
         s = [[(s_bits >> (r * cols + c)) & 1 for c in range(cols)] for r in range(rows)]
@@ -294,9 +296,11 @@ def _brute_force_with_neurons(evidence: torch.Tensor, prior: MarkovGridPrior) ->
 
 
 @pytest.mark.parametrize("shape", [(2, 3), (3, 2), (1, 5)])
-def test_exact_enumeration_with_neurons_matches_explicit_neuron_states(shape):
-    """Summing each neuron out (factor p + (1 - p) [row empty]) equals enumerating the neurons."""
-    prior = MarkovGridPrior(p01=0.2, p11=0.7, p_start=0.4, p_neuron=0.15)
+@pytest.mark.parametrize("cost", [0.0, 0.7])
+def test_exact_enumeration_with_neurons_matches_explicit_neuron_states(shape, cost):
+    """Summing each neuron out (factor p + (1 - p) [row empty]) equals enumerating the neurons, with and without
+    a per-weight neuron cost."""
+    prior = MarkovGridPrior(p01=0.2, p11=0.7, p_start=0.4, p_neuron=0.15, neuron_cost=cost)
     evidence = _evidence(shape, 3)
     nodes, neurons = _brute_force_with_neurons(evidence, prior)
     assert torch.allclose(exact_grid_marginals(evidence, prior), nodes, atol=1e-12, rtol=0)
@@ -304,11 +308,12 @@ def test_exact_enumeration_with_neurons_matches_explicit_neuron_states(shape):
 
 
 @pytest.mark.parametrize("shape", [(3, 5), (4, 4), (1, 9)])
-@pytest.mark.parametrize("p_neuron", [0.01, 0.3, 0.9])
-def test_neuron_bp_is_exact_when_the_rows_are_stars(shape, p_neuron):
+@pytest.mark.parametrize("p_neuron, cost", [(0.01, 0.0), (0.3, 0.0), (0.9, 0.0), (0.5, 0.4)])
+def test_neuron_bp_is_exact_when_the_rows_are_stars(shape, p_neuron, cost):
     """With p01 = p11 in both directions every chain factor is a unary one, so each row with its neuron is a
     star (a tree) and BP must equal exact enumeration, for the nodes and the neurons."""
-    prior = MarkovGridPrior(p01=0.3, p11=0.3, p_start=0.4, p01_vertical=0.6, p11_vertical=0.6, p_neuron=p_neuron)
+    prior = MarkovGridPrior(p01=0.3, p11=0.3, p_start=0.4, p01_vertical=0.6, p11_vertical=0.6, p_neuron=p_neuron,
+                            neuron_cost=cost)
     evidence = _evidence((5, *shape), 4)
     result = grid_bp(evidence, prior, iterations=50, tol=1e-12)
     assert result.messages.shape == (5, 5, *shape) and result.max_change < 1e-12
@@ -351,6 +356,31 @@ def test_a_row_with_weak_evidence_switches_off_as_a_whole():
     # a node's marginal can never exceed its neuron's (s = 1 needs t = 1), exactly
     exact_nodes, exact_neurons = exact_grid_marginals(evidence, neuron), exact_neuron_marginals(evidence, neuron)
     assert (exact_nodes <= exact_neurons[:, None] + 1e-12).all()
+
+
+def test_the_neuron_cost_switches_off_a_sparse_row_that_a_fixed_prior_keeps():
+    """Two rows of 12 weights: a dense row (all +5) and a sparse one (two strong weights, +6, the rest -4). With
+    p_neuron = 0.05 alone both neurons stay on (the two strong weights outweigh log 19); a cost of 1.5 nats per
+    weight (18 nats for each row) switches the sparse row off, strong weights included, and keeps the dense row, exactly
+    and in BP. The cost enters only through the row length: the same rows in a wider grid pay more."""
+    sparse = [6.0, 6.0] + [-4.0] * 10
+    evidence = torch.tensor([[5.0] * 12, sparse], dtype=torch.float64)
+    uncoupled = dict(p01=0.3, p11=0.3, p_start=0.3, p01_vertical=0.5, p11_vertical=0.5)  # rows are stars: BP exact
+    fixed = MarkovGridPrior(**uncoupled, p_neuron=0.05)
+    costly = MarkovGridPrior(**uncoupled, p_neuron=0.05, neuron_cost=1.5)
+    assert costly.neuron_log_odds(12) == pytest.approx(fixed.neuron_log_odds() - 18.0)
+    assert costly.neuron_log_odds(24) == pytest.approx(fixed.neuron_log_odds() - 36.0)
+    on_fixed = torch.sigmoid(grid_bp(evidence, fixed, 50, 0.0, 1e-12).neuron_log_odds)
+    assert (on_fixed > 0.9).all()
+    result = grid_bp(evidence, costly, 50, 0.0, 1e-12)
+    on_costly = torch.sigmoid(result.neuron_log_odds)
+    assert on_costly[0] > 0.99 and on_costly[1] < 0.01
+    assert (torch.sigmoid(result.marginal_log_odds)[1] < 0.01).all()
+    small = evidence[:, :4].contiguous()  # 2 x 4 grids are small enough to enumerate
+    assert torch.allclose(torch.sigmoid(grid_bp(small, costly, 50, 0.0, 1e-12).neuron_log_odds),
+                          exact_neuron_marginals(small, costly), atol=1e-9, rtol=0)
+    with pytest.raises(ValueError, match="neuron_cost"):
+        MarkovGridPrior(p_neuron=0.5, neuron_cost=-1.0)
 
 
 def test_a_neuron_that_is_almost_surely_on_changes_nothing():

@@ -18,6 +18,7 @@ from bayescomp.priors.turbo_updates import (
     mean_field_rho_step,
     structured_posteriors,
 )
+from bayescomp import bayesify
 from bayescomp.priors.turbo_vbi import Conv2dTurboVBI, LinearTurboVBI, TurboVBIConfig
 
 PAIR = GammaPair(a=1.3, b=0.7, a_bar=2.0, b_bar=0.004)
@@ -302,3 +303,30 @@ def test_state_dict_round_trip_with_neuron_support():
         assert torch.equal(getattr(copy, name), getattr(layer, name)), name
     with pytest.raises(ValueError, match="p_neuron"):
         TurboVBIConfig(neuron_support=True, p_neuron=0.0)
+
+
+def test_the_output_layer_gets_no_neuron_level_and_keeps_every_class(mnist_small):
+    """The rows of the last layer are the classes: :func:`disable_output_neuron_level` finds it by a forward pass
+    and runs plain module B there, so even a prohibitive neuron cost (50 nats per weight) cannot switch a class
+    off, while it switches off the hidden layers' neurons. The prior's ``prepare`` hook does the same."""
+    from bayescomp.methods import get_method
+    from bayescomp.methods.base import RunContext
+    from bayescomp.priors.turbo_vbi import disable_output_neuron_level
+
+    torch.manual_seed(0)
+    dense = nn.Sequential(nn.Conv2d(1, 4, 5), nn.ReLU(), nn.MaxPool2d(4), nn.Flatten(), nn.Linear(4 * 36, 16),
+                          nn.ReLU(), nn.Linear(16, 10))
+    config = TurboVBIConfig(neuron_support=True, p_neuron=0.5, neuron_cost=50.0)
+    model = bayesify(dense, "turbo", config)
+    assert disable_output_neuron_level(model, mnist_small.val.example()) == ["6"]
+    assert [bool(model[i].neuron_level) for i in (0, 4, 6)] == [True, True, False]
+    assert model[6].bp_messages.shape[0] == 4 and model[4].bp_messages.shape[0] == 5
+    for index in (0, 4, 6):
+        model[index].turbo_update()
+    assert model[6].weight_keep_mask().any(dim=1).all()  # every class keeps weights
+    for index in (0, 4):
+        assert (model[index].neuron_log_odds < 0).all() and not model[index].weight_keep_mask().any()
+    assert disable_output_neuron_level(model, mnist_small.val.example()) == []  # idempotent: nothing left to do
+    ctx = RunContext(config=None, data=mnist_small, dense=dense, run_dir=None, settings=config)
+    prepared = get_method("turbo").prepare(ctx)
+    assert [bool(prepared[i].neuron_level) for i in (0, 4, 6)] == [True, True, False]

@@ -18,6 +18,7 @@ from bayescomp.methods.base import Method, RunContext, register_method
 from bayescomp.methods.finetune import search_and_compress
 from bayescomp.priors import PRIORS
 from bayescomp.priors.base import bayesian_layers
+from bayescomp.priors.turbo_vbi import disable_output_neuron_level
 
 
 def _turbo_extras(model: nn.Module | None, ctx: RunContext) -> dict[str, Any]:
@@ -50,7 +51,10 @@ def _prior_method(name: str) -> Method:
     traits["lr_scales"] = MappingProxyType(dict(traits.get("lr_scales", {})))
 
     def prepare(ctx: RunContext) -> nn.Module:
-        return bayesify(ctx.dense, name, ctx.settings, filter_fn=ctx.filter_fn, skip=ctx.skip)
+        model = bayesify(ctx.dense, name, ctx.settings, filter_fn=ctx.filter_fn, skip=ctx.skip)
+        if getattr(ctx.settings, "neuron_support", False):  # Turbo-VBI: the classes have no neuron level
+            disable_output_neuron_level(model, ctx.data.val.example())
+        return model
 
     return Method(name=name, config_cls=spec.config_cls, description=spec.description, needs="prior",
                   prepare=prepare, compress=search_and_compress, distributed=True, **traits)

@@ -31,7 +31,7 @@ pruned is removed by the shared structured path (its group statistic is the smal
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
@@ -166,6 +166,9 @@ class _TurboMixin(PerWeightGaussian):
         self.register_buffer("bp_messages", torch.zeros(cfg.mrf().message_count, *grid.shape))
         if cfg.neuron_support:  # log-odds q(neuron on) per grid row, module B's neuron marginal
             self.register_buffer("neuron_log_odds", torch.zeros(grid.shape[0]))
+        # False on a layer whose rows are the network's outputs (the classes): no neuron level there; not saved:
+        # the method's prepare hook sets it again before a checkpoint is loaded
+        self.register_buffer("neuron_level", torch.tensor(cfg.neuron_support), persistent=False)
         self.register_buffer("weight_scale", torch.ones(()))
         self.register_buffer("steps", torch.zeros((), dtype=torch.long))
         self.module_b_seconds = 0.0  # wall time spent in module B (not saved)
@@ -195,12 +198,28 @@ class _TurboMixin(PerWeightGaussian):
         self.weight_scale.fill_(max(float(scale), _EPS))
         self._clip_sigma()
         self.bp_messages.zero_()
-        prior = grid_bp(torch.zeros_like(self.support_log_odds), self.config.mrf(), self.config.bp_iterations * 5,
+        prior = grid_bp(torch.zeros_like(self.support_log_odds), self.mrf(), self.config.bp_iterations * 5,
                         self.config.bp_damping, self.config.bp_tol)
         self.prior_log_odds.copy_(prior.extrinsic_log_odds)
         self.support_log_odds.copy_(prior.extrinsic_log_odds)
         self._store_neurons(prior)
         self.turbo_update()
+
+    def mrf(self) -> MarkovGridPrior:
+        """This layer's support prior: the config's, without the neuron level where it is switched off."""
+        prior = self.config.mrf()
+        return prior if bool(self.neuron_level) else replace(prior, p_neuron=None)
+
+    @torch.no_grad()
+    def disable_neuron_level(self) -> None:
+        """No neuron level on this layer (its rows are the network's outputs, which must all stay): module B
+        runs the plain grid, and the hyper-parameters restart from it."""
+        if not bool(self.neuron_level):
+            return
+        self.neuron_level.fill_(False)
+        self.bp_messages = self.bp_messages.new_zeros((self.mrf().message_count, *self.support_log_odds.shape))
+        self.neuron_log_odds.fill_(float("inf"))
+        self.reset_hyperparameters()
 
     def _store_neurons(self, result) -> None:
         if result.neuron_log_odds is not None:
@@ -219,7 +238,7 @@ class _TurboMixin(PerWeightGaussian):
                 shape, rate = mean_field_rho_step(x, torch.sigmoid(self.support_log_odds), pair, cfg.convention)
                 evidence = mean_field_evidence(shape, rate, pair)
             started = time.perf_counter()
-            result = grid_bp(evidence, cfg.mrf(), cfg.bp_iterations, cfg.bp_damping, cfg.bp_tol, self.bp_messages)
+            result = grid_bp(evidence, self.mrf(), cfg.bp_iterations, cfg.bp_damping, cfg.bp_tol, self.bp_messages)
             self.module_b_seconds += time.perf_counter() - started
             self.module_b_calls += 1
             self.bp_messages.copy_(result.messages)
@@ -247,7 +266,7 @@ class _TurboMixin(PerWeightGaussian):
         times = []
         for _ in range(repeats):
             started = time.perf_counter()
-            grid_bp(evidence, self.config.mrf(), 1, self.config.bp_damping, 0.0, self.bp_messages)
+            grid_bp(evidence, self.mrf(), 1, self.config.bp_damping, 0.0, self.bp_messages)
             times.append(time.perf_counter() - started)
         return sorted(times)[len(times) // 2]
 
@@ -290,6 +309,35 @@ class _TurboMixin(PerWeightGaussian):
         log_sigma2 = self.weight_log_sigma2
         second = self.weight_mu.square() + log_sigma2.exp()
         return 0.5 * (e_rho * second - e_log_rho - log_sigma2 - 1.0).sum()
+
+
+def disable_output_neuron_level(model: nn.Module, example: torch.Tensor) -> list[str]:
+    """Switch the neuron level off on the Turbo-VBI layers whose output is the network's output (their rows are
+    the classes, which the structured path never removes) and return their names. Found by one forward pass on
+    ``example`` (the layers whose output tensor is returned; else the last Turbo layer called); layers already
+    without a neuron level are left as they are and not named."""
+    layers = {m: n for n, m in model.named_modules() if isinstance(m, _TurboMixin)}
+    if not any(bool(m.neuron_level) for m in layers):
+        return []
+    seen: list[tuple[nn.Module, torch.Tensor]] = []
+    handles = [m.register_forward_hook(lambda m, a, out: seen.append((m, out))) for m in layers]
+    training = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            out = model(example)
+    finally:
+        model.train(training)
+        for handle in handles:
+            handle.remove()
+    outputs = list(out) if isinstance(out, (tuple, list)) else [out]
+    direct = [m for m, o in seen if any(o is x for x in outputs)]
+    if not direct and seen:
+        direct = [seen[-1][0]]
+    chosen = [m for m in direct if bool(m.neuron_level)]
+    for layer in chosen:
+        layer.disable_neuron_level()
+    return [layers[m] for m in chosen]
 
 
 class LinearTurboVBI(_TurboMixin, BayesianLinear):
