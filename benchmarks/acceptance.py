@@ -87,6 +87,8 @@ def _turbo_rows(by: dict, row) -> None:
                 f"{lat_t['compressed']['batch_256']:.2f} vs {lat_g['compressed']['batch_256']:.2f} ms",
                 lat_t["compressed"]["batch_1"] < lat_g["compressed"]["batch_1"]
                 and lat_t["compressed"]["batch_256"] < lat_g["compressed"]["batch_256"])
+    for path in sorted(RESULTS.glob("turbo_neuron_*_mnist*.json")):
+        _turbo_neuron_row(json.loads(path.read_text()), path.stem, row)
     cost = RESULTS / "turbo_module_b_lenet5_mnist.json"
     if cost.exists():
         c = json.loads(cost.read_text())
@@ -94,6 +96,26 @@ def _turbo_rows(by: dict, row) -> None:
             f"{1e3 * c['module_b_sweep_s']:.2f} ms vs {c['epoch_s']:.1f} s ({100 * c['sweep_fraction_of_epoch']:.3f} %); "
             f"all Turbo iterations of an epoch {100 * c['turbo_fraction_of_epoch']:.2f} %",
             c["sweep_fraction_of_epoch"] < 0.1)
+
+
+def _turbo_neuron_row(result: dict, stem: str, row) -> None:
+    """Issue 20, item 4: Turbo-VBI with the neuron level (chosen on validation) against the committed BC-GNJ model:
+    error within the target, at least BC-GNJ's compression, and faster at batch 1 and 256 (interleaved rounds)."""
+    rows, latency = result["rows"], result["latency"]
+    if "turbo_neuron" not in rows or "gnj" not in rows:
+        return
+    turbo, gnj = rows["turbo_neuron"], rows["gnj"]
+    gnj_compression = json.loads((RESULTS / f"{result['model']}_mnist_gnj.json").read_text())["compression_architecture"]
+    t1, g1 = (latency[m]["batch_1"]["median_ms"] for m in ("turbo_neuron", "gnj"))
+    t256, g256 = (latency[m]["batch_256"]["median_ms"] for m in ("turbo_neuron", "gnj"))
+    limit = result["target_error_pct"]
+    row(f"{result['model']} Turbo-VBI with the neuron level (`{stem}`, chosen on validation): error <= {limit} %, "
+        "non-zero compression >= BC-GNJ's and faster than BC-GNJ at batch 1 and 256 (interleaved rounds)",
+        f"{turbo['test_error_pct']:.2f} % at {turbo['compression_nonzero']:.1f}x non-zero, filters "
+        f"{turbo['filters_kept']} (BC-GNJ {gnj['test_error_pct']:.2f} % at {gnj_compression:.1f}x, filters "
+        f"{gnj['filters_kept']}); batch 1: {t1:.3f} vs {g1:.3f} ms; batch 256: {t256:.2f} vs {g256:.2f} ms",
+        turbo["test_error_pct"] <= limit and turbo["compression_nonzero"] >= gnj_compression and t1 < g1
+        and t256 < g256)
 
 
 def _canonical(record: dict) -> str:

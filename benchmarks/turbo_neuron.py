@@ -111,10 +111,16 @@ def conv_filters(architecture: str, model: str) -> list[int]:
     return [int(x) for x in architecture.split("-")[:2]] if model == "lenet5" else []
 
 
-def summarise(model: str, candidates: dict[Candidate, dict], reports: dict, rounds: int, run_root: Path) -> dict:
+def result_stem(model: str, tag: str = "") -> str:
+    """``turbo_neuron_<model>_mnist`` (+ ``_<tag>``): where a comparison's JSON, markdown and model go."""
+    return f"turbo_neuron_{model}_mnist" + (f"_{tag}" if tag else "")
+
+
+def summarise(model: str, candidates: dict[Candidate, dict], reports: dict, rounds: int, run_root: Path,
+              tag: str = "") -> dict:
     """Choose on validation, then test error, compression, filters and interleaved latency of every model."""
     chosen = choose(candidates, TARGET_PCT[model])
-    stem = f"turbo_neuron_{model}_mnist"
+    stem = result_stem(model, tag)
     shutil.copyfile(candidate_dir(run_root, model, chosen) / "compressed.bcz", RESULTS / f"{stem}.bcz")
     rows = {"turbo_neuron": {k: reports[chosen].get(k) for k in COLUMNS}}
     models = {"turbo_neuron": bayescomp.load(RESULTS / f"{stem}.bcz")}
@@ -193,6 +199,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=None, help="Bayesian epochs (default: the Table 1 recipe)")
     parser.add_argument("--finetune-epochs", type=int, default=None, help="default: the Table 1 recipe")
     parser.add_argument("--rounds", type=int, default=9)
+    parser.add_argument("--tag", default="", help="suffix of the result files (keeps an earlier comparison's)")
     parser.add_argument("--run-root", type=Path, default=Path("runs/turbo_neuron"))
     parser.add_argument("--train-only", action="store_true", help="train (or reuse) the candidates and stop")
     parser.add_argument("--restart", action="store_true")
@@ -216,8 +223,8 @@ def main() -> None:
                          "test_error_pct": reports[c]["test_error_pct"],
                          "kept_architecture": reports[c]["kept_architecture"],
                          "compression_nonzero": reports[c]["compression_nonzero"]}
-    result = summarise(args.model, candidates, reports, args.rounds, args.run_root)
-    stem = RESULTS / f"turbo_neuron_{args.model}_mnist"
+    result = summarise(args.model, candidates, reports, args.rounds, args.run_root, args.tag)
+    stem = RESULTS / result_stem(args.model, args.tag)
     stem.with_suffix(".json").write_text(json.dumps(result, indent=2))
     stem.with_suffix(".md").write_text(markdown(result))
     print(markdown(result))

@@ -250,3 +250,28 @@ def test_a_variants_fine_tuning_is_described_with_how_often_the_guard_undid_it()
     words = _finetune_words([kept, undone, undone])
     assert words == "10 fine-tuning epochs, undone by the validation guard in 2 of 3 seeds"
     assert _finetune_words([kept]).endswith("in 0 of 1 seeds")
+
+
+def test_turbo_neuron_row_needs_error_compression_and_both_latencies():
+    """The neuron-level Turbo row is met only when the error is within the target, the non-zero compression reaches
+    the committed BC-GNJ model's, and it is faster at batch 1 *and* 256."""
+    from benchmarks.acceptance import _turbo_neuron_row
+
+    def result(error: float, compression: float, t1: float, t256: float) -> dict:
+        lat = {"turbo_neuron": {"batch_1": {"median_ms": t1}, "batch_256": {"median_ms": t256}},
+               "gnj": {"batch_1": {"median_ms": 0.3}, "batch_256": {"median_ms": 60.0}}}
+        rows = {"turbo_neuron": {"test_error_pct": error, "compression_nonzero": compression, "filters_kept": [8, 10]},
+                "gnj": {"test_error_pct": 0.87, "filters_kept": [8, 12]}}
+        return {"model": "lenet5", "target_error_pct": 1.0, "rows": rows, "latency": lat}
+
+    def verdict(res: dict) -> bool:
+        seen = []
+        _turbo_neuron_row(res, "turbo_neuron_lenet5_mnist_x", lambda target, measured, met: seen.append(met))
+        assert len(seen) == 1
+        return seen[0]
+
+    assert verdict(result(0.9, 300.0, 0.2, 50.0))
+    assert not verdict(result(1.1, 300.0, 0.2, 50.0))  # error over the target
+    assert not verdict(result(0.9, 50.0, 0.2, 50.0))  # less compression than BC-GNJ's 105.8x
+    assert not verdict(result(0.9, 300.0, 0.2, 70.0))  # slower at batch 256
+    assert not verdict(result(0.9, 300.0, 0.4, 50.0))  # slower at batch 1
