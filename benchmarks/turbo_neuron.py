@@ -168,7 +168,8 @@ def markdown(result: dict) -> str:
              "| p_neuron | neuron cost (nats/weight) | val error | test error | kept architecture | non-zero compression |",
              "|---|---|---|---|---|---|"]
     for label, c in result["candidates"].items():
-        p, cost = c.get("p_neuron", float(label)), c.get("neuron_cost", 0.0)
+        p = c["p_neuron"] if "p_neuron" in c else float(label)
+        cost = c.get("neuron_cost", 0.0)
         lines.append(f"| {p:g} | {cost:g} | {c['val_error_pct']:.2f} % | {c['test_error_pct']:.2f} % | {c['kept_architecture']} | "
                      f"{c['compression_nonzero']:.1f}x |")
     lines += ["", f"Compressed models, CPU float32, latency ms, median over {result['rounds']} interleaved rounds "
@@ -183,8 +184,8 @@ def markdown(result: dict) -> str:
                      f"{row['kept_architecture']} | {row['filters_kept']} | {_cell(row['compression_nonzero'], '.1f')} | "
                      f"{_cell(row['compression_file'], '.1f')} | {_cell(row['dense_block_share'], '.3f')} | "
                      f"{_cell(row['mean_row_run'], '.2f')} | " + " | ".join(cells) + " |")
-    lines += ["", "Latency was measured on a 2-core machine shared with other jobs: absolute times are inflated and noisy; "
-              "only the interleaved comparison within this table is meaningful.", "",
+    lines += ["", "Latency was measured interleaved on a 2-core machine: absolute times depend on what else ran there; "
+              "only the comparison within this table is meaningful.", "",
               f"Command: `{result['command']}`", ""]
     return "\n".join(lines)
 

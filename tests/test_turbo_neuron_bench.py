@@ -1,0 +1,26 @@
+"""benchmarks/turbo_neuron.py: candidate labels, the validation rule and the markdown of old and new result files."""
+
+from __future__ import annotations
+
+import json
+
+from benchmarks._common import RESULTS
+from benchmarks.turbo_neuron import CONTROL, candidate_label, choose, markdown
+
+
+def test_candidate_labels_and_the_validation_rule():
+    assert candidate_label(CONTROL) == "plain"
+    assert candidate_label((0.5, 0.05)) == "p0.5_cost0.05" and candidate_label((1e-4, 0.0)) == "p0.0001"
+    candidates = {(0.5, 0.02): {"val_error_pct": 0.9, "compression_nonzero": 109.0},
+                  (0.5, 0.05): {"val_error_pct": 0.96, "compression_nonzero": 112.0},
+                  (0.5, 0.1): {"val_error_pct": 1.2, "compression_nonzero": 300.0}}
+    assert choose(candidates, 1.0) == (0.5, 0.05)  # most compression within the target; 0.1 misses it
+    assert choose({(0.5, 0.1): candidates[(0.5, 0.1)]}, 1.0) == (0.5, 0.1)  # none qualifies: lowest val error
+
+
+def test_markdown_reads_the_committed_result_files_of_both_formats():
+    """The p_neuron-only file (candidates keyed by p) and the neuron-cost file (keyed by label, with fields)."""
+    for stem, needle in (("turbo_neuron_lenet5_mnist", "| 0.0001 | 0 |"),
+                         ("turbo_neuron_lenet5_mnist_cost", "| 0.5 | 0.05 |")):
+        text = markdown(json.loads((RESULTS / f"{stem}.json").read_text()))
+        assert needle in text and "| gnj |" in text
