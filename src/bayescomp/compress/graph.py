@@ -116,11 +116,13 @@ def _check_kept_plain_called(model: nn.Module, example: torch.Tensor) -> None:
                 "a way the dependency trace cannot follow; call the module instead of reading its weights.")
 
 
-def _output_layers(model: nn.Module, example: torch.Tensor) -> list[nn.Module]:
-    """The prunable layers whose output is the network's output (their output units are the classes)."""
+def _output_layers(model: nn.Module, example: torch.Tensor,
+                   kinds: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv2d)) -> list[nn.Module]:
+    """The layers of type ``kinds`` whose output is the network's output (their output units are the classes);
+    else the last such layer called."""
     seen: list[tuple[nn.Module, torch.Tensor]] = []
     handles = [m.register_forward_hook(lambda m, a, out: seen.append((m, out)))
-               for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
+               for m in model.modules() if isinstance(m, kinds)]
     try:
         with torch.no_grad():
             out = model(example)
@@ -129,7 +131,7 @@ def _output_layers(model: nn.Module, example: torch.Tensor) -> list[nn.Module]:
             h.remove()
     outputs = list(out) if isinstance(out, (tuple, list)) else [out]
     direct = [m for m, o in seen if any(o is x for x in outputs)]
-    return direct or [seen[-1][0]]
+    return direct or [m for m, _ in seen[-1:]]
 
 
 class DependencyGraph:

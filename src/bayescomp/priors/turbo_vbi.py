@@ -319,21 +319,14 @@ def disable_output_neuron_level(model: nn.Module, example: torch.Tensor) -> list
     layers = {m: n for n, m in model.named_modules() if isinstance(m, _TurboMixin)}
     if not any(bool(m.neuron_level) for m in layers):
         return []
-    seen: list[tuple[nn.Module, torch.Tensor]] = []
-    handles = [m.register_forward_hook(lambda m, a, out: seen.append((m, out))) for m in layers]
+    from bayescomp.compress.graph import _output_layers  # the compression path's own output-layer finder
+
     training = model.training
     try:
         model.eval()
-        with torch.no_grad():
-            out = model(example)
+        direct = _output_layers(model, example, (_TurboMixin,))
     finally:
         model.train(training)
-        for handle in handles:
-            handle.remove()
-    outputs = list(out) if isinstance(out, (tuple, list)) else [out]
-    direct = [m for m, o in seen if any(o is x for x in outputs)]
-    if not direct and seen:
-        direct = [seen[-1][0]]
     chosen = [m for m in direct if bool(m.neuron_level)]
     for layer in chosen:
         layer.disable_neuron_level()
