@@ -39,6 +39,7 @@ from bayescomp.bayesify import KEPT_PLAIN
 from bayescomp.compress.chain import UnsupportedModelError
 from bayescomp.compress.masks import PruneError, PruningPlan
 from bayescomp.priors.base import BayesianLayer, bayesian_layers
+from bayescomp.tracing import output_layers
 
 REDUCTIONS = ("min", "mean")
 SUPPORTED_WEIGHTED = (nn.Linear, nn.Conv2d, nn.BatchNorm1d, nn.BatchNorm2d, BayesianLayer) + KEPT_PLAIN
@@ -116,24 +117,6 @@ def _check_kept_plain_called(model: nn.Module, example: torch.Tensor) -> None:
                 "a way the dependency trace cannot follow; call the module instead of reading its weights.")
 
 
-def _output_layers(model: nn.Module, example: torch.Tensor,
-                   kinds: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv2d)) -> list[nn.Module]:
-    """The layers of type ``kinds`` whose output is the network's output (their output units are the classes);
-    else the last such layer called."""
-    seen: list[tuple[nn.Module, torch.Tensor]] = []
-    handles = [m.register_forward_hook(lambda m, a, out: seen.append((m, out)))
-               for m in model.modules() if isinstance(m, kinds)]
-    try:
-        with torch.no_grad():
-            out = model(example)
-    finally:
-        for h in handles:
-            h.remove()
-    outputs = list(out) if isinstance(out, (tuple, list)) else [out]
-    direct = [m for m, o in seen if any(o is x for x in outputs)]
-    return direct or [m for m, _ in seen[-1:]]
-
-
 class DependencyGraph:
     """The coupled channel groups of a (Bayesian or plain) model, and the pruned plain models built from them."""
 
@@ -152,7 +135,7 @@ class DependencyGraph:
             _check_kept_plain_called(self.plain, self.example)
         try:
             graph = self._graph(self.plain)
-            self.outputs = [names[m] for m in _output_layers(self.plain, self.example)]
+            self.outputs = [names[m] for m in output_layers(self.plain, self.example)]
             raw = list(graph.get_all_groups(ignored_layers=[self.plain.get_submodule(n) for n in self.outputs],
                                             root_module_types=(nn.Conv2d, nn.Linear)))
         except Exception as error:  # noqa: BLE001 - tracing failures are reported with the cause

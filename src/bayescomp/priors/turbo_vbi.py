@@ -47,6 +47,7 @@ from bayescomp.priors.turbo_updates import (
     mean_field_rho_step,
     structured_posteriors,
 )
+from bayescomp.tracing import output_layers
 
 _EPS = 1e-8
 
@@ -319,12 +320,10 @@ def disable_output_neuron_level(model: nn.Module, example: torch.Tensor) -> list
     layers = {m: n for n, m in model.named_modules() if isinstance(m, _TurboMixin)}
     if not any(bool(m.neuron_level) for m in layers):
         return []
-    from bayescomp.compress.graph import _output_layers  # the compression path's own output-layer finder
-
     training = model.training
     try:
         model.eval()
-        direct = _output_layers(model, example, (_TurboMixin,))
+        direct = output_layers(model, example, (_TurboMixin,))
     finally:
         model.train(training)
     chosen = [m for m in direct if bool(m.neuron_level)]
