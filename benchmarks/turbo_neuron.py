@@ -50,33 +50,41 @@ Candidate = tuple[float | None, float]
 CONTROL: Candidate = (None, 0.0)
 
 
-def candidate_label(candidate: Candidate) -> str:
+#: the label prefix of a neuron cost, by what it is charged per (``TurboVBIConfig.neuron_cost_per``)
+COST_PREFIX = {"weight": "cost", "mac": "mac"}
+COST_UNIT_WORDS = {"weight": "nats per weight", "mac": "nats per MAC"}
+
+
+def candidate_label(candidate: Candidate, cost_per: str = "weight") -> str:
     p_neuron, cost = candidate
     if p_neuron is None:
         return "plain"
-    return f"p{p_neuron:g}" + (f"_cost{cost:g}" if cost else "")
+    return f"p{p_neuron:g}" + (f"_{COST_PREFIX[cost_per]}{cost:g}" if cost else "")
 
 
-def candidate_dir(run_root: Path, model: str, candidate: Candidate) -> Path:
-    label = candidate_label(candidate)
+def candidate_dir(run_root: Path, model: str, candidate: Candidate, cost_per: str = "weight") -> Path:
+    label = candidate_label(candidate, cost_per)
     return run_root / (f"{model}_mnist_turbo_{label}" if label == "plain" else f"{model}_mnist_turbo_neuron_{label}")
 
 
 def train_candidate(model: str, candidate: Candidate, run_root: Path, restart: bool, epochs: int | None = None,
-                    finetune_epochs: int | None = None) -> dict:
-    """The committed Turbo recipe plus the neuron level with prior ``p_neuron`` and ``neuron_cost`` (p_neuron None:
-    without it, the control), optionally with fewer Bayesian / fine-tuning epochs (run, or reuse if finished)."""
+                    finetune_epochs: int | None = None, cost_per: str = "weight") -> dict:
+    """The committed Turbo recipe plus the neuron level with prior ``p_neuron`` and ``neuron_cost`` charged per
+    ``cost_per`` (p_neuron None: without it, the control), optionally with fewer Bayesian / fine-tuning epochs
+    (run, or reuse if finished)."""
     p_neuron, cost = candidate
     config = build_config(model, "turbo")
     config.prior = {**config.prior, "neuron_support": p_neuron is not None, "p_neuron": p_neuron or 0.1}
     if cost:
         config.prior["neuron_cost"] = cost
+        if cost_per != "weight":
+            config.prior["neuron_cost_per"] = cost_per
     if epochs is not None:
         config.bayes = replace(config.bayes, epochs=epochs)
     if finetune_epochs is not None:
         config.finetune = replace(config.finetune, epochs=finetune_epochs)
     config.__post_init__()  # re-validate the prior dict into a full TurboVBIConfig
-    return run_or_reuse(config, candidate_dir(run_root, model, candidate), restart)
+    return run_or_reuse(config, candidate_dir(run_root, model, candidate, cost_per), restart)
 
 
 def validation_error(path: Path, model: str) -> float:
@@ -117,11 +125,11 @@ def result_stem(model: str, tag: str = "") -> str:
 
 
 def summarise(model: str, candidates: dict[Candidate, dict], reports: dict, rounds: int, run_root: Path,
-              tag: str = "") -> dict:
+              tag: str = "", cost_per: str = "weight") -> dict:
     """Choose on validation, then test error, compression, filters and interleaved latency of every model."""
     chosen = choose(candidates, TARGET_PCT[model])
     stem = result_stem(model, tag)
-    shutil.copyfile(candidate_dir(run_root, model, chosen) / "compressed.bcz", RESULTS / f"{stem}.bcz")
+    shutil.copyfile(candidate_dir(run_root, model, chosen, cost_per) / "compressed.bcz", RESULTS / f"{stem}.bcz")
     rows = {"turbo_neuron": {k: reports[chosen].get(k) for k in COLUMNS}}
     models = {"turbo_neuron": bayescomp.load(RESULTS / f"{stem}.bcz")}
     if CONTROL in reports:  # the control: the same schedule without the neuron level
@@ -138,9 +146,11 @@ def summarise(model: str, candidates: dict[Candidate, dict], reports: dict, roun
     latency = interleaved_latency(models, rounds)
     return {
         "model": model, "data": "mnist", "target_error_pct": TARGET_PCT[model], "chosen_p_neuron": chosen[0],
-        "chosen_neuron_cost": chosen[1], "chosen_label": candidate_label(chosen),
+        "chosen_neuron_cost": chosen[1], "neuron_cost_per": cost_per, "chosen_label": candidate_label(chosen, cost_per),
         "rule": "most non-zero compression with validation error <= target; else lowest validation error",
-        "candidates": {candidate_label(c): {"p_neuron": c[0], "neuron_cost": c[1], **v} for c, v in candidates.items()}, "rows": rows, "latency": latency,
+        "candidates": {candidate_label(c, cost_per): {"p_neuron": c[0], "neuron_cost": c[1], **v}
+                       for c, v in candidates.items()},
+        "rows": rows, "latency": latency,
         "rounds": rounds, "threads": torch.get_num_threads(), "device": "cpu", "dtype": "float32",
         "compressed_file": f"{stem}.bcz", "chosen_config": reports[chosen]["config"],
         "bayes_epochs": reports[chosen]["config"]["bayes"]["epochs"],
@@ -155,8 +165,8 @@ def _cell(value, fmt: str) -> str:
 
 
 def _chosen_words(result: dict) -> str:
-    cost = result.get("chosen_neuron_cost", 0.0)
-    return f"p_neuron = {result['chosen_p_neuron']:g}" + (f", neuron cost {cost:g} nats per weight" if cost else "")
+    cost, words = result.get("chosen_neuron_cost", 0.0), COST_UNIT_WORDS[result.get("neuron_cost_per", "weight")]
+    return f"p_neuron = {result['chosen_p_neuron']:g}" + (f", neuron cost {cost:g} {words}" if cost else "")
 
 
 def markdown(result: dict) -> str:
@@ -165,7 +175,8 @@ def markdown(result: dict) -> str:
              f"{result['target_error_pct']} %). Schedule: {result['bayes_epochs']} Bayesian + "
              f"{result['finetune_epochs']} fine-tuning epochs. Neuron level: our reconstruction (paper text not "
              "read, UNVERIFIED). gnj, turbo, svd: the committed Table 1 models (their own schedules).", "",
-             "| p_neuron | neuron cost (nats/weight) | val error | test error | kept architecture | non-zero compression |",
+             f"| p_neuron | neuron cost ({COST_UNIT_WORDS[result.get('neuron_cost_per', 'weight')]}) | val error | "
+             "test error | kept architecture | non-zero compression |",
              "|---|---|---|---|---|---|"]
     for label, c in result["candidates"].items():
         p = c["p_neuron"] if "p_neuron" in c else float(label)
@@ -195,7 +206,9 @@ def main() -> None:
     parser.add_argument("--model", default="lenet5", choices=sorted(TARGET_PCT))
     parser.add_argument("--p-neuron", type=float, nargs="*", default=[0.01])
     parser.add_argument("--neuron-cost", type=float, nargs="*", default=[0.0],
-                        help="neuron costs (nats per weight of the row); every p_neuron is tried with every cost")
+                        help="neuron costs (nats per --neuron-cost-per unit); every p_neuron is tried with every cost")
+    parser.add_argument("--neuron-cost-per", choices=sorted(COST_PREFIX), default="weight",
+                        help="charge the neuron cost per weight of the row or per MAC it spends on one example")
     parser.add_argument("--control", action="store_true", help="also train Turbo without the neuron level")
     parser.add_argument("--epochs", type=int, default=None, help="Bayesian epochs (default: the Table 1 recipe)")
     parser.add_argument("--finetune-epochs", type=int, default=None, help="default: the Table 1 recipe")
@@ -213,18 +226,18 @@ def main() -> None:
         parser.error("--epochs and --finetune-epochs must be >= 0")
     tried = [(p, cost) for p in args.p_neuron for cost in args.neuron_cost]
     wanted = tried + ([CONTROL] if args.control else [])
-    reports = {c: train_candidate(args.model, c, args.run_root, args.restart, args.epochs, args.finetune_epochs)
-               for c in wanted}
+    reports = {c: train_candidate(args.model, c, args.run_root, args.restart, args.epochs, args.finetune_epochs,
+                                  args.neuron_cost_per) for c in wanted}
     if args.train_only or not tried:
         return
     candidates = {}
     for c in tried:
-        path = candidate_dir(args.run_root, args.model, c) / "compressed.bcz"
+        path = candidate_dir(args.run_root, args.model, c, args.neuron_cost_per) / "compressed.bcz"
         candidates[c] = {"val_error_pct": validation_error(path, args.model),
                          "test_error_pct": reports[c]["test_error_pct"],
                          "kept_architecture": reports[c]["kept_architecture"],
                          "compression_nonzero": reports[c]["compression_nonzero"]}
-    result = summarise(args.model, candidates, reports, args.rounds, args.run_root, args.tag)
+    result = summarise(args.model, candidates, reports, args.rounds, args.run_root, args.tag, args.neuron_cost_per)
     stem = RESULTS / result_stem(args.model, args.tag)
     stem.with_suffix(".json").write_text(json.dumps(result, indent=2))
     stem.with_suffix(".md").write_text(markdown(result))

@@ -11,6 +11,7 @@ from benchmarks.turbo_neuron import CONTROL, candidate_label, choose, markdown
 def test_candidate_labels_and_the_validation_rule():
     assert candidate_label(CONTROL) == "plain"
     assert candidate_label((0.5, 0.05)) == "p0.5_cost0.05" and candidate_label((1e-4, 0.0)) == "p0.0001"
+    assert candidate_label((0.5, 0.01), "mac") == "p0.5_mac0.01" and candidate_label(CONTROL, "mac") == "plain"
     candidates = {(0.5, 0.02): {"val_error_pct": 0.9, "compression_nonzero": 109.0},
                   (0.5, 0.05): {"val_error_pct": 0.96, "compression_nonzero": 112.0},
                   (0.5, 0.1): {"val_error_pct": 1.2, "compression_nonzero": 300.0}}
@@ -24,3 +25,10 @@ def test_markdown_reads_the_committed_result_files_of_both_formats():
                          ("turbo_neuron_lenet5_mnist_cost", "| 0.5 | 0.05 |")):
         text = markdown(json.loads((RESULTS / f"{stem}.json").read_text()))
         assert needle in text and "| gnj |" in text
+
+
+def test_markdown_names_the_unit_of_a_cost_per_mac():
+    result = json.loads((RESULTS / "turbo_neuron_lenet5_mnist_cost.json").read_text())
+    result["neuron_cost_per"] = "mac"
+    text = markdown(result)
+    assert "nats per MAC" in text and "nats per weight" not in text

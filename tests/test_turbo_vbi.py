@@ -330,3 +330,40 @@ def test_the_output_layer_gets_no_neuron_level_and_keeps_every_class(mnist_small
     ctx = RunContext(config=None, data=mnist_small, dense=dense, run_dir=None, settings=config)
     prepared = get_method("turbo").prepare(ctx)
     assert [bool(prepared[i].neuron_level) for i in (0, 4, 6)] == [True, True, False]
+
+
+def test_a_neuron_cost_per_mac_charges_a_filter_for_its_output_positions(mnist_small):
+    """``neuron_cost_per="mac"``: a row's price is cost x fan-in x output positions, the positions measured by a
+    forward pass (24 x 24 for a 5x5 conv on MNIST, 1 for a Linear). The same cost that leaves the conv filters on
+    when charged per weight (25 weights: 0.5 nats) switches every filter off when charged per MAC (288 nats),
+    while the Linear layer's neurons are priced identically under both units. The prepare hook records them."""
+    from bayescomp.methods import get_method
+    from bayescomp.methods.base import RunContext
+    from bayescomp.priors.turbo_vbi import disable_output_neuron_level, record_output_positions
+
+    dense = nn.Sequential(nn.Conv2d(1, 4, 5), nn.ReLU(), nn.MaxPool2d(4), nn.Flatten(), nn.Linear(4 * 36, 16),
+                          nn.ReLU(), nn.Linear(16, 10))
+    example = mnist_small.val.example()
+    models = {}
+    for unit in ("weight", "mac"):
+        torch.manual_seed(0)
+        config = TurboVBIConfig(neuron_support=True, p_neuron=0.5, neuron_cost=0.02, neuron_cost_per=unit)
+        model = bayesify(dense, "turbo", config)
+        assert record_output_positions(model, example) == {"0": 24 * 24, "4": 1, "6": 1}
+        disable_output_neuron_level(model, example)
+        for index in (0, 4):
+            model[index].turbo_update()
+        models[unit] = model
+    by_weight, by_mac = models["weight"], models["mac"]
+    assert by_mac[0].mrf().neuron_cost == pytest.approx(0.02 * 576)
+    assert by_mac[0].mrf().neuron_log_odds(25) == pytest.approx(-0.02 * 25 * 576)  # logit 0.5 = 0
+    assert by_weight[0].mrf().neuron_log_odds(25) == pytest.approx(-0.02 * 25)
+    assert by_mac[4].mrf() == by_weight[4].mrf()
+    assert torch.allclose(by_mac[4].neuron_log_odds, by_weight[4].neuron_log_odds)
+    assert (by_weight[0].neuron_log_odds > 0).all() and by_weight[0].weight_keep_mask().flatten(1).any(1).all()
+    assert (by_mac[0].neuron_log_odds < 0).all() and not by_mac[0].weight_keep_mask().any()
+    ctx = RunContext(config=None, data=mnist_small, dense=dense, run_dir=None, settings=by_mac[0].config)
+    prepared = get_method("turbo").prepare(ctx)
+    assert [prepared[i].output_positions for i in (0, 4, 6)] == [576, 1, 1]
+    with pytest.raises(ValueError, match="neuron_cost_per"):
+        TurboVBIConfig(neuron_cost_per="flop")

@@ -18,7 +18,7 @@ from bayescomp.methods.base import Method, RunContext, register_method
 from bayescomp.methods.finetune import search_and_compress
 from bayescomp.priors import PRIORS
 from bayescomp.priors.base import bayesian_layers
-from bayescomp.priors.turbo_vbi import disable_output_neuron_level
+from bayescomp.priors.turbo_vbi import disable_output_neuron_level, record_output_positions
 
 
 def _turbo_extras(model: nn.Module | None, ctx: RunContext) -> dict[str, Any]:
@@ -53,6 +53,7 @@ def _prior_method(name: str) -> Method:
     def prepare(ctx: RunContext) -> nn.Module:
         model = bayesify(ctx.dense, name, ctx.settings, filter_fn=ctx.filter_fn, skip=ctx.skip)
         if getattr(ctx.settings, "neuron_support", False):  # Turbo-VBI: the classes have no neuron level
+            record_output_positions(model, ctx.data.val.example())  # a neuron cost per MAC needs them
             disable_output_neuron_level(model, ctx.data.val.example())
         return model
 

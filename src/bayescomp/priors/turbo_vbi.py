@@ -50,6 +50,7 @@ from bayescomp.priors.turbo_updates import (
 from bayescomp.tracing import output_layers
 
 _EPS = 1e-8
+NEURON_COST_UNITS = ("weight", "mac")  # what TurboVBIConfig.neuron_cost is charged per
 
 
 @dataclass
@@ -95,6 +96,13 @@ class TurboVBIConfig:
             weights' combined evidence for being active exceeds neuron_cost per weight it could keep. A plain
             p_neuron is negligible against the evidence of hundreds of weights; the cost scales with the row.
             Our reconstruction (UNVERIFIED); 0 (off) by default.
+        neuron_cost_per: what ``neuron_cost`` is charged for. ``"weight"`` (default): per weight of the row (its
+            fan-in), a description-length price. ``"mac"``: per multiply-accumulate the neuron spends on one
+            example, fan-in x output positions (1 for a Linear layer, H_out x W_out for a Conv2d), so a filter
+            pays for its compute; CPU latency follows the filters a model keeps (docs/limits.md), and a conv1 row
+            of 25 weights that runs at 576 positions costs like a 14,400-weight row. The positions are measured
+            by one forward pass (:func:`record_output_positions`, run by the method's prepare hook). Our choice
+            (UNVERIFIED).
     """
 
     slab_std: float = 3.0
@@ -121,6 +129,7 @@ class TurboVBIConfig:
     neuron_support: bool = False
     p_neuron: float = 0.1
     neuron_cost: float = 0.0
+    neuron_cost_per: str = "weight"
     name: str = "turbo"
 
     def __post_init__(self) -> None:
@@ -138,6 +147,9 @@ class TurboVBIConfig:
             raise ValueError(f"sigma_clip must be positive or None, got {self.sigma_clip}")
         if self.update_every < 0 or self.exchanges < 1 or self.bp_iterations < 1:
             raise ValueError("update_every must be >= 0, exchanges and bp_iterations >= 1")
+        if self.neuron_cost_per not in NEURON_COST_UNITS:
+            raise ValueError(f"neuron_cost_per must be one of {', '.join(map(repr, NEURON_COST_UNITS))},"
+                             f" got {self.neuron_cost_per!r}")
         if not 0.0 < self.p_neuron < 1.0:
             raise ValueError(f"p_neuron must be a probability in the open interval (0, 1), got {self.p_neuron}")
         self.mrf()  # validates the probabilities
@@ -170,6 +182,7 @@ class _TurboMixin(PerWeightGaussian):
         # False on a layer whose rows are the network's outputs (the classes): no neuron level there; not saved:
         # the method's prepare hook sets it again before a checkpoint is loaded
         self.register_buffer("neuron_level", torch.tensor(cfg.neuron_support), persistent=False)
+        self.output_positions = 1  # outputs per example and row (H_out x W_out for a conv); record_output_positions
         self.register_buffer("weight_scale", torch.ones(()))
         self.register_buffer("steps", torch.zeros((), dtype=torch.long))
         self.module_b_seconds = 0.0  # wall time spent in module B (not saved)
@@ -209,7 +222,11 @@ class _TurboMixin(PerWeightGaussian):
     def mrf(self) -> MarkovGridPrior:
         """This layer's support prior: the config's, without the neuron level where it is switched off."""
         prior = self.config.mrf()
-        return prior if bool(self.neuron_level) else replace(prior, p_neuron=None)
+        if not bool(self.neuron_level):
+            return replace(prior, p_neuron=None)
+        if self.config.neuron_cost_per == "mac":  # fan-in x positions = MACs per example of one row
+            return replace(prior, neuron_cost=prior.neuron_cost * self.output_positions)
+        return prior
 
     @torch.no_grad()
     def disable_neuron_level(self) -> None:
@@ -310,6 +327,34 @@ class _TurboMixin(PerWeightGaussian):
         log_sigma2 = self.weight_log_sigma2
         second = self.weight_mu.square() + log_sigma2.exp()
         return 0.5 * (e_rho * second - e_log_rho - log_sigma2 - 1.0).sum()
+
+
+@torch.no_grad()
+def record_output_positions(model: nn.Module, example: torch.Tensor) -> dict[str, int]:
+    """Set every Turbo-VBI layer's ``output_positions`` (outputs per example and row: H_out x W_out for a Conv2d,
+    1 for a Linear on flat inputs) from one forward pass on ``example``, restart module B on the layers whose
+    neuron prior depends on it (``neuron_cost_per="mac"``), and return the positions by layer name."""
+    layers = {m: n for n, m in model.named_modules() if isinstance(m, _TurboMixin)}
+    seen: dict[nn.Module, int] = {}
+
+    def hook(module: nn.Module, args, out: torch.Tensor) -> None:
+        seen[module] = out.numel() // (out.shape[0] * module.support_log_odds.shape[0])
+
+    handles = [m.register_forward_hook(hook) for m in layers]
+    training = model.training
+    try:
+        model.eval()
+        model(example)
+    finally:
+        model.train(training)
+        for handle in handles:
+            handle.remove()
+    for layer, positions in seen.items():
+        changed = layer.output_positions != positions
+        layer.output_positions = positions
+        if changed and bool(layer.neuron_level) and layer.config.neuron_cost_per == "mac":
+            layer.reset_hyperparameters()
+    return {layers[m]: p for m, p in seen.items()}
 
 
 def disable_output_neuron_level(model: nn.Module, example: torch.Tensor) -> list[str]:
