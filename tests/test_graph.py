@@ -4,6 +4,8 @@ are read (an independent computation of what removal must give)."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -264,3 +266,41 @@ def test_mac_budget_rejects_bad_settings_and_unreachable_budgets(mnist_small):
     with pytest.raises(PruneError, match="no shared threshold reaches the budget"):
         compress(bayes, mnist_small.val, CompressConfig(target_macs=1e6))
     assert all(torch.equal(before[k], v) for k, v in bayes.state_dict().items())
+
+
+def test_cut_weights_dense_takes_the_dense_network_at_the_posteriors_channels(mnist_small):
+    """``CompressConfig(cut_weights="dense")``: the posterior chooses the same channels, but every kept weight and
+    batch-norm statistic is the dense network's (indexed by the plan's channel masks), not the posterior mean's.
+    A chain, a missing dense model and a per-weight prior are refused with the reason."""
+    dense = Branchy()
+    bayes = _noisy(dense, seed=2)
+    with torch.no_grad():
+        for _, layer in bayesian_layers(bayes):
+            layer.weight_mu.add_(0.1)  # posterior means away from the dense weights
+        bayes.stem_bn.running_mean.add_(1.0)  # and batch-norm statistics that moved in training
+    config = CompressConfig(target_macs=1.5, fold_empty_units=False)
+    posterior_cut = compress(bayes, mnist_small.val, config)
+    dense_cut = compress(bayes, mnist_small.val, replace(config, cut_weights="dense"), dense=dense)
+    assert dense_cut.architecture_kept == posterior_cut.architecture_kept
+    checked = 0
+    for name, keep_in, keep_out in zip(dense_cut.layer_names, dense_cut.plan.in_keep, dense_cut.plan.out_keep):
+        source, small = dense.get_submodule(name), dense_cut.model.get_submodule(name)
+        if getattr(source, "groups", 1) != 1:
+            continue
+        expected = source.weight.detach()[keep_out][:, keep_in]
+        assert torch.equal(small.weight.detach(), expected), name
+        assert not torch.equal(posterior_cut.model.get_submodule(name).weight.detach(), expected), name
+        checked += 1
+    assert checked >= 4
+    stem_keep = dense_cut.plan.out_keep[dense_cut.layer_names.index("stem")]
+    assert torch.equal(dense_cut.model.stem_bn.running_mean, dense.stem_bn.running_mean[stem_keep])
+    assert not torch.equal(posterior_cut.model.stem_bn.running_mean, dense.stem_bn.running_mean[stem_keep])
+    with pytest.raises(ValueError, match="needs the dense model"):
+        compress(bayes, mnist_small.val, replace(config, cut_weights="dense"))
+    lenet = create_model("lenet300", 10, (1, 28, 28), [0.13], [0.31])
+    with pytest.raises(ValueError, match="chain"):
+        compress(_noisy(lenet), mnist_small.val, replace(config, cut_weights="dense"), dense=lenet)
+    with pytest.raises(ValueError, match="per-weight zeros"):
+        compress(_noisy(dense, "svd"), mnist_small.val, replace(config, cut_weights="dense"), dense=dense)
+    with pytest.raises(ValueError, match="cut_weights"):
+        CompressConfig(cut_weights="teacher")

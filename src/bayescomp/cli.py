@@ -21,7 +21,7 @@ from bayescomp.cli_help import (
 from bayescomp.cli_hyper import add_hyper_parser, cmd_hyper
 from bayescomp.cli_hyper import parse_options as _options  # benchmarks import it under this name
 from bayescomp.cli_tools import add_data_bench_parsers, cmd_bench, cmd_data
-from bayescomp.compress import BUDGET_ORDERS, CompressConfig, PruneError, UnsupportedModelError
+from bayescomp.compress import BUDGET_ORDERS, CUT_WEIGHTS, CompressConfig, PruneError, UnsupportedModelError
 from bayescomp.compress.packed import PackedFormatError
 from bayescomp.data import DataError
 from bayescomp.data_sources import data_slug
@@ -139,6 +139,10 @@ def _add_run_parser(sub) -> None:
     run.add_argument("--budget-order", choices=BUDGET_ORDERS, default="joint",
                      help="with both budgets and --search greedy: count a step's MAC and weight savings together "
                           "(joint), or serve the weights first, then the MACs (stops nearer the MAC budget on a CNN)")
+    run.add_argument("--cut-weights", choices=CUT_WEIGHTS, default="posterior",
+                     help="the pruned model takes the posterior means (default) or the dense network's weights, the "
+                          "posterior still choosing the channels (group priors on non-chain models; "
+                          "CompressConfig.cut_weights)")
     run.add_argument("--search", choices=("auto", "greedy", "global"), default="auto",
                      help="threshold search: greedy per-layer steps, one global threshold by bisection, or auto "
                           "(greedy for chains, global for graphs with many coupled groups); with --target-macs, "
@@ -277,7 +281,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                                                search_bn_images=args.search_bn_images,
                                                target_macs=args.target_macs,
                                                target_weights=args.target_weights,
-                                               budget_order=args.budget_order))
+                                               budget_order=args.budget_order, cut_weights=args.cut_weights))
     config.dense = _train_config(config.dense, args, bayes=False)
     config.bayes = _train_config(config.bayes, args, bayes=True)
     if args.finetune_epochs is not None:  # 0 turns off a method's default fine-tuning (magnitude's)

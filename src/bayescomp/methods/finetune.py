@@ -53,7 +53,7 @@ def finetune_aware_compress(model: nn.Module, data: DataBundle, config: Any, log
 
     def finetuned_val_error(k: int) -> float:
         thresholds = thresholds_for_counts(wide.log_alpha, path[k]["pruned"])
-        candidate = compress(model, data.val, replace(config.compress, thresholds=thresholds))
+        candidate = compress(model, data.val, replace(config.compress, thresholds=thresholds), dense=dense)
         finetune_keeping_zeros(candidate.model, data, config.finetune, None, False, lambda *_: None, device, dense)
         probes[k] = evaluate(candidate.model, data.val)["error_pct"]
         log(f"  candidate {k}/{len(path) - 1}: arch {candidate.architecture_kept}, "
@@ -70,7 +70,7 @@ def finetune_aware_compress(model: nn.Module, data: DataBundle, config: Any, log
         else:
             hi = mid
     chosen = thresholds_for_counts(wide.log_alpha, path[lo]["pruned"])
-    result = compress(model, data.val, replace(config.compress, thresholds=chosen))
+    result = compress(model, data.val, replace(config.compress, thresholds=chosen), dense=dense)
     result.search_path = [dict(p, finetuned_val_error_pct=probes.get(i)) for i, p in enumerate(path)]
     result.base_val_error_pct = wide.base_val_error_pct
     return result
@@ -83,4 +83,5 @@ def search_and_compress(model: nn.Module, ctx: Any) -> CompressionResult:
     config = ctx.config
     if config.compress.finetune_search and config.finetune.epochs > 0 and not config.compress.budgeted:
         return finetune_aware_compress(model, ctx.data, config, ctx.log, ctx.device, ctx.dense)
-    return compress(model, ctx.data.val, config.compress, log=ctx.log if ctx.progress else None, device=ctx.device)
+    return compress(model, ctx.data.val, config.compress, log=ctx.log if ctx.progress else None, device=ctx.device,
+                    dense=ctx.dense)
