@@ -365,5 +365,9 @@ def test_a_neuron_cost_per_mac_charges_a_filter_for_its_output_positions(mnist_s
     ctx = RunContext(config=None, data=mnist_small, dense=dense, run_dir=None, settings=by_mac[0].config)
     prepared = get_method("turbo").prepare(ctx)
     assert [prepared[i].output_positions for i in (0, 4, 6)] == [576, 1, 1]
+    own_loop = bayesify(dense, "turbo", by_mac[0].config)  # no prepare hook: the layers note it on each forward
+    assert own_loop[0].output_positions == 1
+    own_loop(example)
+    assert own_loop[0].output_positions == 576 and own_loop[0].mrf() == by_mac[0].mrf()
     with pytest.raises(ValueError, match="neuron_cost_per"):
         TurboVBIConfig(neuron_cost_per="flop")

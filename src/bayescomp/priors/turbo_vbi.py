@@ -183,6 +183,8 @@ class _TurboMixin(PerWeightGaussian):
         # the method's prepare hook sets it again before a checkpoint is loaded
         self.register_buffer("neuron_level", torch.tensor(cfg.neuron_support), persistent=False)
         self.output_positions = 1  # outputs per example and row (H_out x W_out for a conv); record_output_positions
+        if cfg.neuron_support and cfg.neuron_cost_per == "mac":  # kept current by every forward (own loops too)
+            self.register_forward_hook(_note_output_positions)
         self.register_buffer("weight_scale", torch.ones(()))
         self.register_buffer("steps", torch.zeros((), dtype=torch.long))
         self.module_b_seconds = 0.0  # wall time spent in module B (not saved)
@@ -329,6 +331,10 @@ class _TurboMixin(PerWeightGaussian):
         return 0.5 * (e_rho * second - e_log_rho - log_sigma2 - 1.0).sum()
 
 
+def _note_output_positions(layer: "_TurboMixin", args, out: torch.Tensor) -> None:
+    layer.output_positions = out.numel() // (out.shape[0] * layer.support_log_odds.shape[0])
+
+
 @torch.no_grad()
 def record_output_positions(model: nn.Module, example: torch.Tensor) -> dict[str, int]:
     """Set every Turbo-VBI layer's ``output_positions`` (outputs per example and row: H_out x W_out for a Conv2d,
@@ -340,6 +346,7 @@ def record_output_positions(model: nn.Module, example: torch.Tensor) -> dict[str
     def hook(module: nn.Module, args, out: torch.Tensor) -> None:
         seen[module] = out.numel() // (out.shape[0] * module.support_log_odds.shape[0])
 
+    before = {layer: layer.output_positions for layer in layers}  # a layer's own hook may update it in the pass
     handles = [m.register_forward_hook(hook) for m in layers]
     training = model.training
     try:
@@ -350,7 +357,7 @@ def record_output_positions(model: nn.Module, example: torch.Tensor) -> dict[str
         for handle in handles:
             handle.remove()
     for layer, positions in seen.items():
-        changed = layer.output_positions != positions
+        changed = before[layer] != positions
         layer.output_positions = positions
         if changed and bool(layer.neuron_level) and layer.config.neuron_cost_per == "mac":
             layer.reset_hyperparameters()
