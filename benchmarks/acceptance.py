@@ -109,11 +109,14 @@ def _turbo_neuron_row(result: dict, stem: str, row) -> None:
     t1, g1 = (latency[m]["batch_1"]["median_ms"] for m in ("turbo_neuron", "gnj"))
     t256, g256 = (latency[m]["batch_256"]["median_ms"] for m in ("turbo_neuron", "gnj"))
     limit = result["target_error_pct"]
+    def kept(r: dict) -> str:  # conv nets: the filters; MLPs: the kept architecture
+        return f"filters {r['filters_kept']}" if r.get("filters_kept") else f"kept {r['kept_architecture']}"
+
     row(f"{result['model']} Turbo-VBI with the neuron level (`{stem}`, chosen on validation): error <= {limit} %, "
         "non-zero compression >= BC-GNJ's and faster than BC-GNJ at batch 1 and 256 (interleaved rounds)",
-        f"{turbo['test_error_pct']:.2f} % at {turbo['compression_nonzero']:.1f}x non-zero, filters "
-        f"{turbo['filters_kept']} (BC-GNJ {gnj['test_error_pct']:.2f} % at {gnj_compression:.1f}x, filters "
-        f"{gnj['filters_kept']}); batch 1: {t1:.3f} vs {g1:.3f} ms; batch 256: {t256:.2f} vs {g256:.2f} ms",
+        f"{turbo['test_error_pct']:.2f} % at {turbo['compression_nonzero']:.1f}x non-zero, {kept(turbo)} "
+        f"(BC-GNJ {gnj['test_error_pct']:.2f} % at {gnj_compression:.1f}x, {kept(gnj)}); "
+        f"batch 1: {t1:.3f} vs {g1:.3f} ms; batch 256: {t256:.2f} vs {g256:.2f} ms",
         turbo["test_error_pct"] <= limit and turbo["compression_nonzero"] >= gnj_compression and t1 < g1
         and t256 < g256)
 

@@ -275,3 +275,17 @@ def test_turbo_neuron_row_needs_error_compression_and_both_latencies():
     assert not verdict(result(0.9, 50.0, 0.2, 50.0))  # less compression than BC-GNJ's 105.8x
     assert not verdict(result(0.9, 300.0, 0.2, 70.0))  # slower at batch 256
     assert not verdict(result(0.9, 300.0, 0.4, 50.0))  # slower at batch 1
+
+
+def test_turbo_neuron_row_names_the_kept_architecture_of_an_mlp():
+    """LeNet-300-100 has no filters: the row shows the kept architecture instead of an empty filter list."""
+    from benchmarks.acceptance import _turbo_neuron_row
+
+    lat = {m: {"batch_1": {"median_ms": 0.03}, "batch_256": {"median_ms": 0.2}} for m in ("turbo_neuron", "gnj")}
+    rows = {"turbo_neuron": {"test_error_pct": 1.7, "compression_nonzero": 40.0, "filters_kept": [],
+                             "kept_architecture": "300-60-30"},
+            "gnj": {"test_error_pct": 1.71, "filters_kept": [], "kept_architecture": "329-72-34"}}
+    seen = []
+    _turbo_neuron_row({"model": "lenet300", "target_error_pct": 1.8, "rows": rows, "latency": lat}, "x",
+                      lambda target, measured, met: seen.append(measured))
+    assert "kept 300-60-30" in seen[0] and "kept 329-72-34" in seen[0] and "filters" not in seen[0]
