@@ -372,7 +372,7 @@ def _stored_precisions(small: nn.Module, variances: list, per_weight: list[bool]
 
 
 __all__ = [
-    "BUDGET_ORDERS", "CUT_WEIGHTS", "CompressConfig", "CompressionResult", "PruneError", "PruningPlan", "UnsupportedModelError",
-    "build_chain", "compress", "compress_graph", "masked", "plan_from_thresholds", "propagate", "quantize_model",
-    "shrink",
+    "BUDGET_ORDERS", "CUT_WEIGHTS", "CompressConfig", "CompressionResult", "PruneError", "PruningPlan",
+    "UnsupportedModelError", "build_chain", "compress", "compress_graph", "masked", "plan_from_thresholds", "propagate",
+    "quantize_model", "shrink",
 ]

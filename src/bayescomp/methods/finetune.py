@@ -46,7 +46,7 @@ def finetune_aware_compress(model: nn.Module, data: DataBundle, config: Any, log
     searches evaluate and the probes are fine-tuned; ``dense``: the teacher when ``config.finetune.distill > 0``.
     """
     wide = compress(model, data.val, replace(config.compress, tolerance_pct=config.compress.search_range_pct),
-                    device=device)
+                    device=device, dense=dense)
     path = wide.search_path
     budget = wide.base_val_error_pct + config.compress.tolerance_pct
     probes: dict[int, float] = {}
