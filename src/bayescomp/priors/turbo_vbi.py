@@ -331,8 +331,13 @@ class _TurboMixin(PerWeightGaussian):
         return 0.5 * (e_rho * second - e_log_rho - log_sigma2 - 1.0).sum()
 
 
+def _output_positions(layer: "_TurboMixin", out: torch.Tensor) -> int:
+    """Outputs per example and grid row of ``layer``'s output ``out`` (H_out x W_out for a Conv2d)."""
+    return out.numel() // (out.shape[0] * layer.support_log_odds.shape[0])
+
+
 def _note_output_positions(layer: "_TurboMixin", args, out: torch.Tensor) -> None:
-    layer.output_positions = out.numel() // (out.shape[0] * layer.support_log_odds.shape[0])
+    layer.output_positions = _output_positions(layer, out)
 
 
 @torch.no_grad()
@@ -344,7 +349,7 @@ def record_output_positions(model: nn.Module, example: torch.Tensor) -> dict[str
     seen: dict[nn.Module, int] = {}
 
     def hook(module: nn.Module, args, out: torch.Tensor) -> None:
-        seen[module] = out.numel() // (out.shape[0] * module.support_log_odds.shape[0])
+        seen[module] = _output_positions(module, out)
 
     before = {layer: layer.output_positions for layer in layers}  # a layer's own hook may update it in the pass
     handles = [m.register_forward_hook(hook) for m in layers]
