@@ -4,6 +4,7 @@ moments against sampling, the Turbo schedule, and pruning by the posterior suppo
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -371,3 +372,41 @@ def test_a_neuron_cost_per_mac_charges_a_filter_for_its_output_positions(mnist_s
     assert own_loop[0].output_positions == 576 and own_loop[0].mrf() == by_mac[0].mrf()
     with pytest.raises(ValueError, match="neuron_cost_per"):
         TurboVBIConfig(neuron_cost_per="flop")
+
+
+def test_a_neuron_cost_warm_up_raises_the_price_epoch_by_epoch(mnist_small):
+    """``neuron_cost_warmup_epochs``: epoch e (from 1) is charged min(1, e / warm-up) of the cost, counted by the
+    layers' own ``on_epoch_end`` and saved with them; a price that switches every filter off at once leaves them
+    on in the first epoch of a long ramp. Without a warm-up the layer has no counter (old checkpoints load)."""
+    from bayescomp.priors.turbo_vbi import disable_output_neuron_level, record_output_positions
+
+    dense = nn.Sequential(nn.Conv2d(1, 4, 5), nn.ReLU(), nn.MaxPool2d(4), nn.Flatten(), nn.Linear(4 * 36, 16),
+                          nn.ReLU(), nn.Linear(16, 10))
+    example = mnist_small.val.example()
+    torch.manual_seed(0)
+    config = TurboVBIConfig(neuron_support=True, p_neuron=0.5, neuron_cost=0.02, neuron_cost_per="mac",
+                            neuron_cost_warmup_epochs=4)
+    model = bayesify(dense, "turbo", config)
+    record_output_positions(model, example)
+    disable_output_neuron_level(model, example)
+    conv = model[0]
+    charged = []
+    for _ in range(6):
+        charged.append(conv.mrf().neuron_cost)
+        conv.on_epoch_end()
+    assert charged == pytest.approx([0.02 * 576 * share for share in (0.25, 0.5, 0.75, 1.0, 1.0, 1.0)])
+    copy = bayesify(dense, "turbo", config)
+    disable_output_neuron_level(copy, example)
+    copy.load_state_dict(model.state_dict())
+    assert int(copy[0].epochs_done) == 6
+    long_ramp = bayesify(dense, "turbo", replace(config, neuron_cost_warmup_epochs=1000))
+    full = bayesify(dense, "turbo", replace(config, neuron_cost_warmup_epochs=0))
+    for net in (long_ramp, full):
+        record_output_positions(net, example)
+        disable_output_neuron_level(net, example)
+        net[0].turbo_update()
+    assert (long_ramp[0].neuron_log_odds > 0).all() and long_ramp[0].weight_keep_mask().flatten(1).any(1).all()
+    assert (full[0].neuron_log_odds < 0).all() and not full[0].weight_keep_mask().any()
+    assert "epochs_done" not in dict(full.named_buffers(prefix="")) and not hasattr(full[0], "epochs_done")
+    with pytest.raises(ValueError, match="neuron_cost_warmup_epochs"):
+        TurboVBIConfig(neuron_cost_warmup_epochs=-1)
