@@ -144,9 +144,15 @@ def seed_suffix(seed: int, tag: str = "") -> str:
     return (f"_{tag}" if tag else "") + (f"_seed{seed}" if seed else "")
 
 
-def with_finetune(finetune: TrainConfig, epochs: int | None, lr: float | None) -> TrainConfig:
-    """The recipe's fine-tuning with ``--finetune-epochs`` / ``--finetune-lr`` applied (None keeps the recipe's);
-    a schedule the recipe never set (Sparse VD's rows do not fine-tune) becomes cosine, as table1's recipes use."""
+def with_finetune(finetune: TrainConfig, epochs: int | None, lr: float | None,
+                  distill: float | None = None) -> TrainConfig:
+    """The recipe's fine-tuning with ``--finetune-epochs`` / ``--finetune-lr`` / ``--distill`` applied (None keeps
+    the recipe's); a schedule the recipe never set (Sparse VD's rows do not fine-tune) becomes cosine, as table1's
+    recipes use. ``distill``: weight alpha of distillation from the dense model (T = 4, :mod:`bayescomp.distill`)."""
+    if distill is not None:
+        if not 0.0 < distill <= 1.0:
+            raise SystemExit(f"--distill must be in (0, 1], got {distill}")
+        finetune = replace(finetune, distill=distill)
     if epochs is None and lr is None:
         return finetune
     if epochs is not None and epochs < 0:
@@ -306,16 +312,20 @@ def main() -> None:
                         help="fine-tune every candidate this many epochs (cosine, guarded on validation) in place of "
                              "the recipe's fine-tuning: a changed recipe, so it needs --tag")
     parser.add_argument("--finetune-lr", type=float, default=None, help="with --finetune-epochs: its learning rate")
+    parser.add_argument("--distill", type=float, default=None, metavar="ALPHA",
+                        help="fine-tune every candidate by distillation from the dense model with this weight "
+                             "(T = 4): a changed recipe, so it needs --tag")
     args = parser.parse_args()
-    changes_recipe = args.prior_set or args.choose_bits or args.finetune_epochs is not None or args.finetune_lr
+    changes_recipe = (args.prior_set or args.choose_bits or args.finetune_epochs is not None or args.finetune_lr
+                      or args.distill is not None)
     if changes_recipe and not args.tag:
-        raise SystemExit("--prior-set, --choose-bits and --finetune-* change the recipe: give the run a --tag so it "
-                         "cannot overwrite the row")
+        raise SystemExit("--prior-set, --choose-bits, --finetune-* and --distill change the recipe: give the run a "
+                         "--tag so it cannot overwrite the row")
     torch.set_num_threads(args.threads)
     started = time.perf_counter()
     base = recipe(args.model, args.method, args.seed)
     base.bayes = replace(base.bayes, epochs=args.epochs)
-    base.finetune = with_finetune(base.finetune, args.finetune_epochs, args.finetune_lr)
+    base.finetune = with_finetune(base.finetune, args.finetune_epochs, args.finetune_lr, args.distill)
     base.latency, base.plots = False, False
     metric = METRICS.get(base.method, "architecture")
     changes = parse_prior_set(args.prior_set)

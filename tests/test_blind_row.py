@@ -143,6 +143,17 @@ def test_a_finetuning_override_changes_only_what_it_names_and_needs_a_tag(monkey
     monkeypatch.setattr("sys.argv", ["blind_row", "--model", "lenet5", "--method", "svd", "--finetune-epochs", "10"])
     with pytest.raises(SystemExit, match="--tag"):
         blind_row.main()
+    ghs = blind_row.recipe("lenet5", "ghs", 0).finetune
+    distilled = blind_row.with_finetune(ghs, None, None, 0.9)
+    assert (distilled.distill, distilled.epochs, distilled.lr, distilled.lr_schedule) == (
+        0.9, ghs.epochs, ghs.lr, ghs.lr_schedule)
+    assert ghs.distill == 0.0
+    for alpha in (0.0, 1.5):
+        with pytest.raises(SystemExit, match="--distill"):
+            blind_row.with_finetune(ghs, None, None, alpha)
+    monkeypatch.setattr("sys.argv", ["blind_row", "--model", "lenet5", "--method", "ghs", "--distill", "0.9"])
+    with pytest.raises(SystemExit, match="--tag"):
+        blind_row.main()
 
 
 def _bits(reduce: str, quantized: float, arch: str = "8-10-71-13") -> dict:
