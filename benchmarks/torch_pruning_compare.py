@@ -317,6 +317,8 @@ def _bayes_label(record: dict) -> str:
         how += ", greedy allocation"
     if compress.get("search_bn_images"):
         how += f", adaptive batch norm ({compress['search_bn_images']} images)"
+    if compress.get("cut_weights") == "dense":
+        how += ", cut from the dense weights"
     return f"bayescomp {record['method']}, {how}"
 
 

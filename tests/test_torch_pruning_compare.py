@@ -71,6 +71,8 @@ def test_bayescomp_rows_say_how_the_cut_was_chosen():
     assert label(target_macs=2.0, search="auto") == "bayescomp gnj, 2x MAC budget"
     assert label(target_macs=2.0, search="greedy", search_bn_images=250) == (
         "bayescomp gnj, 2x MAC budget, greedy allocation, adaptive batch norm (250 images)")
+    assert label(target_macs=2.0, cut_weights="dense") == "bayescomp gnj, 2x MAC budget, cut from the dense weights"
+    assert label(target_macs=2.0, cut_weights="posterior") == "bayescomp gnj, 2x MAC budget"
 
 
 def test_a_row_is_skipped_only_when_measured_with_the_same_settings():
