@@ -155,7 +155,10 @@ def _paper_rows(by: dict, runs: list[dict], row) -> None:
     for method, limit, arch, bits, target in targets:
         for (model, tagged, tag), group in sorted(variants.items()):
             if model == "lenet5" and tagged == method:  # a changed recipe is its own row, never the row's rerun
+                alpha = _distill_alpha(group[0])
                 settings = ", ".join([f"{k}={v}" for k, v in group[0].get("selection_prior_set", {}).items()]
+                                     + ([f"fine-tuned by distillation from the dense model (alpha {alpha:g})"]
+                                        if alpha else [])
                                      + ([f"bit reduction `{group[0]['selection_bits_reduce']}` chosen on validation"]
                                         if "selection_bits_reduce" in group[0] else []))
                 judge(group, limit, arch, bits, f"{target}, chosen on validation only; variant `{tag}`"
@@ -192,7 +195,14 @@ def _finetune_words(group: list[dict]) -> str:
     how often the guard kept it."""
     epochs = group[0].get("finetune_epochs", 0)
     undone = sum(finetune_undone(r) for r in group)
-    return f"{epochs} fine-tuning epochs, undone by the validation guard in {undone} of {len(group)} seeds"
+    alpha = _distill_alpha(group[0])
+    how = f" distilled from the dense model (alpha {alpha:g})" if alpha else ""
+    return f"{epochs} fine-tuning epochs{how}, undone by the validation guard in {undone} of {len(group)} seeds"
+
+
+def _distill_alpha(record: dict) -> float:
+    """The distillation weight of a run's fine-tuning (0: labels only), from its config."""
+    return float(record.get("config", {}).get("finetune", {}).get("distill", 0.0) or 0.0)
 
 
 def _mac_ratio(record: dict) -> float:

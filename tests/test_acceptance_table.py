@@ -188,6 +188,11 @@ def test_a_variant_whose_bits_were_chosen_on_validation_says_so_and_is_judged_on
     assert len(rows) == 2
     assert "variant `valbits` (bit reduction `mean` chosen on validation)" in rows[0] and "bits 370x" in rows[0]
     assert rows[0].endswith("| yes |") and rows[1].endswith("| no |")  # 350x < the paper's 361x
+    run = _run("lenet5_mnist_gnj_blind200_kd_seed1", 0.95, 130.0, compression_bits=370.0,
+               config={"finetune": {"distill": 0.9}}, **{**kwargs, "selection_tag": "kd"})
+    row = next(line for line in acceptance_table([run], []).splitlines() if "BC-GNJ: error <= 1.0 %" in line)
+    assert ("variant `kd` (fine-tuned by distillation from the dense model (alpha 0.9), bit reduction `mean` chosen "
+            "on validation)") in row
 
 
 RESNET_TARGET = ("ResNet-20, a Bayesian method from the pretrained model: >= 2x fewer MACs and >= 3x fewer weights "
@@ -250,6 +255,10 @@ def test_a_variants_fine_tuning_is_described_with_how_often_the_guard_undid_it()
     words = _finetune_words([kept, undone, undone])
     assert words == "10 fine-tuning epochs, undone by the validation guard in 2 of 3 seeds"
     assert _finetune_words([kept]).endswith("in 0 of 1 seeds")
+    distilled = {**kept, "config": {"finetune": {"distill": 0.9}}}
+    assert _finetune_words([distilled]) == (
+        "10 fine-tuning epochs distilled from the dense model (alpha 0.9), undone by the validation guard in 0 of 1 "
+        "seeds")
 
 
 def test_turbo_neuron_row_needs_error_compression_and_both_latencies():
