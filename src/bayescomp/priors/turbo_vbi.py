@@ -106,8 +106,10 @@ class TurboVBIConfig:
         neuron_cost_warmup_epochs: raise ``neuron_cost`` linearly over the first epochs (epoch e, counted from 1,
             is charged e / warmup of it; 0: the full cost from the start), as the KL is warmed up. Why: at the
             start the rows' evidence is still that of the dense network, so a price that the trained survivors
-            could pay switches a whole layer off in the first epoch (LeNet-5, 0.02 nats per MAC); a ramp lets the
-            surviving filters take over from those the cost removes first. Our choice (UNVERIFIED).
+            could pay switches a whole layer off in the first epoch (LeNet-5, 0.02 nats per MAC); a ramp was meant
+            to let the surviving filters take over from those the cost removes first. Measured (LeNet-5, 6-epoch
+            ramp; benchmarks/results/turbo_neuron_lenet5_mnist_ramp.md): it only delayed that collapse to epoch 5,
+            and at 0.015 kept more conv1 filters than the constant 0.01. Our choice (UNVERIFIED); off by default.
     """
 
     slab_std: float = 3.0
