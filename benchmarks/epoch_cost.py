@@ -11,8 +11,7 @@ the wall time on a quiet one with one thread) and the wall time.
 Variants: plain fp32 / bf16 (and channels_last for conv nets); each method's default (what ``bayescomp run``
 does by default: fused layers, ``--precision auto``, the config's z_sampling, default memory layout) and its fp32
 variant (what ``fit`` does by default); for BC-GNJ also the unfused autograd layers (the code path before the
-fused Functions), its default with ``torch.randn``'s single noise stream (before the chunked, multi-threaded draw
-of :mod:`bayescomp.priors.noise`) and z per example / per batch in fp32 and bf16; for BC-GNJ and BC-GHS one weight draw per
+fused Functions) and z per example / per batch in fp32 and bf16; for BC-GNJ and BC-GHS one weight draw per
 mini-batch (``weight_sampling="batch"``) with z per example / per batch; and the authors'
 reference GNJ layers, re-implemented below from the published formulas (Louizos et al. 2017,
 Eq. 6 posterior, local reparameterisation, KL of Molchanov et al. 2017 Eq. 14 for z and the closed-form Gaussian
@@ -47,7 +46,6 @@ from bayescomp.objective import variational_loss  # noqa: E402
 from bayescomp.pipeline import DEFAULT_LR_SCALES, git_commit  # noqa: E402
 from bayescomp.priors import PRIORS  # noqa: E402
 from bayescomp.priors.base import BayesianLayer, bayesian_layers  # noqa: E402
-from bayescomp.priors.noise import parallel_noise  # noqa: E402
 from bayescomp.train import (  # noqa: E402
     AutocastForward, TrainConfig, TrainingRun, _train_epoch, default_channels_last, make_optimizer, native_bf16,
     resolve_precision,
@@ -153,8 +151,6 @@ def variants(model_name: str, plain: nn.Module) -> dict[str, dict]:
         out[f"{method} default ({auto}{', channels_last' if default_layout else ''})"] = dict(
             model=bayesify(plain, method), precision="auto", method=method, layout=default_layout)
         out[f"{method} fp32"] = dict(model=bayesify(plain, method), precision="fp32", method=method)
-    out["gnj with one noise stream (default before chunked noise)"] = dict(
-        model=bayesify(plain, "gnj"), precision="auto", method="gnj", layout=default_layout, noise="serial")
     unfused = bayesify(plain, "gnj")
     for _, layer in bayesian_layers(unfused):
         layer.fused = False
@@ -199,8 +195,7 @@ def time_steps(spec: dict, data: SimpleNamespace, n_train: int, steps: int) -> t
     cpu, wall = time.process_time(), time.perf_counter()
     run = TrainingRun(spec["model"], data, spec["config"], spec["optimizer"], variational_loss, spec["forward"],
                       n_train=n_train, steps=steps)
-    with parallel_noise(spec.get("noise") != "serial"):
-        record = _train_epoch(run, 0)
+    record = _train_epoch(run, 0)
     return time.process_time() - cpu, time.perf_counter() - wall, record["loss"]
 
 

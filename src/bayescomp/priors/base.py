@@ -22,7 +22,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from bayescomp.priors.fused import VarianceCache, in_layout, linear_lrt, memory_format_of, noise_like, sample_lrt
-from bayescomp.priors.noise import standard_normal
 
 
 class BayesianLayer(nn.Module):
@@ -192,7 +191,7 @@ class PerWeightGaussian(BayesianLayer):
                 keep = self._train_keep_mask()
                 mean, sigma2 = mean * keep, sigma2 * keep
             rows = x.reshape(-1, x.shape[-1])  # tokens (..., in) -> rows; per-weight noise needs no grouping
-            noise = standard_normal((rows.shape[0], self.out_features), device=x.device, dtype=x.dtype)
+            noise = torch.randn(rows.shape[0], self.out_features, device=x.device, dtype=x.dtype)
             out = linear_lrt(rows, None, mean, self.weight_log_sigma2, sigma2, self.bias_mu, None, None, noise)
             return out.reshape(*x.shape[:-1], self.out_features)
         mean, variance = self.weight_mu, self.weight_log_sigma2.exp()

@@ -21,8 +21,6 @@ import torch
 import torch.nn.functional as F
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
-from bayescomp.priors.noise import standard_normal, standard_normal_like
-
 EPS = 1e-8
 
 
@@ -120,15 +118,15 @@ def linear_lrt(x: torch.Tensor, z: torch.Tensor | None, weight_mu: torch.Tensor,
 def noise_like(t: torch.Tensor) -> torch.Tensor:
     """Standard normal noise of ``t``'s shape, dtype and memory layout.
 
-    Drawn by :func:`bayescomp.priors.noise.standard_normal` (large draws on every intra-op thread). A
-    channels-last (NHWC) tensor gets a contiguous NHWC draw viewed as NCHW: ``randn_like`` fills a channels-last
-    tensor element by element through its strides, measured ~5x slower for LeNet-5's conv outputs on this CPU,
-    and a contiguous draw in the other layout would make every elementwise op after it mix layouts.
+    For a contiguous tensor this is ``torch.randn_like`` (the same draws). A channels-last (NHWC) tensor gets a
+    contiguous NHWC draw viewed as NCHW: ``randn_like`` fills a channels-last tensor element by element through its
+    strides, measured ~5x slower for LeNet-5's conv outputs on this CPU, and a contiguous draw in the other layout
+    would make every elementwise op after it mix layouts.
     """
     if t.dim() == 4 and not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last):
         n, c, h, w = t.shape
-        return standard_normal((n, h, w, c), dtype=t.dtype, device=t.device).permute(0, 3, 1, 2)
-    return standard_normal_like(t)
+        return torch.randn(n, h, w, c, dtype=t.dtype, device=t.device).permute(0, 3, 1, 2)
+    return torch.randn_like(t)
 
 
 def memory_format_of(weight: torch.Tensor) -> torch.memory_format:

@@ -39,7 +39,6 @@ from bayescomp.priors.group_nj import (
     check_z_sampling,
     kl_standard_normal,
 )
-from bayescomp.priors.noise import standard_normal
 
 _EPS = 1e-8
 _LOG_2PI = math.log(2.0 * math.pi)
@@ -189,7 +188,7 @@ class _GroupHSMixin(BayesianLayer):
         ms, vs = self._log_s_moments()
         mz, vz = self._log_zt_moments()
         eps_s = torch.randn(rows, 1, device=mz.device, dtype=mz.dtype)
-        eps_z = standard_normal((rows, mz.numel()), device=mz.device, dtype=mz.dtype)
+        eps_z = torch.randn(rows, mz.numel(), device=mz.device, dtype=mz.dtype)
         return torch.exp(ms + vs.sqrt() * eps_s + mz + vz.sqrt() * eps_z)
 
     # ------------------------------------------------------------------ interface

@@ -27,7 +27,6 @@ from torch import nn
 
 from bayescomp.priors.base import BayesianConv2d, BayesianLayer, BayesianLinear, PriorSpec, register_prior
 from bayescomp.priors.fused import draw_weights, in_layout, linear_lrt, memory_format_of, noise_like, sample_lrt
-from bayescomp.priors.noise import standard_normal, standard_normal_like
 
 K1, K2, K3 = 0.63576, 1.87320, 1.48695
 _EPS = 1e-8
@@ -209,7 +208,7 @@ class _GroupNJMixin(BayesianLayer):
     def _sample_z(self, batch: int) -> torch.Tensor:
         """z per example, (batch, groups); with ``z_sampling="batch"`` one row, (1, groups), shared by the batch."""
         rows = 1 if self.config.z_sampling == "batch" else batch
-        eps = standard_normal((rows, self.z_mu.numel()), device=self.z_mu.device, dtype=self.z_mu.dtype)
+        eps = torch.randn(rows, self.z_mu.numel(), device=self.z_mu.device, dtype=self.z_mu.dtype)
         return self.z_mu + eps * (0.5 * self.z_log_sigma2).exp()
 
 
@@ -306,7 +305,7 @@ def _unfused_linear(layer: BayesianLinear, x: torch.Tensor) -> torch.Tensor:
     mean = F.linear(x_scaled, layer.weight_mu, layer.bias_mu)
     bias_var = layer.bias_log_sigma2.exp() if layer.bias_mu is not None else None
     var = F.linear(x_scaled.pow(2), layer.weight_log_sigma2.exp(), bias_var)
-    return mean + var.add(_EPS).sqrt() * standard_normal_like(mean)
+    return mean + var.add(_EPS).sqrt() * torch.randn_like(mean)
 
 
 def _unfused_conv(layer: BayesianConv2d, x: torch.Tensor) -> torch.Tensor:
@@ -332,7 +331,7 @@ def _fused_linear(layer: BayesianLinear, x: torch.Tensor) -> torch.Tensor:
         z = z.unsqueeze(1).expand(-1, tokens, -1).reshape(-1, z.shape[-1])
     sigma2 = layer._variance("weight_log_sigma2", fresh=True)
     bias_sigma2 = None if layer.bias_mu is None else layer._variance("bias_log_sigma2", fresh=True)
-    noise = standard_normal((rows.shape[0], layer.out_features), device=x.device, dtype=x.dtype)
+    noise = torch.randn(rows.shape[0], layer.out_features, device=x.device, dtype=x.dtype)
     out = linear_lrt(rows, z, layer.weight_mu, layer.weight_log_sigma2, sigma2, layer.bias_mu,
                      layer.bias_log_sigma2, bias_sigma2, noise)
     return out.reshape(*x.shape[:-1], layer.out_features)
