@@ -55,25 +55,28 @@ COST_PREFIX = {"weight": "cost", "mac": "mac"}
 COST_UNIT_WORDS = {"weight": "nats per weight", "mac": "nats per MAC"}
 
 
-def candidate_label(candidate: Candidate, cost_per: str = "weight", warmup: int = 0) -> str:
+def candidate_label(candidate: Candidate, cost_per: str = "weight", warmup: int = 0, evidence: str = "weights") -> str:
     p_neuron, cost = candidate
     if p_neuron is None:
         return "plain"
     ramp = f"_ramp{warmup}" if cost and warmup else ""
-    return f"p{p_neuron:g}" + (f"_{COST_PREFIX[cost_per]}{cost:g}" if cost else "") + ramp
+    data = "_fisher" if evidence == "fisher" else ""
+    return f"p{p_neuron:g}" + (f"_{COST_PREFIX[cost_per]}{cost:g}" if cost else "") + ramp + data
 
 
 def candidate_dir(run_root: Path, model: str, candidate: Candidate, cost_per: str = "weight",
-                  warmup: int = 0) -> Path:
-    label = candidate_label(candidate, cost_per, warmup)
+                  warmup: int = 0, evidence: str = "weights") -> Path:
+    label = candidate_label(candidate, cost_per, warmup, evidence)
     return run_root / (f"{model}_mnist_turbo_{label}" if label == "plain" else f"{model}_mnist_turbo_neuron_{label}")
 
 
 def train_candidate(model: str, candidate: Candidate, run_root: Path, restart: bool, epochs: int | None = None,
-                    finetune_epochs: int | None = None, cost_per: str = "weight", warmup: int = 0) -> dict:
+                    finetune_epochs: int | None = None, cost_per: str = "weight", warmup: int = 0,
+                    evidence: str = "weights") -> dict:
     """The committed Turbo recipe plus the neuron level with prior ``p_neuron`` and ``neuron_cost`` charged per
-    ``cost_per`` and raised over ``warmup`` epochs (p_neuron None: without it, the control), optionally with fewer
-    Bayesian / fine-tuning epochs (run, or reuse if finished)."""
+    ``cost_per`` and raised over ``warmup`` epochs, its neurons hearing ``evidence`` (``TurboVBIConfig.
+    neuron_evidence``; p_neuron None: without the level, the control), optionally with fewer Bayesian /
+    fine-tuning epochs (run, or reuse if finished)."""
     p_neuron, cost = candidate
     config = build_config(model, "turbo")
     config.prior = {**config.prior, "neuron_support": p_neuron is not None, "p_neuron": p_neuron or 0.1}
@@ -83,12 +86,14 @@ def train_candidate(model: str, candidate: Candidate, run_root: Path, restart: b
             config.prior["neuron_cost_per"] = cost_per
         if warmup:
             config.prior["neuron_cost_warmup_epochs"] = warmup
+    if p_neuron is not None and evidence != "weights":
+        config.prior["neuron_evidence"] = evidence
     if epochs is not None:
         config.bayes = replace(config.bayes, epochs=epochs)
     if finetune_epochs is not None:
         config.finetune = replace(config.finetune, epochs=finetune_epochs)
     config.__post_init__()  # re-validate the prior dict into a full TurboVBIConfig
-    return run_or_reuse(config, candidate_dir(run_root, model, candidate, cost_per, warmup), restart)
+    return run_or_reuse(config, candidate_dir(run_root, model, candidate, cost_per, warmup, evidence), restart)
 
 
 def validation_error(path: Path, model: str) -> float:
@@ -129,11 +134,11 @@ def result_stem(model: str, tag: str = "") -> str:
 
 
 def summarise(model: str, candidates: dict[Candidate, dict], reports: dict, rounds: int, run_root: Path,
-              tag: str = "", cost_per: str = "weight", warmup: int = 0) -> dict:
+              tag: str = "", cost_per: str = "weight", warmup: int = 0, evidence: str = "weights") -> dict:
     """Choose on validation, then test error, compression, filters and interleaved latency of every model."""
     chosen = choose(candidates, TARGET_PCT[model])
     stem = result_stem(model, tag)
-    shutil.copyfile(candidate_dir(run_root, model, chosen, cost_per, warmup) / "compressed.bcz",
+    shutil.copyfile(candidate_dir(run_root, model, chosen, cost_per, warmup, evidence) / "compressed.bcz",
                     RESULTS / f"{stem}.bcz")
     rows = {"turbo_neuron": {k: reports[chosen].get(k) for k in COLUMNS}}
     models = {"turbo_neuron": bayescomp.load(RESULTS / f"{stem}.bcz")}
@@ -152,9 +157,9 @@ def summarise(model: str, candidates: dict[Candidate, dict], reports: dict, roun
     return {
         "model": model, "data": "mnist", "target_error_pct": TARGET_PCT[model], "chosen_p_neuron": chosen[0],
         "chosen_neuron_cost": chosen[1], "neuron_cost_per": cost_per, "neuron_cost_warmup_epochs": warmup,
-        "chosen_label": candidate_label(chosen, cost_per, warmup),
+        "neuron_evidence": evidence, "chosen_label": candidate_label(chosen, cost_per, warmup, evidence),
         "rule": "most non-zero compression with validation error <= target; else lowest validation error",
-        "candidates": {candidate_label(c, cost_per, warmup): {"p_neuron": c[0], "neuron_cost": c[1], **v}
+        "candidates": {candidate_label(c, cost_per, warmup, evidence): {"p_neuron": c[0], "neuron_cost": c[1], **v}
                        for c, v in candidates.items()},
         "rows": rows, "latency": latency,
         "rounds": rounds, "threads": torch.get_num_threads(), "device": "cpu", "dtype": "float32",
@@ -174,7 +179,10 @@ def _chosen_words(result: dict) -> str:
     cost, words = result.get("chosen_neuron_cost", 0.0), COST_UNIT_WORDS[result.get("neuron_cost_per", "weight")]
     warmup = result.get("neuron_cost_warmup_epochs", 0)
     ramp = f", raised linearly over the first {warmup} epochs" if cost and warmup else ""
-    return f"p_neuron = {result['chosen_p_neuron']:g}" + (f", neuron cost {cost:g} {words}{ramp}" if cost else "")
+    data = (", the neurons also hearing the data's evidence (second-order Taylor with the empirical Fisher, "
+            "`neuron_evidence=\"fisher\"`)") if result.get("neuron_evidence") == "fisher" else ""
+    return (f"p_neuron = {result['chosen_p_neuron']:g}" + (f", neuron cost {cost:g} {words}{ramp}" if cost else "")
+            + data)
 
 
 def markdown(result: dict) -> str:
@@ -219,6 +227,8 @@ def main() -> None:
                         help="charge the neuron cost per weight of the row or per MAC it spends on one example")
     parser.add_argument("--neuron-cost-warmup", type=int, default=0,
                         help="epochs over which the neuron cost rises linearly to its value (0: from the start)")
+    parser.add_argument("--neuron-evidence", choices=("weights", "fisher"), default="weights",
+                        help="what the neurons hear besides their prior (TurboVBIConfig.neuron_evidence)")
     parser.add_argument("--control", action="store_true", help="also train Turbo without the neuron level")
     parser.add_argument("--epochs", type=int, default=None, help="Bayesian epochs (default: the Table 1 recipe)")
     parser.add_argument("--finetune-epochs", type=int, default=None, help="default: the Table 1 recipe")
@@ -237,19 +247,20 @@ def main() -> None:
     tried = [(p, cost) for p in args.p_neuron for cost in args.neuron_cost]
     wanted = tried + ([CONTROL] if args.control else [])
     reports = {c: train_candidate(args.model, c, args.run_root, args.restart, args.epochs, args.finetune_epochs,
-                                  args.neuron_cost_per, args.neuron_cost_warmup) for c in wanted}
+                                  args.neuron_cost_per, args.neuron_cost_warmup, args.neuron_evidence) for c in wanted}
     if args.train_only or not tried:
         return
     candidates = {}
     for c in tried:
-        run_dir = candidate_dir(args.run_root, args.model, c, args.neuron_cost_per, args.neuron_cost_warmup)
+        run_dir = candidate_dir(args.run_root, args.model, c, args.neuron_cost_per, args.neuron_cost_warmup,
+                                args.neuron_evidence)
         path = run_dir / "compressed.bcz"
         candidates[c] = {"val_error_pct": validation_error(path, args.model),
                          "test_error_pct": reports[c]["test_error_pct"],
                          "kept_architecture": reports[c]["kept_architecture"],
                          "compression_nonzero": reports[c]["compression_nonzero"]}
     result = summarise(args.model, candidates, reports, args.rounds, args.run_root, args.tag, args.neuron_cost_per,
-                       args.neuron_cost_warmup)
+                       args.neuron_cost_warmup, args.neuron_evidence)
     stem = RESULTS / result_stem(args.model, args.tag)
     stem.with_suffix(".json").write_text(json.dumps(result, indent=2))
     stem.with_suffix(".md").write_text(markdown(result))

@@ -269,14 +269,17 @@ def test_invalid_calls_raise():
 
 
 # --- the neuron level (one variable per row, hard-coupled to its row) -------------------------------------------
-def _brute_force_with_neurons(evidence: torch.Tensor, prior: MarkovGridPrior) -> tuple[torch.Tensor, torch.Tensor]:
-    """Marginals by enumerating supports *and* neuron states explicitly (no neuron summed out analytically)."""
+def _brute_force_with_neurons(evidence: torch.Tensor, prior: MarkovGridPrior,
+                              row_evidence: list[float] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Marginals by enumerating supports *and* neuron states explicitly (no neuron summed out analytically);
+    ``row_evidence`` is a unary log-odds factor on each row's neuron."""
     rows, cols = evidence.shape
     log_h, log_v = (t.tolist() for t in prior.log_tables())
     start = math.log(prior.p_start) - math.log1p(-prior.p_start)
     # the neuron's prior, its per-weight cost applied here from the fields (independently of neuron_log_odds)
     log_odds = math.log(prior.p_neuron) - math.log1p(-prior.p_neuron) - prior.neuron_cost * cols
-    log_p = (-math.log1p(math.exp(log_odds)), log_odds - math.log1p(math.exp(log_odds)))
+    row_evidence = row_evidence or [0.0] * rows
+    log_p = [(0.0, log_odds + e) for e in row_evidence]  # unnormalised: the total divides it out
     total, node_on, neuron_on = 0.0, torch.zeros(rows, cols, dtype=torch.float64), torch.zeros(rows, dtype=torch.float64)
     for s_bits in range(2 ** (rows * cols)):
         s = [[(s_bits >> (r * cols + c)) & 1 for c in range(cols)] for r in range(rows)]
@@ -288,7 +291,7 @@ def _brute_force_with_neurons(evidence: torch.Tensor, prior: MarkovGridPrior) ->
             t = [(t_bits >> r) & 1 for r in range(rows)]
             if any(s[r][c] and not t[r] for r in range(rows) for c in range(cols)):
                 continue  # phi(t = 0, s = 1) = 0
-            weight = math.exp(log_s + sum(log_p[t[r]] for r in range(rows)))
+            weight = math.exp(log_s + sum(log_p[r][t[r]] for r in range(rows)))
             total += weight
             node_on += weight * torch.tensor(s, dtype=torch.float64)
             neuron_on += weight * torch.tensor(t, dtype=torch.float64)
@@ -321,6 +324,32 @@ def test_neuron_bp_is_exact_when_the_rows_are_stars(shape, p_neuron, cost):
                           atol=1e-8, rtol=0)
     assert torch.allclose(torch.sigmoid(result.neuron_log_odds), exact_neuron_marginals(evidence, prior),
                           atol=1e-8, rtol=0)
+
+
+@pytest.mark.parametrize("shape", [(2, 3), (3, 2)])
+def test_neuron_evidence_is_a_unary_factor_on_each_neuron(shape):
+    """Evidence on the neurons themselves (``grid_bp(neuron_evidence=...)``, the data's evidence of
+    ``TurboVBIConfig(neuron_evidence="fisher")``): the enumeration that sums the neurons out equals the one that
+    enumerates them with a unary factor exp(e_r t_r), and BP is exact on star rows with it, as without it."""
+    prior = MarkovGridPrior(p01=0.2, p11=0.7, p_start=0.4, p_neuron=0.15, neuron_cost=0.3)
+    evidence = _evidence(shape, 5)
+    row_evidence = [3.0, -2.0, 0.5][:shape[0]]
+    nodes, neurons = _brute_force_with_neurons(evidence, prior, row_evidence)
+    e = torch.tensor(row_evidence, dtype=torch.float64)
+    assert torch.allclose(exact_grid_marginals(evidence, prior, e), nodes, atol=1e-12, rtol=0)
+    assert torch.allclose(exact_neuron_marginals(evidence, prior, e), neurons, atol=1e-12, rtol=0)
+    assert not torch.allclose(exact_neuron_marginals(evidence, prior), neurons, atol=1e-3, rtol=0)
+    star = MarkovGridPrior(p01=0.3, p11=0.3, p_start=0.4, p01_vertical=0.6, p11_vertical=0.6, p_neuron=0.3,
+                           neuron_cost=0.2)
+    result = grid_bp(evidence, star, iterations=50, tol=1e-12, neuron_evidence=e)
+    assert torch.allclose(torch.sigmoid(result.marginal_log_odds), exact_grid_marginals(evidence, star, e),
+                          atol=1e-8, rtol=0)
+    assert torch.allclose(torch.sigmoid(result.neuron_log_odds), exact_neuron_marginals(evidence, star, e),
+                          atol=1e-8, rtol=0)
+    with pytest.raises(ValueError, match="shape"):
+        grid_bp(evidence, star, neuron_evidence=e[:1])
+    with pytest.raises(ValueError, match="neuron level"):
+        grid_bp(evidence, MarkovGridPrior(p01=0.3, p11=0.3), neuron_evidence=e)
 
 
 @pytest.mark.parametrize("shape", [(3, 3), (4, 4), (2, 7)])

@@ -32,3 +32,25 @@ def test_markdown_names_the_unit_of_a_cost_per_mac():
     result["neuron_cost_per"] = "mac"
     text = markdown(result)
     assert "nats per MAC" in text and "nats per weight" not in text
+
+
+def test_the_data_evidence_option_is_labelled_configured_and_named(monkeypatch, tmp_path):
+    """``--neuron-evidence fisher``: its own run directories and labels, the option in the trained config (the
+    control keeps the plain Turbo recipe), and the markdown says the neurons heard the data."""
+    import benchmarks.turbo_neuron as bench
+
+    assert candidate_label((0.5, 0.02), "mac", 0, "fisher") == "p0.5_mac0.02_fisher"
+    assert candidate_label((0.5, 0.02), "mac") == "p0.5_mac0.02"
+    assert candidate_label(CONTROL, "mac", 0, "fisher") == "plain"
+    seen = {}
+    monkeypatch.setattr(bench, "run_or_reuse", lambda config, run_dir, restart: seen.update({run_dir.name: config}))
+    bench.train_candidate("lenet5", (0.5, 0.02), tmp_path, False, cost_per="mac", evidence="fisher")
+    bench.train_candidate("lenet5", CONTROL, tmp_path, False, cost_per="mac", evidence="fisher")
+    fisher = seen["lenet5_mnist_turbo_neuron_p0.5_mac0.02_fisher"].prior
+    assert fisher["neuron_evidence"] == "fisher" and fisher["neuron_support"] and fisher["neuron_cost_per"] == "mac"
+    assert seen["lenet5_mnist_turbo_plain"].prior.get("neuron_evidence", "weights") == "weights"
+    result = json.loads((RESULTS / "turbo_neuron_lenet5_mnist_cost.json").read_text())
+    result["neuron_evidence"] = "fisher"
+    assert "the data's evidence" in markdown(result)
+    del result["neuron_evidence"]
+    assert "the data's evidence" not in markdown(result)

@@ -11,6 +11,7 @@ from __future__ import annotations
 from types import MappingProxyType
 from typing import Any
 
+import torch
 from torch import nn
 
 from bayescomp.bayesify import bayesify
@@ -18,7 +19,9 @@ from bayescomp.methods.base import Method, RunContext, register_method
 from bayescomp.methods.finetune import search_and_compress
 from bayescomp.priors import PRIORS
 from bayescomp.priors.base import bayesian_layers
-from bayescomp.priors.turbo_vbi import disable_output_neuron_level, record_output_positions
+from bayescomp.priors.turbo_vbi import (
+    disable_output_neuron_level, prime_fisher_evidence, record_output_positions, set_train_examples,
+)
 
 
 def _turbo_extras(model: nn.Module | None, ctx: RunContext) -> dict[str, Any]:
@@ -55,6 +58,10 @@ def _prior_method(name: str) -> Method:
         if getattr(ctx.settings, "neuron_support", False):  # Turbo-VBI: the classes have no neuron level
             record_output_positions(model, ctx.data.val.example())  # a neuron cost per MAC needs them
             disable_output_neuron_level(model, ctx.data.val.example())
+            if getattr(ctx.settings, "neuron_evidence", "weights") == "fisher":  # its evidence is in nats over N
+                set_train_examples(model, len(ctx.data.train))
+                batches = ctx.data.train.batches(128, shuffle=True, generator=torch.Generator().manual_seed(0))
+                prime_fisher_evidence(model, batches)
         return model
 
     return Method(name=name, config_cls=spec.config_cls, description=spec.description, needs="prior",

@@ -210,13 +210,17 @@ def _neuron_inputs(belief: torch.Tensor, messages: torch.Tensor) -> torch.Tensor
     return torch.nn.functional.softplus(belief - messages[4])
 
 
-def _neuron_log_odds(unary: torch.Tensor, messages: torch.Tensor, neuron_prior: float) -> torch.Tensor:
-    """Each row's neuron belief: its prior log-odds plus every node's message, shape (..., R)."""
+def _neuron_log_odds(unary: torch.Tensor, messages: torch.Tensor, neuron_prior: float | torch.Tensor
+                     ) -> torch.Tensor:
+    """Each row's neuron belief: its prior log-odds (a number, or per row shaped (..., R, 1)) plus every node's
+    message, shape (..., R)."""
+    if isinstance(neuron_prior, torch.Tensor):
+        neuron_prior = neuron_prior.squeeze(-1)
     return neuron_prior + _neuron_inputs(unary + messages.sum(0), messages).sum(-1)
 
 
 def _sweep(messages: torch.Tensor, unary: torch.Tensor, message_fn: MessageFn,
-           neuron_prior: float | None = None) -> torch.Tensor:
+           neuron_prior: float | torch.Tensor | None = None) -> torch.Tensor:
     """One flooding update: all new message tensors from the old ones (no damping).
 
     The sender's h is its unary log-odds plus all its incoming messages except the one from the receiver.
@@ -249,13 +253,16 @@ def _largest_change(new: torch.Tensor, old: torch.Tensor) -> float:
 
 
 def grid_bp(evidence_log_odds: torch.Tensor, prior: MarkovGridPrior, iterations: int = 10,
-            damping: float = 0.0, tol: float = 1e-4, messages: torch.Tensor | None = None) -> GridBPResult:
+            damping: float = 0.0, tol: float = 1e-4, messages: torch.Tensor | None = None,
+            neuron_evidence: torch.Tensor | None = None) -> GridBPResult:
     """Loopy sum-product BP of the support MRF given per-node evidence log-odds of shape (..., R, C).
 
     Leading dimensions are independent grids. Runs at most ``iterations`` parallel sweeps, each damped as
     ``(1 - damping) * new + damping * old``, and stops early once the largest message change is below
     ``tol``. ``messages`` (shape (``prior.message_count``, *evidence.shape)) warm-starts from a previous result;
-    None = zeros. With ``prior.p_neuron`` set, the result also carries each row's neuron log-odds.
+    None = zeros. With ``prior.p_neuron`` set, the result also carries each row's neuron log-odds, and
+    ``neuron_evidence`` (shape (..., R), log-odds) adds evidence on each row's neuron itself: a unary factor on
+    t_r, e.g. what the data lose without the neuron (``TurboVBIConfig.neuron_evidence``).
     """
     if evidence_log_odds.dim() < 2 or not evidence_log_odds.is_floating_point():
         raise ValueError("evidence_log_odds must be a floating tensor of shape (..., R, C)")
@@ -276,6 +283,13 @@ def grid_bp(evidence_log_odds: torch.Tensor, prior: MarkovGridPrior, iterations:
         start = _start_log_odds_field(evidence, prior)
         unary, message_fn = evidence + start, _message_fn(prior, evidence)
         neuron_prior = None if prior.p_neuron is None else prior.neuron_log_odds(evidence.shape[-1])
+        if neuron_evidence is not None:
+            if neuron_prior is None:
+                raise ValueError("neuron_evidence needs a MarkovGridPrior with a neuron level (p_neuron set)")
+            if tuple(neuron_evidence.shape) != tuple(evidence.shape[:-1]):
+                raise ValueError(f"neuron_evidence must have shape {tuple(evidence.shape[:-1])}, "
+                                 f"got {tuple(neuron_evidence.shape)}")
+            neuron_prior = (neuron_prior + neuron_evidence.detach().to(evidence)).unsqueeze(-1)
         sweeps, max_change = 0, math.inf
         for _ in range(iterations):
             new = _sweep(msgs, unary, message_fn, neuron_prior)
@@ -291,29 +305,32 @@ def grid_bp(evidence_log_odds: torch.Tensor, prior: MarkovGridPrior, iterations:
                             messages=msgs, iterations=sweeps, max_change=max_change, neuron_log_odds=neurons)
 
 
-def exact_grid_marginals(evidence_log_odds: torch.Tensor, prior: MarkovGridPrior) -> torch.Tensor:
+def exact_grid_marginals(evidence_log_odds: torch.Tensor, prior: MarkovGridPrior,
+                         neuron_evidence: torch.Tensor | None = None) -> torch.Tensor:
     """P(s_n = 1) of every node by enumerating all 2^(R*C) supports (R*C <= 16): the reference for grid_bp.
 
     The log joint of a support s is sum_n s_n (e_n + start terms) plus the log tables of every horizontal and
     vertical edge, exactly the factor graph of the module docstring; with a neuron level, each row adds
     log(p + (1 - p) [row empty]) (its neuron summed out; p = the neuron's prior, ``neuron_cost`` included).
-    Leading batch dimensions are allowed.
+    Leading batch dimensions are allowed; ``neuron_evidence`` (shape (R,)) adds to each row's neuron log-odds.
     """
-    return _exact_marginals(evidence_log_odds, prior)[0]
+    return _exact_marginals(evidence_log_odds, prior, neuron_evidence)[0]
 
 
-def exact_neuron_marginals(evidence_log_odds: torch.Tensor, prior: MarkovGridPrior) -> torch.Tensor:
+def exact_neuron_marginals(evidence_log_odds: torch.Tensor, prior: MarkovGridPrior,
+                           neuron_evidence: torch.Tensor | None = None) -> torch.Tensor:
     """P(t_r = 1) of every row's neuron by the same enumeration, shape (..., R); needs ``prior.p_neuron``.
 
-    Given a support s, P(t_r = 1 | s) = p / (p + (1 - p) [row r empty]), p the neuron's prior (cost included).
+    Given a support s, P(t_r = 1 | s) = p / (p + (1 - p) [row r empty]), p the neuron's prior (cost included,
+    and ``neuron_evidence``, shape (R,), added to its log-odds row by row).
     """
     if prior.p_neuron is None:
         raise ValueError("exact_neuron_marginals needs a MarkovGridPrior with p_neuron set")
-    return _exact_marginals(evidence_log_odds, prior)[1]
+    return _exact_marginals(evidence_log_odds, prior, neuron_evidence)[1]
 
 
-def _exact_marginals(evidence_log_odds: torch.Tensor, prior: MarkovGridPrior
-                     ) -> tuple[torch.Tensor, torch.Tensor | None]:
+def _exact_marginals(evidence_log_odds: torch.Tensor, prior: MarkovGridPrior,
+                     neuron_evidence: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
     if evidence_log_odds.dim() < 2:
         raise ValueError("evidence_log_odds must have shape (..., R, C)")
     rows, cols = evidence_log_odds.shape[-2:]
@@ -333,7 +350,10 @@ def _exact_marginals(evidence_log_odds: torch.Tensor, prior: MarkovGridPrior
     neuron_on = None
     if prior.p_neuron is not None:
         empty = (configs.view(-1, rows, cols).sum(-1) == 0).to(torch.float64)  # (2^n, R)
-        p_on = torch.sigmoid(torch.tensor(prior.neuron_log_odds(cols), dtype=torch.float64))
+        log_odds = torch.tensor(prior.neuron_log_odds(cols), dtype=torch.float64)
+        if neuron_evidence is not None:  # one value per row, shared by the leading grids
+            log_odds = log_odds + neuron_evidence.detach().to(torch.float64).reshape(rows)
+        p_on = torch.sigmoid(log_odds)
         row_factor = p_on + (1.0 - p_on) * empty
         log_joint = log_joint + row_factor.log().sum(1, keepdim=True)
         neuron_on = p_on / row_factor  # P(t_r = 1 | s)
