@@ -112,7 +112,8 @@ def _turbo_neuron_row(result: dict, stem: str, row) -> None:
     def kept(r: dict) -> str:  # conv nets: the filters; MLPs: the kept architecture
         return f"filters {r['filters_kept']}" if r.get("filters_kept") else f"kept {r['kept_architecture']}"
 
-    row(f"{result['model']} Turbo-VBI with the neuron level (`{stem}`, chosen on validation): error <= {limit} %, "
+    data = " and the data's evidence on the neurons" if result.get("neuron_evidence") == "fisher" else ""
+    row(f"{result['model']} Turbo-VBI with the neuron level{data} (`{stem}`, chosen on validation): error <= {limit} %, "
         "non-zero compression >= BC-GNJ's and faster than BC-GNJ at batch 1 and 256 (interleaved rounds)",
         f"{turbo['test_error_pct']:.2f} % at {turbo['compression_nonzero']:.1f}x non-zero, {kept(turbo)} "
         f"(BC-GNJ {gnj['test_error_pct']:.2f} % at {gnj_compression:.1f}x, {kept(gnj)}); "

@@ -298,3 +298,18 @@ def test_turbo_neuron_row_names_the_kept_architecture_of_an_mlp():
     _turbo_neuron_row({"model": "lenet300", "target_error_pct": 1.8, "rows": rows, "latency": lat}, "x",
                       lambda target, measured, met: seen.append(measured))
     assert "kept 300-60-30" in seen[0] and "kept 329-72-34" in seen[0] and "filters" not in seen[0]
+
+
+def test_turbo_neuron_row_says_when_the_neurons_heard_the_data():
+    from benchmarks.acceptance import _turbo_neuron_row
+
+    lat = {m: {"batch_1": {"median_ms": 0.2}, "batch_256": {"median_ms": 5.0}} for m in ("turbo_neuron", "gnj")}
+    rows = {"turbo_neuron": {"test_error_pct": 0.9, "compression_nonzero": 170.0, "filters_kept": [11, 10]},
+            "gnj": {"test_error_pct": 0.87, "filters_kept": [8, 12]}}
+    targets = []
+    for evidence in ("fisher", None):
+        result = {"model": "lenet5", "target_error_pct": 1.0, "rows": rows, "latency": lat}
+        if evidence:
+            result["neuron_evidence"] = evidence
+        _turbo_neuron_row(result, "x", lambda target, measured, met: targets.append(target))
+    assert "the data's evidence on the neurons" in targets[0] and "data's evidence" not in targets[1]
