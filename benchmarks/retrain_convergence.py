@@ -12,7 +12,12 @@ decides; the test error is reported beside it.
         --reuse benchmarks/results/retrain_convergence_lenet5_mnist.json
 
 ``--reuse FILE`` takes the shorter schedule's figures of a context from an earlier result whose longer schedule
-had that many epochs (same seed and contexts), instead of retraining it; the rows say so.
+had that many epochs (same seed and contexts), instead of retraining it; the rows say so. ``--context-index I``
+runs only the I-th of the planned contexts (0-based), so contexts can train side by side in separate processes;
+each writes its own file (``..._ctx<I>``), and the verdict over all contexts is every file's verdict together.
+
+    python -m benchmarks.retrain_convergence --data mnist --contexts 2 --short-epochs 40 --epochs 80 \
+        --reuse benchmarks/results/retrain_convergence_lenet5_mnist_20v40.json --context-index 0
 
 Writes ``benchmarks/results/retrain_convergence_lenet5_<data>.{json,md}`` (10 against 20 epochs) or
 ``retrain_convergence_lenet5_<data>_<short>v<long>.{json,md}`` for other schedules.
@@ -46,13 +51,19 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=20, help="the longer schedule")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--reuse", default=None, help="earlier result whose longer schedule is this --short-epochs")
+    parser.add_argument("--context-index", type=int, default=None,
+                        help="run only this one of the planned contexts (0-based; its own result file)")
     args = parser.parse_args()
+    if args.context_index is not None and not 0 <= args.context_index < args.contexts:
+        parser.error(f"--context-index must lie in [0, {args.contexts}), got {args.context_index}")
     reused = reusable_rows(args)
     started = time.perf_counter()
     config = HyperRunConfig(model="lenet5", data=args.data, seed=args.seed)
     data = load_run_data(config)
     teacher = dense_model(_run_config(config), data, log=lambda *_: None, progress=False)
     contexts = random_contexts(50, data.num_classes, [2, 3, 4, 5], seed=2026 + args.seed)[:args.contexts]
+    if getattr(args, "context_index", None) is not None:
+        contexts = contexts[args.context_index:args.context_index + 1]
     rows = []
     for context in contexts:
         classes = list(context.classes)
@@ -91,8 +102,9 @@ def reusable_rows(args: argparse.Namespace) -> dict[tuple[int, ...], dict]:
 def write(args: argparse.Namespace, rows: list[dict], started: float) -> None:
     verdicts = [r["short_val_error_pct"] - r["long_val_error_pct"] <= MAX_VAL_GAIN_PCT
                 and r["long_weights_kept"] >= (1 - MAX_SIZE_GAIN) * r["short_weights_kept"] for r in rows]
+    index = getattr(args, "context_index", None)
     record = {"data": args.data, "model": "lenet5", "seed": args.seed, "rows": rows, "converged": all(verdicts),
-              "contexts_planned": args.contexts,
+              "contexts_planned": args.contexts, "context_index": index,
               "rule": f"the longer schedule gains at most {MAX_VAL_GAIN_PCT} points of validation error and at most "
                       f"{100 * MAX_SIZE_GAIN:.0f} % fewer kept weights",
               "command": this_command(), "torch_threads": torch.get_num_threads(),
@@ -100,6 +112,8 @@ def write(args: argparse.Namespace, rows: list[dict], started: float) -> None:
     stem = f"retrain_convergence_lenet5_{args.data}"
     if (args.short_epochs, args.epochs) != (10, 20):
         stem += f"_{args.short_epochs}v{args.epochs}"
+    if index is not None:
+        stem += f"_ctx{index}"
     (RESULTS / f"{stem}.json").write_text(json.dumps(record, indent=2))
     (RESULTS / f"{stem}.md").write_text(markdown(record))
 
@@ -107,7 +121,9 @@ def write(args: argparse.Namespace, rows: list[dict], started: float) -> None:
 def markdown(record: dict) -> str:
     lines = [f"# Hypernetwork baselines: is BC-GNJ retrained per context converged? (LeNet-5, {record['data']})", "",
              f"Rule, fixed before the run: {record['rule']}. Verdict over {len(record['rows'])} of "
-             f"{record['contexts_planned']} planned contexts: "
+             f"{record['contexts_planned']} planned contexts"
+             + (f" (this file: context {record['context_index']} only; the others have their own files)"
+                if record.get("context_index") is not None else "") + ": "
              f"**{'converged' if record['converged'] else 'not converged'}**.", "",
              "| classes | epochs | val error | test error | weights kept | s | epochs | val error | test error | "
              "weights kept | s |", "|---|---|---|---|---|---|---|---|---|---|---|"]

@@ -21,9 +21,9 @@ def _earlier(tmp_path, data="mnist", seed=0):
     return path
 
 
-def _args(reuse, short=20, long=40, data="mnist", seed=0):
+def _args(reuse, short=20, long=40, data="mnist", seed=0, index=None):
     return argparse.Namespace(reuse=None if reuse is None else str(reuse), data=data, seed=seed, short_epochs=short,
-                              epochs=long, contexts=2)
+                              epochs=long, contexts=2, context_index=index)
 
 
 def test_reuse_takes_only_rows_whose_longer_schedule_matches(tmp_path):
@@ -53,3 +53,15 @@ def test_other_schedules_write_their_own_file(tmp_path, monkeypatch):
     assert "reused from `earlier.json`" in (tmp_path / "retrain_convergence_lenet5_mnist_20v40.md").read_text()
     rc.write(_args(None, short=10, long=20), [dict(row, long_weights_kept=1000)], started=0.0)
     assert json.loads((tmp_path / "retrain_convergence_lenet5_mnist.json").read_text())["converged"] is False
+
+
+def test_one_context_of_the_plan_writes_its_own_file(tmp_path, monkeypatch):
+    """``--context-index``: one context per process, each in its own file, saying which one it holds."""
+    monkeypatch.setattr(rc, "RESULTS", tmp_path)
+    row = {"classes": [0, 1, 3, 4, 6], "short_epochs": 40, "short_test_error_pct": 0.99, "short_weights_kept": 4106,
+           "short_val_error_pct": 0.31, "short_s": 2375.0, "short_reused_from": "earlier.json", "long_epochs": 80,
+           "long_val_error_pct": 0.3, "long_test_error_pct": 0.9, "long_weights_kept": 4000, "long_s": 5000.0}
+    rc.write(_args(None, short=40, long=80, index=1), [row], started=0.0)
+    record = json.loads((tmp_path / "retrain_convergence_lenet5_mnist_40v80_ctx1.json").read_text())
+    assert record["context_index"] == 1 and record["converged"] is True
+    assert "context 1 only" in (tmp_path / "retrain_convergence_lenet5_mnist_40v80_ctx1.md").read_text()
