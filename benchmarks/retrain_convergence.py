@@ -62,7 +62,7 @@ def main() -> None:
     data = load_run_data(config)
     teacher = dense_model(_run_config(config), data, log=lambda *_: None, progress=False)
     contexts = random_contexts(50, data.num_classes, [2, 3, 4, 5], seed=2026 + args.seed)[:args.contexts]
-    if getattr(args, "context_index", None) is not None:
+    if args.context_index is not None:
         contexts = contexts[args.context_index:args.context_index + 1]
     rows = []
     for context in contexts:
@@ -102,7 +102,7 @@ def reusable_rows(args: argparse.Namespace) -> dict[tuple[int, ...], dict]:
 def write(args: argparse.Namespace, rows: list[dict], started: float) -> None:
     verdicts = [r["short_val_error_pct"] - r["long_val_error_pct"] <= MAX_VAL_GAIN_PCT
                 and r["long_weights_kept"] >= (1 - MAX_SIZE_GAIN) * r["short_weights_kept"] for r in rows]
-    index = getattr(args, "context_index", None)
+    index = args.context_index
     record = {"data": args.data, "model": "lenet5", "seed": args.seed, "rows": rows, "converged": all(verdicts),
               "contexts_planned": args.contexts, "context_index": index,
               "rule": f"the longer schedule gains at most {MAX_VAL_GAIN_PCT} points of validation error and at most "

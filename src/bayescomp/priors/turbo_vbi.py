@@ -457,7 +457,7 @@ def prime_fisher_evidence(model: nn.Module, batches: Iterable[tuple[torch.Tensor
     optimiser step; gradients are cleared), then one Turbo iteration of each such layer. Without it the first
     iterations would meet a neuron price with no data evidence yet and could switch the neurons off before the
     data are heard. Returns the number of examples seen."""
-    layers = [m for m in model.modules() if isinstance(m, _TurboMixin) and m.config.neuron_evidence == "fisher"]
+    layers = _fisher_layers(model)
     if not layers:
         return 0
     training, seen = model.training, 0
@@ -477,17 +477,20 @@ def prime_fisher_evidence(model: nn.Module, batches: Iterable[tuple[torch.Tensor
     return seen
 
 
+def _fisher_layers(model: nn.Module) -> list["_TurboMixin"]:
+    """The Turbo-VBI layers of ``model`` whose neurons hear the data's evidence (``neuron_evidence="fisher"``)."""
+    return [m for m in model.modules() if isinstance(m, _TurboMixin) and m.config.neuron_evidence == "fisher"]
+
+
 def set_train_examples(model: nn.Module, n: int) -> int:
     """Tell every Turbo-VBI layer with ``neuron_evidence="fisher"`` the training-set size N (its evidence is
-    N/2 E_b[delta_b²] nats); returns how many layers were told."""
+    N (E_b[delta_b²] / 2 - E_b[delta_b]) nats); returns how many layers were told."""
     if n <= 0:
         raise ValueError(f"the training-set size must be positive, got {n}")
-    told = 0
-    for module in model.modules():
-        if isinstance(module, _TurboMixin) and module.config.neuron_evidence == "fisher":
-            module.train_examples.fill_(int(n))
-            told += 1
-    return told
+    layers = _fisher_layers(model)
+    for layer in layers:
+        layer.train_examples.fill_(int(n))
+    return len(layers)
 
 
 @torch.no_grad()
