@@ -52,6 +52,46 @@ def test_compare_runtimes_is_consistent_and_orders_by_flops():
     assert "onnxruntime compressed" in text and "| 64 |" in text and "vs dense in eager PyTorch" in text
 
 
+def _convnet(filters: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(1, filters, 5), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+                         nn.Linear(filters * 6 * 6, 10))
+
+
+def test_channels_last_copy_gives_the_same_outputs_and_leaves_the_original_alone():
+    torch.manual_seed(0)
+    model = nn.Sequential(_convnet(6)[:3], nn.BatchNorm2d(6), nn.Conv2d(6, 4, 3), nn.Flatten(), nn.Linear(64, 3))
+    model[1].running_mean.uniform_(-1, 1)  # non-trivial statistics, so batch norm's layout handling is exercised
+    model.eval()
+    fast = runtime.to_channels_last(model)
+    assert fast is not model and runtime.has_convolutions(model) and not runtime.has_convolutions(_mlp([4, 2]))
+    assert model[0][0].weight.is_contiguous()  # the original keeps NCHW
+    assert fast[0][0].weight.is_contiguous(memory_format=torch.channels_last) and fast[2].weight.shape[1] == 6
+    x = torch.rand(5, 1, 16, 16)  # the caller's input stays NCHW
+    with torch.inference_mode():
+        expected, got = model(x), fast(x)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_conv_nets_are_also_timed_channels_last():
+    torch.manual_seed(0)
+    dense, small = _convnet(32), _convnet(2)
+    out = runtime.compare_runtimes(dense, small, (1, 16, 16), batch_sizes=(1, 32), rounds=2, repeats=8, threads=1)
+    median = out["median_ms"]
+    assert set(median) == {"eager", "eager_channels_last", "onnxruntime"}
+    for key in ("batch_1", "batch_32"):
+        assert out["speedup"]["eager_channels_last"][key] == pytest.approx(
+            median["eager_channels_last"]["dense"][key] / median["eager_channels_last"]["compressed"][key])
+        every = {f"{rt} {label}": median[rt][label][key] for rt in median for label in median[rt]}
+        assert out["fastest"][key] == min(every, key=every.get)
+    text = "\n".join(runtime.format_runtime_latency(out))
+    assert "eager PyTorch channels-last compressed" in text and "speed-up eager channels-last" in text
+    header, rule = text.splitlines()[2:4]
+    assert header.count("|") == rule.count("|")  # one rule cell per column
+    off = runtime.compare_runtimes(dense, small, (1, 16, 16), batch_sizes=(1,), rounds=1, repeats=3, onnx=False,
+                                   channels_last=False)
+    assert set(off["median_ms"]) == {"eager"}
+
+
 class _Recorder(nn.Module):
     def __init__(self, label: str, log: list[str]) -> None:
         super().__init__()
@@ -106,7 +146,7 @@ def test_bench_cli_on_a_committed_compressed_model(capsys):
     assert code == 0
     out = json.loads(capsys.readouterr().out)
     assert out["input_shape"] == [1, 28, 28] and "zoo lenet5" in out["dense"]
-    assert set(out["median_ms"]) == {"eager", "onnxruntime"}
+    assert set(out["median_ms"]) == {"eager", "eager_channels_last", "onnxruntime"}  # LeNet-5 is a conv net
     assert set(out["median_ms"]["onnxruntime"]) == {"dense", "compressed"}
     assert out["onnx_max_abs_diff"] < 1e-4
 
