@@ -24,7 +24,7 @@ import argparse
 import json
 import shutil
 import statistics
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -55,45 +55,67 @@ COST_PREFIX = {"weight": "cost", "mac": "mac"}
 COST_UNIT_WORDS = {"weight": "nats per weight", "mac": "nats per MAC"}
 
 
-def candidate_label(candidate: Candidate, cost_per: str = "weight", warmup: int = 0, evidence: str = "weights") -> str:
+@dataclass(frozen=True)
+class Pricing:
+    """How every candidate's neuron cost is charged: per ``cost_per`` unit (``TurboVBIConfig.neuron_cost_per``),
+    raised linearly over ``warmup`` epochs (0: from the start), the neurons hearing ``evidence`` besides their
+    prior (``TurboVBIConfig.neuron_evidence``). The defaults are the level's own and add nothing to a label."""
+
+    cost_per: str = "weight"
+    warmup: int = 0
+    evidence: str = "weights"
+
+    def label_suffix(self, cost: float) -> str:
+        ramp = f"_ramp{self.warmup}" if cost and self.warmup else ""
+        return ramp + ("_fisher" if self.evidence == "fisher" else "")
+
+    def prior_settings(self, candidate: Candidate) -> dict:
+        """The TurboVBIConfig settings this pricing adds for ``candidate`` (only those that differ from the
+        defaults, so a run's config, and with it its reuse, does not change where the pricing does not)."""
+        p_neuron, cost = candidate
+        settings: dict = {}
+        if cost:
+            settings["neuron_cost"] = cost
+            if self.cost_per != "weight":
+                settings["neuron_cost_per"] = self.cost_per
+            if self.warmup:
+                settings["neuron_cost_warmup_epochs"] = self.warmup
+        if p_neuron is not None and self.evidence != "weights":
+            settings["neuron_evidence"] = self.evidence
+        return settings
+
+
+DEFAULT_PRICING = Pricing()
+
+
+def candidate_label(candidate: Candidate, pricing: Pricing = DEFAULT_PRICING) -> str:
     p_neuron, cost = candidate
     if p_neuron is None:
         return "plain"
-    ramp = f"_ramp{warmup}" if cost and warmup else ""
-    data = "_fisher" if evidence == "fisher" else ""
-    return f"p{p_neuron:g}" + (f"_{COST_PREFIX[cost_per]}{cost:g}" if cost else "") + ramp + data
+    return (f"p{p_neuron:g}" + (f"_{COST_PREFIX[pricing.cost_per]}{cost:g}" if cost else "")
+            + pricing.label_suffix(cost))
 
 
-def candidate_dir(run_root: Path, model: str, candidate: Candidate, cost_per: str = "weight",
-                  warmup: int = 0, evidence: str = "weights") -> Path:
-    label = candidate_label(candidate, cost_per, warmup, evidence)
+def candidate_dir(run_root: Path, model: str, candidate: Candidate, pricing: Pricing = DEFAULT_PRICING) -> Path:
+    label = candidate_label(candidate, pricing)
     return run_root / (f"{model}_mnist_turbo_{label}" if label == "plain" else f"{model}_mnist_turbo_neuron_{label}")
 
 
 def train_candidate(model: str, candidate: Candidate, run_root: Path, restart: bool, epochs: int | None = None,
-                    finetune_epochs: int | None = None, cost_per: str = "weight", warmup: int = 0,
-                    evidence: str = "weights") -> dict:
-    """The committed Turbo recipe plus the neuron level with prior ``p_neuron`` and ``neuron_cost`` charged per
-    ``cost_per`` and raised over ``warmup`` epochs, its neurons hearing ``evidence`` (``TurboVBIConfig.
-    neuron_evidence``; p_neuron None: without the level, the control), optionally with fewer Bayesian /
-    fine-tuning epochs (run, or reuse if finished)."""
-    p_neuron, cost = candidate
+                    finetune_epochs: int | None = None, pricing: Pricing = DEFAULT_PRICING) -> dict:
+    """The committed Turbo recipe plus the neuron level with prior ``p_neuron`` and ``neuron_cost`` charged as
+    ``pricing`` says (p_neuron None: without the level, the control), optionally with fewer Bayesian / fine-tuning
+    epochs (run, or reuse if finished)."""
+    p_neuron, _ = candidate
     config = build_config(model, "turbo")
-    config.prior = {**config.prior, "neuron_support": p_neuron is not None, "p_neuron": p_neuron or 0.1}
-    if cost:
-        config.prior["neuron_cost"] = cost
-        if cost_per != "weight":
-            config.prior["neuron_cost_per"] = cost_per
-        if warmup:
-            config.prior["neuron_cost_warmup_epochs"] = warmup
-    if p_neuron is not None and evidence != "weights":
-        config.prior["neuron_evidence"] = evidence
+    config.prior = {**config.prior, "neuron_support": p_neuron is not None, "p_neuron": p_neuron or 0.1,
+                    **pricing.prior_settings(candidate)}
     if epochs is not None:
         config.bayes = replace(config.bayes, epochs=epochs)
     if finetune_epochs is not None:
         config.finetune = replace(config.finetune, epochs=finetune_epochs)
     config.__post_init__()  # re-validate the prior dict into a full TurboVBIConfig
-    return run_or_reuse(config, candidate_dir(run_root, model, candidate, cost_per, warmup, evidence), restart)
+    return run_or_reuse(config, candidate_dir(run_root, model, candidate, pricing), restart)
 
 
 def validation_error(path: Path, model: str) -> float:
@@ -134,11 +156,11 @@ def result_stem(model: str, tag: str = "") -> str:
 
 
 def summarise(model: str, candidates: dict[Candidate, dict], reports: dict, rounds: int, run_root: Path,
-              tag: str = "", cost_per: str = "weight", warmup: int = 0, evidence: str = "weights") -> dict:
+              tag: str = "", pricing: Pricing = DEFAULT_PRICING) -> dict:
     """Choose on validation, then test error, compression, filters and interleaved latency of every model."""
     chosen = choose(candidates, TARGET_PCT[model])
     stem = result_stem(model, tag)
-    shutil.copyfile(candidate_dir(run_root, model, chosen, cost_per, warmup, evidence) / "compressed.bcz",
+    shutil.copyfile(candidate_dir(run_root, model, chosen, pricing) / "compressed.bcz",
                     RESULTS / f"{stem}.bcz")
     rows = {"turbo_neuron": {k: reports[chosen].get(k) for k in COLUMNS}}
     models = {"turbo_neuron": bayescomp.load(RESULTS / f"{stem}.bcz")}
@@ -156,10 +178,11 @@ def summarise(model: str, candidates: dict[Candidate, dict], reports: dict, roun
     latency = interleaved_latency(models, rounds)
     return {
         "model": model, "data": "mnist", "target_error_pct": TARGET_PCT[model], "chosen_p_neuron": chosen[0],
-        "chosen_neuron_cost": chosen[1], "neuron_cost_per": cost_per, "neuron_cost_warmup_epochs": warmup,
-        "neuron_evidence": evidence, "chosen_label": candidate_label(chosen, cost_per, warmup, evidence),
+        "chosen_neuron_cost": chosen[1], "neuron_cost_per": pricing.cost_per,
+        "neuron_cost_warmup_epochs": pricing.warmup, "neuron_evidence": pricing.evidence,
+        "chosen_label": candidate_label(chosen, pricing),
         "rule": "most non-zero compression with validation error <= target; else lowest validation error",
-        "candidates": {candidate_label(c, cost_per, warmup, evidence): {"p_neuron": c[0], "neuron_cost": c[1], **v}
+        "candidates": {candidate_label(c, pricing): {"p_neuron": c[0], "neuron_cost": c[1], **v}
                        for c, v in candidates.items()},
         "rows": rows, "latency": latency,
         "rounds": rounds, "threads": torch.get_num_threads(), "device": "cpu", "dtype": "float32",
@@ -246,21 +269,19 @@ def main() -> None:
         parser.error("--epochs, --finetune-epochs and --neuron-cost-warmup must be >= 0")
     tried = [(p, cost) for p in args.p_neuron for cost in args.neuron_cost]
     wanted = tried + ([CONTROL] if args.control else [])
+    pricing = Pricing(args.neuron_cost_per, args.neuron_cost_warmup, args.neuron_evidence)
     reports = {c: train_candidate(args.model, c, args.run_root, args.restart, args.epochs, args.finetune_epochs,
-                                  args.neuron_cost_per, args.neuron_cost_warmup, args.neuron_evidence) for c in wanted}
+                                  pricing) for c in wanted}
     if args.train_only or not tried:
         return
     candidates = {}
     for c in tried:
-        run_dir = candidate_dir(args.run_root, args.model, c, args.neuron_cost_per, args.neuron_cost_warmup,
-                                args.neuron_evidence)
-        path = run_dir / "compressed.bcz"
+        path = candidate_dir(args.run_root, args.model, c, pricing) / "compressed.bcz"
         candidates[c] = {"val_error_pct": validation_error(path, args.model),
                          "test_error_pct": reports[c]["test_error_pct"],
                          "kept_architecture": reports[c]["kept_architecture"],
                          "compression_nonzero": reports[c]["compression_nonzero"]}
-    result = summarise(args.model, candidates, reports, args.rounds, args.run_root, args.tag, args.neuron_cost_per,
-                       args.neuron_cost_warmup, args.neuron_evidence)
+    result = summarise(args.model, candidates, reports, args.rounds, args.run_root, args.tag, pricing)
     stem = RESULTS / result_stem(args.model, args.tag)
     stem.with_suffix(".json").write_text(json.dumps(result, indent=2))
     stem.with_suffix(".md").write_text(markdown(result))
