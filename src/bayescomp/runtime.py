@@ -190,7 +190,8 @@ def format_runtime_latency(result: dict[str, Any]) -> list[str]:
         row = [f"{median[rt][label][key]:.3f}" for rt, label in columns]
         if "speedup" in result:
             row += [f"{result['speedup'][rt][key]:.1f}x" if rt in result["speedup"] else "-" for rt in speedups]
-        row.append(result["fastest"][key])
+        runtime_key, _, label = result["fastest"][key].rpartition(" ")
+        row.append(f"{RUNTIME_NAMES.get(runtime_key, runtime_key)} {label}")
         lines.append(f"| {key.removeprefix('batch_')} | " + " | ".join(row) + " |")
     if "onnxruntime_note" in result:
         lines += ["", f"onnxruntime: {result['onnxruntime_note']}"]
