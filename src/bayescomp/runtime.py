@@ -64,7 +64,7 @@ def to_channels_last(model: nn.Module) -> nn.Module:
     Same parameters, same outputs (up to float rounding), and the caller still passes NCHW input: PyTorch runs a
     convolution in channels-last when its weight is, and the layers after it (ReLU, pooling, batch norm) follow
     their input. On this project's CPUs oneDNN's NHWC convolution and pooling kernels were measured about 2x
-    faster than the NCHW ones for LeNet-5 at batch 256 and up to 1.2x for ResNet-20, while a model of a few
+    faster than the NCHW ones for LeNet-5 at batch 256 and 1.1-1.3x for ResNet-20, while a model of a few
     small layers at batch 1 can be slower; :func:`compare_runtimes` times both, so measure before choosing.
     """
     return copy.deepcopy(model).to(memory_format=torch.channels_last)
@@ -183,7 +183,7 @@ def format_runtime_latency(result: dict[str, Any]) -> list[str]:
     lines = [(f"Latency by runtime (CPU, float32, {result['threads']} threads, median of {result['rounds']} "
               "interleaved rounds, ms):"), "",
              "| batch | " + " | ".join(f"{RUNTIME_NAMES[rt]} {label}" for rt, label in columns)
-             + ("".join(f" | speed-up {rt.replace('_', ' ').replace('channels last', 'channels-last')}"
+             + ("".join(f" | speed-up {RUNTIME_NAMES[rt].replace(' PyTorch', '')}"
                         for rt in speedups) + " | fastest |" if "speedup" in result else " | fastest |"),
              "|---" * (len(columns) + (len(speedups) + 2 if "speedup" in result else 2)) + "|"]
     for key in next(iter(median.values()))[columns[0][1]]:
