@@ -39,6 +39,11 @@ The rule, written before the run:
 ``--train-only`` stops after training (no candidate, no test figure): long trainings can run first, and the same
 command without it resumes from the trained posteriors for the rule's steps.
 
+``--post-variants`` (a step added later, fixed before the runs that use it) widens step 2: each JSON dict of the
+method's post-training settings (:attr:`~bayescomp.methods.Method.post_training_settings`, e.g. Sparse VD's
+``prune_threshold``) is applied to every prior variant's trained posterior and its tolerances, and step 3 chooses
+among all of them (ties to the earlier dict). They share the posterior: no extra training.
+
 ``--prior-set key=value`` changes one prior setting of the recipe (e.g. ``weight_sampling=batch``) and
 ``--tag`` names such a run apart (``runs/blind/<model>_<method>_<epochs>_<tag>``, ``..._blind<epochs>_<tag>``
 files): a tagged run is a variant of the row, not the row's rerun, so RESULTS.md does not count it among the
@@ -178,16 +183,31 @@ def parse_prior_set(items: list[str]) -> dict:
     return out
 
 
+def post_variants(method, given: list[dict] | None) -> list[dict]:
+    """The ``--post-variants`` dicts checked against the method's post-training settings (``[{}]`` when none are
+    given): a setting that training reads would need a posterior of its own."""
+    if not given:
+        return [{}]
+    for post in given:
+        if not isinstance(post, dict):
+            raise SystemExit(f"--post-variants expects JSON objects, got {post!r}")
+        unknown = set(post) - set(method.post_training_settings)
+        if unknown:
+            raise SystemExit(f"--post-variants: {sorted(unknown)} are not post-training settings of method "
+                             f"{method.name!r} (those are: {sorted(method.post_training_settings) or 'none'})")
+    return [dict(post) for post in given]
+
+
 def choose(candidates: list[dict], metric: str = "architecture") -> tuple[dict, bool]:
     """The rule of step 3: the most compressed qualifying candidate (by ``compression_<metric>``; ties to the
     smaller tolerance, then the earlier variant), else the lowest validation error at the smallest tolerance."""
     qualifying = [c for c in candidates if c["qualifies"]]
     if qualifying:
         return max(qualifying, key=lambda c: (c[f"compression_{metric}"], -c["tolerance_pct"],
-                                              -c.get("variant", 0))), True
+                                              -c.get("variant", 0), -c.get("post_variant", 0))), True
     smallest = min(c["tolerance_pct"] for c in candidates)
     return min((c for c in candidates if c["tolerance_pct"] == smallest),
-               key=lambda c: (c["val_error_pct"], c.get("variant", 0))), False
+               key=lambda c: (c["val_error_pct"], c.get("variant", 0), c.get("post_variant", 0))), False
 
 
 #: The per-layer bit reduction of the authors' reference code (``compression.py``: ``dist_fun = mean``).
@@ -212,8 +232,11 @@ def markdown(record: dict) -> str:
     variants = record.get("variants", [None])
     chosen = record["chosen"]
     chosen_text = f"tolerance {chosen['tolerance_pct']}"
+    posts = record.get("post_variants") or []
     if len(variants) > 1:
         chosen_text += f", variant {chosen['variant']} (prior {json.dumps(chosen['prior'])})"
+    if posts:
+        chosen_text += f", post-training settings {chosen['post_variant']} (`{json.dumps(chosen['post'])}`)"
     tag = f", variant `{record['tag']}` (a changed recipe, not the row's rerun)" if record.get("tag") else ""
     lines = [(f"# Blind rerun: {record['model']} {record['method']}, {record['epochs']} Bayesian epochs, "
               f"seed {record.get('seed', 0)}{tag}"),
@@ -222,7 +245,8 @@ def markdown(record: dict) -> str:
                   + (f"; the posterior was trained on {record['trained_on']}" if record.get("trained_on") else "")
                   + ")"), "",
              ("Rule (fixed before the run, see `benchmarks/blind_row.py`): among the "
-              + ("prior variants and " if len(variants) > 1 else "") + f"search tolerances, the largest "
+              + ("prior variants and " if len(variants) > 1 else "")
+              + ("post-training settings and " if posts else "") + f"search tolerances, the largest "
               f"{METRIC_WORDS[metric]} whose fine-tuned validation error is at most the dense model's "
               f"({record['dense_val_error_pct']:.2f} %) + {record['allowance_pct']} points. Chosen: {chosen_text}"
               + ("" if record["rule_met"] else " (no candidate qualified: the lowest validation error at the "
@@ -241,13 +265,17 @@ def markdown(record: dict) -> str:
         lines += ["(= t): that tolerance pruned to exactly the model of tolerance t, whose figures it shares.", ""]
     if len(variants) > 1:
         lines += ["Prior variants: " + "; ".join(f"{i}: `{json.dumps(v)}`" for i, v in enumerate(variants)), ""]
-    head = ("| variant " if len(variants) > 1 else "") + ("| tolerance | kept | × architecture | × non-zero | "
+    if posts:
+        lines += ["Post-training settings (they share each variant's posterior): "
+                  + "; ".join(f"{i}: `{json.dumps(v)}`" for i, v in enumerate(posts)), ""]
+    head = ("| variant " if len(variants) > 1 else "") + ("| post " if posts else "") + ("| tolerance | kept | × architecture | × non-zero | "
                                                            "val error pruned % | val error fine-tuned % | qualifies |")
     lines += [head, "|---" * head.count("| ") + "|"]
     for c in record["candidates"]:
         nonzero = f"{c['compression_nonzero']:.1f}" if "compression_nonzero" in c else "-"
         same = f" (= {c['same_model_as_tolerance']})" if "same_model_as_tolerance" in c else ""
         lines.append(("" if len(variants) == 1 else f"| {c['variant']} ")
+                     + (f"| {c['post_variant']} " if posts else "")
                      + f"| {c['tolerance_pct']}{same} | {c['kept_architecture']} | {c['compression_architecture']:.1f} | "
                      f"{nonzero} | {c['val_error_pct_pruned']:.2f} | {c['val_error_pct']:.2f} | "
                      f"{'yes' if c['qualifies'] else 'no'} |")
@@ -298,6 +326,9 @@ def main() -> None:
                         help="replay each Bayesian training step as one CUDA graph (bayescomp.cuda_graphs)")
     parser.add_argument("--prior-variants", type=json.loads, nargs="+", default=None, metavar="JSON",
                         help="complete prior-settings dicts to choose among on validation (default: the recipe's)")
+    parser.add_argument("--post-variants", type=json.loads, nargs="+", default=None, metavar="JSON",
+                        help="post-training settings of the method (e.g. '{\"prune_threshold\": 2}') to choose among "
+                             "as well, on each variant's trained posterior: a changed rule, so it needs --tag")
     parser.add_argument("--prior-set", nargs="+", default=[], metavar="KEY=VALUE",
                         help="change these settings of the recipe's prior (applied to every variant)")
     parser.add_argument("--tag", default="", help="name of this variant of the row (required with --prior-set)")
@@ -316,11 +347,11 @@ def main() -> None:
                         help="fine-tune every candidate by distillation from the dense model with this weight "
                              "(T = 4): a changed recipe, so it needs --tag")
     args = parser.parse_args()
-    changes_recipe = (args.prior_set or args.choose_bits or args.finetune_epochs is not None or args.finetune_lr
+    changes_recipe = (args.prior_set or args.post_variants or args.choose_bits or args.finetune_epochs is not None or args.finetune_lr
                       or args.distill is not None)
     if changes_recipe and not args.tag:
-        raise SystemExit("--prior-set, --choose-bits, --finetune-* and --distill change the recipe: give the run a "
-                         "--tag so it cannot overwrite the row")
+        raise SystemExit("--prior-set, --post-variants, --choose-bits, --finetune-* and --distill change the recipe: "
+                         "give the run a --tag so it cannot overwrite the row")
     torch.set_num_threads(args.threads)
     started = time.perf_counter()
     base = recipe(args.model, args.method, args.seed)
@@ -330,6 +361,7 @@ def main() -> None:
     metric = METRICS.get(base.method, "architecture")
     changes = parse_prior_set(args.prior_set)
     variants = [{**prior, **changes} for prior in (args.prior_variants or [dict(base.prior)])]
+    posts = post_variants(get_method(base.method), args.post_variants)
     seed_tag = seed_suffix(args.seed, args.tag)
     root = Path("runs/blind") / f"{args.model}_{args.method}_{args.epochs}{seed_tag}"
     candidates, trained = [], []
@@ -343,15 +375,20 @@ def main() -> None:
         dense_val = evaluate(ctx.dense, ctx.data.val)["error_pct"]  # the same dense model for every variant
         ctx = replace(ctx, extras={"allowance": args.allowance})
         trained.append((config, run_dir, method, ctx, posterior))
-        seen: dict[str, dict] = {}
-        for tolerance in args.tolerances:
-            candidates.append({"variant": index, "prior": dict(prior),
-                               **candidate(method, ctx, posterior, tolerance, dense_val, seen)})
-            print(json.dumps(candidates[-1]), flush=True)
+        for post_index, post in enumerate(posts):
+            post_ctx = replace(ctx, config=replace(config, prior={**prior, **post}))
+            labels = {"post_variant": post_index, "post": dict(post)} if args.post_variants else {}
+            seen: dict[str, dict] = {}
+            for tolerance in args.tolerances:
+                candidates.append({"variant": index, "prior": dict(prior), **labels,
+                                   **candidate(method, post_ctx, posterior, tolerance, dense_val, seen)})
+                print(json.dumps(candidates[-1]), flush=True)
     if args.train_only:
         return
     chosen, rule_met = choose(candidates, metric)
     config, run_dir, method, ctx, posterior = trained[chosen["variant"]]
+    config = replace(config, prior={**config.prior, **chosen.get("post", {})})
+    ctx = replace(ctx, config=config)
     final = at_tolerance(method, config, chosen["tolerance_pct"])
     bits_choice = None
     if args.choose_bits and final.compress.bits_reduce != REFERENCE_BITS:
@@ -373,7 +410,8 @@ def main() -> None:
                         suffix=suffix)
     record = {"model": args.model, "method": args.method, "epochs": args.epochs, "seed": args.seed, "tag": args.tag,
               "dense_val_error_pct": dense_val, "allowance_pct": args.allowance, "metric": metric,
-              "variants": variants, "candidates": candidates, "finetunes": method.finetune_after_compress,
+              "variants": variants, **({"post_variants": posts} if args.post_variants else {}),
+              "candidates": candidates, "finetunes": method.finetune_after_compress,
               "chosen": chosen, "rule_met": rule_met, **({"bits_choice": bits_choice} if bits_choice else {}),
               "published": str(published.relative_to(RESULTS.parent.parent)),
               "result": {k: report[k] for k in ("test_error_pct", "compression_architecture", "compression_bits",

@@ -302,3 +302,39 @@ def test_the_markdown_says_when_the_method_does_not_fine_tune():
     assert "does not fine-tune" not in markdown(record)  # older records carry no flag: nothing claimed
     assert "does not fine-tune after pruning" in markdown({**record, "finetunes": False})
     assert "does not fine-tune" not in markdown({**record, "finetunes": True})
+
+
+def test_post_training_variants_are_checked_chosen_and_shown():
+    from benchmarks.blind_row import choose, markdown, post_variants
+    from bayescomp.methods import get_method
+
+    svd = get_method("svd")
+    assert post_variants(svd, None) == [{}]
+    assert post_variants(svd, [{"prune_threshold": 2.0}]) == [{"prune_threshold": 2.0}]
+    with pytest.raises(SystemExit, match="not post-training settings"):
+        post_variants(svd, [{"threshold": 2.0}])  # training reads it: it needs a posterior of its own
+    with pytest.raises(SystemExit, match="not post-training settings"):
+        post_variants(get_method("gnj"), [{"prune_threshold": 2.0}])
+    with pytest.raises(SystemExit, match="JSON objects"):
+        post_variants(svd, [2.0])
+
+    def cand(post: int, nonzero: float, val: float) -> dict:
+        return {"variant": 0, "prior": {}, "post_variant": post, "post": {"prune_threshold": 3.0 - post},
+                "tolerance_pct": 0.2, "kept_architecture": "1-2", "compression_architecture": 2.0,
+                "compression_nonzero": nonzero, "val_error_pct_pruned": val, "val_error_pct": val,
+                "qualifies": val <= 1.0}
+
+    candidates = [cand(0, 190.0, 0.9), cand(1, 260.0, 0.95), cand(2, 260.0, 0.97), cand(3, 380.0, 1.2)]
+    chosen, met = choose(candidates, "nonzero")
+    assert met and chosen is candidates[1]  # the most compressed qualifying; a tie goes to the earlier post variant
+    record = {"model": "lenet5", "method": "svd", "epochs": 200, "seed": 0, "tag": "t", "command": "c",
+              "torch_threads": 1, "wall_time_s": 60.0, "dense_val_error_pct": 0.8, "allowance_pct": 0.2,
+              "metric": "nonzero", "variants": [{}], "post_variants": [c["post"] for c in candidates],
+              "candidates": candidates, "chosen": chosen, "rule_met": met, "published": "p.json",
+              "result": {"test_error_pct": 0.7, "compression_architecture": 2.0, "compression_bits": 3.0,
+                         "compression_nonzero": 260.0, "kept_architecture": "1-2", "dense_test_error_pct": 0.6}}
+    text = markdown(record)
+    assert "post-training settings 1 (`{\"prune_threshold\": 2.0}`)" in text
+    rows = [line for line in text.splitlines() if line.startswith("| ")]
+    assert rows[0].startswith("| post | tolerance") and rows[2].startswith("| 1 | 0.2 |")
+    assert all(row.count("|") == rows[0].count("|") for row in rows)

@@ -280,3 +280,58 @@ def test_keep_mask_equals_clipped_log_alpha_below_threshold(threshold):
         layer.weight_log_sigma2[1, :3] = -30.0  # log alpha below -8, clipped
     assert torch.equal(layer.weight_keep_mask(), layer.weight_log_alpha() < threshold)
     assert torch.equal(layer.weight_keep_mask(), _log_alpha(layer) < threshold)
+
+
+def test_prune_threshold_decides_the_deployed_weights_and_training_keeps_its_own():
+    """``prune_threshold`` moves the deployed mask (and the plain layer) to its own log alpha cut, checked against
+    the independent log alpha; the training forward with ``train_clip`` still cuts at ``threshold``."""
+    layer = LinearSparseVD(5, 4, config=SparseVDConfig(train_clip=True, prune_threshold=1))
+    _random_posterior(layer, seed=11)
+    assert layer.config.prune_threshold == 1.0 and isinstance(layer.config.prune_threshold, float)
+    log_alpha = _log_alpha(layer)
+    keep = log_alpha < 1.0
+    assert keep.sum() < (log_alpha < 3.0).sum()  # the spread puts weights between the two cuts
+    assert torch.equal(layer.weight_keep_mask(), keep)
+    torch.testing.assert_close(layer.to_plain().weight.detach(),
+                               torch.where(keep, layer.weight_mu.detach(), torch.zeros(())))
+    assert torch.equal(layer._train_keep_mask(), log_alpha < 3.0)
+    assert SparseVDConfig().deploy_threshold == 3.0 and SparseVDConfig(prune_threshold=0).deploy_threshold == 0.0
+
+
+def test_the_svd_method_prunes_a_trained_posterior_at_the_runs_prune_threshold():
+    """The method's compress step gives the layers the run's post-training settings: a posterior trained at the
+    paper's threshold is deployed at the run's, with exactly the weights of log alpha below it kept (counted
+    independently), and the caller's other copy of the posterior is left as it was."""
+    import copy
+
+    from bayescomp import create_model
+    from bayescomp.compress import compress
+    from bayescomp.methods import get_method
+    from bayescomp.methods.priors import with_post_training_settings
+
+    method = get_method("svd")
+    assert method.post_training_settings == ("prune_threshold",)
+    torch.manual_seed(0)
+    model = bayesify(create_model("lenet300"), "svd", SparseVDConfig(train_clip=False))
+    for index, (_, layer) in enumerate(bayesian_layers(model)):
+        _random_posterior(layer, seed=20 + index)
+    trained = copy.deepcopy(model)
+    with_post_training_settings(model, method.make_settings({"train_clip": False, "prune_threshold": 0.5}),
+                                method.post_training_settings)
+    layers = [layer for _, layer in bayesian_layers(model)]
+    assert all(layer.config.prune_threshold == 0.5 for layer in layers)
+    assert all(layer.config.prune_threshold is None for _, layer in bayesian_layers(trained))
+    result = compress(model, None)
+    expected = sum(int((_log_alpha(layer) < 0.5).sum()) for layer in layers)
+    assert result.thresholds == [0.5] * len(layers)
+    assert result.weights_nonzero == expected < sum(int((_log_alpha(layer) < 3.0).sum()) for layer in layers)
+    assert compress(trained, None).thresholds == [3.0] * len(layers)
+
+
+def test_a_changed_prune_threshold_reuses_the_trained_posterior():
+    from bayescomp.pipeline import changed_settings
+
+    before = {"method": "svd", "prior": {"threshold": 3.0, "train_clip": False}}
+    after = {"method": "svd", "prior": {"threshold": 3.0, "train_clip": False, "prune_threshold": 1.0}}
+    assert changed_settings(before, after) == ["prior.prune_threshold"]
+    assert changed_settings(before, {"method": "svd", "prior": {"threshold": 2.0, "train_clip": False}}) == ["prior"]

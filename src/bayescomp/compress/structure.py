@@ -49,6 +49,12 @@ class Cut:
     per_weight: list[bool]
 
 
+def deploy_threshold(config: Any) -> float:
+    """A per-weight prior's pruning threshold for the deployed network (Sparse VD may set one apart from its
+    training threshold: ``SparseVDConfig.prune_threshold``)."""
+    return float(getattr(config, "deploy_threshold", config.threshold))
+
+
 class ChainStructure:
     """A Sequential chain (see the module doc); plans are :class:`~bayescomp.compress.masks.PruningPlan`."""
 
@@ -63,7 +69,7 @@ class ChainStructure:
     def default_thresholds(self) -> list[float] | str:
         """Per-weight priors: each layer's own threshold (the prior's paper fixes it); group priors: the search."""
         if any(self.per_weight):
-            return [float(layer.module.config.threshold) for layer in self.chain.layers]
+            return [deploy_threshold(layer.module.config) for layer in self.chain.layers]
         return "search"
 
     def prefers_global_search(self, search: str) -> bool:

@@ -8,6 +8,7 @@ an entry gets the defaults (no learning-rate scales, no extra flags).
 
 from __future__ import annotations
 
+from dataclasses import is_dataclass, replace
 from types import MappingProxyType
 from typing import Any
 
@@ -43,9 +44,22 @@ PRIOR_TRAITS: dict[str, dict[str, Any]] = {
     "ghs": {"lr_scales": {"scale_group_mu": 10.0, "scale_group_log_sigma2": 10.0, "scale_global_mu": 10.0},
             "group_lr_suffixes": ("scale_group_mu", "scale_group_log_sigma2", "scale_global_mu"),
             "cli_options": ("clip_var", "tau0")},
-    "svd": {"aliases": ("sparse-vd",)},
+    "svd": {"aliases": ("sparse-vd",), "post_training_settings": ("prune_threshold",)},
     "turbo": {"aliases": ("turbo-vbi",), "report_extras": _turbo_extras},
 }
+
+
+def with_post_training_settings(model: nn.Module, settings: Any, names: tuple[str, ...]) -> None:
+    """Give every Bayesian layer of ``model`` the run's values of the post-training settings ``names``: a
+    posterior trained (or read back) with other values is pruned as the run asks, not as it was trained. Each
+    layer gets its own copy of its settings, so a model sharing them with another is left alone."""
+    if not names:
+        return
+    values = {key: getattr(settings, key) for key in names}
+    for _, layer in bayesian_layers(model):
+        config = getattr(layer, "config", None)
+        if is_dataclass(config) and all(hasattr(config, key) for key in names):
+            layer.config = replace(config, **values)
 
 
 def _prior_method(name: str) -> Method:
@@ -64,8 +78,14 @@ def _prior_method(name: str) -> Method:
                 prime_fisher_evidence(model, batches)
         return model
 
+    post_training = tuple(traits.get("post_training_settings", ()))
+
+    def compress(model: nn.Module, ctx: RunContext):
+        with_post_training_settings(model, ctx.settings, post_training)
+        return search_and_compress(model, ctx)
+
     return Method(name=name, config_cls=spec.config_cls, description=spec.description, needs="prior",
-                  prepare=prepare, compress=search_and_compress, distributed=True, **traits)
+                  prepare=prepare, compress=compress, distributed=True, **traits)
 
 
 for _name in sorted(PRIORS):

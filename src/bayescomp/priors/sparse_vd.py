@@ -51,6 +51,11 @@ class SparseVDConfig:
             authors' ``train_clip`` option), so training sees the network that will be deployed. We zero the mean
             and the variance of those weights, as the authors' conv layer does (their dense layer zeroes the mean
             only).
+        prune_threshold: the log alpha threshold of the deployed network, when it should differ from
+            ``threshold``; None: ``threshold``. Read only after training (a post-training setting: changing it
+            reuses a trained posterior), so it can be chosen on the validation split. The paper fixes 3 for both;
+            with ``train_clip`` the weights above ``threshold`` were already zero in training, so a
+            ``prune_threshold`` above it would bring back weights the training never used.
         name: registry key of the prior.
     """
 
@@ -58,6 +63,7 @@ class SparseVDConfig:
     init_log_sigma2: float = -10.0
     log_alpha_clip: tuple[float, float] = (-8.0, 8.0)
     train_clip: bool = True
+    prune_threshold: float | None = None
     name: str = "svd"
 
     def __post_init__(self) -> None:
@@ -65,6 +71,13 @@ class SparseVDConfig:
         if not low < high:
             raise ValueError(f"log_alpha_clip must be (low, high) with low < high, got {self.log_alpha_clip}")
         self.log_alpha_clip = (low, high)
+        if self.prune_threshold is not None:
+            self.prune_threshold = float(self.prune_threshold)
+
+    @property
+    def deploy_threshold(self) -> float:
+        """The log alpha threshold of the pruned network: ``prune_threshold``, else ``threshold``."""
+        return self.threshold if self.prune_threshold is None else self.prune_threshold
 
 
 class _SparseVDMixin(PerWeightGaussian):
@@ -89,17 +102,19 @@ class _SparseVDMixin(PerWeightGaussian):
         return log_alpha.clamp(low, high)
 
     @torch.no_grad()
-    def _keep_mask(self) -> torch.Tensor:
-        """Same as ``weight_log_alpha() < threshold`` without the clamp pass (it only decides the edge cases)."""
+    def _keep_mask(self, threshold: float | None = None) -> torch.Tensor:
+        """Same as ``weight_log_alpha() < threshold`` without the clamp pass (it only decides the edge cases);
+        ``threshold`` defaults to the deployed network's (:attr:`SparseVDConfig.deploy_threshold`)."""
         low, high = self.config.log_alpha_clip
-        threshold = self.config.threshold
+        threshold = self.config.deploy_threshold if threshold is None else threshold
         if threshold > high or threshold <= low:
             return torch.full_like(self.weight_mu, threshold > high, dtype=torch.bool)
         log_theta2 = self.weight_mu.square().add_(_EPS).log_()
         return torch.lt(self.weight_log_sigma2 - log_theta2, threshold)
 
     def weight_keep_mask(self) -> torch.Tensor:
-        """Keep weight ij iff its log alpha < threshold (paper Sec. 4.4); bool, shaped like the weight."""
+        """Keep weight ij iff its log alpha < the deployed threshold (paper Sec. 4.4: 3); bool, shaped like the
+        weight."""
         return self._keep_mask()
 
     @torch.no_grad()
@@ -108,7 +123,7 @@ class _SparseVDMixin(PerWeightGaussian):
         low, high = self.config.log_alpha_clip
         threshold = self.config.threshold
         if threshold > high or threshold <= low:
-            return self._keep_mask()
+            return self._keep_mask(threshold)
         log_theta2_now = self._variance_cache().get("log_theta2", self.weight_mu, fresh=True, fn=log_theta2)
         return torch.lt(self.weight_log_sigma2 - log_theta2_now, threshold)
 
