@@ -268,8 +268,9 @@ def markdown(record: dict) -> str:
     if posts:
         lines += ["Post-training settings (they share each variant's posterior): "
                   + "; ".join(f"{i}: `{json.dumps(v)}`" for i, v in enumerate(posts)), ""]
-    head = ("| variant " if len(variants) > 1 else "") + ("| post " if posts else "") + ("| tolerance | kept | × architecture | × non-zero | "
-                                                           "val error pruned % | val error fine-tuned % | qualifies |")
+    head = (("| variant " if len(variants) > 1 else "") + ("| post " if posts else "")
+            + "| tolerance | kept | × architecture | × non-zero | val error pruned % | val error fine-tuned % "
+              "| qualifies |")
     lines += [head, "|---" * head.count("| ") + "|"]
     for c in record["candidates"]:
         nonzero = f"{c['compression_nonzero']:.1f}" if "compression_nonzero" in c else "-"
@@ -347,8 +348,8 @@ def main() -> None:
                         help="fine-tune every candidate by distillation from the dense model with this weight "
                              "(T = 4): a changed recipe, so it needs --tag")
     args = parser.parse_args()
-    changes_recipe = (args.prior_set or args.post_variants or args.choose_bits or args.finetune_epochs is not None or args.finetune_lr
-                      or args.distill is not None)
+    changes_recipe = (args.prior_set or args.post_variants or args.choose_bits or args.finetune_epochs is not None
+                      or args.finetune_lr or args.distill is not None)
     if changes_recipe and not args.tag:
         raise SystemExit("--prior-set, --post-variants, --choose-bits, --finetune-* and --distill change the recipe: "
                          "give the run a --tag so it cannot overwrite the row")
