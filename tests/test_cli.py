@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 
@@ -240,6 +241,16 @@ def test_every_method_runs_end_to_end_and_its_file_reproduces_the_report(method,
         assert report["compression_csr"] > 1.5
         # the sparse file really is small: below the float32 CSR accounting of the same weights
         assert report["file_bytes_compressed"] * 8 < 32 * report["weights_dense"] / report["compression_csr"] + 8 * 4096
+    if method == "svd":  # the deployed log alpha cut is read only after training: a rerun reuses the posterior
+        trained = hashlib.sha256((run_dir / "bayes.ckpt").read_bytes()).hexdigest()
+        capsys.readouterr()
+        assert main(["run", "--model", "lenet300", "--method", method, "--run-dir", str(run_dir), *SMALL,
+                     "--no-latency", "--no-plots", "--prior-option", "prune_threshold=-2"]) == 0
+        out = capsys.readouterr().out
+        assert "reusing the trained posterior" in out and "prior.prune_threshold" in out and "epoch   1/" not in out
+        assert hashlib.sha256((run_dir / "bayes.ckpt").read_bytes()).hexdigest() == trained
+        cut = json.loads((run_dir / "report.json").read_text())
+        assert cut["weights_nonzero"] < report["weights_nonzero"]  # a lower cut keeps fewer weights
 
 
 def test_run_repeats_from_its_record(tmp_path, capsys):
