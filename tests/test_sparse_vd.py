@@ -335,3 +335,24 @@ def test_a_changed_prune_threshold_reuses_the_trained_posterior():
     after = {"method": "svd", "prior": {"threshold": 3.0, "train_clip": False, "prune_threshold": 1.0}}
     assert changed_settings(before, after) == ["prior.prune_threshold"]
     assert changed_settings(before, {"method": "svd", "prior": {"threshold": 2.0, "train_clip": False}}) == ["prior"]
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("fused", [True, False])
+def test_training_clips_at_the_training_threshold_whatever_the_deployed_one(fused):
+    """With ``train_clip`` and a ``prune_threshold`` that would prune every weight, the training forward (both code
+    paths) still drops only the weights above ``threshold``; the deployed layer drops them all."""
+    layer = LinearSparseVD(3, 1, config=SparseVDConfig(train_clip=True, prune_threshold=-7.0))
+    layer.fused = fused
+    theta = torch.tensor([[0.8, -0.5, 0.6]])
+    _set_posterior(layer, theta, torch.tensor([[-6.0, 3.5, -5.0]]))
+    layer.bias_mu.fill_(0.1)
+    x = torch.tensor([[1.0, 1.0, -1.0]])
+    n = 40000
+    out = layer(x.expand(n, 3))[:, 0]
+    keep = torch.tensor([True, False, True])
+    mean = (theta[0] * x[0] * keep).sum() + 0.1
+    var = (layer.weight_log_sigma2.exp()[0] * x[0] ** 2 * keep).sum()
+    assert abs(out.mean().item() - mean.item()) < 5 * math.sqrt(var.item() / n)
+    assert abs(out.var().item() - var.item()) < 6 * math.sqrt(2 * var.item() ** 2 / n)
+    assert not bool(layer.weight_keep_mask().any()) and not bool(layer.to_plain().weight.any())

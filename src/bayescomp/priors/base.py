@@ -210,7 +210,7 @@ class PerWeightGaussian(BayesianLayer):
     def _train_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
         mean, variance = self.weight_mu, self.weight_log_sigma2.exp()
         if self.config.train_clip:
-            keep = self.weight_keep_mask()
+            keep = self._train_keep_mask()
             mean, variance = mean * keep, variance * keep
         return mean, variance
 
