@@ -539,3 +539,24 @@ def test_the_prepare_hook_primes_the_fisher_evidence_before_training(mnist_small
     assert (model[0].neuron_data_evidence != 0).all() and int(model[0].fisher_examples) == 0
     assert all(p.grad is None for p in model.parameters())
     assert not bool(model[4].neuron_level)  # the classes: no neuron level, no data evidence either
+
+
+@torch.no_grad()
+def test_prune_threshold_moves_the_deployed_cut_and_training_keeps_its_own():
+    """``prune_threshold`` decides the deployed weights (-logit pi~ below it, counted here from the support
+    log-odds); ``train_clip`` in training still cuts at ``threshold``; the method reads it after training only."""
+    from bayescomp.methods import get_method
+
+    layer = LinearTurboVBI(6, 4, config=TurboVBIConfig(train_clip=True, prune_threshold=-1))
+    g = torch.Generator().manual_seed(3)
+    layer.support_log_odds.copy_(torch.randn(layer.support_log_odds.shape, generator=g) * 3)
+    stat = -layer.support_log_odds.reshape(layer.weight_mu.shape)
+    assert 0 < int((stat < -1.0).sum()) < int((stat < 0.0).sum())  # weights between the two cuts exist
+    assert torch.equal(layer.weight_keep_mask(), stat < -1.0)
+    assert torch.equal(layer._train_keep_mask(), stat < 0.0)
+    mean, variance = layer._train_weights()
+    assert torch.equal(mean != 0, (stat < 0.0) & (layer.weight_mu != 0))
+    plain = layer.to_plain()
+    assert torch.equal(plain.weight != 0, (stat < -1.0) & (layer.weight_mu != 0))
+    assert TurboVBIConfig().deploy_threshold == 0.0 and TurboVBIConfig(prune_threshold=2).deploy_threshold == 2.0
+    assert get_method("turbo").post_training_settings == ("prune_threshold",)

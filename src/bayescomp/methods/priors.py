@@ -35,7 +35,9 @@ def _turbo_extras(model: nn.Module | None, ctx: RunContext) -> dict[str, Any]:
     return {"module_b_sweep_s": sweep, "epoch_s": epoch_s}
 
 
-#: Per-prior declarations. ``lr_scales``: the parameters that decide which groups survive (GNJ: the group noise;
+#: Per-prior declarations. ``post_training_settings``: the per-weight priors' deployed cut
+#: (``prune_threshold``) is read only by ``compress``, so a run directory can be pruned again at another one.
+#: ``lr_scales``: the parameters that decide which groups survive (GNJ: the group noise;
 #: GHS: the log-normal scale factors, which live in log space and start far from where the prior pulls unneeded
 #: groups) move ten times faster than the weights.
 PRIOR_TRAITS: dict[str, dict[str, Any]] = {
@@ -45,7 +47,8 @@ PRIOR_TRAITS: dict[str, dict[str, Any]] = {
             "group_lr_suffixes": ("scale_group_mu", "scale_group_log_sigma2", "scale_global_mu"),
             "cli_options": ("clip_var", "tau0")},
     "svd": {"aliases": ("sparse-vd",), "post_training_settings": ("prune_threshold",)},
-    "turbo": {"aliases": ("turbo-vbi",), "report_extras": _turbo_extras},
+    "turbo": {"aliases": ("turbo-vbi",), "report_extras": _turbo_extras,
+              "post_training_settings": ("prune_threshold",)},
 }
 
 

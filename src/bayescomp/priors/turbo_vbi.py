@@ -85,6 +85,9 @@ class TurboVBIConfig:
             the bound, a weight whose mean has shrunk below the spike's scale is declared inactive.
         train_clip: zero the weights with pi~ <= 0.5 in the training forward as well (off: the spike shrinks them).
         threshold: keep weight n iff -logit pi~_n < threshold (0: pi~ > 0.5).
+        prune_threshold: the deployed network's threshold on -logit pi~, when it should differ from ``threshold``
+            (which ``train_clip`` applies in training); None: ``threshold``. A post-training setting: changing it
+            reuses a trained posterior, so it can be chosen on the validation split.
         neuron_support: add the neuron level to module B: one support variable per output neuron / filter (grid
             row), on with prior probability ``p_neuron``, that forces its whole row off when it is off, so a
             filter switches off as a whole (:mod:`bayescomp.priors.support_mrf`; our reconstruction, UNVERIFIED).
@@ -158,6 +161,7 @@ class TurboVBIConfig:
     sigma_clip: float | None = 1.0
     train_clip: bool = False
     threshold: float = 0.0
+    prune_threshold: float | None = None
     neuron_support: bool = False
     p_neuron: float = 0.1
     neuron_cost: float = 0.0
@@ -193,7 +197,14 @@ class TurboVBIConfig:
             raise ValueError(f"neuron_cost_warmup_epochs must be >= 0, got {self.neuron_cost_warmup_epochs}")
         if not 0.0 < self.p_neuron < 1.0:
             raise ValueError(f"p_neuron must be a probability in the open interval (0, 1), got {self.p_neuron}")
+        if self.prune_threshold is not None:
+            self.prune_threshold = float(self.prune_threshold)
         self.mrf()  # validates the probabilities
+
+    @property
+    def deploy_threshold(self) -> float:
+        """The threshold of the pruned network: ``prune_threshold``, else ``threshold``."""
+        return self.threshold if self.prune_threshold is None else self.prune_threshold
 
     def mrf(self) -> MarkovGridPrior:
         return MarkovGridPrior(p01=self.p01, p11=self.p11, p_start=self.p_start, p01_vertical=self.p01_vertical,
@@ -411,7 +422,12 @@ class _TurboMixin(PerWeightGaussian):
 
     @torch.no_grad()
     def weight_keep_mask(self) -> torch.Tensor:
-        """Keep weight n iff -logit pi~_n < threshold (pi~ > 0.5 by default)."""
+        """Keep weight n iff -logit pi~_n < the deployed threshold (pi~ > 0.5 by default)."""
+        return (-self.support_log_odds < self.config.deploy_threshold).reshape(self.weight_mu.shape)
+
+    @torch.no_grad()
+    def _train_keep_mask(self) -> torch.Tensor:
+        """The mask ``train_clip`` applies in training: the training ``threshold``, whatever is deployed."""
         return (-self.support_log_odds < self.config.threshold).reshape(self.weight_mu.shape)
 
     def group_log_alpha(self) -> torch.Tensor:
