@@ -50,8 +50,8 @@ class Cut:
 
 
 def deploy_threshold(config: Any) -> float:
-    """A per-weight prior's pruning threshold for the deployed network (Sparse VD may set one apart from its
-    training threshold: ``SparseVDConfig.prune_threshold``)."""
+    """A per-weight prior's pruning threshold for the deployed network: its config's ``deploy_threshold`` (Sparse
+    VD and Turbo-VBI may set a ``prune_threshold`` apart from the training one), else its ``threshold``."""
     return float(getattr(config, "deploy_threshold", config.threshold))
 
 
