@@ -44,6 +44,11 @@ method's post-training settings (:attr:`~bayescomp.methods.Method.post_training_
 ``prune_threshold``) is applied to every prior variant's trained posterior and its tolerances, and step 3 chooses
 among all of them (ties to the earlier dict). They share the posterior: no extra training.
 
+``--compress-set key=value`` (a step added later, fixed before the runs that use it) changes how every candidate
+reads the posterior (:class:`~bayescomp.compress.CompressConfig`): ``thresholds=search`` lets a per-weight prior's
+search tolerance remove whole neurons and filters beyond its weight mask, in the order of its group statistic, where
+its default reads the weight mask alone and every tolerance keeps the same weights.
+
 ``--prior-set key=value`` changes one prior setting of the recipe (e.g. ``weight_sampling=batch``) and
 ``--tag`` names such a run apart (``runs/blind/<model>_<method>_<epochs>_<tag>``, ``..._blind<epochs>_<tag>``
 files): a tagged run is a variant of the row, not the row's rerun, so RESULTS.md does not count it among the
@@ -57,12 +62,12 @@ import copy
 import hashlib
 import json
 import time
-from dataclasses import replace
+from dataclasses import fields, replace
 from pathlib import Path
 
 import torch
 
-from bayescomp.compress import quantize_model
+from bayescomp.compress import CompressConfig, quantize_model
 from bayescomp.methods import RunContext, get_method
 from bayescomp.methods.runner import guarded_finetune, prepare_and_train
 from bayescomp.pipeline import RunConfig, _prepare_run_dir, dense_model, load_data, run
@@ -183,6 +188,19 @@ def parse_prior_set(items: list[str]) -> dict:
     return out
 
 
+def compress_changes(items: list[str]) -> dict:
+    """``--compress-set`` items (``["thresholds=search"]``) as :class:`~bayescomp.compress.CompressConfig` changes;
+    unknown fields are refused, naming the known ones. Reading the posterior happens after training, so these reuse
+    the trained posteriors (a run directory's ``compress`` section is a post-training field)."""
+    changes = parse_prior_set(items)
+    known = {f.name for f in fields(CompressConfig)}
+    unknown = set(changes) - known
+    if unknown:
+        raise SystemExit(f"--compress-set: {sorted(unknown)} are not CompressConfig fields (those are: "
+                         f"{', '.join(sorted(known))})")
+    return changes
+
+
 def post_variants(method, given: list[dict] | None) -> list[dict]:
     """The ``--post-variants`` dicts checked against the method's post-training settings (``[{}]`` when none are
     given): a setting that training reads would need a posterior of its own."""
@@ -265,6 +283,9 @@ def markdown(record: dict) -> str:
         lines += ["(= t): that tolerance pruned to exactly the model of tolerance t, whose figures it shares.", ""]
     if len(variants) > 1:
         lines += ["Prior variants: " + "; ".join(f"{i}: `{json.dumps(v)}`" for i, v in enumerate(variants)), ""]
+    if record.get("compress_set"):
+        lines += ["How the posterior is read, changed from the recipe's for every candidate: "
+                  f"`{json.dumps(record['compress_set'])}`.", ""]
     if posts:
         lines += ["Post-training settings (they share each variant's posterior): "
                   + "; ".join(f"{i}: `{json.dumps(v)}`" for i, v in enumerate(posts)), ""]
@@ -332,6 +353,9 @@ def main() -> None:
                              "as well, on each variant's trained posterior: a changed rule, so it needs --tag")
     parser.add_argument("--prior-set", nargs="+", default=[], metavar="KEY=VALUE",
                         help="change these settings of the recipe's prior (applied to every variant)")
+    parser.add_argument("--compress-set", nargs="+", default=[], metavar="KEY=VALUE",
+                        help="change these settings of how the posterior is read (CompressConfig, e.g. "
+                             "thresholds=search): no retraining, but a changed rule, so it needs --tag")
     parser.add_argument("--tag", default="", help="name of this variant of the row (required with --prior-set)")
     parser.add_argument("--train-only", action="store_true",
                         help="train (or resume) every variant's posterior and stop: no candidate, no test figure; "
@@ -348,17 +372,20 @@ def main() -> None:
                         help="fine-tune every candidate by distillation from the dense model with this weight "
                              "(T = 4): a changed recipe, so it needs --tag")
     args = parser.parse_args()
-    changes_recipe = (args.prior_set or args.post_variants or args.choose_bits or args.finetune_epochs is not None
+    changes_recipe = (args.prior_set or args.compress_set or args.post_variants or args.choose_bits
+                      or args.finetune_epochs is not None
                       or args.finetune_lr or args.distill is not None)
     if changes_recipe and not args.tag:
-        raise SystemExit("--prior-set, --post-variants, --choose-bits, --finetune-* and --distill change the recipe: "
-                         "give the run a --tag so it cannot overwrite the row")
+        raise SystemExit("--prior-set, --compress-set, --post-variants, --choose-bits, --finetune-* and --distill "
+                         "change the recipe: give the run a --tag so it cannot overwrite the row")
     torch.set_num_threads(args.threads)
     started = time.perf_counter()
     base = recipe(args.model, args.method, args.seed)
     base.bayes = replace(base.bayes, epochs=args.epochs)
     base.finetune = with_finetune(base.finetune, args.finetune_epochs, args.finetune_lr, args.distill)
     base.latency, base.plots = False, False
+    compress_set = compress_changes(args.compress_set)
+    base.compress = replace(base.compress, **compress_set)
     metric = METRICS.get(base.method, "architecture")
     changes = parse_prior_set(args.prior_set)
     variants = [{**prior, **changes} for prior in (args.prior_variants or [dict(base.prior)])]
@@ -406,12 +433,15 @@ def main() -> None:
                                                        f"{args.epochs}{seed_tag}.json", "selection_metric": metric,
                                                        **({"selection_tag": args.tag, "selection_prior_set": changes}
                                                           if args.tag else {}),
+                                                       **({"selection_compress_set": compress_set}
+                                                          if compress_set else {}),
                                                        **({"selection_bits_reduce": bits_choice["chosen"]}
                                                           if bits_choice else {})},
                         suffix=suffix)
     record = {"model": args.model, "method": args.method, "epochs": args.epochs, "seed": args.seed, "tag": args.tag,
               "dense_val_error_pct": dense_val, "allowance_pct": args.allowance, "metric": metric,
               "variants": variants, **({"post_variants": posts} if args.post_variants else {}),
+              **({"compress_set": compress_set} if compress_set else {}),
               "candidates": candidates, "finetunes": method.finetune_after_compress,
               "chosen": chosen, "rule_met": rule_met, **({"bits_choice": bits_choice} if bits_choice else {}),
               "published": str(published.relative_to(RESULTS.parent.parent)),

@@ -338,3 +338,27 @@ def test_post_training_variants_are_checked_chosen_and_shown():
     rows = [line for line in text.splitlines() if line.startswith("| ")]
     assert rows[0].startswith("| post | tolerance") and rows[2].startswith("| 1 | 0.2 |")
     assert all(row.count("|") == rows[0].count("|") for row in rows)
+
+
+def test_compress_settings_are_checked_need_a_tag_and_are_shown(monkeypatch):
+    from benchmarks import blind_row
+
+    assert blind_row.compress_changes(["thresholds=search", "tolerance_pct=0.5"]) == {
+        "thresholds": "search", "tolerance_pct": 0.5}
+    with pytest.raises(SystemExit, match="not CompressConfig fields"):
+        blind_row.compress_changes(["threshold=search"])
+    monkeypatch.setattr("sys.argv", ["blind_row", "--model", "lenet5", "--method", "turbo", "--compress-set",
+                                     "thresholds=search"])
+    with pytest.raises(SystemExit, match="--tag"):
+        blind_row.main()
+    candidate = {"variant": 0, "prior": {}, "tolerance_pct": 0.2, "kept_architecture": "1-2",
+                 "compression_architecture": 2.0, "compression_nonzero": 9.0, "val_error_pct_pruned": 1.0,
+                 "val_error_pct": 1.0, "qualifies": True}
+    record = {"model": "lenet5", "method": "turbo", "epochs": 30, "seed": 0, "tag": "search", "command": "c",
+              "torch_threads": 1, "wall_time_s": 60.0, "dense_val_error_pct": 0.8, "allowance_pct": 0.2,
+              "metric": "nonzero", "variants": [{}], "compress_set": {"thresholds": "search"},
+              "candidates": [candidate], "chosen": candidate, "rule_met": True, "published": "p.json",
+              "result": {"test_error_pct": 0.7, "compression_architecture": 2.0, "compression_bits": 3.0,
+                         "compression_nonzero": 9.0, "kept_architecture": "1-2", "dense_test_error_pct": 0.6}}
+    assert '`{"thresholds": "search"}`' in blind_row.markdown(record)
+    assert "How the posterior is read" not in blind_row.markdown({**record, "compress_set": {}})

@@ -560,3 +560,37 @@ def test_prune_threshold_moves_the_deployed_cut_and_training_keeps_its_own():
     assert torch.equal(plain.weight != 0, (stat < -1.0) & (layer.weight_mu != 0))
     assert TurboVBIConfig().deploy_threshold == 0.0 and TurboVBIConfig(prune_threshold=2).deploy_threshold == 2.0
     assert get_method("turbo").post_training_settings == ("prune_threshold",)
+
+
+def test_the_search_removes_whole_groups_beyond_the_weight_mask_in_the_posteriors_order(mnist_small):
+    """With ``thresholds="search"`` a per-weight posterior's tolerance means something: input neurons go in the order
+    of their group statistic (the smallest -logit pi~ of their weights, computed here from the support log-odds) as
+    far as the validation error allows, beyond the ones the weight mask empties, and the weight mask's zeros stay
+    zeros (non-zeros counted independently)."""
+    from bayescomp import bayesify, create_model
+    from bayescomp.compress import CompressConfig, compress
+    from bayescomp.priors import bayesian_layers
+
+    torch.manual_seed(0)
+    model = bayesify(create_model("lenet300"), "turbo", TurboVBIConfig())
+    layers = [layer for _, layer in bayesian_layers(model)]
+    g = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        for layer in layers:
+            layer.support_log_odds.copy_(torch.randn(layer.support_log_odds.shape, generator=g) * 4 + 9)
+            layer.steps.fill_(1)  # a posterior as training leaves it (no never-updated warning)
+    stats = [(-layer.support_log_odds.reshape(layer.weight_mu.shape)).amin(dim=0) for layer in layers]
+    masked_groups = [int((s < 0).sum()) for s in stats]  # inputs with a weight the mask keeps
+    unfolded = CompressConfig(fold_empty_units=False)
+    default = compress(model, None, unfolded)
+    assert default.architecture_kept == masked_groups
+    searched = compress(model, mnist_small.val, replace(unfolded, thresholds="search", tolerance_pct=100.0))
+    assert all(s <= m for s, m in zip(searched.architecture_kept, masked_groups))
+    assert sum(searched.architecture_kept) < sum(masked_groups)  # whole groups the mask kept went too
+    nonzero = 0
+    for layer, stat, keep_in, keep_out in zip(layers, stats, searched.plan.in_keep, searched.plan.out_keep):
+        if (~keep_in).any() and keep_in.any():
+            assert stat[keep_in].max() < stat[~keep_in].min()  # the least supported groups went first
+        weight_keep = -layer.support_log_odds.reshape(layer.weight_mu.shape) < 0
+        nonzero += int((weight_keep & (layer.weight_mu != 0))[keep_out][:, keep_in].sum())
+    assert searched.weights_nonzero == nonzero
