@@ -173,14 +173,14 @@ def with_finetune(finetune: TrainConfig, epochs: int | None, lr: float | None,
                    lr=finetune.lr if lr is None else lr, lr_schedule="cosine")
 
 
-def parse_prior_set(items: list[str]) -> dict:
+def parse_prior_set(items: list[str], flag: str = "--prior-set") -> dict:
     """``["weight_sampling=batch", "clip_var=0.2"]`` -> {"weight_sampling": "batch", "clip_var": 0.2}: each value
     read as JSON where it parses (numbers, booleans, null), else kept as a string."""
     out = {}
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key:
-            raise SystemExit(f"--prior-set expects key=value, got {item!r}")
+            raise SystemExit(f"{flag} expects key=value, got {item!r}")
         try:
             out[key] = json.loads(value)
         except json.JSONDecodeError:
@@ -192,7 +192,7 @@ def compress_changes(items: list[str]) -> dict:
     """``--compress-set`` items (``["thresholds=search"]``) as :class:`~bayescomp.compress.CompressConfig` changes;
     unknown fields are refused, naming the known ones. Reading the posterior happens after training, so these reuse
     the trained posteriors (a run directory's ``compress`` section is a post-training field)."""
-    changes = parse_prior_set(items)
+    changes = parse_prior_set(items, "--compress-set")
     known = {f.name for f in fields(CompressConfig)}
     unknown = set(changes) - known
     if unknown:
@@ -373,8 +373,7 @@ def main() -> None:
                              "(T = 4): a changed recipe, so it needs --tag")
     args = parser.parse_args()
     changes_recipe = (args.prior_set or args.compress_set or args.post_variants or args.choose_bits
-                      or args.finetune_epochs is not None
-                      or args.finetune_lr or args.distill is not None)
+                      or args.finetune_epochs is not None or args.finetune_lr or args.distill is not None)
     if changes_recipe and not args.tag:
         raise SystemExit("--prior-set, --compress-set, --post-variants, --choose-bits, --finetune-* and --distill "
                          "change the recipe: give the run a --tag so it cannot overwrite the row")

@@ -579,7 +579,8 @@ def test_the_search_removes_whole_groups_beyond_the_weight_mask_in_the_posterior
         for layer in layers:
             layer.support_log_odds.copy_(torch.randn(layer.support_log_odds.shape, generator=g) * 4 + 9)
             layer.steps.fill_(1)  # a posterior as training leaves it (no never-updated warning)
-    stats = [(-layer.support_log_odds.reshape(layer.weight_mu.shape)).amin(dim=0) for layer in layers]
+    neg_logits = [-layer.support_log_odds.reshape(layer.weight_mu.shape) for layer in layers]
+    stats = [neg_logit.amin(dim=0) for neg_logit in neg_logits]
     masked_groups = [int((s < 0).sum()) for s in stats]  # inputs with a weight the mask keeps
     unfolded = CompressConfig(fold_empty_units=False)
     default = compress(model, None, unfolded)
@@ -588,9 +589,10 @@ def test_the_search_removes_whole_groups_beyond_the_weight_mask_in_the_posterior
     assert all(s <= m for s, m in zip(searched.architecture_kept, masked_groups))
     assert sum(searched.architecture_kept) < sum(masked_groups)  # whole groups the mask kept went too
     nonzero = 0
-    for layer, stat, keep_in, keep_out in zip(layers, stats, searched.plan.in_keep, searched.plan.out_keep):
+    for layer, neg_logit, stat, keep_in, keep_out in zip(layers, neg_logits, stats, searched.plan.in_keep,
+                                                          searched.plan.out_keep):
         if (~keep_in).any() and keep_in.any():
             assert stat[keep_in].max() < stat[~keep_in].min()  # the least supported groups went first
-        weight_keep = -layer.support_log_odds.reshape(layer.weight_mu.shape) < 0
+        weight_keep = neg_logit < 0
         nonzero += int((weight_keep & (layer.weight_mu != 0))[keep_out][:, keep_in].sum())
     assert searched.weights_nonzero == nonzero
