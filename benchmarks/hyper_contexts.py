@@ -196,10 +196,11 @@ def main() -> None:
     shutil.copyfile(run_dir / "hyper.pt", out_dir / "hyper.pt")
     shutil.copyfile(run_dir / "hyper_run.json", out_dir / "hyper_run.json")
     example = generate(hyper, contexts[0])
-    from bayescomp.compress.packed import save_packed
+    from bayescomp.compress import save_quantized
 
-    save_packed(example.model, out_dir / "generated_example.bcz", None,
-                {"classes": list(contexts[0].classes), "budget": 1.0, "kind": "hyper-generated"})
+    save_quantized(example.quantized_model, example.precisions, out_dir / "generated_example.bcz",
+                   {"classes": list(contexts[0].classes), "budget": 1.0, "kind": "hyper-generated",
+                    "bits_per_layer": example.bits_per_layer})
     record = {"model": "lenet5", "data": args.data, "method": "hyper", "stem": stem, "summary": {},
               "entries": entries, "hyper_options": args.option,
               "budgets": budget_rows, "sizes_by_classes": size_rows,

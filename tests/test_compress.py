@@ -136,6 +136,19 @@ def test_bits_per_weight_follows_the_round_off_rule():
         significand_bits(torch.tensor([]))
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_bits_per_weight_is_exact_at_the_powers_of_two(dtype):
+    """The frexp count against the definition checked bit by bit (every t compared), on values at, one ulp
+    below and one ulp above each power of two, zero, negatives, subnormals and random variances."""
+    powers = torch.exp2(-torch.arange(0, 60, dtype=torch.float64)) / 2
+    values = torch.cat([powers, torch.nextafter(powers, torch.zeros(())), torch.nextafter(powers, torch.ones(()) * 9),
+                        torch.tensor([0.0, -1.0, 1e-300, 5e-324, 3.0]), torch.rand(20000, dtype=torch.float64) ** 8])
+    values = values.to(dtype)
+    t = torch.arange(1, 24, dtype=torch.float64)
+    definition = (2.0 * values.double().reshape(-1, 1) < 2.0 ** (-t)).sum(1)
+    assert torch.equal(bits_per_weight(values), definition)
+
+
 @pytest.mark.parametrize("overflow,expected", [(0.0, 1), (0.3, 1), (0.5, 1), (0.99, 1), (1.0, 1), (2.0, 2),
                                                (4.0, 3), (100.0, 4)])
 def test_exponent_bits_guard(overflow, expected):

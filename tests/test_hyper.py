@@ -13,8 +13,9 @@ from bayescomp.checkpoint import CheckpointError, load_checkpoint, save_checkpoi
 from bayescomp.cli import main
 from bayescomp.hyper import (
     BudgetError, Context, ContextError, HyperCompressor, HyperConfig, generate, load_hypernetwork,
-    masked_posterior_mean_logits, parse_classes, restrict, save_hypernetwork, train_hypernetwork,
+    masked_posterior_mean_logits, parse_classes, restrict, save_hypernetwork, train_hypernetwork, weight_variances,
 )
+from bayescomp.compress.precision import layer_precisions
 from bayescomp.hyper.model import FACTORIZATIONS
 from bayescomp.hyper.train import context_loss
 from bayescomp.measure import count_flops
@@ -138,6 +139,68 @@ def test_a_threshold_that_prunes_everything_is_a_clear_error(teacher):
         generate(model, [0, 1], threshold=-1e6)
 
 
+# ---------------------------------------------------------------------------------------------------- bit widths
+@pytest.mark.parametrize("factorization", FACTORIZATIONS)
+def test_weight_variances_match_sampled_scales(teacher, factorization):
+    """Var(W) of W = z_out W~ z_in against the spread of weights built from sampled scales (independent of the
+    closed form), on a few hundred weights of every layer."""
+    model = scrambled(teacher, factorization)
+    mu, log_sigma2 = model.posterior(torch.eye(11)[[0, 3, 7]].sum(0).reshape(1, -1))
+    mu, log_sigma2 = mu[0].detach(), log_sigma2[0].detach()
+    variances = weight_variances(model, mu, log_sigma2)
+    gen = torch.Generator().manual_seed(1)
+    samples = mu + torch.randn(20000, mu.numel(), generator=gen) * (0.5 * log_sigma2).exp()
+    layers = [m for m in model.net.modules() if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d))]
+    ratios = []
+    for module, variance, (z_in, z_out) in zip(layers, variances, model.split(samples)):
+        assert variance.shape == module.weight.shape
+        if z_in is None and z_out is None:  # a layer without scales is deterministic
+            assert not variance.any()
+            continue
+        flat = module.weight.detach().reshape(module.weight.shape[0], module.weight.shape[1], -1)
+        rows = torch.randint(0, flat.shape[0], (300,), generator=gen)
+        cols = torch.randint(0, flat.shape[1], (300,), generator=gen)
+        w = flat[rows, cols, 0]
+        drawn = w * (1.0 if z_out is None else z_out[:, rows]) * (1.0 if z_in is None else z_in[:, cols])
+        expected = variance.reshape(flat.shape)[rows, cols, 0]
+        big = expected > 1e-6 * float(expected.max())
+        ratios.append(drawn.var(0)[big] / expected[big])
+    ratios = torch.cat(ratios)
+    assert ratios.numel() > 500
+    assert abs(float(ratios.mean()) - 1.0) < 0.01 and float((ratios - 1).abs().max()) < 0.15
+
+
+def test_generated_networks_carry_bits_from_their_kept_weights_variance(teacher, mnist_small):
+    model = scrambled(teacher)
+    generated = generate(model, [0, 3, 7], threshold=0.0)
+    mu, log_sigma2 = model.posterior(torch.eye(11)[[0, 3, 7]].sum(0).reshape(1, -1))
+    mu, log_sigma2 = mu[0].detach(), log_sigma2[0].detach()
+    layers = [m for m in model.net.modules() if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d))]
+    small = [m for m in generated.model.modules() if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d))]
+    kept_variances = []
+    for i, (module, (m_in, m_out)) in enumerate(zip(layers, model.split(mu))):
+        spatial = (1,) * (module.weight.dim() - 2)
+        effective = module.weight.detach() * (1.0 if m_out is None else m_out.view(-1, 1, *spatial)) \
+            * (1.0 if m_in is None else m_in.view(1, -1, *spatial))
+        keep_in, keep_out = generated.plan.in_keep[i], generated.plan.out_keep[i]
+        # the generated layer holds exactly these weights, so the variances are cut the same way
+        torch.testing.assert_close(small[i].weight, effective[keep_out][:, keep_in])
+        kept_variances.append(weight_variances(model, mu, log_sigma2)[i][keep_out][:, keep_in])
+    expected = layer_precisions(kept_variances, [m.weight.detach() for m in small])
+    assert generated.precisions == expected and generated.bits_per_layer == [p.total_bits for p in expected]
+    assert all(b < 32 for b in generated.bits_per_layer)
+    bits = sum(m.weight.numel() * b for m, b in zip(small, generated.bits_per_layer))
+    assert generated.compression_bits == pytest.approx(32 * model.dense_weights() / bits)
+    quantized = [m for m in generated.quantized_model.modules() if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d))]
+    for q, m, p in zip(quantized, small, generated.precisions):
+        codes = q.weight / p.step
+        torch.testing.assert_close(codes, codes.round(), rtol=0, atol=1e-3)  # on the layer's grid
+        assert float((q.weight - m.weight).detach().abs().max()) <= p.step / 2 + 1e-7
+    images = next(mnist_small.test.batches(256))[0]
+    agree = (generated.quantized_model(images).argmax(1) == generated.model(images).argmax(1)).float().mean()
+    assert float(agree) > 0.95 and generated.quantized_model.classes == (0, 3, 7)
+
+
 # ------------------------------------------------------------------------------------------------------ training
 def test_group_kl_falls_as_log_alpha_rises(teacher):
     """The group KL is BC-GNJ's (tested against Monte Carlo in test_priors); here: the wiring, per group."""
@@ -228,6 +291,13 @@ def test_cli_hyper_train_and_generate_end_to_end(tmp_path, capsys):
     assert report["flops_fraction"] <= 0.5 and report["classes"] == [0, 3, 7]
     model = load(out / "compressed.bcz")
     assert model(torch.rand(2, 1, 28, 28)).shape == (2, 3)
+    # stored at the bit widths its scales allow: smaller than the same network in float32, and it loads as the
+    # quantised network the report's second error was measured on
+    assert len(report["bits_per_layer"]) == 4 and max(report["bits_per_layer"]) < 32
+    assert report["compression_bits"] > report["compression_weights"]
+    floats = sum(p.numel() * 4 for p in model.parameters())
+    assert report["file_bytes"] < floats
+    assert "bits per layer" in (out / "report.md").read_text()
     assert main(["hyper", "generate", str(run_dir), "--classes", "0,3,3", "--out", str(out)]) == 2
     assert "repeated" in capsys.readouterr().err
     assert main(["hyper", "generate", str(run_dir), "--classes", "0,3", "--budget", "2", "--out", str(out)]) == 2

@@ -367,8 +367,12 @@ def render_generated_markdown(report: dict[str, Any]) -> str:
               f"({report['compression_weights']:.1f}x) |",
               f"| multiply-accumulates | {report['flops']:,} of {report['flops_dense']:,} "
               f"({100 * report['flops_fraction']:.1f} %) |",
-              f"| log-alpha threshold | {report['threshold']:.3g} |",
-              f"| generation time | {report['generate_ms']:.1f} ms |"]
+              f"| log-alpha threshold | {report['threshold']:.3g} |"]
+    if "bits_per_layer" in report:
+        lines += [f"| bits per layer (from the scales' variance) | {'-'.join(map(str, report['bits_per_layer']))} "
+                  f"({report['compression_bits']:.1f}x with bits) |",
+                  f"| test error at those bits | {report['test_error_pct_quantized']:.2f} % |"]
+    lines.append(f"| generation time | {report['generate_ms']:.1f} ms |")
     if "file_bytes" in report:
         lines.append(f"| file | {report['file_bytes']:,} bytes (dense state_dict {report['dense_file_bytes']:,}) |")
     if "latency_ms" in report:

@@ -170,13 +170,7 @@ class CompressionResult:
     def save(self, path: str | os.PathLike, metadata: dict | None = None) -> int:
         """Write the quantised compressed model as a packed file (``.bcz``, :mod:`bayescomp.compress.packed`);
         layers below 32 bits are stored at their bit width. Returns the file size in bytes."""
-        quant = {}
-        modules = packed_leaves(self.quantized_model)
-        for layer, precision in zip(prunable_modules(self.quantized_model), self.precisions):
-            if precision.total_bits >= 32:  # float32 layers (e.g. magnitude pruning) are stored as they are
-                continue
-            quant[next(i for i, m in enumerate(modules) if m is layer)] = QuantSpec(step=precision.step)
-        return save_packed(self.quantized_model, path, quant, dict(metadata or {}))
+        return save_quantized(self.quantized_model, self.precisions, path, metadata)
 
     @property
     def weights_nonzero(self) -> int:
@@ -208,6 +202,19 @@ class CompressionResult:
         """32 x all weights / sum over layers of kept weights x bits per weight (the paper's "fast" rate)."""
         kept = [m.weight.numel() for m in prunable_modules(self.model)]
         return 32.0 * self.weights_dense / sum(k * b for k, b in zip(kept, self.bits_per_layer))
+
+
+def save_quantized(model: nn.Module, precisions: list[LayerPrecision], path: str | os.PathLike,
+                   metadata: dict | None = None) -> int:
+    """Write a quantised model as a packed file, every Linear/Conv2d layer below 32 bits stored at its bit width
+    (``precisions`` in :func:`prunable_modules` order). Returns the file size in bytes."""
+    quant = {}
+    modules = packed_leaves(model)
+    for layer, precision in zip(prunable_modules(model), precisions):
+        if precision.total_bits >= 32:  # float32 layers (e.g. magnitude pruning) are stored as they are
+            continue
+        quant[next(i for i, m in enumerate(modules) if m is layer)] = QuantSpec(step=precision.step)
+    return save_packed(model, path, quant, dict(metadata or {}))
 
 
 def plan_from_thresholds(chain: Chain, thresholds: list[float] | float) -> tuple[PruningPlan, list[float]]:
@@ -374,5 +381,5 @@ def _stored_precisions(small: nn.Module, variances: list, per_weight: list[bool]
 __all__ = [
     "BUDGET_ORDERS", "CUT_WEIGHTS", "CompressConfig", "CompressionResult", "PruneError", "PruningPlan",
     "UnsupportedModelError", "build_chain", "compress", "compress_graph", "masked", "plan_from_thresholds", "propagate",
-    "quantize_model", "shrink",
+    "quantize_model", "save_quantized", "shrink",
 ]

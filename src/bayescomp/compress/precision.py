@@ -40,9 +40,13 @@ class LayerPrecision:
 
 
 def bits_per_weight(variance: torch.Tensor, max_bits: int = MAX_SIGNIFICAND_BITS) -> torch.Tensor:
-    """Number of t in 1..max_bits with 2 * Var < 2^-t, for every weight (vectorised)."""
-    t = torch.arange(1, max_bits + 1, dtype=torch.float64)
-    return (2.0 * variance.double().reshape(-1, 1) < 2.0 ** (-t)).sum(dim=1)
+    """Number of t in 1..max_bits with 2 * Var < 2^-t, for every weight (vectorised).
+
+    Exact without a logarithm: with 2 Var = m 2^e, m in [0.5, 1) (``frexp``), 2 Var < 2^-t holds exactly when
+    t <= -e, so the count is -e clipped to [0, max_bits]; a variance of 0 (or below) keeps every bit."""
+    doubled = 2.0 * variance.reshape(-1)
+    bits = (-torch.frexp(doubled).exponent).clamp(0, max_bits).long()
+    return torch.where(doubled <= 0, max_bits, bits)
 
 
 def significand_bits(variance: torch.Tensor, reduce: str = "mean", min_bits: int = 1,

@@ -6,11 +6,18 @@ close_plan`), the last layer keeps only the context's classes, and when the resu
 times the dense network's multiply-accumulates, the threshold is lowered (groups go in order of log alpha) until
 it fits. The posterior-mean scales are folded into the weights, W = diag(mu_out) W~ diag(mu_in), and the shared
 shrinking path (:func:`bayescomp.compress.shrink.shrink`) builds the plain ``nn.Sequential``.
+
+Bit widths: as BC does from its posterior (Louizos et al. 2017, Sec. 4), every layer gets the significand bits its
+kept weights' variance under q(z | c) allows (:func:`weight_variances`, :func:`bayescomp.compress.precision.
+layer_precisions`), and the generated network comes with a copy quantised to those bits. W~ is a point estimate
+here (see :mod:`bayescomp.hyper.model`), so the variance is the scales' alone: a choice, not the paper's (its text
+was not available), made because it is the only uncertainty the reconstruction has.
 """
 
 from __future__ import annotations
 
 import copy
+import functools
 import math
 import statistics
 import time
@@ -21,8 +28,11 @@ import torch
 from torch import nn
 
 from bayescomp.compress.chain import build_chain
+from bayescomp.compress import quantize_model
 from bayescomp.compress.masks import PruneError, PruningPlan, close_plan
+from bayescomp.compress.precision import LayerPrecision, layer_precisions
 from bayescomp.compress.shrink import shrink
+from bayescomp.compress.structure import prunable_modules
 from bayescomp.data import TensorData
 from bayescomp.hyper.context import Context, random_contexts, restrict
 from bayescomp.hyper.model import HyperCompressor
@@ -46,6 +56,26 @@ class Generated:
     weights_kept: int
     generate_ms: float
     kept_architecture: list[int]
+    precisions: list[LayerPrecision]  # per Linear/Conv2d layer of ``model``, from the scales' variance
+    weights_dense: int  # the teacher's Linear/Conv2d weights, every class included
+
+    @functools.cached_property
+    def quantized_model(self) -> nn.Sequential:
+        """``model`` with every layer's weights on its fixed-point grid (made on first use: generation stays fast
+        for callers that only want the float network)."""
+        quantized = quantize_model(self.model, self.precisions)
+        quantized.classes = self.context.classes
+        return quantized
+
+    @property
+    def bits_per_layer(self) -> list[int]:
+        return [p.total_bits for p in self.precisions]
+
+    @property
+    def compression_bits(self) -> float:
+        """32 x the teacher's weights / sum over layers of kept weights x bits (BC's "fast" rate)."""
+        kept = [m.weight.numel() for m in prunable_modules(self.model)]
+        return 32.0 * self.weights_dense / sum(k * b for k, b in zip(kept, self.bits_per_layer))
 
 
 def _group_keep(model: HyperCompressor, log_alpha: list[tuple[torch.Tensor | None, torch.Tensor | None]],
@@ -172,9 +202,33 @@ def _effective_teacher(model: HyperCompressor, mu_split) -> nn.Sequential:
     return net
 
 
+@torch.no_grad()
+def weight_variances(model: HyperCompressor, mu: torch.Tensor, log_sigma2: torch.Tensor) -> list[torch.Tensor]:
+    """Var(W) of every weight of every layer (dense shapes, chain order) for one context's scale posterior
+    (``mu``, ``log_sigma2``: (G,)). With W = z_out W~ z_in and independent Gaussian scales,
+    Var(W) = W~² [(mu_out² + sigma_out²)(mu_in² + sigma_in²) - mu_out² mu_in²]; a side without scales is z = 1."""
+    second, first2 = model.split(mu.pow(2) + log_sigma2.exp()), model.split(mu.pow(2))
+    out = []
+    for module, (a_in, a_out), (b_in, b_out) in zip(prunable_modules(model.net), second, first2):
+        spatial = (1,) * (module.weight.dim() - 2)
+        one = module.weight.new_ones(())
+        a_in, b_in = (one, one) if a_in is None else (a_in.view(1, -1, *spatial), b_in.view(1, -1, *spatial))
+        a_out, b_out = (one, one) if a_out is None else (a_out.view(-1, 1, *spatial), b_out.view(-1, 1, *spatial))
+        out.append(module.weight.pow(2) * (a_out * a_in - b_out * b_in).clamp_min(0.0))
+    return out
+
+
+def _kept_variances(variances: list[torch.Tensor], plan: PruningPlan) -> list[torch.Tensor]:
+    """The variances of the weights the plan keeps, laid out as the shrunk layers hold them (rows ``out_keep``,
+    columns ``in_keep``, as :func:`bayescomp.compress.shrink.shrink` cuts every Linear/Conv2d weight)."""
+    return [v[keep_out][:, keep_in] for v, keep_in, keep_out in zip(variances, plan.in_keep, plan.out_keep)]
+
+
 @torch.no_grad()  # not inference_mode: the generated model must stay usable in autograd (fine-tuning)
-def generate(model: HyperCompressor, classes, budget: float = 1.0, threshold: float | None = None) -> Generated:
+def generate(model: HyperCompressor, classes, budget: float = 1.0, threshold: float | None = None,
+             bits_reduce: str = "mean", min_bits: int = 1) -> Generated:
     """The compressed plain network for a context (see the module docstring). Deterministic: the posterior mean.
+    ``bits_reduce`` and ``min_bits`` set the bit widths as for :class:`bayescomp.compress.CompressConfig`.
 
     Raises:
         ContextError: unknown, repeated or too few classes, or a budget outside (0, 1].
@@ -192,18 +246,22 @@ def generate(model: HyperCompressor, classes, budget: float = 1.0, threshold: fl
     model.eval()
     try:
         mu, log_sigma2 = model.posterior(context.vector(model.num_classes).reshape(1, -1))
-        mu, log_alpha = mu[0], model.log_alpha(mu, log_sigma2)[0]
+        mu, log_sigma2, log_alpha = mu[0], log_sigma2[0], model.log_alpha(mu, log_sigma2)[0]
         net = _effective_teacher(model, model.split(mu))
         chain = build_chain(net)
         plan, used = _fit_budget(model, chain, model.split(log_alpha), threshold, context,
                                  context.budget * model.dense_flops())
         small = shrink(chain, plan)
+        variances = _kept_variances(weight_variances(model, mu, log_sigma2), plan)
     finally:
         model.train(was_training)
+    precisions = layer_precisions(variances, [m.weight.detach() for m in prunable_modules(small)], bits_reduce,
+                                  min_bits)
     flops, weights = plan_flops(model, plan)
     small.classes = context.classes  # plain attribute: output j is class classes[j]
     return Generated(small, context, plan, used, flops, flops / model.dense_flops(), weights,
-                     1000.0 * (time.perf_counter() - started), plan.kept_architecture(chain))
+                     1000.0 * (time.perf_counter() - started), plan.kept_architecture(chain), precisions,
+                     model.dense_weights())
 
 
 @torch.no_grad()

@@ -112,7 +112,8 @@ def _train_run(config: HyperRunConfig, run_dir: Path, log, progress: bool, resta
 
 def generated_report(model: HyperCompressor, generated: Generated, data: DataBundle, teacher=None,
                      latency: bool = True) -> dict[str, Any]:
-    """Accuracy on the context's test classes, size, compute, time and (optionally) latency of a generated net."""
+    """Accuracy on the context's test classes (float and at its bit widths), size, bits, compute, time and
+    (optionally) latency of a generated net."""
     from bayescomp import measure
 
     context = generated.context
@@ -127,6 +128,8 @@ def generated_report(model: HyperCompressor, generated: Generated, data: DataBun
         "flops_dense": model.dense_flops(), "flops": generated.flops, "flops_fraction": generated.flops_fraction,
         "flops_counted": measure.count_flops(generated.model, tuple(data.input_shape)),
         "parameters": measure.count_parameters(generated.model), "generate_ms": generated.generate_ms,
+        "bits_per_layer": generated.bits_per_layer, "compression_bits": generated.compression_bits,
+        "test_error_pct_quantized": evaluate(generated.quantized_model, test)["error_pct"],
     }
     if teacher is not None:
         logits_error = evaluate(_cut_teacher(teacher, context.classes), test)["error_pct"]
@@ -159,8 +162,9 @@ def _cut_teacher(teacher, classes):
 
 def generate_run(hyper_path: str | Path, classes, budget: float, out_dir: str | Path, log=print,
                  latency: bool = True, data_dir: str | None = None) -> dict[str, Any]:
-    """Generate the network for a context from a saved compressor; write compressed.bcz and the report."""
-    from bayescomp.compress.packed import save_packed
+    """Generate the network for a context from a saved compressor; write compressed.bcz (the network at its bit
+    widths) and the report."""
+    from bayescomp.compress import save_quantized
     from bayescomp.measure import state_dict_size_bytes
     from bayescomp.pipeline import dense_model
     from bayescomp.report import render_generated_markdown
@@ -177,9 +181,10 @@ def generate_run(hyper_path: str | Path, classes, budget: float, out_dir: str | 
     report = generated_report(model, generated, data, teacher, latency)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    report["file_bytes"] = save_packed(generated.model, out_dir / "compressed.bcz", None,
-                                       {"classes": list(context.classes), "budget": context.budget,
-                                        "hypernetwork": str(hyper_path), "kind": "hyper-generated"})
+    report["file_bytes"] = save_quantized(generated.quantized_model, generated.precisions, out_dir / "compressed.bcz",
+                                          {"classes": list(context.classes), "budget": context.budget,
+                                           "hypernetwork": str(hyper_path), "kind": "hyper-generated",
+                                           "bits_per_layer": generated.bits_per_layer})
     report["dense_file_bytes"] = state_dict_size_bytes(teacher)
     report.update(model_key=config.model, data=config.data, command=" ".join(sys.argv))
     (out_dir / "report.json").write_text(json.dumps(report, indent=2))
