@@ -298,14 +298,16 @@ def markdown(record: dict) -> str:
         same = f" (= {c['same_model_as_tolerance']})" if "same_model_as_tolerance" in c else ""
         lines.append(("" if len(variants) == 1 else f"| {c['variant']} ")
                      + (f"| {c['post_variant']} " if posts else "")
-                     + f"| {c['tolerance_pct']}{same} | {c['kept_architecture']} | {c['compression_architecture']:.1f} | "
-                     f"{nonzero} | {c['val_error_pct_pruned']:.2f} | {c['val_error_pct']:.2f} | "
+                     + f"| {c['tolerance_pct']}{same} | {c['kept_architecture']} | "
+                     f"{c['compression_architecture']:.1f} | {nonzero} | {c['val_error_pct_pruned']:.2f} | "
+                     f"{c['val_error_pct']:.2f} | "
                      f"{'yes' if c['qualifies'] else 'no'} |")
     r = record["result"]
     headline = r[f"compression_{metric}"]
     unit = "x non-zero" if metric == "nonzero" else "x"
-    lines += ["", (f"Test set, read once for the chosen setting: **{r['test_error_pct']:.2f} % at {headline:.1f}{unit}** "
-                   f"(architecture {r['kept_architecture']}, {r['compression_architecture']:.1f}x; bits "
+    lines += ["", (f"Test set, read once for the chosen setting: **{r['test_error_pct']:.2f} % at "
+                   f"{headline:.1f}{unit}** (architecture {r['kept_architecture']}, "
+                   f"{r['compression_architecture']:.1f}x; bits "
                    f"{r['compression_bits']:.1f}x, non-zero {r['compression_nonzero']:.1f}x); dense "
                    f"{r['dense_test_error_pct']:.2f} %. Files: `{record['published']}` and its `.bcz`."), ""]
     return "\n".join(lines)
@@ -327,8 +329,9 @@ def train_variant(config: RunConfig, run_dir: Path, device: str | None = None, c
     data = load_data(config)
     dense = dense_model(config, data, print, False, device)
     method = get_method(config.method)
-    ctx = RunContext(config=config, data=data, dense=dense, run_dir=run_dir, settings=method.make_settings(config.prior),
-                     log=print, progress=False, device=device, cuda_graphs=cuda_graphs, extras={})
+    ctx = RunContext(config=config, data=data, dense=dense, run_dir=run_dir,
+                     settings=method.make_settings(config.prior), log=print, progress=False, device=device,
+                     cuda_graphs=cuda_graphs, extras={})
     return method, ctx, prepare_and_train(method, ctx).model  # resumes from runs/blind/.../bayes.ckpt
 
 

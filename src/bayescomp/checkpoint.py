@@ -102,7 +102,8 @@ def safe_torch_load(source: str | os.PathLike | io.BytesIO, name: str | os.PathL
 
 
 def _short(text: str) -> str:
-    """The informative line of a torch.load error (its boilerplate suggests ``weights_only=False``: not for us)."""
+    """The informative line of a torch.load error (its boilerplate suggests switching the weights-only guard off:
+    not for us)."""
     skip = ("Weights only load failed", "Please file an issue", "Check the documentation")
     lines = [line.strip() for line in text.splitlines() if line.strip() and not line.startswith(skip)]
     return (lines[0] if lines else text)[:300]

@@ -12,6 +12,7 @@ tree").
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -40,23 +41,12 @@ def packed_leaves(model: nn.Module) -> list[nn.Module]:
     return [leaf for child in model.children() for leaf in packed_leaves(child)]
 
 
-def _import_class(dotted: str) -> type:
-    """The class of a live module by its own dotted name (used when saving, to check a loader can name it;
-    never called with a name read from a file)."""
-    import importlib
-
-    module_name, _, qualname = dotted.rpartition(".")
-    while module_name:
-        try:
-            owner: Any = importlib.import_module(module_name)
-            break
-        except ImportError:
-            module_name, _, head = module_name.rpartition(".")
-            qualname = f"{head}.{qualname}"
-    else:
-        raise ImportError(f"cannot import {dotted!r}")
-    for part in qualname.split("."):
-        owner = getattr(owner, part)
+def _named_class(cls: type) -> type | None:
+    """What ``cls``'s module-level name resolves to in its (already loaded) module, or ``None``: a class a loader
+    can name is found there under ``__qualname__``; a local or replaced class is not. Nothing is imported."""
+    owner: Any = sys.modules.get(cls.__module__)
+    for part in cls.__qualname__.split("."):
+        owner = getattr(owner, part, None)
     return owner
 
 
@@ -87,11 +77,7 @@ def tree_of(module: nn.Module, leaves: list[nn.Module], blobs: BlobWriter,
         return next(i for i, leaf in enumerate(leaves) if leaf is module)
     cls = type(module)
     dotted = f"{cls.__module__}.{cls.__qualname__}"
-    try:
-        importable = _import_class(dotted) is cls
-    except (ImportError, AttributeError):
-        importable = False
-    if not importable:
+    if _named_class(cls) is not cls:
         what = ("holds its own tensors, which a packed file stores only for a class that a loader can name, "
                 "but" if holds_tensors(module) else "cannot be stored in a packed file:")
         raise ValueError(f"module {name or '<root>'!r} ({cls.__name__}) {what} its class is not importable "
