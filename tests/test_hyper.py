@@ -140,11 +140,24 @@ def test_a_threshold_that_prunes_everything_is_a_clear_error(teacher):
 
 
 # ---------------------------------------------------------------------------------------------------- bit widths
-@pytest.mark.parametrize("factorization", FACTORIZATIONS)
-def test_weight_variances_match_sampled_scales(teacher, factorization):
-    """Var(W) of W = z_out W~ z_in against the spread of weights built from sampled scales (independent of the
-    closed form), on a few hundred weights of every layer."""
-    model = scrambled(teacher, factorization)
+def with_weight_posterior(teacher, seed=0) -> HyperCompressor:
+    """``scrambled`` with a weight posterior whose variances spread over three orders of magnitude."""
+    torch.manual_seed(seed)
+    model = HyperCompressor(teacher, 10, (1, 28, 28), HyperConfig(hidden=32, weight_posterior=True))
+    reference = scrambled(teacher, seed=seed)
+    model.load_state_dict(reference.state_dict(), strict=False)
+    with torch.no_grad():
+        for p in model.weight_log_sigma2:
+            p.uniform_(-12.0, -3.0)
+    return model.eval()
+
+
+@pytest.mark.parametrize("factorization, weight_posterior", [(f, False) for f in FACTORIZATIONS]
+                         + [("input_output", True)])
+def test_weight_variances_match_sampled_scales(teacher, factorization, weight_posterior):
+    """Var(W) of W = z_out W~ z_in against the spread of weights built from sampled scales (and sampled W~ with a
+    weight posterior), independent of the closed form, on a few hundred weights of every layer."""
+    model = with_weight_posterior(teacher) if weight_posterior else scrambled(teacher, factorization)
     mu, log_sigma2 = model.posterior(torch.eye(11)[[0, 3, 7]].sum(0).reshape(1, -1))
     mu, log_sigma2 = mu[0].detach(), log_sigma2[0].detach()
     variances = weight_variances(model, mu, log_sigma2)
@@ -152,7 +165,8 @@ def test_weight_variances_match_sampled_scales(teacher, factorization):
     samples = mu + torch.randn(20000, mu.numel(), generator=gen) * (0.5 * log_sigma2).exp()
     layers = [m for m in model.net.modules() if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d))]
     ratios = []
-    for module, variance, (z_in, z_out) in zip(layers, variances, model.split(samples)):
+    shared = model.shared_weight_variances()
+    for module, variance, (z_in, z_out), s2 in zip(layers, variances, model.split(samples), shared):
         assert variance.shape == module.weight.shape
         if z_in is None and z_out is None:  # a layer without scales is deterministic
             assert not variance.any()
@@ -161,6 +175,9 @@ def test_weight_variances_match_sampled_scales(teacher, factorization):
         rows = torch.randint(0, flat.shape[0], (300,), generator=gen)
         cols = torch.randint(0, flat.shape[1], (300,), generator=gen)
         w = flat[rows, cols, 0]
+        if s2 is not None:  # W~ drawn too, independently per draw
+            w = w + torch.randn(samples.shape[0], w.numel(), generator=gen) * s2.detach().reshape(
+                flat.shape)[rows, cols, 0].sqrt()
         drawn = w * (1.0 if z_out is None else z_out[:, rows]) * (1.0 if z_in is None else z_in[:, cols])
         expected = variance.reshape(flat.shape)[rows, cols, 0]
         big = expected > 1e-6 * float(expected.max())
@@ -168,6 +185,65 @@ def test_weight_variances_match_sampled_scales(teacher, factorization):
     ratios = torch.cat(ratios)
     assert ratios.numel() > 500
     assert abs(float(ratios.mean()) - 1.0) < 0.01 and float((ratios - 1).abs().max()) < 0.15
+
+
+def test_local_reparameterisation_draws_what_sampled_weights_give():
+    """With a weight posterior, the training forward's pre-activations (local reparameterisation) have the
+    distribution that drawing every weight per example gives: mean and variance of each logit over 20,000 draws
+    of one input, against explicitly sampled weights through the same two-layer network."""
+    torch.manual_seed(0)
+    teacher = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(6, 5), torch.nn.ReLU(), torch.nn.Linear(5, 3))
+    model = HyperCompressor(teacher, 3, (1, 2, 3), HyperConfig(hidden=8, weight_posterior=True))
+    with torch.no_grad():
+        model.head_mu.bias.normal_(0, 0.3)
+        for p in model.weight_log_sigma2:
+            p.uniform_(-4.0, -2.0)
+    mu, _ = model.posterior(torch.tensor([[1.0, 0.0, 1.0, 0.0]]))
+    scales = model.split(mu[0].detach())  # fixed scales: only the weights are random here
+    x = torch.rand(1, 1, 2, 3).expand(20000, 1, 2, 3)
+    with torch.no_grad():
+        lrt = model.forward_with_scales(x, scales, sample_weights=True)
+        first, second = model.prunable()
+        s1, s2 = model.shared_weight_variances()
+        (z1_in, z1_out), (z2_in, _) = scales
+        w1 = first.weight + torch.randn(20000, 5, 6) * s1.sqrt()
+        w2 = second.weight + torch.randn(20000, 3, 5) * s2.sqrt()
+        h = torch.relu((torch.einsum("bi,boi->bo", x.reshape(20000, 6) * z1_in, w1) + first.bias) * z1_out)
+        drawn = torch.einsum("bi,boi->bo", h * z2_in, w2) + second.bias
+    torch.testing.assert_close(lrt.mean(0), drawn.mean(0), rtol=0, atol=4 * float(drawn.std(0).max()) / 141)
+    torch.testing.assert_close(lrt.var(0), drawn.var(0), rtol=0.06, atol=0)
+    assert float(drawn.var(0).min()) > 1e-4  # the weights' noise is visible at the output
+
+
+def test_weight_posterior_kl_enters_the_loss_once_per_training_set(teacher, mnist_small):
+    model = with_weight_posterior(teacher).train()
+    bound = torch.log(torch.tensor(model.config.weight_clip_var))
+    by_hand = sum(0.5 * float((p.clamp(max=bound).exp() + m.weight.pow(2) - 1 - p.clamp(max=bound)).sum().detach())
+                  for m, p in zip(model.prunable(), model.weight_log_sigma2))
+    assert float(model.weight_kl()) == pytest.approx(by_hand, rel=1e-5)
+    images, labels = next(mnist_small.train.batches(64))
+    keep = labels < 3
+    args = (images[keep], labels[keep], torch.eye(11)[[0, 1, 2]].sum(0), [0, 1, 2], 0.5, 600)
+    torch.manual_seed(5)
+    with_kl, _, kl_scales = context_loss(model, *args, 1.0, n_train=60000)
+    torch.manual_seed(5)
+    without_kl, _, _ = context_loss(model, *args, 0.0, n_train=60000)
+    expected = 0.5 ** -model.config.budget_power * float(kl_scales) / 600 + by_hand / 60000
+    assert float(with_kl - without_kl) == pytest.approx(expected, rel=1e-4)
+    with_kl.backward()
+    assert all(p.grad is not None and bool(p.grad.abs().sum() > 0) for p in model.weight_log_sigma2)
+
+
+def test_a_weight_posterior_compressor_survives_saving_and_loading(teacher, tmp_path):
+    model = with_weight_posterior(teacher)
+    model.threshold.fill_(0.0)
+    save_hypernetwork(model, tmp_path / "hyper.pt", {"model": "lenet5", "data": "mnist", "mean": [0.1307],
+                                                    "std": [0.3081]})
+    loaded = load_hypernetwork(tmp_path / "hyper.pt", teacher=teacher)
+    assert loaded.config.weight_posterior
+    for a, b in zip(model.weight_log_sigma2, loaded.weight_log_sigma2):
+        assert torch.equal(a, b)
+    assert generate(model, [1, 5]).bits_per_layer == generate(loaded, [1, 5]).bits_per_layer
 
 
 def test_generated_networks_carry_bits_from_their_kept_weights_variance(teacher, mnist_small):

@@ -9,9 +9,9 @@ shrinking path (:func:`bayescomp.compress.shrink.shrink`) builds the plain ``nn.
 
 Bit widths: as BC does from its posterior (Louizos et al. 2017, Sec. 4), every layer gets the significand bits its
 kept weights' variance under q(z | c) allows (:func:`weight_variances`, :func:`bayescomp.compress.precision.
-layer_precisions`), and the generated network comes with a copy quantised to those bits. W~ is a point estimate
-here (see :mod:`bayescomp.hyper.model`), so the variance is the scales' alone: a choice, not the paper's (its text
-was not available), made because it is the only uncertainty the reconstruction has.
+layer_precisions`), and the generated network comes with a copy quantised to those bits. By default W~ is a point
+estimate (see :mod:`bayescomp.hyper.model`), so the variance is the scales' alone; with ``weight_posterior`` the
+shared weights' own variance counts as well, as in BC.
 """
 
 from __future__ import annotations
@@ -205,16 +205,20 @@ def _effective_teacher(model: HyperCompressor, mu_split) -> nn.Sequential:
 @torch.no_grad()
 def weight_variances(model: HyperCompressor, mu: torch.Tensor, log_sigma2: torch.Tensor) -> list[torch.Tensor]:
     """Var(W) of every weight of every layer (dense shapes, chain order) for one context's scale posterior
-    (``mu``, ``log_sigma2``: (G,)). With W = z_out W~ z_in and independent Gaussian scales,
-    Var(W) = W~² [(mu_out² + sigma_out²)(mu_in² + sigma_in²) - mu_out² mu_in²]; a side without scales is z = 1."""
+    (``mu``, ``log_sigma2``: (G,)). With W = z_out W~ z_in, independent Gaussian scales and W~ ~ N(m, s²)
+    (s = 0 without ``weight_posterior``): Var(W) = (m² + s²)(mu_out² + sigma_out²)(mu_in² + sigma_in²) -
+    m² mu_out² mu_in²; a side without scales is z = 1."""
     second, first2 = model.split(mu.pow(2) + log_sigma2.exp()), model.split(mu.pow(2))
     out = []
-    for module, (a_in, a_out), (b_in, b_out) in zip(prunable_modules(model.net), second, first2):
+    for module, (a_in, a_out), (b_in, b_out), s2 in zip(prunable_modules(model.net), second, first2,
+                                                         model.shared_weight_variances()):
         spatial = (1,) * (module.weight.dim() - 2)
         one = module.weight.new_ones(())
         a_in, b_in = (one, one) if a_in is None else (a_in.view(1, -1, *spatial), b_in.view(1, -1, *spatial))
         a_out, b_out = (one, one) if a_out is None else (a_out.view(-1, 1, *spatial), b_out.view(-1, 1, *spatial))
-        out.append(module.weight.pow(2) * (a_out * a_in - b_out * b_in).clamp_min(0.0))
+        m2 = module.weight.pow(2)
+        second_w = m2 if s2 is None else m2 + s2
+        out.append((second_w * a_out * a_in - m2 * b_out * b_in).clamp_min(0.0))
     return out
 
 

@@ -14,9 +14,11 @@ log sigma² - log mu² decides which groups survive, as in Louizos et al. (2017)
 Choices marked UNVERIFIED (only the paper's abstract was available, arXiv 2205.06404), each an option of
 :class:`HyperConfig`:
 
-* W~ is a point estimate (no weight posterior): the scales carry all the uncertainty, as in the
+* W~ is a point estimate (no weight posterior) by default: the scales carry all the uncertainty, as in the
   "deterministic W~ initialised from the teacher" variant of the reconstruction. The log-uniform KL depends only on log alpha, so it is
-  invariant to trading scale between W~ and z.
+  invariant to trading scale between W~ and z. ``weight_posterior=True`` gives W~ BC-GNJ's weight posterior
+  instead, q(W~) = N(W~, sigma²) per weight with KL to N(0, 1) (the non-centred form of p(w | z) = N(0, z²)),
+  shared by all contexts: its variance is what sets BC's bit widths.
 * The budget b weights the KL by ``b ** -budget_power`` (b = 1: the BC-GNJ objective), and generation caps the
   generated network's multiply-accumulates at ``b`` times the dense network's.
 * ``factorization`` offers ``"input_output"`` (the paper's), ``"input"`` (BC-GNJ's one scale per input) and
@@ -34,7 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from bayescomp.compress.chain import _leaves, build_chain
-from bayescomp.priors.group_nj import kl_log_uniform_approx
+from bayescomp.priors.group_nj import kl_log_uniform_approx, kl_standard_normal
 
 _EPS = 1e-8
 FACTORIZATIONS = ("input_output", "input", "output")
@@ -69,6 +71,12 @@ class HyperConfig:
         tolerance_pct: the calibration keeps the mean validation error within this many points of the unpruned
             posterior mean's, over the calibration contexts.
         calibration_contexts: how many random validation contexts the calibration uses.
+        weight_posterior: give every shared weight W~ a Gaussian posterior N(W~, sigma²) (BC-GNJ's, Louizos et
+            al. 2017, Eq. 6: q(w~) Gaussian, KL to N(0, 1)), trained with local reparameterisation. The weights
+            are shared by all contexts, so their KL enters once per training set (KL / N_train, not weighted by
+            the budget). Generation still uses the posterior mean; the bit widths then count both variances.
+            Off by default (the measured reconstruction); UNVERIFIED whether the paper has it.
+        weight_clip_var: upper bound on those weight variances (BC-GNJ's ``clip_var``).
     """
 
     hidden: int = 256
@@ -85,6 +93,8 @@ class HyperConfig:
     threshold: float | None = None
     tolerance_pct: float = 0.3
     calibration_contexts: int = 20
+    weight_posterior: bool = False
+    weight_clip_var: float = 0.2
 
     def __post_init__(self) -> None:
         if self.factorization not in FACTORIZATIONS:
@@ -157,6 +167,10 @@ class HyperCompressor(nn.Module):
             self.head_mu.bias.zero_()
             self.head_log_sigma2.weight.zero_()
             self.head_log_sigma2.bias.fill_(self.config.init_log_sigma2)
+        #: log sigma² of each prunable layer's W~ (``weight_posterior``), in chain order; empty otherwise
+        self.weight_log_sigma2 = nn.ParameterList(
+            [nn.Parameter(torch.full_like(layer.module.weight, self.config.init_log_sigma2))
+             for layer in chain.layers] if self.config.weight_posterior else [])
         self.register_buffer("threshold", torch.tensor(
             float("nan") if self.config.threshold is None else float(self.config.threshold)))
 
@@ -200,23 +214,41 @@ class HyperCompressor(nn.Module):
         """KL(q(z | c) || log-uniform) summed over the scales (Molchanov et al. 2017 approximation, as BC-GNJ)."""
         return kl_log_uniform_approx(self.log_alpha(mu, log_sigma2)).sum(-1)
 
+    def shared_weight_variances(self) -> list[torch.Tensor | None]:
+        """sigma² of every layer's W~ (clipped at ``weight_clip_var``), or ``None`` per layer without a posterior."""
+        if not self.config.weight_posterior:
+            return [None] * len(self.groups)
+        bound = math.log(self.config.weight_clip_var)
+        return [p.clamp(max=bound).exp() for p in self.weight_log_sigma2]
+
+    def weight_kl(self) -> torch.Tensor:
+        """Sum of KL(N(W~, sigma²) || N(0, 1)) over the shared weights (0 without a weight posterior)."""
+        if not self.config.weight_posterior:
+            return torch.zeros(())
+        bound = math.log(self.config.weight_clip_var)
+        return sum(kl_standard_normal(module.weight, p.clamp(max=bound))
+                   for module, p in zip(self.prunable(), self.weight_log_sigma2))
+
     def split(self, values: torch.Tensor) -> list[tuple[torch.Tensor | None, torch.Tensor | None]]:
         """Per layer (input scales, output scales) views of a (..., G) tensor (``None`` where a side has none)."""
         return [(None if g.in_slice is None else values[..., g.in_slice],
                  None if g.out_slice is None else values[..., g.out_slice]) for g in self.groups]
 
     # ------------------------------------------------------------------------------------------------- forward
-    def forward_with_scales(self, x: torch.Tensor, scales: list[tuple[torch.Tensor | None, torch.Tensor | None]]
-                            ) -> torch.Tensor:
-        """Logits of all classes with the given scales (each (G_side,) or per example (B, G_side))."""
+    def forward_with_scales(self, x: torch.Tensor, scales: list[tuple[torch.Tensor | None, torch.Tensor | None]],
+                            sample_weights: bool = False) -> torch.Tensor:
+        """Logits of all classes with the given scales (each (G_side,) or per example (B, G_side)); with
+        ``sample_weights`` (training, ``weight_posterior`` only) each layer's pre-activation is drawn from its
+        Gaussian marginal over W~ (local reparameterisation), otherwise W~ is its posterior mean."""
         index = 0
+        variances = self.shared_weight_variances() if sample_weights else [None] * len(self.groups)
         for _, module in _leaves(self.net):
             if isinstance(module, (nn.Linear, nn.Conv2d)):
                 z_in, z_out = scales[index]
                 spatial = (1, 1) if isinstance(module, nn.Conv2d) else ()
                 if z_in is not None:
                     x = x * z_in.reshape(*(z_in.shape[:-1] or (1,)), -1, *spatial)
-                x = module(x)
+                x = module(x) if variances[index] is None else _local_reparameterisation(module, x, variances[index])
                 if z_out is not None:
                     x = x * z_out.reshape(*(z_out.shape[:-1] or (1,)), -1, *spatial)
                 index += 1
@@ -231,8 +263,19 @@ class HyperCompressor(nn.Module):
             z = mu + torch.randn(x.shape[0], mu.shape[-1], device=x.device) * (0.5 * log_sigma2).exp()
         else:
             z = mu[0]
-        return self.forward_with_scales(x, self.split(z))
+        return self.forward_with_scales(x, self.split(z), sample_weights=sample)
 
     def extra_repr(self) -> str:
         return (f"groups={self.num_groups}, factorization={self.config.factorization}, "
                 f"threshold={float(self.threshold):.3g}")
+
+
+def _local_reparameterisation(module: nn.Module, x: torch.Tensor, weight_var: torch.Tensor) -> torch.Tensor:
+    """A draw of ``module``'s output with W ~ N(module.weight, weight_var) per weight: mean x W^T + b, variance
+    x² var^T (Kingma et al. 2015, Sec. 2.3; the bias is the teacher's, deterministic)."""
+    if isinstance(module, nn.Linear):
+        mean, var = module(x), F.linear(x.square(), weight_var)
+    else:
+        mean = module(x)
+        var = F.conv2d(x.square(), weight_var, None, module.stride, module.padding, module.dilation, module.groups)
+    return mean + var.add(_EPS).sqrt() * torch.randn_like(mean)

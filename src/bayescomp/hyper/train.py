@@ -96,7 +96,8 @@ def train_hypernetwork(model: HyperCompressor, data: DataBundle, config: TrainCo
             position[list(context.classes)] = torch.arange(len(context.classes))
             scale = kl_weight(epoch + step / steps, config.kl_warmup_epochs)
             loss, nll, kl = context_loss(model, images, position[labels[idx]], context.vector(model.num_classes),
-                                         list(context.classes), context.budget, len(pool), scale)
+                                         list(context.classes), context.budget, len(pool), scale,
+                                         n_train=len(data.train))
             finite = bool(torch.isfinite(loss))
             return StepLoss(loss, loss.item(), nll.item(), kl.item(), None if finite else str(loss.item()),
                             f"context {list(context.classes)}, budget {context.budget:.3g}")
@@ -168,10 +169,12 @@ def load_hypernetwork(path: str | Path, teacher: torch.nn.Sequential | None = No
 
 
 def context_loss(model: HyperCompressor, images: torch.Tensor, labels: torch.Tensor, context_vec: torch.Tensor,
-                 classes: list[int], budget: float, n_context: int, kl_scale: float
+                 classes: list[int], budget: float, n_context: int, kl_scale: float, n_train: int | None = None
                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Negative ELBO of one context per example: cross-entropy over the context's classes (labels already
-    renumbered to positions in ``classes``) + ``budget ** -budget_power`` x KL / N_context."""
+    renumbered to positions in ``classes``) + ``budget ** -budget_power`` x KL(scales) / N_context, and with
+    ``weight_posterior`` + KL(shared weights) / ``n_train`` (N_context when not given). Returns (loss, NLL,
+    KL of the scales)."""
     mu, log_sigma2 = model.posterior(context_vec.reshape(1, -1))
     z = mu + torch.randn(images.shape[0], mu.shape[-1]) * (0.5 * log_sigma2).exp()
     scales = model.split(z)
@@ -180,8 +183,11 @@ def context_loss(model: HyperCompressor, images: torch.Tensor, labels: torch.Ten
         if bool(torch.isfinite(log_alpha).all()):  # NaN scales fall through to the trainer's NaN guard
             plan, _ = budget_plan(model, log_alpha, Context(tuple(classes), float(budget)))
             scales = masked_scales(model, scales, plan)
-    logits = model.forward_with_scales(images, scales)[:, classes]
+    logits = model.forward_with_scales(images, scales, sample_weights=True)[:, classes]
     nll = F.cross_entropy(logits, labels)
     kl = model.kl_divergence(mu, log_sigma2)[0]
     weight = budget ** (-model.config.budget_power)
-    return nll + kl_scale * weight * kl / n_context, nll, kl
+    loss = nll + kl_scale * weight * kl / n_context
+    if model.config.weight_posterior:
+        loss = loss + kl_scale * model.weight_kl() / (n_train or n_context)
+    return loss, nll, kl
