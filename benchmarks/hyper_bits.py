@@ -17,8 +17,11 @@ largest weight). Nothing here is chosen: the bit rule is the library's default (
 Table 1 rows).
 
     python -m benchmarks.hyper_bits [--data mnist fashion-mnist]
+    python -m benchmarks.hyper_bits --data mnist --hyper runs/<another compressor>/hyper.pt --tag <name>
 
-Writes ``benchmarks/results/hyper_bits_lenet5_<data>.{json,md}``.
+``--hyper`` measures another compressor (e.g. one trained with ``weight_posterior``) on the same contexts; its float
+networks then differ from the committed ones, and the committed medians are printed beside for comparison.
+Writes ``benchmarks/results/hyper_bits_lenet5_<data>[_<tag>].{json,md}``.
 """
 
 from __future__ import annotations
@@ -28,6 +31,8 @@ import json
 import math
 import statistics
 import time
+from dataclasses import asdict
+from pathlib import Path
 
 import torch
 
@@ -61,11 +66,12 @@ def bits_rate(model: torch.nn.Module, significand: list[int], weights_dense: int
     return 32.0 * weights_dense / stored, totals
 
 
-def measure(data_name: str) -> dict:
+def measure(data_name: str, hyper_path: Path | None = None) -> dict:
     started = time.perf_counter()
     committed = json.loads((RESULTS / f"lenet5_{data_name}_hyper.json").read_text())
     folder = RESULTS / f"hyper_lenet5_{data_name}"
-    hyper = load_hypernetwork(folder / "hyper.pt").eval()
+    hyper_path = hyper_path or folder / "hyper.pt"
+    hyper = load_hypernetwork(hyper_path).eval()
     config = HyperRunConfig(**json.loads((folder / "hyper_run.json").read_text()))
     data = load_run_data(config)
     unconditional, meta = load_packed(folder / "unconditional_gnj.bcz")
@@ -101,6 +107,8 @@ def measure(data_name: str) -> dict:
         "median_bits_per_layer": [statistics.median(r["bits_per_layer"][i] for r in rows)
                                   for i in range(len(rows[0]["bits_per_layer"]))],
         "median_test_error_pct": med("test_error_pct"),
+        "committed_median_test_error_pct": med("committed_test_error_pct"),
+        "committed_median_weights_kept": med("committed_weights_kept"),
         "median_test_error_pct_quantized": med("test_error_pct_quantized"),
         "mean_error_increase_pts": statistics.fmean(increase), "max_error_increase_pts": max(increase),
         "median_generate_ms": med("generate_ms"),
@@ -111,7 +119,7 @@ def measure(data_name: str) -> dict:
         "contexts_generated_smaller_in_weights": sum(
             r["weights_kept"] <= r["unconditional_weights_kept"] for r in rows),
     }
-    return {"data": data_name, "hypernetwork": f"benchmarks/results/{folder.name}/hyper.pt",
+    return {"data": data_name, "hypernetwork": str(hyper_path), "hyper_config": asdict(hyper.config),
             "unconditional_file": f"benchmarks/results/{folder.name}/unconditional_gnj.bcz",
             "contexts_from": f"benchmarks/results/lenet5_{data_name}_hyper.json", "summary": summary,
             "entries": rows, "command": this_command(), "torch_threads": torch.get_num_threads(),
@@ -127,7 +135,8 @@ def markdown(record: dict) -> str:
         "Medians over contexts; errors on the test images of each context's classes.", "",
         "| | generated | unconditional BC-GNJ cut to the context |", "|---|---|---|",
         f"| contexts | {s['contexts']} (float networks identical to the committed ones: "
-        f"{'yes' if s['float_networks_match_committed'] else 'no'}) | same |",
+        f"{'yes' if s['float_networks_match_committed'] else 'no; the committed compressor: '}"
+        f"{'' if s['float_networks_match_committed'] else _committed(s)}) | same |",
         f"| weights kept | {s['median_weights_kept']:,.0f} ({s['median_compression_weights']:.1f}x) | "
         f"no larger in {s['contexts_generated_smaller_in_weights']} of {s['contexts']} contexts (generated) |",
         f"| bits per layer | {'-'.join(f'{b:g}' for b in s['median_bits_per_layer'])} | "
@@ -141,15 +150,24 @@ def markdown(record: dict) -> str:
         f"| generation time | {s['median_generate_ms']:.1f} ms (bits included) | |", ""])
 
 
+def _committed(summary: dict) -> str:
+    return (f"{summary['committed_median_test_error_pct']:.2f} % at {summary['committed_median_weights_kept']:,.0f} "
+            "weights")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", nargs="+", default=["mnist", "fashion-mnist"])
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--hyper", type=Path, default=None, help="another compressor file (default: the committed)")
+    parser.add_argument("--tag", default=None, help="suffix of the result files (needed with --hyper)")
     args = parser.parse_args(argv)
+    if (args.hyper is None) != (args.tag is None):
+        parser.error("--hyper and --tag go together (the committed compressor's results have no tag)")
     torch.set_num_threads(args.threads)
     for data_name in args.data:
-        record = measure(data_name)
-        stem = RESULTS / f"hyper_bits_lenet5_{data_name}"
+        record = measure(data_name, args.hyper)
+        stem = RESULTS / (f"hyper_bits_lenet5_{data_name}" + (f"_{args.tag}" if args.tag else ""))
         stem.with_suffix(".json").write_text(json.dumps(record, indent=2) + "\n")
         stem.with_suffix(".md").write_text(markdown(record))
         print(markdown(record))
