@@ -164,6 +164,8 @@ def main() -> None:
             "test_error_pct": context_error(first.model, data.test, context.classes),
             "weights_kept": first.weights_kept, "flops": first.flops, "flops_fraction": first.flops_fraction,
             "kept_architecture": "-".join(map(str, first.kept_architecture)),
+            "bits_per_layer": first.bits_per_layer, "compression_bits": first.compression_bits,
+            "test_error_pct_quantized": context_error(first.quantized_model, data.test, context.classes),
             "generate_ms": statistics.median(times), "generate_ms_first": times[0],
             "teacher_test_error_pct": context_error(_cut_teacher(teacher, context.classes), data.test,
                                                     context.classes),
