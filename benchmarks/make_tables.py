@@ -281,7 +281,7 @@ def headline_table() -> str:
                   f"{s['contexts']} random contexts of 2-5 classes at full budget, median {s['median_test_error_pct']:.2f} % "
                   f"error on the context's classes with {s['median_weights_kept']:,.0f} weights, generated in "
                   f"{s['median_generate_ms']:.1f} ms (BC-GNJ retrained per context: median {s['median_retrain_s']:.0f} s over "
-                  f"{s['retrained_contexts']} contexts)." + _equal_error_sentence()]
+                  f"{s['retrained_contexts']} contexts)." + _equal_error_sentence() + _hyper_bits_sentence()]
     blind = blind_sentence(load_runs()[0])
     return "\n".join(lines + ([""] + [blind] if blind else [])
                      + ["", f"{TEST_SET_MARK} setting chosen after reading test-set figures; see RESULTS.md."])
@@ -326,6 +326,18 @@ def _equal_error_sentence() -> str:
         return ""
     return (" Against an unconditional BC-GNJ model trained for the same epochs and cut to the same validation error, "
             f"the generated network is no larger in {' and '.join(parts)}.")
+
+
+def _hyper_bits_sentence() -> str:
+    """The generated networks' compression with bit widths (``benchmarks/hyper_bits.py`` on the committed
+    compressor, MNIST), or nothing where it was not run."""
+    path = RESULTS / "hyper_bits_lenet5_mnist.json"
+    if not path.exists():
+        return ""
+    s = json.loads(path.read_text())["summary"]
+    return (f" With the bit widths their scales' variance allows, the generated networks reach "
+            f"{s['median_compression_bits']:.0f}x (the unconditional model cut to the context, its own bits: "
+            f"{s['median_unconditional_compression_bits']:.0f}x).")
 
 
 def readme_with_headline(text: str) -> str | None:
