@@ -92,6 +92,13 @@ def finetune_undone(record: dict) -> bool:
     return not (record.get("finetune_validation") or {}).get("kept", True)
 
 
+def write_result(stem: Path, record: dict, markdown: str) -> None:
+    """``<stem>.json`` (the record) and ``<stem>.md`` (its write-up) side by side, and the write-up printed."""
+    stem.with_suffix(".json").write_text(json.dumps(record, indent=2) + "\n")
+    stem.with_suffix(".md").write_text(markdown)
+    print(markdown)
+
+
 def this_command() -> str:
     """The command line that reproduces this run, as ``python -m benchmarks.<script> ...`` from the repository root."""
     return "python -m " + " ".join(shlex.quote(a) for a in [f"benchmarks.{Path(sys.argv[0]).stem}", *sys.argv[1:]])

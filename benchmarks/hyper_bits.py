@@ -41,7 +41,7 @@ from bayescomp.compress.precision import exponent_bits
 from bayescomp.compress.structure import prunable_modules
 from bayescomp.hyper import Context, context_error, generate, load_hypernetwork
 from bayescomp.hyper.pipeline import HyperRunConfig, _cut_teacher, load_run_data
-from benchmarks._common import RESULTS, this_command
+from benchmarks._common import RESULTS, this_command, write_result
 
 
 def stored_significand_bits(packed_meta: dict, model: torch.nn.Module) -> list[int]:
@@ -168,9 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     for data_name in args.data:
         record = measure(data_name, args.hyper)
         stem = RESULTS / (f"hyper_bits_lenet5_{data_name}" + (f"_{args.tag}" if args.tag else ""))
-        stem.with_suffix(".json").write_text(json.dumps(record, indent=2) + "\n")
-        stem.with_suffix(".md").write_text(markdown(record))
-        print(markdown(record))
+        write_result(stem, record, markdown(record))
     return 0
 
 

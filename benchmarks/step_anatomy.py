@@ -25,7 +25,6 @@ Writes ``benchmarks/results/step_anatomy_lenet300_mnist.{json,md}``.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 
@@ -38,7 +37,7 @@ from bayescomp.models import create_model
 from bayescomp.objective import collect_kl
 from bayescomp.priors.base import bayesian_layers
 from bayescomp.train import AutocastForward, TrainConfig, make_optimizer, native_bf16
-from benchmarks._common import RESULTS, this_command
+from benchmarks._common import RESULTS, this_command, write_result
 
 BATCH = 128
 WIDTHS = (784, 300, 100, 10)
@@ -152,9 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     record = measure(args.rounds, args.steps)
     stem = RESULTS / "step_anatomy_lenet300_mnist"
-    stem.with_suffix(".json").write_text(json.dumps(record, indent=2) + "\n")
-    stem.with_suffix(".md").write_text(markdown(record))
-    print(markdown(record))
+    write_result(stem, record, markdown(record))
     return 0
 
 

@@ -20,7 +20,9 @@ from bayescomp.compress.masks import (
     PruneError, PruningPlan, group_keep_from_thresholds, group_statistics, masked, propagate,
 )
 from bayescomp.compress.packed import QuantSpec, packed_leaves, save_packed
-from bayescomp.compress.precision import LayerPrecision, layer_precisions, quantize_fixed_point
+from bayescomp.compress.precision import (
+    BitWidths, LayerPrecision, layer_precisions, quantize_fixed_point,
+)
 from bayescomp.compress.search import (
     BUDGET_ORDERS, SearchResult, budget_greedy_search, budget_threshold_search, global_threshold_search, greedy_search,
 )
@@ -143,7 +145,7 @@ class CompressConfig:
 
 
 @dataclass
-class CompressionResult:
+class CompressionResult(BitWidths):
     """Everything compression produced; ``model`` and ``quantized_model`` are plain ``nn.Sequential``s."""
 
     model: nn.Sequential
@@ -193,15 +195,6 @@ class CompressionResult:
         """All weights of the dense network / weights of the pruned dense layers (biases excluded)."""
         return self.weights_dense / self.weights_kept
 
-    @property
-    def bits_per_layer(self) -> list[int]:
-        return [p.total_bits for p in self.precisions]
-
-    @property
-    def compression_bits(self) -> float:
-        """32 x all weights / sum over layers of kept weights x bits per weight (the paper's "fast" rate)."""
-        kept = [m.weight.numel() for m in prunable_modules(self.model)]
-        return 32.0 * self.weights_dense / sum(k * b for k, b in zip(kept, self.bits_per_layer))
 
 
 def save_quantized(model: nn.Module, precisions: list[LayerPrecision], path: str | os.PathLike,

@@ -81,3 +81,25 @@ def layer_precisions(variances: list[torch.Tensor], weights: list[torch.Tensor],
     overflow = max(float(w.abs().max()) for w in weights if w.numel())
     exp_bits = exponent_bits(overflow)
     return [LayerPrecision(significand_bits(v, reduce, min_bits), exp_bits) for v in variances]
+
+
+class BitWidths:
+    """Bit widths and the bit-precision compression of a result holding ``model`` (the shrunk plain network),
+    ``precisions`` (one per Linear/Conv2d layer, in order) and ``weights_dense`` (the dense network's weights)."""
+
+    model: torch.nn.Module
+    precisions: list[LayerPrecision]
+    weights_dense: int
+
+    @property
+    def bits_per_layer(self) -> list[int]:
+        return [p.total_bits for p in self.precisions]
+
+    @property
+    def compression_bits(self) -> float:
+        """32 x the dense network's weights / sum over layers of kept weights x bits per weight (the paper's
+        "fast" rate; biases excluded)."""
+        from bayescomp.compress.structure import prunable_modules  # structure imports the shrinking path
+
+        kept = [m.weight.numel() for m in prunable_modules(self.model)]
+        return 32.0 * self.weights_dense / sum(k * b for k, b in zip(kept, self.bits_per_layer))

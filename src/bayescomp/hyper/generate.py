@@ -30,7 +30,7 @@ from torch import nn
 from bayescomp.compress.chain import build_chain
 from bayescomp.compress import quantize_model
 from bayescomp.compress.masks import PruneError, PruningPlan, close_plan
-from bayescomp.compress.precision import LayerPrecision, layer_precisions
+from bayescomp.compress.precision import BitWidths, LayerPrecision, layer_precisions
 from bayescomp.compress.shrink import shrink
 from bayescomp.compress.structure import prunable_modules
 from bayescomp.data import TensorData
@@ -44,7 +44,7 @@ class BudgetError(PruneError):
 
 
 @dataclass
-class Generated:
+class Generated(BitWidths):
     """A generated network and how it came about."""
 
     model: nn.Sequential  # plain, eval mode; outputs the logits of ``context.classes`` in that order
@@ -67,15 +67,6 @@ class Generated:
         quantized.classes = self.context.classes
         return quantized
 
-    @property
-    def bits_per_layer(self) -> list[int]:
-        return [p.total_bits for p in self.precisions]
-
-    @property
-    def compression_bits(self) -> float:
-        """32 x the teacher's weights / sum over layers of kept weights x bits (BC's "fast" rate)."""
-        kept = [m.weight.numel() for m in prunable_modules(self.model)]
-        return 32.0 * self.weights_dense / sum(k * b for k, b in zip(kept, self.bits_per_layer))
 
 
 def _group_keep(model: HyperCompressor, log_alpha: list[tuple[torch.Tensor | None, torch.Tensor | None]],
