@@ -113,6 +113,8 @@ def measure(data_name: str, hyper_path: Path | None = None) -> dict:
         "mean_error_increase_pts": statistics.fmean(increase), "max_error_increase_pts": max(increase),
         "median_generate_ms": med("generate_ms"),
         "median_unconditional_compression_bits": med("unconditional_compression_bits"),
+        "median_unconditional_test_error_pct": med("unconditional_test_error_pct"),
+        "median_unconditional_weights_kept": med("unconditional_weights_kept"),
         "unconditional_bits_per_layer": rows[0]["unconditional_bits_per_layer"],
         "contexts_generated_smaller_with_bits": sum(
             r["compression_bits"] >= r["unconditional_compression_bits"] for r in rows),
@@ -138,7 +140,8 @@ def markdown(record: dict) -> str:
         f"{'yes' if s['float_networks_match_committed'] else 'no; the committed compressor: '}"
         f"{'' if s['float_networks_match_committed'] else _committed(s)}) | same |",
         f"| weights kept | {s['median_weights_kept']:,.0f} ({s['median_compression_weights']:.1f}x) | "
-        f"no larger in {s['contexts_generated_smaller_in_weights']} of {s['contexts']} contexts (generated) |",
+        f"{s['median_unconditional_weights_kept']:,.0f} (generated no larger in "
+        f"{s['contexts_generated_smaller_in_weights']} of {s['contexts']} contexts) |",
         f"| bits per layer | {'-'.join(f'{b:g}' for b in s['median_bits_per_layer'])} | "
         f"{'-'.join(map(str, s['unconditional_bits_per_layer']))} |",
         f"| compression with bits | {s['median_compression_bits']:.1f}x | "
@@ -146,7 +149,8 @@ def markdown(record: dict) -> str:
         f"{s['contexts_generated_smaller_with_bits']} of {s['contexts']}) |",
         f"| test error, float / at its bits | {s['median_test_error_pct']:.2f} / "
         f"{s['median_test_error_pct_quantized']:.2f} % (mean change {s['mean_error_increase_pts']:+.3f}, "
-        f"largest {s['max_error_increase_pts']:+.2f} points) | |",
+        f"largest {s['max_error_increase_pts']:+.2f} points) | {s['median_unconditional_test_error_pct']:.2f} % "
+        "(float, from the committed table) |",
         f"| generation time | {s['median_generate_ms']:.1f} ms (bits included) | |", ""])
 
 
