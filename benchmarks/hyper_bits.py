@@ -36,6 +36,7 @@ from pathlib import Path
 
 import torch
 
+from bayescomp.compress import save_quantized
 from bayescomp.compress.packed import load_packed
 from bayescomp.compress.precision import exponent_bits
 from bayescomp.compress.structure import prunable_modules
@@ -76,10 +77,11 @@ def measure(data_name: str, hyper_path: Path | None = None) -> dict:
     data = load_run_data(config)
     unconditional, meta = load_packed(folder / "unconditional_gnj.bcz")
     unconditional_bits = stored_significand_bits(meta["_packed"], unconditional)
-    rows = []
+    rows, example = [], None
     for entry in committed["entries"]:
         context = Context.make(entry["classes"], data.num_classes, entry["budget"])
         generated = generate(hyper, context)
+        example = example or generated
         cut = _cut_teacher(unconditional, context.classes)
         cut_rate, cut_totals = bits_rate(cut, unconditional_bits, hyper.dense_weights())
         rows.append({
@@ -125,7 +127,7 @@ def measure(data_name: str, hyper_path: Path | None = None) -> dict:
             "unconditional_file": f"benchmarks/results/{folder.name}/unconditional_gnj.bcz",
             "contexts_from": f"benchmarks/results/lenet5_{data_name}_hyper.json", "summary": summary,
             "entries": rows, "command": this_command(), "torch_threads": torch.get_num_threads(),
-            "wall_time_s": time.perf_counter() - started}
+            "wall_time_s": time.perf_counter() - started, "_example": example}
 
 
 def markdown(record: dict) -> str:
@@ -172,6 +174,14 @@ def main(argv: list[str] | None = None) -> int:
     for data_name in args.data:
         record = measure(data_name, args.hyper)
         stem = RESULTS / (f"hyper_bits_lenet5_{data_name}" + (f"_{args.tag}" if args.tag else ""))
+        example = record.pop("_example")
+        if args.tag:  # another compressor, not committed (megabytes): its first context's network is, at its bits
+            path = stem.parent / f"{stem.name}_example.bcz"
+            save_quantized(example.quantized_model, example.precisions, path,
+                           {"classes": list(example.context.classes), "budget": example.context.budget,
+                            "kind": "hyper-generated", "bits_per_layer": example.bits_per_layer,
+                            "hypernetwork": record["hypernetwork"]})
+            record["example_file"] = f"benchmarks/results/{path.name}"
         write_result(stem, record, markdown(record))
     return 0
 
