@@ -101,5 +101,10 @@ class BitWidths:
         "fast" rate; biases excluded)."""
         from bayescomp.compress.structure import prunable_modules  # structure imports the shrinking path
 
-        kept = [m.weight.numel() for m in prunable_modules(self.model)]
-        return 32.0 * self.weights_dense / sum(k * b for k, b in zip(kept, self.bits_per_layer))
+        return compression_with_bits([m.weight.numel() for m in prunable_modules(self.model)], self.precisions,
+                                     self.weights_dense)
+
+
+def compression_with_bits(kept_weights: list[int], precisions: list[LayerPrecision], weights_dense: int) -> float:
+    """32 x the dense network's weights / sum over layers of kept weights x bits per weight."""
+    return 32.0 * weights_dense / sum(k * p.total_bits for k, p in zip(kept_weights, precisions))
