@@ -37,18 +37,19 @@ from pathlib import Path
 import torch
 
 from bayescomp.compress import save_quantized
-from bayescomp.compress.packed import load_packed
-from bayescomp.compress.precision import exponent_bits
+from bayescomp.compress.packed import load_packed, packed_leaves
+from bayescomp.compress.precision import LayerPrecision, compression_with_bits, exponent_bits
 from bayescomp.compress.structure import prunable_modules
 from bayescomp.hyper import Context, context_error, generate, load_hypernetwork
 from bayescomp.hyper.pipeline import HyperRunConfig, _cut_teacher, load_run_data
 from benchmarks._common import RESULTS, this_command, write_result
+from benchmarks.hyper_contexts import weights_of
 
 
 def stored_significand_bits(packed_meta: dict, model: torch.nn.Module) -> list[int]:
     """Significand bits of every Linear/Conv2d layer of a packed file, from its grid steps (2^-t); 23 where a
     layer is stored in float32."""
-    leaves = [m for m in model.modules() if not list(m.children())]
+    leaves = packed_leaves(model)  # the file's layer indices
     steps = {int(k): float(v) for k, v in packed_meta.get("steps", {}).items()}
     bits = []
     for index, module in enumerate(leaves):
@@ -62,9 +63,9 @@ def bits_rate(model: torch.nn.Module, significand: list[int], weights_dense: int
     """(compression with bits, total bits per layer) of a plain network by the formula in the module docstring."""
     layers = prunable_modules(model)
     exp_bits = exponent_bits(max(float(m.weight.detach().abs().max()) for m in layers))
-    totals = [1 + exp_bits + s for s in significand]
-    stored = sum(m.weight.numel() * b for m, b in zip(layers, totals))
-    return 32.0 * weights_dense / stored, totals
+    precisions = [LayerPrecision(s, exp_bits) for s in significand]
+    return (compression_with_bits([m.weight.numel() for m in layers], precisions, weights_dense),
+            [p.total_bits for p in precisions])
 
 
 def measure(data_name: str, hyper_path: Path | None = None) -> dict:
@@ -93,7 +94,7 @@ def measure(data_name: str, hyper_path: Path | None = None) -> dict:
             "bits_per_layer": generated.bits_per_layer, "compression_weights": hyper.dense_weights() /
             generated.weights_kept, "compression_bits": generated.compression_bits,
             "generate_ms": generated.generate_ms,
-            "unconditional_weights_kept": sum(m.weight.numel() for m in prunable_modules(cut)),
+            "unconditional_weights_kept": weights_of(cut),
             "unconditional_test_error_pct": entry["unconditional_test_error_pct"],
             "unconditional_bits_per_layer": cut_totals, "unconditional_compression_bits": cut_rate,
         })

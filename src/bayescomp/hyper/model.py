@@ -136,6 +136,7 @@ class HyperCompressor(nn.Module):
         self.input_shape = tuple(int(v) for v in input_shape)
         self.net = copy.deepcopy(teacher).train()
         chain = build_chain(self.net)  # raises UnsupportedModelError naming an unsupported module
+        self._prunable = tuple(layer.module for layer in chain.layers)  # not registered again: already in net
         if chain.layers[-1].out_size != num_classes:
             raise ValueError(f"the teacher's last layer has {chain.layers[-1].out_size} outputs, expected "
                              f"{num_classes} (one per class)")
@@ -191,7 +192,7 @@ class HyperCompressor(nn.Module):
 
     def prunable(self) -> list[nn.Module]:
         """The teacher's Linear/Conv2d layers in order (their weights are the shared W~)."""
-        return [layer.module for layer in build_chain(self.net).layers]
+        return list(self._prunable)
 
     def dense_flops(self) -> int:
         """Multiply-accumulates of the dense teacher for one example (Linear and Conv2d layers)."""
