@@ -84,13 +84,16 @@ def magnitude_at_size(teacher, data: DataBundle, classes, weights: int, epochs: 
             "magnitude_weights_nonzero": result.weights_nonzero, "magnitude_s": time.perf_counter() - started}
 
 
-def unconditional_model(data_name: str, kind: str, log) -> tuple[torch.nn.Sequential, str, int]:
+def unconditional_model(data_name: str, kind: str, log,
+                        run_dir: Path | None = None) -> tuple[torch.nn.Sequential, str, int]:
     """The unconditional BC-GNJ LeNet-5 the generated networks are compared with, and its training epochs.
 
     ``kind="equal"`` (default): trained with the default recipe, 30 Bayesian epochs and no fine-tuning, the
     hypernetwork's own epochs, so neither side has more training (issue 20); a copy committed beside the results
-    (``hyper_lenet5_<data>/unconditional_gnj.bcz``) is reused. ``kind="table1"``: the Table 1 model
-    (``lenet5_<data>_gnj.bcz``, 90 epochs plus fine-tuning on MNIST), a stronger baseline than the budget allows.
+    (``hyper_lenet5_<data>/unconditional_gnj.bcz``) is reused. ``run_dir``: a finished ``bayescomp run`` of that
+    recipe (another seed's split) whose compressed model replaces the committed copy. ``kind="table1"``: the
+    Table 1 model (``lenet5_<data>_gnj.bcz``, 90 epochs plus fine-tuning on MNIST), a stronger baseline than the
+    budget allows.
     """
     from bayescomp.pipeline import RunConfig, run
 
@@ -102,6 +105,13 @@ def unconditional_model(data_name: str, kind: str, log) -> tuple[torch.nn.Sequen
         return load(path), str(path.relative_to(RESULTS.parent.parent)), epochs
     config = RunConfig(model="lenet5", data=data_name, method="gnj", latency=False, plots=False)
     committed = RESULTS / f"hyper_lenet5_{data_name}" / "unconditional_gnj.bcz"
+    if run_dir is not None:
+        if not (run_dir / "compressed.bcz").exists():
+            raise SystemExit(f"{run_dir} has no compressed.bcz: finish that run first")
+        committed.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(run_dir / "compressed.bcz", committed)
+        epochs = json.loads((run_dir / "run.json").read_text())["bayes"]["epochs"]
+        return load(committed), str(committed.relative_to(RESULTS.parent.parent)), epochs
     if committed.exists():
         return load(committed), str(committed.relative_to(RESULTS.parent.parent)), config.bayes.epochs
     run_dir = Path(f"runs/hyper_baseline_lenet5_{data_name}_gnj")
@@ -132,6 +142,9 @@ def main() -> None:
     parser.add_argument("--unconditional", choices=("equal", "table1"), default="equal",
                         help="the unconditional BC-GNJ baseline: trained for the hypernetwork's epochs (equal) or "
                              "the longer Table 1 model")
+    parser.add_argument("--unconditional-run", type=Path, default=None, metavar="RUN_DIR",
+                        help="a finished `bayescomp run` of the equal-epoch BC-GNJ recipe on this --seed's split; its "
+                             "compressed model becomes the committed unconditional baseline")
     parser.add_argument("--out-suffix", default="", help="suffix of the result names (variants)")
     args = parser.parse_args()
     log = print
@@ -153,7 +166,8 @@ def main() -> None:
     train_summary = json.loads((run_dir / "train.json").read_text())
     data = load_run_data(config)
     teacher = dense_model(_run_config(config), data, log=lambda *_: None, progress=False)
-    unconditional, unconditional_file, unconditional_epochs = unconditional_model(args.data, args.unconditional, log)
+    unconditional, unconditional_file, unconditional_epochs = unconditional_model(args.data, args.unconditional, log,
+                                                               args.unconditional_run)
     contexts = random_contexts(args.contexts, data.num_classes, [2, 3, 4, 5], seed=2026 + args.seed)
     entries = []
     for i, context in enumerate(contexts):
