@@ -42,6 +42,7 @@ from bayescomp.magnitude import MagnitudeConfig, magnitude_compress, prune_and_f
 from bayescomp.pipeline import DEFAULT_LR_SCALES, dense_model
 from bayescomp.train import TrainConfig, evaluate, fit, seed_everything
 from benchmarks._common import RESULTS, this_command
+from benchmarks.device_stage import sha256_of
 
 
 def context_bundle(data: DataBundle, classes) -> DataBundle:
@@ -221,6 +222,7 @@ def main() -> None:
               "entries": entries, "hyper_options": args.option,
               "budgets": budget_rows, "sizes_by_classes": size_rows,
               "hypernetwork": {"file": f"benchmarks/results/{out_dir.name}/hyper.pt",
+                               "sha256": sha256_of(out_dir / "hyper.pt"),
                                "threshold": float(hyper.threshold), "config": train_summary["config"],
                                "train_s": train_summary["train_s"], "calibration": train_summary["calibration"],
                                "teacher_test_error_pct": train_summary["teacher_test_error_pct"],
@@ -261,6 +263,7 @@ def summarize(entries: list[dict], budget_rows: list[dict]) -> dict:
     summary = {
         "contexts": len(entries), "median_test_error_pct": med("test_error_pct"),
         "median_weights_kept": med("weights_kept"), "median_flops_fraction": med("flops_fraction"),
+        "median_compression_bits": med("compression_bits"),
         "median_generate_ms": med("generate_ms"), "max_generate_ms": max(e["generate_ms"] for e in entries),
         "max_generate_ms_first": max(e["generate_ms_first"] for e in entries),
         "median_teacher_test_error_pct": med("teacher_test_error_pct"),

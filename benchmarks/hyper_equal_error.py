@@ -35,6 +35,7 @@ from bayescomp.hyper import context_error, generate, load_hypernetwork, random_c
 from bayescomp.hyper.pipeline import HyperRunConfig, _cut_teacher, _run_config, load_run_data
 from bayescomp.pipeline import dense_model
 from benchmarks._common import RESULTS, this_command
+from benchmarks.device_stage import sha256_of
 from benchmarks.hyper_contexts import weights_of
 from benchmarks.torch_pruning_compare import posterior_from_run
 
@@ -133,6 +134,7 @@ def main() -> None:
             "median_size_ratio_unconditional_over_generated": statistics.median(
                 r["unconditional_weights"] / r["generated_weights"] for r in paired)} if paired else {})}
     record = {"data": args.data, "model": "lenet5", "hypernetwork_file": str(hyper_path),
+              "hypernetwork_sha256": sha256_of(hyper_path),
               "unconditional_run": str(run_dir),
               "unconditional_epochs": json.loads((run_dir / "run.json").read_text())["bayes"]["epochs"],
               "thresholds": THRESHOLDS, "summary": summary, "rows": rows, "command": this_command(),

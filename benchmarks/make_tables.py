@@ -313,26 +313,49 @@ def _bits_text(group: list[dict]) -> str:
             + "x (bit reduction chosen on validation)")
 
 
+def headline_equal_error(data: str) -> dict | None:
+    """The equal-validation-error comparison (``benchmarks/hyper_equal_error.py``) of the compressor behind the
+    headline (``lenet5_<data>_hyper.json``), matched by the compressor file's SHA-256; before the records carried
+    it, the untagged file (the committed compressor against the original unconditional posterior)."""
+    headline = RESULTS / f"lenet5_{data}_hyper.json"
+    digest = json.loads(headline.read_text())["hypernetwork"].get("sha256") if headline.exists() else None
+    if digest is not None:
+        for path in sorted(RESULTS.glob(f"hyper_equal_error_lenet5_{data}*.json")):
+            record = json.loads(path.read_text())
+            if record.get("hypernetwork_sha256") == digest:
+                return record
+        return None
+    path = RESULTS / f"hyper_equal_error_lenet5_{data}.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
 def _equal_error_sentence() -> str:
-    """The hypernetwork against the unconditional model cut to the same validation error, per data set
-    (``benchmarks/hyper_equal_error.py``), or nothing where it was not run."""
-    parts = []
+    """The headline compressor against the unconditional model cut to the same validation error, per data set,
+    counted in weights and (where recorded) with bits; or nothing where it was not run."""
+    parts, bits = [], []
     for data, name in (("mnist", "MNIST"), ("fashion-mnist", "Fashion-MNIST")):
-        path = RESULTS / f"hyper_equal_error_lenet5_{data}.json"
-        if path.exists():
-            s = json.loads(path.read_text())["summary"]
-            parts.append(f"{s['contexts_generated_no_larger']} of {s['contexts']} contexts on {name}")
+        record = headline_equal_error(data)
+        if record is None:
+            continue
+        s = record["summary"]
+        parts.append(f"{s['contexts_generated_no_larger']} of {s['contexts']} contexts on {name}")
+        if "contexts_generated_no_larger_with_bits" in s and "hypernetwork_sha256" in record:
+            bits.append(f"{s['contexts_generated_no_larger_with_bits']} of {s['contexts']} on {name} (median "
+                        f"{s['median_generated_compression_bits']:.0f}x against "
+                        f"{s.get('median_unconditional_compression_bits', float('nan')):.0f}x)")
     if not parts:
         return ""
     return (" Against an unconditional BC-GNJ model trained for the same epochs and cut to the same validation error, "
-            f"the generated network is no larger in {' and '.join(parts)}.")
+            f"the generated network is no larger in {' and '.join(parts)}"
+            + (f"; counted with the bit widths of both, in {' and '.join(bits)}" if bits else "") + ".")
 
 
 def _hyper_bits_sentence() -> str:
     """The generated networks' compression with bit widths (``benchmarks/hyper_bits.py`` on the committed
-    compressor, MNIST), or nothing where it was not run."""
+    compressor, MNIST) while the headline is that compressor; or nothing."""
     path = RESULTS / "hyper_bits_lenet5_mnist.json"
-    if not path.exists():
+    headline = json.loads((RESULTS / "lenet5_mnist_hyper.json").read_text())
+    if not path.exists() or "sha256" in headline["hypernetwork"]:  # hyper_bits counted the earlier compressor
         return ""
     s = json.loads(path.read_text())["summary"]
     return (f" With the bit widths their scales' variance allows, the generated networks reach "
