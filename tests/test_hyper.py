@@ -246,6 +246,21 @@ def test_a_weight_posterior_compressor_survives_saving_and_loading(teacher, tmp_
     assert generate(model, [1, 5]).bits_per_layer == generate(loaded, [1, 5]).bits_per_layer
 
 
+def test_a_file_from_before_the_weight_posterior_loads_without_one(teacher, tmp_path):
+    """Compressors saved before ``weight_posterior`` existed have no such config key (the committed MNIST and
+    Fashion-MNIST ones among them): they load as what they are, whatever the option's default."""
+    model = HyperCompressor(teacher, 10, (1, 28, 28), HyperConfig(hidden=32, weight_posterior=False))
+    model.threshold.fill_(0.0)
+    save_hypernetwork(model, tmp_path / "hyper.pt", {"model": "lenet5", "data": "mnist", "mean": [0.1307],
+                                                    "std": [0.3081]})
+    blob = torch.load(tmp_path / "hyper.pt", weights_only=True)
+    del blob["config"]["weight_posterior"], blob["config"]["weight_clip_var"]
+    torch.save(blob, tmp_path / "old.pt")
+    loaded = load_hypernetwork(tmp_path / "old.pt", teacher=teacher)
+    assert not loaded.config.weight_posterior and len(loaded.weight_log_sigma2) == 0
+    assert generate(loaded, [1, 5]).weights_kept == generate(model, [1, 5]).weights_kept
+
+
 def test_generated_networks_carry_bits_from_their_kept_weights_variance(teacher, mnist_small):
     model = scrambled(teacher)
     generated = generate(model, [0, 3, 7], threshold=0.0)

@@ -151,7 +151,8 @@ def load_hypernetwork(path: str | Path, teacher: torch.nn.Sequential | None = No
                               "it is damaged or was not written by bayescomp, train it again")
     meta = blob["metadata"]
     try:
-        config = HyperConfig(**blob["config"])
+        # files written before the weight posterior existed have no such key and no such weights
+        config = HyperConfig(**{"weight_posterior": False, **blob["config"]})
         if teacher is None:
             teacher = create_model(meta["model"], blob["num_classes"], blob["input_shape"], meta["mean"],
                                    meta["std"])
