@@ -219,7 +219,7 @@ def main() -> None:
                    {"classes": list(contexts[0].classes), "budget": 1.0, "kind": "hyper-generated",
                     "bits_per_layer": example.bits_per_layer})
     record = {"model": "lenet5", "data": args.data, "method": "hyper", "stem": stem, "summary": {},
-              "entries": entries, "hyper_options": args.option,
+              "entries": entries, "hyper_options": args.option, "seed": args.seed,
               "budgets": budget_rows, "sizes_by_classes": size_rows,
               "hypernetwork": {"file": f"benchmarks/results/{out_dir.name}/hyper.pt",
                                "sha256": sha256_of(out_dir / "hyper.pt"),
