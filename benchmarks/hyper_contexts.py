@@ -151,7 +151,7 @@ def main() -> None:
     log = print
     started = time.perf_counter()
     config = HyperRunConfig(model="lenet5", data=args.data, seed=args.seed)
-    config.train = replace(config.train, epochs=args.epochs)
+    config.train = replace(config.train, epochs=args.epochs, seed=args.seed)  # as `bayescomp hyper train --seed`
     from bayescomp.cli import _options
     from bayescomp.hyper import HyperConfig
 

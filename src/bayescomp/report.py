@@ -369,7 +369,7 @@ def render_generated_markdown(report: dict[str, Any]) -> str:
               f"({100 * report['flops_fraction']:.1f} %) |",
               f"| log-alpha threshold | {report['threshold']:.3g} |"]
     if "bits_per_layer" in report:
-        lines += [f"| bits per layer (from the scales' variance) | {'-'.join(map(str, report['bits_per_layer']))} "
+        lines += [f"| bits per layer (from the posterior variance) | {'-'.join(map(str, report['bits_per_layer']))} "
                   f"({report['compression_bits']:.1f}x with bits) |",
                   f"| test error at those bits | {report['test_error_pct_quantized']:.2f} % |"]
     lines.append(f"| generation time | {report['generate_ms']:.1f} ms |")

@@ -9,9 +9,9 @@ shrinking path (:func:`bayescomp.compress.shrink.shrink`) builds the plain ``nn.
 
 Bit widths: as BC does from its posterior (Louizos et al. 2017, Sec. 4), every layer gets the significand bits its
 kept weights' variance under q(z | c) allows (:func:`weight_variances`, :func:`bayescomp.compress.precision.
-layer_precisions`), and the generated network comes with a copy quantised to those bits. By default W~ is a point
-estimate (see :mod:`bayescomp.hyper.model`), so the variance is the scales' alone; with ``weight_posterior`` the
-shared weights' own variance counts as well, as in BC.
+layer_precisions`), and the generated network comes with a copy quantised to those bits. By default the shared
+weights W~ have a posterior of their own (``weight_posterior``, see :mod:`bayescomp.hyper.model`), whose variance
+counts as well, as in BC; with W~ a point estimate the variance is the scales' alone.
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ class Generated(BitWidths):
     weights_kept: int
     generate_ms: float
     kept_architecture: list[int]
-    precisions: list[LayerPrecision]  # per Linear/Conv2d layer of ``model``, from the scales' variance
+    precisions: list[LayerPrecision]  # per Linear/Conv2d layer of ``model``, from the posterior variance
     weights_dense: int  # the teacher's Linear/Conv2d weights, every class included
 
     @functools.cached_property
