@@ -20,6 +20,7 @@ from benchmarks.published import PUBLISHED  # one list of published figures for 
 from benchmarks.result_sections import (
     cifar_section,
     ddp_section,
+    hyper_options_text,
     hyper_section,
     onnx_section,
     other_sections,
@@ -275,9 +276,11 @@ def headline_table() -> str:
                      f"{r['compression_file']:.0f}x | {r['latency_ms']['speedup']['batch_256']:.1f}x |")
     hyper = RESULTS / "lenet5_mnist_hyper.json"
     if hyper.exists():
-        s = json.loads(hyper.read_text())["summary"]
+        record = json.loads(hyper.read_text())
+        s = record["summary"]
         lines += ["", f"`bayescomp hyper` (conditional compression: one Bayesian hypernetwork maps a set of classes "
-                  f"and a compute budget to a compressed network; Nguyen et al., ECML-PKDD 2021): over "
+                  f"and a compute budget to a compressed network; Nguyen et al., ECML-PKDD 2021; trained with "
+                  f"{hyper_options_text(record)}): over "
                   f"{s['contexts']} random contexts of 2-5 classes at full budget, median {s['median_test_error_pct']:.2f} % "
                   f"error on the context's classes with {s['median_weights_kept']:,.0f} weights, generated in "
                   f"{s['median_generate_ms']:.1f} ms (BC-GNJ retrained per context: median {s['median_retrain_s']:.0f} s over "

@@ -63,7 +63,7 @@ def hyper_section() -> list[str]:
                    f"size {s['contexts_no_larger_than_retrain']}) | {s['median_magnitude_test_error_pct']:.2f} %"
                    if s.get("retrained_contexts") else "– | – | – | – | – | –")
         lines.append(
-            f"| {r['data']} | {_hyper_options(r)} | {s['contexts']} | "
+            f"| {r['data']} | {hyper_options_text(r)} | {s['contexts']} | "
             f"{s['median_test_error_pct']:.2f} % | {s['median_weights_kept']:,.0f} | "
             f"{100 * s['median_flops_fraction']:.1f} % | {s['median_generate_ms']:.1f} / {s['max_generate_ms']:.1f} | "
             f"{retrain} | {s['median_unconditional_test_error_pct']:.2f} % | "
@@ -75,7 +75,7 @@ def hyper_section() -> list[str]:
     for r in results:
         for budget in sorted({b["budget"] for b in r["budgets"]}, reverse=True):
             rows = [b for b in r["budgets"] if b["budget"] == budget]
-            lines.append(f"| {r['data']} | {_hyper_options(r)} | {budget:g} | {100 * statistics.median(b['flops_fraction'] for b in rows):.2f} % | "
+            lines.append(f"| {r['data']} | {hyper_options_text(r)} | {budget:g} | {100 * statistics.median(b['flops_fraction'] for b in rows):.2f} % | "
                          f"{statistics.median(b['weights_kept'] for b in rows):,.0f} | "
                          f"{statistics.median(b['test_error_pct'] for b in rows):.2f} % | "
                          f"{'yes' if r['summary']['budget_monotone'] else 'no'} |")
@@ -88,7 +88,7 @@ def hyper_section() -> list[str]:
     return lines + [""]
 
 
-def _hyper_options(record: dict) -> str:
+def hyper_options_text(record: dict) -> str:
     """The options a hypernetwork was trained with, and its seed where not 0 (data split, contexts, noise)."""
     options = list(record.get("hyper_options") or ["defaults"])
     return ", ".join(options + ([f"seed {record['seed']}"] if record.get("seed") else []))
