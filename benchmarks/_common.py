@@ -92,6 +92,22 @@ def finetune_undone(record: dict) -> bool:
     return not (record.get("finetune_validation") or {}).get("kept", True)
 
 
+def headline_equal_error(data: str, results: Path = RESULTS) -> dict | None:
+    """The equal-validation-error comparison (``benchmarks/hyper_equal_error.py``) of the compressor behind the
+    headline (``lenet5_<data>_hyper.json``), matched by the compressor file's SHA-256; before the records carried
+    it, the untagged file (the committed compressor against the original unconditional posterior)."""
+    headline = results / f"lenet5_{data}_hyper.json"
+    digest = json.loads(headline.read_text())["hypernetwork"].get("sha256") if headline.exists() else None
+    if digest is not None:
+        for path in sorted(results.glob(f"hyper_equal_error_lenet5_{data}*.json")):
+            record = json.loads(path.read_text())
+            if record.get("hypernetwork_sha256") == digest:
+                return record
+        return None
+    path = results / f"hyper_equal_error_lenet5_{data}.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
 def write_result(stem: Path, record: dict, markdown: str) -> None:
     """``<stem>.json`` (the record) and ``<stem>.md`` (its write-up) side by side, and the write-up printed."""
     stem.with_suffix(".json").write_text(json.dumps(record, indent=2) + "\n")

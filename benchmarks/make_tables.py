@@ -14,7 +14,9 @@ import json
 import re
 from pathlib import Path
 
-from benchmarks._common import blind_reruns, blind_variants, finetune_undone, seed_mean_std, seed_spread_text
+from benchmarks._common import (
+    blind_reruns, blind_variants, finetune_undone, headline_equal_error, seed_mean_std, seed_spread_text,
+)
 from benchmarks.acceptance import acceptance_table
 from benchmarks.published import PUBLISHED  # one list of published figures for both tables
 from benchmarks.result_sections import (
@@ -316,28 +318,12 @@ def _bits_text(group: list[dict]) -> str:
             + "x (bit reduction chosen on validation)")
 
 
-def headline_equal_error(data: str) -> dict | None:
-    """The equal-validation-error comparison (``benchmarks/hyper_equal_error.py``) of the compressor behind the
-    headline (``lenet5_<data>_hyper.json``), matched by the compressor file's SHA-256; before the records carried
-    it, the untagged file (the committed compressor against the original unconditional posterior)."""
-    headline = RESULTS / f"lenet5_{data}_hyper.json"
-    digest = json.loads(headline.read_text())["hypernetwork"].get("sha256") if headline.exists() else None
-    if digest is not None:
-        for path in sorted(RESULTS.glob(f"hyper_equal_error_lenet5_{data}*.json")):
-            record = json.loads(path.read_text())
-            if record.get("hypernetwork_sha256") == digest:
-                return record
-        return None
-    path = RESULTS / f"hyper_equal_error_lenet5_{data}.json"
-    return json.loads(path.read_text()) if path.exists() else None
-
-
 def _equal_error_sentence() -> str:
     """The headline compressor against the unconditional model cut to the same validation error, per data set,
     counted in weights and (where recorded) with bits; or nothing where it was not run."""
     parts, bits = [], []
     for data, name in (("mnist", "MNIST"), ("fashion-mnist", "Fashion-MNIST")):
-        record = headline_equal_error(data)
+        record = headline_equal_error(data, RESULTS)
         if record is None:
             continue
         s = record["summary"]
