@@ -290,11 +290,10 @@ def _hyper_rows(row, results: Path = RESULTS) -> None:
         measured = (f"{s['contexts_generated_no_larger']} of {s['contexts']} contexts in weights"
                     + (f", {with_bits} with bits" if with_bits is not None else ", bits not counted")
                     + (f" (median {s['median_generated_weights']:,.0f} vs {s['median_unconditional_weights']:,.0f} "
-                       f"weights" if "median_unconditional_weights" in s else " (")
-                    + (f"; {s['median_generated_compression_bits']:.0f}x vs "
-                       f"{s['median_unconditional_compression_bits']:.0f}x with bits"
-                       if "median_unconditional_compression_bits" in s else "")
-                    + f"); epochs {epochs} vs {record['unconditional_epochs']}")
+                       f"weights; {s['median_generated_compression_bits']:.0f}x vs "
+                       f"{s['median_unconditional_compression_bits']:.0f}x with bits)"
+                       if {"median_unconditional_weights", "median_unconditional_compression_bits"} <= s.keys() else "")
+                    + f"; epochs {epochs} vs {record['unconditional_epochs']}")
         row(f"Hypernetwork, LeNet-5 on {data}: generated networks no larger than the unconditional BC-GNJ model "
             "cut to equal validation error (same epochs), in weights and with bits", measured,
             s["contexts_generated_no_larger"] == s["contexts"] and with_bits == s["contexts"]

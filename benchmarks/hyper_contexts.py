@@ -106,21 +106,18 @@ def unconditional_model(data_name: str, kind: str, log,
         return load(path), str(path.relative_to(RESULTS.parent.parent)), epochs
     config = RunConfig(model="lenet5", data=data_name, method="gnj", latency=False, plots=False)
     committed = RESULTS / f"hyper_lenet5_{data_name}" / "unconditional_gnj.bcz"
-    if run_dir is not None:
-        if not (run_dir / "compressed.bcz").exists():
-            raise SystemExit(f"{run_dir} has no compressed.bcz: finish that run first")
-        committed.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(run_dir / "compressed.bcz", committed)
-        epochs = json.loads((run_dir / "run.json").read_text())["bayes"]["epochs"]
-        return load(committed), str(committed.relative_to(RESULTS.parent.parent)), epochs
-    if committed.exists():
+    if run_dir is None and committed.exists():
         return load(committed), str(committed.relative_to(RESULTS.parent.parent)), config.bayes.epochs
-    run_dir = Path(f"runs/hyper_baseline_lenet5_{data_name}_gnj")
-    log(f"training the unconditional BC-GNJ model ({config.bayes.epochs} epochs) into {run_dir}")
-    run(config, run_dir, progress=False, log=log)
+    if run_dir is None:
+        run_dir = Path(f"runs/hyper_baseline_lenet5_{data_name}_gnj")
+        log(f"training the unconditional BC-GNJ model ({config.bayes.epochs} epochs) into {run_dir}")
+        run(config, run_dir, progress=False, log=log)
+    elif not (run_dir / "compressed.bcz").exists():
+        raise SystemExit(f"{run_dir} has no compressed.bcz: finish that run first")
     committed.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(run_dir / "compressed.bcz", committed)
-    return load(committed), str(committed.relative_to(RESULTS.parent.parent)), config.bayes.epochs
+    epochs = json.loads((run_dir / "run.json").read_text())["bayes"]["epochs"]
+    return load(committed), str(committed.relative_to(RESULTS.parent.parent)), epochs
 
 
 def main() -> None:
