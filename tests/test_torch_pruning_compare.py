@@ -61,6 +61,40 @@ def test_coupled_layers_take_the_most_confident_member():
     assert importance(group[2:]) is None  # nothing scored: Torch-Pruning skips the group
 
 
+def test_signal_to_noise_sums_every_weight_a_channel_takes_with_it():
+    """Checked on a real Torch-Pruning group: the producing filter and the consumer's input slice, summed by hand."""
+    import torch_pruning as tp
+
+    from benchmarks.torch_pruning_compare import PosteriorSNRImportance
+
+    net = _net()
+    torch.manual_seed(1)
+    snr = {"features.0": torch.rand(8, 3, 3, 3), "features.3": torch.rand(4, 8, 3, 3)}
+    graph = tp.DependencyGraph().build_dependency(net, example_inputs=torch.randn(1, 3, 6, 6))
+    group = graph.get_pruning_group(net.features[0], tp.prune_conv_out_channels, idxs=list(range(8)))
+    expected = snr["features.0"].sum(dim=(1, 2, 3)) + snr["features.3"].sum(dim=(0, 2, 3))
+    torch.testing.assert_close(PosteriorSNRImportance(net, snr)(group), expected)
+    assert PosteriorSNRImportance(net, {})(group) is None  # nothing scored: Torch-Pruning skips the group
+
+
+def test_uniform_ratio_by_signal_to_noise_keeps_the_highest_scoring_channels():
+    net = _net()
+    snr = {"features.0": torch.zeros(8, 3, 3, 3), "features.3": torch.zeros(4, 8, 3, 3)}
+    snr["features.0"][[6, 2, 5, 0]] = torch.tensor([4.0, 3.0, 2.0, 1.0]).view(4, 1, 1, 1)
+    pruned = prune_to_ratio(net, 0.5, "posterior_snr", torch.randn(1, 3, 6, 6), snr)
+    assert sorted(int(v) for v in pruned.features[1].running_mean) == [0, 2, 5, 6]
+
+
+def test_a_posterior_row_is_remeasured_for_another_posterior():
+    from benchmarks.torch_pruning_compare import already_measured
+
+    row = {"importance": "posterior_uniform", "finetune_epochs": 10, "target_macs": 20_000_000, "lr": 5e-4,
+           "flops_compressed": 20_000_000, "posterior": "runs/a"}
+    target = {"macs": 20_000_000, "epochs": 10}
+    assert already_measured([row], "posterior_uniform", target, {"lr": 5e-4, "posterior": "runs/a"})
+    assert not already_measured([row], "posterior_uniform", target, {"lr": 5e-4, "posterior": "runs/b"})
+
+
 def test_bayescomp_rows_say_how_the_cut_was_chosen():
     from benchmarks.torch_pruning_compare import _bayes_label
 
