@@ -21,7 +21,7 @@ import tempfile
 from dataclasses import replace
 from pathlib import Path
 
-from bayescomp.compress import BUDGET_ORDERS, CUT_WEIGHTS, CompressConfig
+from bayescomp.compress import BUDGET_ORDERS, CHANNEL_SCORES, CUT_WEIGHTS, CompressConfig
 from bayescomp.compress.packed import load_packed
 from bayescomp.data import load_dataset
 from bayescomp.export import export_model
@@ -54,6 +54,8 @@ def main() -> None:
     parser.add_argument("--cut-weights", choices=CUT_WEIGHTS, default="posterior",
                         help="the pruned model takes the posterior means or the dense weights (the posterior still "
                              "chooses the channels; CompressConfig.cut_weights)")
+    parser.add_argument("--channel-score", choices=CHANNEL_SCORES, default="log_alpha",
+                        help="what orders a group's channels under a budget (CompressConfig.channel_score)")
     parser.add_argument("--variant", default=None, help="suffix of the result files, for a second setting")
     parser.add_argument("--run-dir", default=None)
     parser.add_argument("--device", default=None, help="training device (cpu, cuda); default: cuda if available")
@@ -88,7 +90,8 @@ def main() -> None:
                                                search_bn_images=args.search_bn_images,
                                                target_macs=args.target_macs,
                                                target_weights=args.target_weights,
-                                               budget_order=args.budget_order, cut_weights=args.cut_weights))
+                                               budget_order=args.budget_order, cut_weights=args.cut_weights,
+                                               channel_score=args.channel_score))
     if args.dense_epochs is not None:
         config.dense = replace(config.dense, epochs=args.dense_epochs)
     if args.epochs is not None:

@@ -23,7 +23,7 @@ which channels the posterior picks, and the weights the Bayesian training left b
 the channel choice once more: Torch-Pruning's uniform per-layer ratio decides *how many* channels each layer keeps,
 the posterior's group log alpha decides *which* (:class:`PosteriorImportance`). ``posterior_snr`` keeps that
 uniform ratio and ranks by the posterior's signal-to-noise ratio summed over every weight a channel takes with it
-(:class:`PosteriorSNRImportance`). Usage::
+(``CompressConfig(channel_score="snr")``'s statistic, :func:`posterior_snr`). Usage::
 
     python benchmarks/torch_pruning_compare.py --finetune-epochs 2 --fractions 0.5 0.35
     python benchmarks/torch_pruning_compare.py --targets-from benchmarks/results/resnet20_cifar10_gnj.json --amp
@@ -80,38 +80,6 @@ class PosteriorImportance(tp.importance.Importance):
         return None if torch.isinf(imp).all() else imp
 
 
-class PosteriorSNRImportance(tp.importance.Importance):
-    """Torch-Pruning importance from a bayescomp posterior: a channel scores the summed signal-to-noise ratio
-    E[w]² / Var[w] of every weight removed with it, its filters in the producing layers and its input slices in
-    the consuming ones (the whole coupled group, as Torch-Pruning's group norm sums its squares).
-
-    Why: under a Gaussian posterior the precision 1 / Var[w] stands for the curvature of the loss, so E[w]² / Var[w]
-    is the second-order saliency of zeroing w (Optimal Brain Damage, LeCun et al. 1990, as read from a posterior by
-    Graves 2011 and Blundell et al. 2015). A ratio, it is unchanged when batch norm rescales a filter, where the
-    weight norm is not; and with a group prior Var[w] includes the group scale's noise, so the group's log alpha
-    enters too. A choice of this project, not the papers' criterion (they prune by the group's log alpha)."""
-
-    def __init__(self, model: torch.nn.Module, snr: dict[str, torch.Tensor]) -> None:
-        modules = dict(model.named_modules())
-        self.snr = {modules[name]: ratio for name, ratio in snr.items()}
-
-    @torch.no_grad()
-    def __call__(self, group) -> torch.Tensor | None:
-        fn = tp.pruner.function
-        out_fns = (fn.prune_conv_out_channels, fn.prune_linear_out_channels)
-        in_fns = (fn.prune_conv_in_channels, fn.prune_linear_in_channels)
-        imp, found = torch.zeros(len(group[0].idxs)), False
-        for i, (dep, idxs) in enumerate(group):
-            ratio = self.snr.get(dep.layer)
-            if ratio is None or dep.pruning_fn not in out_fns + in_fns:
-                continue
-            per_channel = (ratio if dep.pruning_fn in out_fns else ratio.transpose(0, 1)).flatten(1).sum(1)
-            root = torch.as_tensor(group[i].root_idxs, dtype=torch.long)
-            imp.scatter_add_(0, root, per_channel[list(idxs)].float())
-            found = True
-        return imp if found else None
-
-
 def importance(name: str, model: torch.nn.Module, posterior: dict[str, torch.Tensor] | None = None):
     if name == "group_norm":
         return tp.importance.GroupMagnitudeImportance(p=2)
@@ -119,10 +87,8 @@ def importance(name: str, model: torch.nn.Module, posterior: dict[str, torch.Ten
         return tp.importance.MagnitudeImportance(p=1, group_reduction="mean")
     if name == "bn":
         return tp.importance.BNScaleImportance()
-    if name == "posterior_uniform":
+    if name in ("posterior_uniform", "posterior_snr"):
         return PosteriorImportance(model, posterior)
-    if name == "posterior_snr":
-        return PosteriorSNRImportance(model, posterior)
     raise ValueError(f"unknown importance {name!r}")
 
 
@@ -142,11 +108,14 @@ def posterior_scores(dense: torch.nn.Module, run_dir: Path) -> dict[str, torch.T
             if hasattr(module, "group_log_alpha")}
 
 
-def posterior_snr(dense: torch.nn.Module, run_dir: Path) -> dict[str, torch.Tensor]:
-    """E[w]² / Var[w] of every weight of every Bayesian layer of a bayescomp run (the weight's shape), by name."""
-    bayes = posterior_from_run(dense, run_dir)
-    return {name: (module.posterior_mean_weight().square() / module.posterior_weight_variance()).detach()
-            for name, module in bayes.named_modules() if hasattr(module, "posterior_weight_variance")}
+def posterior_snr(dense: torch.nn.Module, run_dir: Path, example: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Per output channel of each coupled group's root layer: the log of the posterior signal-to-noise ratio summed
+    over every weight the channel takes with it (bayescomp's ``channel_score="snr"`` statistic, negated so that
+    high = keep, as :class:`PosteriorImportance` reads scores)."""
+    from bayescomp.compress.structure import GraphStructure
+
+    structure = GraphStructure(posterior_from_run(dense, run_dir), example, "min", channel_score="snr")
+    return {group.root: -stat for group, stat in zip(structure.graph.prunable_groups, structure.stats)}
 
 
 def posterior_from_run(dense: torch.nn.Module, run_dir: Path) -> torch.nn.Module:
@@ -274,7 +243,7 @@ def main() -> None:
                 if kind == "posterior_uniform":
                     scores = posterior_scores(dense, args.posterior)
                 elif kind == "posterior_snr":
-                    scores = posterior_snr(dense, args.posterior)
+                    scores = posterior_snr(dense, args.posterior, example)
                 model, ratio = prune_to_macs(dense, target["macs"], kind, example, scores)
             macs, params = macs_and_params(model, example)
             with placed(model, args.device):

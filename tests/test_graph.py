@@ -4,6 +4,7 @@ are read (an independent computation of what removal must give)."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 
 import pytest
@@ -254,6 +255,65 @@ def test_mac_budget_prunes_the_least_that_meets_it(target, mnist_small):
         one_fewer = compress(bayes, mnist_small.val, CompressConfig(thresholds=higher[0], fold_empty_units=False))
         assert count_flops(one_fewer.model, shape) > dense_macs / target
         assert result.search_path[-1]["cost"] == count_flops(result.model, shape)
+
+
+class Separable(nn.Module):
+    """Stem, a depthwise-separable block added back onto the stem, and a classifier: every group is prunable."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem, self.stem_bn = nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8)
+        self.depthwise, self.pointwise = nn.Conv2d(8, 8, 3, padding=1, groups=8), nn.Conv2d(8, 8, 1)
+        self.wide, self.head = nn.Conv2d(8, 6, 3, padding=1), nn.Linear(6, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.relu(self.stem_bn(self.stem(x)))
+        x = F.relu(x + self.pointwise(F.relu(self.depthwise(x))))
+        return self.head(F.relu(self.wide(x)).mean(dim=(2, 3)))
+
+
+@pytest.mark.parametrize("model", [Branchy, Separable])
+def test_snr_channel_score_is_the_saliency_each_channel_takes_with_it(model):
+    """``channel_score="snr"``: a channel's statistic is minus the log of the E[w]² / Var[w] that leaves the
+    network with it, measured independently: a copy whose weights are their signal-to-noise ratios is cut by the
+    dependency graph's own surgery, and what the cut removed is summed (residual and depthwise groups included)."""
+    from bayescomp.compress.structure import GraphStructure
+
+    bayes = _noisy(model(), seed=3)
+    structure = GraphStructure(bayes, torch.rand(2, 1, 28, 28), "min", channel_score="snr")
+    layers = structure.graph.bayes
+
+    def snr(name: str, module: nn.Module) -> torch.Tensor:
+        if name not in layers:
+            return torch.zeros_like(module.weight)
+        return (layers[name].posterior_mean_weight().square() / layers[name].posterior_weight_variance()).detach()
+
+    def total(pruned: nn.Module) -> float:
+        return sum(float(m.weight.detach().double().sum()) for m in prunable_modules(pruned))
+
+    keep_all = [torch.ones(len(stat), dtype=torch.bool) for stat in structure.stats]
+    full = total(structure.graph.prune(keep_all, snr))
+    for g, stat in enumerate(structure.stats):
+        for channel in (0, len(stat) - 1):
+            keep = [mask.clone() for mask in keep_all]
+            keep[g][channel] = False
+            removed = full - total(structure.graph.prune(keep, snr))
+            assert float(stat[channel]) == pytest.approx(-math.log(removed), rel=1e-4), (g, channel)
+    assert len(structure.stats) >= 2
+    log_alpha = GraphStructure(bayes, torch.rand(2, 1, 28, 28), "min").stats
+    assert any(not torch.equal(a.argsort(), b.argsort()) for a, b in zip(log_alpha, structure.stats))
+
+
+def test_snr_channel_score_needs_a_budget_and_reads_chains_through_the_graph(mnist_small):
+    with pytest.raises(ValueError, match="give a budget"):
+        CompressConfig(channel_score="snr")
+    with pytest.raises(ValueError, match="channel_score"):
+        CompressConfig(channel_score="norm", target_macs=2.0)
+    lenet = _noisy(create_model("lenet300", 10, (1, 28, 28), [0.13], [0.31]))
+    result = compress(lenet, mnist_small.val, CompressConfig(target_macs=2.0, channel_score="snr"))
+    assert result.graph is not None  # the chain went through the dependency graph, which computes the score
+    dense = create_model("lenet300", 10, (1, 28, 28), [0.13], [0.31])
+    assert count_flops(result.model, (1, 28, 28)) <= count_flops(dense, (1, 28, 28)) / 2.0
 
 
 def test_mac_budget_rejects_bad_settings_and_unreachable_budgets(mnist_small):

@@ -222,6 +222,10 @@ def test_a_run_directory_written_before_a_training_field_existed_is_still_reused
     assert changed_settings(older, current) == []
     sgd = {**current, "finetune": {**current["finetune"], "optimizer": "sgd"}}
     assert changed_settings(older, sgd) == ["finetune"]
+    older_compress = {**current, "compress": {k: v for k, v in current["compress"].items() if k != "channel_score"}}
+    assert changed_settings(older_compress, current) == []
+    snr = {**current, "compress": {**current["compress"], "channel_score": "snr", "target_macs": 2.0}}
+    assert changed_settings(older_compress, snr) == ["compress"]
 
 
 def test_the_report_says_the_fine_tuned_validation_error_on_the_unseen_images():

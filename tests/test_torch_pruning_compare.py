@@ -61,28 +61,26 @@ def test_coupled_layers_take_the_most_confident_member():
     assert importance(group[2:]) is None  # nothing scored: Torch-Pruning skips the group
 
 
-def test_signal_to_noise_sums_every_weight_a_channel_takes_with_it():
-    """Checked on a real Torch-Pruning group: the producing filter and the consumer's input slice, summed by hand."""
-    import torch_pruning as tp
-
-    from benchmarks.torch_pruning_compare import PosteriorSNRImportance
+def test_signal_to_noise_scores_rank_the_root_layers_channels(monkeypatch):
+    """``posterior_snr`` reads a run's posterior through bayescomp's graph statistic (tested against the surgery in
+    test_graph) and hands Torch-Pruning the root layer's channels, highest ratio kept."""
+    from bayescomp import bayesify
+    from benchmarks import torch_pruning_compare as tpc
 
     net = _net()
-    torch.manual_seed(1)
-    snr = {"features.0": torch.rand(8, 3, 3, 3), "features.3": torch.rand(4, 8, 3, 3)}
-    graph = tp.DependencyGraph().build_dependency(net, example_inputs=torch.randn(1, 3, 6, 6))
-    group = graph.get_pruning_group(net.features[0], tp.prune_conv_out_channels, idxs=list(range(8)))
-    expected = snr["features.0"].sum(dim=(1, 2, 3)) + snr["features.3"].sum(dim=(0, 2, 3))
-    torch.testing.assert_close(PosteriorSNRImportance(net, snr)(group), expected)
-    assert PosteriorSNRImportance(net, {})(group) is None  # nothing scored: Torch-Pruning skips the group
-
-
-def test_uniform_ratio_by_signal_to_noise_keeps_the_highest_scoring_channels():
-    net = _net()
-    snr = {"features.0": torch.zeros(8, 3, 3, 3), "features.3": torch.zeros(4, 8, 3, 3)}
-    snr["features.0"][[6, 2, 5, 0]] = torch.tensor([4.0, 3.0, 2.0, 1.0]).view(4, 1, 1, 1)
-    pruned = prune_to_ratio(net, 0.5, "posterior_snr", torch.randn(1, 3, 6, 6), snr)
-    assert sorted(int(v) for v in pruned.features[1].running_mean) == [0, 2, 5, 6]
+    bayes = bayesify(_net(), "gnj")
+    with torch.no_grad():
+        bayes.features[0].weight_mu.mul_(torch.linspace(0.1, 2.0, 8).view(8, 1, 1, 1))
+    monkeypatch.setattr(tpc, "posterior_from_run", lambda dense, run_dir: bayes.eval())  # a run's bayes.ckpt
+    example = torch.randn(1, 3, 6, 6)
+    scores = tpc.posterior_snr(net, "runs/any", example)
+    assert scores["features.0"].shape == (8,) and scores["features.3"].shape == (4,)
+    snr = (bayes.features[0].posterior_mean_weight().square() / bayes.features[0].posterior_weight_variance())
+    inputs = bayes.features[3].posterior_mean_weight().square() / bayes.features[3].posterior_weight_variance()
+    expected = (snr.flatten(1).sum(1) + inputs.transpose(0, 1).flatten(1).sum(1)).log().detach()
+    torch.testing.assert_close(scores["features.0"], expected.float(), rtol=1e-5, atol=1e-5)
+    pruned = prune_to_ratio(net, 0.5, "posterior_snr", example, scores)
+    assert sorted(int(v) for v in pruned.features[1].running_mean) == sorted(expected.topk(4).indices.tolist())
 
 
 def test_a_posterior_row_is_remeasured_for_another_posterior():

@@ -21,7 +21,8 @@ from bayescomp.cli_help import (
 from bayescomp.cli_hyper import add_hyper_parser, cmd_hyper
 from bayescomp.cli_hyper import parse_options as _options  # benchmarks import it under this name
 from bayescomp.cli_tools import add_data_bench_parsers, cmd_bench, cmd_data
-from bayescomp.compress import BUDGET_ORDERS, CUT_WEIGHTS, CompressConfig, PruneError, UnsupportedModelError
+from bayescomp.compress import (BUDGET_ORDERS, CHANNEL_SCORES, CUT_WEIGHTS, CompressConfig, PruneError,
+                                UnsupportedModelError)
 from bayescomp.compress.packed import PackedFormatError
 from bayescomp.data import DataError
 from bayescomp.data_sources import data_slug
@@ -143,6 +144,10 @@ def _add_run_parser(sub) -> None:
                      help="the pruned model takes the posterior means (default) or the dense network's weights, the "
                           "posterior still choosing the channels (group priors on non-chain models; "
                           "CompressConfig.cut_weights)")
+    run.add_argument("--channel-score", choices=CHANNEL_SCORES, default="log_alpha",
+                     help="what orders a group's channels for a budget: the group's log alpha (the paper's), or the "
+                          "posterior signal-to-noise ratio of the weights each channel takes with it "
+                          "(CompressConfig.channel_score; needs --target-macs/--target-weights)")
     run.add_argument("--search", choices=("auto", "greedy", "global"), default="auto",
                      help="threshold search: greedy per-layer steps, one global threshold by bisection, or auto "
                           "(greedy for chains, global for graphs with many coupled groups); with --target-macs, "
@@ -281,7 +286,8 @@ def cmd_run(args: argparse.Namespace) -> int:
                                                search_bn_images=args.search_bn_images,
                                                target_macs=args.target_macs,
                                                target_weights=args.target_weights,
-                                               budget_order=args.budget_order, cut_weights=args.cut_weights))
+                                               budget_order=args.budget_order, cut_weights=args.cut_weights,
+                                               channel_score=args.channel_score))
     config.dense = _train_config(config.dense, args, bayes=False)
     config.bayes = _train_config(config.bayes, args, bayes=True)
     if args.finetune_epochs is not None:  # 0 turns off a method's default fine-tuning (magnitude's)

@@ -223,9 +223,11 @@ TRAIN_SECTIONS = ("dense", "bayes", "finetune")  # the TrainConfig sections of a
 
 
 def _train_defaults_filled(record: dict) -> dict:
-    """``record`` with each training section's missing fields set to :class:`TrainConfig`'s defaults, so a run
-    directory written before a field existed (e.g. ``optimizer``) still matches a run that leaves it at its default."""
-    return {k: (with_field_defaults(TrainConfig(), v) if k in TRAIN_SECTIONS else v) for k, v in record.items()}
+    """``record`` with each training section's and the compress section's missing fields set to their config's
+    defaults, so a run directory written before a field existed (e.g. ``optimizer``, ``channel_score``) still
+    matches a run that leaves it at its default."""
+    defaults = {**{k: TrainConfig() for k in TRAIN_SECTIONS}, "compress": CompressConfig()}
+    return {k: (with_field_defaults(defaults[k], v) if k in defaults else v) for k, v in record.items()}
 
 
 def _prepare_run_dir(config: RunConfig, run_dir: Path, restart: bool, log) -> None:

@@ -38,6 +38,7 @@ from bayescomp.priors.base import deterministic_mode
 
 SEARCHES = ("auto", "greedy", "global")
 CUT_WEIGHTS = ("posterior", "dense")  # whose weights the pruned model takes (CompressConfig.cut_weights)
+CHANNEL_SCORES = ("log_alpha", "snr")  # how the posterior ranks a group's channels (CompressConfig.channel_score)
 
 
 @dataclass
@@ -99,6 +100,13 @@ class CompressConfig:
             dense weights reached 11.79 % against 12.37 % from the posterior means (docs/limits.md). Group priors
             on the dependency-graph path only (a per-weight prior's zeros would be lost); :func:`compress` then
             needs ``dense``.
+        channel_score: what orders a coupled group's channels for pruning. ``"log_alpha"`` (default, the paper's):
+            the group scale's log alpha. ``"snr"``: minus the log of the posterior signal-to-noise ratio
+            E[w]² / Var[w] summed over every weight the channel takes with it (its filters and the consumers' input
+            slices), a second-order saliency read from the posterior that batch norm's rescaling leaves unchanged
+            (:func:`~bayescomp.compress.graph.snr_statistic`). A choice of this project, not the paper's; it has no
+            calibrated threshold, so it needs a budget (``target_macs`` / ``target_weights``), and it works on the
+            dependency-graph path. The thresholds a run reports are then on that scale.
     """
 
     thresholds: list[float] | float | str | None = None
@@ -117,8 +125,14 @@ class CompressConfig:
     target_weights: float | None = None
     budget_order: str = "joint"
     cut_weights: str = "posterior"
+    channel_score: str = "log_alpha"
 
     def __post_init__(self) -> None:
+        if self.channel_score not in CHANNEL_SCORES:
+            raise ValueError(f"unknown channel_score {self.channel_score!r}; use {', '.join(CHANNEL_SCORES)}")
+        if self.channel_score == "snr" and self.target_macs is None and self.target_weights is None:
+            raise ValueError("channel_score='snr' has no calibrated threshold: give a budget (target_macs and/or "
+                             "target_weights)")
         if self.cut_weights not in CUT_WEIGHTS:
             raise ValueError(f"unknown cut_weights {self.cut_weights!r}; use {', '.join(CUT_WEIGHTS)}")
         if self.search not in SEARCHES:
@@ -302,15 +316,18 @@ def _take_dense_weights(structure: Structure, dense: nn.Module | None) -> None:
 
 def _structure(model: nn.Module, val: Split | None, config: CompressConfig,
                example_input: torch.Tensor | None) -> Structure:
-    """The chain structure where the model is a supported Sequential chain, the dependency graph otherwise."""
+    """The chain structure where the model is a supported Sequential chain, the dependency graph otherwise (and
+    always for ``channel_score="snr"``, which the graph computes)."""
     try:
+        if config.channel_score != "log_alpha":
+            raise UnsupportedModelError(f"channel_score={config.channel_score!r} is read through the dependency graph")
         return ChainStructure(model, build_chain(model))
     except UnsupportedModelError as chain_error:
         if example_input is None and val is None:
             raise UnsupportedModelError(f"{chain_error}; compressing it as a graph needs an example input "
                                         "(example_input=, or validation data)") from chain_error
         return GraphStructure(model, example_input if example_input is not None else val.example(),
-                              config.graph_reduce)
+                              config.graph_reduce, config.channel_score)
 
 
 def _search(model: nn.Module, structure: Structure, subset: Split, val: Split, config: CompressConfig,
@@ -358,7 +375,7 @@ def compress_graph(model: nn.Module, val: Split | None, config: CompressConfig, 
     """:func:`compress` through the dependency graph even where the model is a chain (kept for callers that
     want the graph's channel groups)."""
     with deterministic_mode(model):
-        structure = GraphStructure(model, example_input, config.graph_reduce)
+        structure = GraphStructure(model, example_input, config.graph_reduce, config.channel_score)
     return _compress_with(model, val, config, structure, log, device, dense)
 
 

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -73,6 +74,40 @@ class CoupledGroup:
     @property
     def prunable(self) -> bool:
         return self.stat is not None
+
+
+def snr_statistic(group: CoupledGroup, layers: dict[str, BayesianLayer]) -> torch.Tensor:
+    """Per channel of ``group``: minus the log of the posterior signal-to-noise ratio E[w]² / Var[w] summed over
+    every weight of its Bayesian members that goes with the channel (a producer's filters, a consumer's input
+    slices); large means redundant, as log alpha does (``CompressConfig.channel_score="snr"``).
+
+    Why: with a Gaussian posterior the precision 1 / Var[w] stands for the loss's curvature, so E[w]² / Var[w] is
+    the second-order saliency of zeroing w (Optimal Brain Damage, LeCun et al. 1990); as a ratio it does not move
+    when batch norm rescales a filter, where a weight norm does, and a group prior's Var[w] includes the group
+    scale's noise. Our choice, not the paper's (Louizos et al. 2017 rank by the group's log alpha)."""
+    total = torch.zeros(group.size, dtype=torch.float64)
+    sides: dict[str, dict[str, list[Member]]] = {}
+    for member in group.members:
+        if member.layer in layers:
+            sides.setdefault(member.layer, {"out": [], "in": []})[member.side].append(member)
+    for name, members in sides.items():
+        layer = layers[name]
+        ratio = (layer.posterior_mean_weight().square() / layer.posterior_weight_variance()).detach().cpu().double()
+        pairs = ratio.flatten(2).sum(2) if ratio.dim() > 2 else ratio  # (output, input) pairs
+        if getattr(layer, "groups", 1) > 1:  # depthwise (other grouped convs stay whole): a filter per channel
+            member = (members["out"] or members["in"])[0]
+            total.scatter_add_(0, member.root_idxs, pairs.sum(1)[member.idxs])
+            continue
+        for member in members["out"]:
+            total.scatter_add_(0, member.root_idxs, pairs.sum(1)[member.idxs])
+        for member in members["in"]:
+            total.scatter_add_(0, member.root_idxs, pairs.sum(0)[member.idxs])
+        for out in members["out"]:  # a layer reading and writing the same channels: its (c, c) weights once
+            for into in members["in"]:
+                shared = out.root_idxs[:, None] == into.root_idxs[None, :]
+                twice = pairs[out.idxs][:, into.idxs][shared]
+                total.scatter_add_(0, out.root_idxs[:, None].expand_as(shared)[shared], -twice)
+    return torch.where(total > 0, -torch.log(total), torch.full_like(total, math.inf)).float()
 
 
 def plain_copy(model: nn.Module) -> nn.Module:
