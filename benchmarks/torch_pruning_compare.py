@@ -291,12 +291,15 @@ def _same_target(row: dict, kind: str, target: dict) -> bool:
             and abs(row.get("target_macs", row["flops_compressed"]) - target["macs"]) <= 0.01 * target["macs"])
 
 
+_ROW_LABELS = {
+    "posterior": "bayescomp posterior's channels, dense weights",
+    "posterior_uniform": "posterior ranking, Torch-Pruning's uniform layer ratio, dense weights",
+    "posterior_snr": "posterior signal-to-noise ranking, Torch-Pruning's uniform layer ratio, dense weights",
+}
+
+
 def _row_label(kind: str) -> str:
-    return {"posterior": "bayescomp posterior's channels, dense weights",
-            "posterior_uniform": "posterior ranking, Torch-Pruning's uniform layer ratio, dense weights",
-            "posterior_snr": "posterior signal-to-noise ranking, Torch-Pruning's uniform layer ratio, dense weights"
-            }.get(
-        kind, f"Torch-Pruning {kind}")
+    return _ROW_LABELS.get(kind, f"Torch-Pruning {kind}")
 
 
 def _distill_label(distill: dict | None) -> str:
