@@ -341,6 +341,8 @@ def _bayes_label(record: dict) -> str:
         how += f", adaptive batch norm ({compress['search_bn_images']} images)"
     if compress.get("cut_weights") == "dense":
         how += ", cut from the dense weights"
+    if compress.get("channel_score", "log_alpha") != "log_alpha":
+        how += f", channels ordered by {compress['channel_score']}"
     return f"bayescomp {record['method']}, {how}"
 
 
@@ -362,7 +364,8 @@ def _write(out: Path, rows: list[dict], records: list[dict], dense_test: float, 
              "| importance | matched | MACs | MAC ratio | param ratio | epochs | val err | test err |",
              "|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {_row_label(r['importance'])}{_distill_label(r.get('distill'))}"
+        posterior = f" (posterior `{r['posterior']}`)" if r.get("posterior") else ""
+        lines.append(f"| {_row_label(r['importance'])}{posterior}{_distill_label(r.get('distill'))}"
                      f"{_optimizer_label(r.get('optimizer'), r.get('lr'), r.get('weight_decay'))} | "
                      f"{r['matched'] or '-'} | "
                      f"{r['flops_compressed'] / 1e6:.2f} M | "

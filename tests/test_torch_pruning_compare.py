@@ -105,6 +105,8 @@ def test_bayescomp_rows_say_how_the_cut_was_chosen():
         "bayescomp gnj, 2x MAC budget, greedy allocation, adaptive batch norm (250 images)")
     assert label(target_macs=2.0, cut_weights="dense") == "bayescomp gnj, 2x MAC budget, cut from the dense weights"
     assert label(target_macs=2.0, cut_weights="posterior") == "bayescomp gnj, 2x MAC budget"
+    assert label(target_macs=2.0, channel_score="snr") == "bayescomp gnj, 2x MAC budget, channels ordered by snr"
+    assert label(target_macs=2.0, channel_score="log_alpha") == "bayescomp gnj, 2x MAC budget"
 
 
 def test_a_row_is_skipped_only_when_measured_with_the_same_settings():
