@@ -318,16 +318,17 @@ def _structure(model: nn.Module, val: Split | None, config: CompressConfig,
                example_input: torch.Tensor | None) -> Structure:
     """The chain structure where the model is a supported Sequential chain, the dependency graph otherwise (and
     always for ``channel_score="snr"``, which the graph computes)."""
-    try:
-        if config.channel_score != "log_alpha":
-            raise UnsupportedModelError(f"channel_score={config.channel_score!r} is read through the dependency graph")
-        return ChainStructure(model, build_chain(model))
-    except UnsupportedModelError as chain_error:
-        if example_input is None and val is None:
-            raise UnsupportedModelError(f"{chain_error}; compressing it as a graph needs an example input "
-                                        "(example_input=, or validation data)") from chain_error
-        return GraphStructure(model, example_input if example_input is not None else val.example(),
-                              config.graph_reduce, config.channel_score)
+    reason = f"channel_score={config.channel_score!r} is read through the dependency graph"
+    if config.channel_score == "log_alpha":
+        try:
+            return ChainStructure(model, build_chain(model))
+        except UnsupportedModelError as chain_error:
+            reason = str(chain_error)
+    if example_input is None and val is None:
+        raise UnsupportedModelError(f"{reason}; compressing it as a graph needs an example input "
+                                    "(example_input=, or validation data)")
+    return GraphStructure(model, example_input if example_input is not None else val.example(),
+                          config.graph_reduce, config.channel_score)
 
 
 def _search(model: nn.Module, structure: Structure, subset: Split, val: Split, config: CompressConfig,
