@@ -227,6 +227,9 @@ def main() -> None:
     if args.optimizer != "adam" or args.weight_decay:  # absent for the default, so older rows still match
         settings.update(optimizer=args.optimizer, weight_decay=args.weight_decay)
     rows = _previous_rows(out)  # every measured row stays in the file; only one with these settings is skipped
+    score_readers = {"posterior_uniform": lambda: posterior_scores(dense, args.posterior),
+                     "posterior_snr": lambda: posterior_snr(dense, args.posterior, example)}
+    scores: dict[str, dict[str, torch.Tensor]] = {}
     for target in targets:
         for kind in args.importance:
             wanted = {**settings, **({"posterior": str(args.posterior)} if kind.startswith("posterior") else {})}
@@ -239,12 +242,9 @@ def main() -> None:
             if kind == "posterior":
                 model, ratio = prune_by_posterior(dense, args.posterior, target["macs"], example)
             else:
-                scores = None
-                if kind == "posterior_uniform":
-                    scores = posterior_scores(dense, args.posterior)
-                elif kind == "posterior_snr":
-                    scores = posterior_snr(dense, args.posterior, example)
-                model, ratio = prune_to_macs(dense, target["macs"], kind, example, scores)
+                if kind in score_readers and kind not in scores:  # the posterior is read once per ranking
+                    scores[kind] = score_readers[kind]()
+                model, ratio = prune_to_macs(dense, target["macs"], kind, example, scores.get(kind))
             macs, params = macs_and_params(model, example)
             with placed(model, args.device):
                 before = evaluate(model, data.val)["error_pct"]
