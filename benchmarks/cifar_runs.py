@@ -21,7 +21,7 @@ import tempfile
 from dataclasses import replace
 from pathlib import Path
 
-from bayescomp.compress import BUDGET_ORDERS, CHANNEL_SCORES, CUT_WEIGHTS, CompressConfig
+from bayescomp.compress import BUDGET_ORDERS, CHANNEL_SCORES, CUT_WEIGHTS, SEARCHES, CompressConfig
 from bayescomp.compress.packed import load_packed
 from bayescomp.data import load_dataset
 from bayescomp.export import export_model
@@ -41,9 +41,10 @@ def main() -> None:
     parser.add_argument("--search-bn-images", type=int, default=0,
                         help="re-estimate batch-norm statistics on this many validation images before scoring each "
                              "search candidate (CompressConfig.search_bn_images; 0: off)")
-    parser.add_argument("--search", default="auto", choices=("auto", "greedy", "global"),
+    parser.add_argument("--search", default="auto", choices=SEARCHES,
                         help="threshold search (auto: one global threshold for graphs with many coupled groups; "
-                             "with --target-macs, greedy spreads the cut across groups by the validation error)")
+                             "with --target-macs, greedy spreads the cut across groups by the validation error, "
+                             "uniform cuts the same fraction of every group)")
     parser.add_argument("--target-macs", type=float, default=None,
                         help="prune to this MAC reduction (e.g. 2) instead of the search tolerance")
     parser.add_argument("--target-weights", type=float, default=None,

@@ -335,8 +335,8 @@ def _bayes_label(record: dict) -> str:
     compress = record.get("config", {}).get("compress", {})
     budget = budget_label(compress)
     how = budget or f"{compress.get('tolerance_pct', 0):g}-point search"
-    if budget and compress.get("search") == "greedy":
-        how += ", greedy allocation"
+    if budget and compress.get("search") in ("greedy", "uniform"):
+        how += f", {compress['search']} allocation"
     if compress.get("search_bn_images"):
         how += f", adaptive batch norm ({compress['search_bn_images']} images)"
     if compress.get("cut_weights") == "dense":

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from bayescomp.compress import CompressConfig, PruneError, compress
-from bayescomp.compress.search import BUDGET_ORDERS, budget_greedy_search, thresholds_for_counts
+from bayescomp.compress.search import (BUDGET_ORDERS, budget_greedy_search, budget_uniform_search,
+                                       thresholds_for_counts)
 from bayescomp.measure import count_flops
 from bayescomp.models import create_model
 from tests.test_graph import Branchy, _noisy
@@ -180,7 +181,7 @@ def test_weights_first_does_not_overshoot_the_mac_budget_as_the_joint_count_does
         CompressConfig(target_macs=2.0, target_weights=3.0, budget_order="weights")
 
 
-@pytest.mark.parametrize("search", ["global", "greedy"])
+@pytest.mark.parametrize("search", ["global", "greedy", "uniform"])
 def test_mac_and_weight_budgets_on_real_models(search, mnist_small):
     """Both budgets hold on the cut network, counted independently (MACs by ``count_flops``, weights by summing the
     conv/linear weight tensors); the weight budget is the binding one here (4x weights, 1.5x MACs)."""
@@ -206,3 +207,43 @@ def test_weight_budget_settings_are_checked():
     with pytest.raises(ValueError, match="leave thresholds unset"):
         CompressConfig(target_weights=3.0, thresholds=-3.0)
     assert CompressConfig(target_weights=3.0).budgeted and not CompressConfig().budgeted
+
+
+# --- the uniform per-unit fraction (``CompressConfig(search="uniform")``)
+def _smallest_uniform_plan(mac_budget: float, weight_budget: float | None) -> list[int]:
+    """By enumeration: the counts only change at fractions k / n, so the least pruning meeting both budgets is the
+    first such fraction (in increasing order) whose counts do."""
+    fractions = sorted({(k, n) for n in SIZES for k in range(n + 1)}, key=lambda kn: (kn[0] / kn[1], kn))
+    for k, n in fractions:
+        plan = [min(m - 1, k * m // n) for m in SIZES]  # integer arithmetic: k/n of m groups, rounded down
+        if sum((n - p) * c for n, p, c in zip(SIZES, plan, UNIT_COST)) <= mac_budget \
+                and (weight_budget is None or _weights(plan) <= weight_budget):
+            return plan
+    raise AssertionError("unreachable budget")
+
+
+@pytest.mark.parametrize("mac_share, weight_share", [(0.7, None), (0.9, 0.4), (0.3, None), (0.99, 0.99)])
+def test_uniform_search_takes_the_least_even_cut_meeting_the_budgets(mac_share, weight_share):
+    """The sensitive unit is cut like the others (the error does not steer), the counts are the same fraction of
+    every unit, and they are the least such cut meeting both budgets, found here by enumeration."""
+    stats, make_plan, cost, error = _problem(0)
+    mac_budget = mac_share * cost([0, 0, 0])
+    weight_budget = None if weight_share is None else weight_share * _weights([0, 0, 0])
+    result = budget_uniform_search(stats, make_plan, cost, mac_budget, _weights, error, weight_budget=weight_budget)
+    assert result.plan == _smallest_uniform_plan(mac_budget, weight_budget)
+    assert cost(result.plan) <= mac_budget
+    assert weight_budget is None or _weights(result.plan) <= weight_budget
+    assert result.val_error_pct == pytest.approx(error(result.plan))
+    assert result.path[-1]["pruned"] == result.plan and result.path[0]["pruned"] == [0, 0, 0]
+    for s, threshold, pruned in zip(stats, result.thresholds, result.plan):
+        assert int((s > threshold).sum()) == pruned
+
+
+def test_uniform_search_refuses_an_unreachable_budget_and_needs_one():
+    stats, make_plan, cost, error = _problem(0)
+    floor = cost([n - 1 for n in SIZES])
+    with pytest.raises(PruneError, match="no uniform fraction reaches the budget"):
+        budget_uniform_search(stats, make_plan, cost, floor - 1.0, _weights, error)
+    assert budget_uniform_search(stats, make_plan, cost, floor, _weights, error).plan == [n - 1 for n in SIZES]
+    with pytest.raises(ValueError, match="search='uniform' spreads a budget"):
+        CompressConfig(search="uniform")

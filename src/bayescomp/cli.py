@@ -21,7 +21,7 @@ from bayescomp.cli_help import (
 from bayescomp.cli_hyper import add_hyper_parser, cmd_hyper
 from bayescomp.cli_hyper import parse_options as _options  # benchmarks import it under this name
 from bayescomp.cli_tools import add_data_bench_parsers, cmd_bench, cmd_data
-from bayescomp.compress import (BUDGET_ORDERS, CHANNEL_SCORES, CUT_WEIGHTS, CompressConfig, PruneError,
+from bayescomp.compress import (BUDGET_ORDERS, CHANNEL_SCORES, CUT_WEIGHTS, SEARCHES, CompressConfig, PruneError,
                                 UnsupportedModelError)
 from bayescomp.compress.packed import PackedFormatError
 from bayescomp.data import DataError
@@ -148,10 +148,11 @@ def _add_run_parser(sub) -> None:
                      help="what orders a group's channels for a budget: the group's log alpha (the paper's), or the "
                           "posterior signal-to-noise ratio of the weights each channel takes with it "
                           "(CompressConfig.channel_score; needs --target-macs/--target-weights)")
-    run.add_argument("--search", choices=("auto", "greedy", "global"), default="auto",
+    run.add_argument("--search", choices=SEARCHES, default="auto",
                      help="threshold search: greedy per-layer steps, one global threshold by bisection, or auto "
                           "(greedy for chains, global for graphs with many coupled groups); with --target-macs, "
-                          "greedy spreads the cut across layers by the validation error")
+                          "greedy spreads the cut across layers by the validation error and uniform cuts the same "
+                          "fraction of every layer")
     run.add_argument("--search-bn-images", type=int, default=0, metavar="N",
                      help="before scoring each search candidate, re-estimate batch-norm statistics on N validation "
                           "images (adaptive batch norm; 0: off)")

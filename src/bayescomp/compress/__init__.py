@@ -24,7 +24,8 @@ from bayescomp.compress.precision import (
     BitWidths, LayerPrecision, layer_precisions, quantize_fixed_point,
 )
 from bayescomp.compress.search import (
-    BUDGET_ORDERS, SearchResult, budget_greedy_search, budget_threshold_search, global_threshold_search, greedy_search,
+    BUDGET_ORDERS, SearchResult, budget_greedy_search, budget_threshold_search, budget_uniform_search,
+    global_threshold_search, greedy_search,
 )
 from bayescomp.compress.shrink import shrink
 from bayescomp.compress.storage import compression_csr
@@ -36,7 +37,7 @@ from bayescomp.evaluation import evaluate, placed
 from bayescomp.priors.base import deterministic_mode
 
 
-SEARCHES = ("auto", "greedy", "global")
+SEARCHES = ("auto", "greedy", "global", "uniform")
 CUT_WEIGHTS = ("posterior", "dense")  # whose weights the pruned model takes (CompressConfig.cut_weights)
 CHANNEL_SCORES = ("log_alpha", "snr")  # how the posterior ranks a group's channels (CompressConfig.channel_score)
 
@@ -72,7 +73,10 @@ class CompressConfig:
             (see :mod:`bayescomp.compress.graph`).
         search: ``"greedy"`` (per-layer thresholds, see :mod:`bayescomp.compress.search`), ``"global"`` (one
             threshold for all, by bisection: a few evaluations, for deep networks) or ``"auto"``: greedy for chains,
-            global for graphs with more than 8 coupled groups (a ResNet-20 has 12).
+            global for graphs with more than 8 coupled groups (a ResNet-20 has 12). With a budget, ``"uniform"``
+            prunes the same fraction of every unit's groups, the least that meets it (the uniform per-layer ratio of
+            structured pruning tools, :func:`~bayescomp.compress.search.budget_uniform_search`); the posterior
+            then decides only which groups go within each unit. Our option, not the paper's.
         finetune_guard: keep the fine-tuned weights of the pruned model only if its validation error did not
             rise; otherwise the pruned weights before fine-tuning are kept (the report says which). A rule on the
             validation split, so a fine-tuning recipe that hurts (measured: one epoch of Adam at 1e-3 raised a
@@ -137,6 +141,9 @@ class CompressConfig:
             raise ValueError(f"unknown cut_weights {self.cut_weights!r}; use {', '.join(CUT_WEIGHTS)}")
         if self.search not in SEARCHES:
             raise ValueError(f"unknown search {self.search!r}; use {', '.join(SEARCHES)}")
+        if self.search == "uniform" and not self.budgeted:
+            raise ValueError("search='uniform' spreads a budget evenly over the units: give target_macs and/or "
+                             "target_weights")
         if self.budget_order not in BUDGET_ORDERS:
             raise ValueError(f"unknown budget_order {self.budget_order!r}; use {', '.join(BUDGET_ORDERS)}")
         if isinstance(self.search_bn_images, bool) or not isinstance(self.search_bn_images, int) \
@@ -360,6 +367,10 @@ def _search(model: nn.Module, structure: Structure, subset: Split, val: Split, c
             return budget_greedy_search(structure.stats, structure.plan_for_counts, macs, mac_budget,
                                         structure.weights_kept, error, log=log, describe=structure.describe_greedy,
                                         weight_budget=weight_budget, order=config.budget_order)
+        if config.search == "uniform":
+            return budget_uniform_search(structure.stats, structure.plan_for_counts, macs, mac_budget,
+                                         structure.weights_kept, error, log, structure.describe_greedy,
+                                         weight_budget=weight_budget)
         return budget_threshold_search(structure.stats, structure.strict_plan, macs, mac_budget,
                                        structure.weights_kept, error, log, structure.describe_global,
                                        weight_budget=weight_budget)
@@ -390,7 +401,7 @@ def _stored_precisions(small: nn.Module, variances: list, per_weight: list[bool]
 
 
 __all__ = [
-    "BUDGET_ORDERS", "CUT_WEIGHTS", "CompressConfig", "CompressionResult", "PruneError", "PruningPlan",
+    "BUDGET_ORDERS", "CUT_WEIGHTS", "SEARCHES", "CompressConfig", "CompressionResult", "PruneError", "PruningPlan",
     "UnsupportedModelError", "build_chain", "compress", "compress_graph", "masked", "plan_from_thresholds", "propagate",
     "quantize_model", "save_quantized", "shrink",
 ]
