@@ -304,6 +304,33 @@ def test_snr_channel_score_is_the_saliency_each_channel_takes_with_it(model):
     assert any(not torch.equal(a.argsort(), b.argsort()) for a, b in zip(log_alpha, structure.stats))
 
 
+@pytest.mark.parametrize("model", [Branchy, Separable])
+def test_snr_plans_drop_the_channels_with_the_least_snr(model):
+    """Every plan of a ``channel_score="snr"`` structure compares its thresholds with the SNR statistic, not the
+    group log alpha (a run once ranked by one and thresholded on the other's scale): the channels a count-based
+    plan drops are exactly those with the lowest SNR, computed here from a log-alpha graph; the ranks' mask digest
+    reads the same masks."""
+    from bayescomp.compress.digest import keep_masks
+    from bayescomp.compress.graph import DependencyGraph, snr_statistic
+    from bayescomp.compress.structure import GraphStructure
+
+    bayes = _noisy(model(), seed=5)
+    example = torch.rand(2, 1, 28, 28)
+    structure = GraphStructure(bayes, example, "min", channel_score="snr")
+    log_alpha_graph = DependencyGraph(bayes, example)
+    expected = [snr_statistic(g, log_alpha_graph.bayes) for g in log_alpha_graph.prunable_groups]
+    counts = [len(s) // 2 for s in expected]
+    keep = structure.plan_for_counts(counts)
+    assert any(k for k in counts)
+    for mask, stat, count in zip(keep, expected, counts):
+        assert int((~mask).sum()) == count
+        if count:
+            assert float(stat[~mask].min()) >= float(stat[mask].max())
+    thresholds = [float(torch.quantile(s.double(), 0.6)) for s in expected]
+    digest_masks = keep_masks(bayes, thresholds, example, channel_score="snr")
+    assert all(torch.equal(a, b) for a, b in zip(digest_masks, structure.plan(thresholds)))
+
+
 def test_snr_channel_score_needs_a_budget_and_reads_chains_through_the_graph(mnist_small):
     with pytest.raises(ValueError, match="give a budget"):
         CompressConfig(channel_score="snr")

@@ -261,7 +261,9 @@ def _finish_distributed(method: Method, ctx: RunContext, outcome: MethodOutcome,
         with dist_utils.local_only():
             result = method.compress(outcome.model, ctx)
     thresholds = dist_utils.broadcast(result.thresholds if result is not None else None)
-    digest = mask_digest(outcome.model, thresholds, ctx.data.val.example())
+    compress_config = ctx.config.compress
+    digest = mask_digest(outcome.model, thresholds, ctx.data.val.example(), compress_config.graph_reduce,
+                         compress_config.channel_score)
     ddp = {"ranks": dist_utils.world_size(), "same_masks": dist_utils.all_equal(digest),
            "backend": dist_utils.backend(), "mask_digest": digest}
     if not ddp["same_masks"]:

@@ -18,19 +18,22 @@ from bayescomp.compress import plan_from_thresholds
 from bayescomp.priors.base import bayesian_layers, deterministic_mode
 
 
-def keep_masks(model: nn.Module, thresholds: list[float] | float,
-               example_input: torch.Tensor | None = None) -> list[torch.Tensor]:
+def keep_masks(model: nn.Module, thresholds: list[float] | float, example_input: torch.Tensor | None = None,
+               reduce: str = "min", channel_score: str = "log_alpha") -> list[torch.Tensor]:
     """The keep-masks the posterior gives with ``thresholds``: group masks (chain: the propagated plan's input
-    and output masks; other networks: the coupled channel groups') and the per-weight masks of per-weight priors.
+    and output masks; other networks, and any with ``channel_score="snr"``: the coupled channel groups', ranked
+    as :class:`~bayescomp.compress.CompressConfig` ranks them) and the per-weight masks of per-weight priors.
     """
     with deterministic_mode(model):
         try:
+            if channel_score != "log_alpha":
+                raise UnsupportedModelError("this channel score is read through the dependency graph")
             plan, _ = plan_from_thresholds(build_chain(model), thresholds)
             masks = [*plan.in_keep, *plan.out_keep]
         except UnsupportedModelError:
             if example_input is None:
                 raise
-            graph = DependencyGraph(model, example_input)
+            graph = DependencyGraph(model, example_input, reduce, channel_score)
             count = len(graph.prunable_groups)
             values = thresholds if isinstance(thresholds, (list, tuple)) else [float(thresholds)] * count
             masks = graph.keep_from_thresholds([float(t) for t in values])
@@ -41,11 +44,11 @@ def keep_masks(model: nn.Module, thresholds: list[float] | float,
     return [m.detach().cpu().bool() for m in masks]
 
 
-def mask_digest(model: nn.Module, thresholds: list[float] | float,
-                example_input: torch.Tensor | None = None) -> str:
+def mask_digest(model: nn.Module, thresholds: list[float] | float, example_input: torch.Tensor | None = None,
+                reduce: str = "min", channel_score: str = "log_alpha") -> str:
     """SHA-256 of :func:`keep_masks` (shapes and bits), cheap to compare across ranks."""
     digest = hashlib.sha256()
-    for mask in keep_masks(model, thresholds, example_input):
+    for mask in keep_masks(model, thresholds, example_input, reduce, channel_score):
         digest.update(repr(tuple(mask.shape)).encode())
         digest.update(mask.numpy().tobytes())
     return digest.hexdigest()

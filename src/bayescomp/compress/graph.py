@@ -155,7 +155,12 @@ def _check_kept_plain_called(model: nn.Module, example: torch.Tensor) -> None:
 class DependencyGraph:
     """The coupled channel groups of a (Bayesian or plain) model, and the pruned plain models built from them."""
 
-    def __init__(self, model: nn.Module, example_input: torch.Tensor, reduce: str = "min") -> None:
+    def __init__(self, model: nn.Module, example_input: torch.Tensor, reduce: str = "min",
+                 channel_score: str = "log_alpha") -> None:
+        """``channel_score`` is the per-channel statistic every threshold is compared with (large: redundant):
+        the group log alpha reduced over the members by ``reduce``, or ``"snr"`` (:func:`snr_statistic`)."""
+        if channel_score not in ("log_alpha", "snr"):
+            raise ValueError(f"unknown channel_score {channel_score!r}; use log_alpha or snr")
         if reduce not in REDUCTIONS:
             raise ValueError(f"unknown reduce {reduce!r}; use {' or '.join(REDUCTIONS)}")
         _check_supported(model)
@@ -177,6 +182,9 @@ class DependencyGraph:
             raise UnsupportedModelError(f"could not trace {type(model).__name__} to find coupled channels: {error}. "
                                         "The model must run on one example tensor; see bayescomp.compress.graph.")
         self.groups = [self._group(g, names, reduce) for g in raw]
+        if channel_score == "snr":  # the same groups (prunable where log alpha is), ranked by the weights' SNR
+            for group in self.prunable_groups:
+                group.stat = snr_statistic(group, self.bayes).double()
 
     def _graph(self, plain: nn.Module):
         import torch_pruning as tp

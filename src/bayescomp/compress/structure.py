@@ -125,13 +125,11 @@ class GraphStructure:
     def __init__(self, model: nn.Module, example_input: torch.Tensor, reduce: str,
                  channel_score: str = "log_alpha") -> None:
         from bayescomp.compress.chain import UnsupportedModelError
-        from bayescomp.compress.graph import DependencyGraph, snr_statistic
+        from bayescomp.compress.graph import DependencyGraph
 
         self.model = model
-        self.graph = DependencyGraph(model, example_input, reduce)
-        self.stats = self.graph.stats()
-        if channel_score == "snr":
-            self.stats = [snr_statistic(group, self.graph.bayes) for group in self.graph.prunable_groups]
+        self.graph = DependencyGraph(model, example_input, reduce, channel_score)
+        self.stats = self.graph.stats()  # the same statistic the graph's plans compare thresholds with
         if not self.stats:
             raise UnsupportedModelError("no channel of the model can be pruned (no Bayesian layer carries a group "
                                         "statistic for a prunable channel group); bayesify and train it first")
