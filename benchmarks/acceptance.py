@@ -250,7 +250,8 @@ def _resnet20_rows(runs: list[dict], row) -> None:
     row("ResNet-20, a Bayesian method from the pretrained model: >= 2x fewer MACs and >= 3x fewer weights at <= 1.0 "
         "point above the dense test error",
         f"{best['test_error_pct']:.2f} % (dense {best['dense_test_error_pct']:.2f} %) at {_mac_ratio(best):.2f}x MACs,"
-        f" {best['compression_architecture']:.2f}x weights (`{best['_stem']}`{chosen})",
+        f" {best['compression_architecture']:.2f}x weights (`{best['_stem']}`{chosen}"
+        f"{'; ' + best['defect'] if best.get('defect') else ''})",
         meets(best) and gap(best) <= 1.0)
     path = RESULTS / "resnet20_cifar10_torch-pruning.json"
     if not path.exists():

@@ -341,7 +341,9 @@ def _bayes_label(record: dict) -> str:
         how += f", adaptive batch norm ({compress['search_bn_images']} images)"
     if compress.get("cut_weights") == "dense":
         how += ", cut from the dense weights"
-    if compress.get("channel_score", "log_alpha") != "log_alpha":
+    if record.get("defect"):  # its settings do not say what it did (benchmarks/results: the record's defect)
+        how += f", channels asked to be ordered by {compress.get('channel_score')} but ordered by log alpha (defect)"
+    elif compress.get("channel_score", "log_alpha") != "log_alpha":
         how += f", channels ordered by {compress['channel_score']}"
     return f"bayescomp {record['method']}, {how}"
 

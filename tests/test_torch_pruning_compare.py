@@ -107,6 +107,10 @@ def test_bayescomp_rows_say_how_the_cut_was_chosen():
     assert label(target_macs=2.0, cut_weights="posterior") == "bayescomp gnj, 2x MAC budget"
     assert label(target_macs=2.0, channel_score="snr") == "bayescomp gnj, 2x MAC budget, channels ordered by snr"
     assert label(target_macs=2.0, channel_score="log_alpha") == "bayescomp gnj, 2x MAC budget"
+    assert label(target_macs=3.0, search="uniform") == "bayescomp gnj, 3x MAC budget, uniform allocation"
+    flawed = _bayes_label({"method": "gnj", "config": {"compress": {"target_macs": 2.0, "channel_score": "snr"}},
+                           "defect": "made with a defect"})
+    assert "ordered by log alpha (defect)" in flawed and "channels ordered by snr" not in flawed
 
 
 def test_a_row_is_skipped_only_when_measured_with_the_same_settings():
