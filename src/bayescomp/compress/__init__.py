@@ -15,6 +15,7 @@ from torch import nn
 
 from bayescomp.compress.batchnorm import recalibrated_batchnorm
 from bayescomp.compress.chain import Chain, UnsupportedModelError, build_chain
+from bayescomp.compress.graph import CHANNEL_SCORES
 from bayescomp.compress.macs import count_flops
 from bayescomp.compress.masks import (
     PruneError, PruningPlan, group_keep_from_thresholds, group_statistics, masked, propagate,
@@ -39,7 +40,6 @@ from bayescomp.priors.base import deterministic_mode
 
 SEARCHES = ("auto", "greedy", "global", "uniform")
 CUT_WEIGHTS = ("posterior", "dense")  # whose weights the pruned model takes (CompressConfig.cut_weights)
-CHANNEL_SCORES = ("log_alpha", "snr")  # how the posterior ranks a group's channels (CompressConfig.channel_score)
 
 
 @dataclass

@@ -25,14 +25,11 @@ def keep_masks(model: nn.Module, thresholds: list[float] | float, example_input:
     as :class:`~bayescomp.compress.CompressConfig` ranks them) and the per-weight masks of per-weight priors.
     """
     with deterministic_mode(model):
-        try:
-            if channel_score != "log_alpha":
-                raise UnsupportedModelError("this channel score is read through the dependency graph")
-            plan, _ = plan_from_thresholds(build_chain(model), thresholds)
-            masks = [*plan.in_keep, *plan.out_keep]
-        except UnsupportedModelError:
+        masks = _chain_masks(model, thresholds) if channel_score == "log_alpha" else None
+        if masks is None:
             if example_input is None:
-                raise
+                raise UnsupportedModelError(f"{type(model).__name__} is read through its dependency graph here "
+                                            "(not a chain, or channel_score='snr'): pass example_input")
             graph = DependencyGraph(model, example_input, reduce, channel_score)
             count = len(graph.prunable_groups)
             values = thresholds if isinstance(thresholds, (list, tuple)) else [float(thresholds)] * count
@@ -42,6 +39,16 @@ def keep_masks(model: nn.Module, thresholds: list[float] | float, example_input:
             if weight_mask is not None:
                 masks.append(weight_mask)
     return [m.detach().cpu().bool() for m in masks]
+
+
+def _chain_masks(model: nn.Module, thresholds: list[float] | float) -> list[torch.Tensor] | None:
+    """A chain's propagated input and output masks; ``None`` for a network that is not a chain."""
+    try:
+        chain = build_chain(model)
+    except UnsupportedModelError:
+        return None
+    plan, _ = plan_from_thresholds(chain, thresholds)
+    return [*plan.in_keep, *plan.out_keep]
 
 
 def mask_digest(model: nn.Module, thresholds: list[float] | float, example_input: torch.Tensor | None = None,

@@ -57,6 +57,9 @@ class Member:
     root_idxs: torch.Tensor
 
 
+CHANNEL_SCORES = ("log_alpha", "snr")  # how the posterior ranks a group's channels (CompressConfig.channel_score)
+
+
 @dataclass
 class CoupledGroup:
     """Channels that must be pruned together, indexed like the output (or input) of ``root``."""
@@ -159,8 +162,8 @@ class DependencyGraph:
                  channel_score: str = "log_alpha") -> None:
         """``channel_score`` is the per-channel statistic every threshold is compared with (large: redundant):
         the group log alpha reduced over the members by ``reduce``, or ``"snr"`` (:func:`snr_statistic`)."""
-        if channel_score not in ("log_alpha", "snr"):
-            raise ValueError(f"unknown channel_score {channel_score!r}; use log_alpha or snr")
+        if channel_score not in CHANNEL_SCORES:
+            raise ValueError(f"unknown channel_score {channel_score!r}; use {', '.join(CHANNEL_SCORES)}")
         if reduce not in REDUCTIONS:
             raise ValueError(f"unknown reduce {reduce!r}; use {' or '.join(REDUCTIONS)}")
         _check_supported(model)
