@@ -35,6 +35,7 @@ from bayescomp.priors.base import BayesianLayer, PriorSpec, register_prior
 from bayescomp.priors.group_nj import (
     GroupScaledConv2d,
     GroupScaledLinear,
+    check_group_kl_scale,
     check_weight_sampling,
     check_z_sampling,
     kl_standard_normal,
@@ -73,6 +74,8 @@ class GroupHSConfig:
             it changes is described at :func:`bayescomp.priors.group_nj.check_z_sampling`.
         weight_sampling: ``"local"`` (local reparameterisation, the paper's) or ``"batch"`` (one draw of w~ per
             mini-batch); see :func:`bayescomp.priors.group_nj.check_weight_sampling`.
+        group_kl_scale: multiplies the KL of the scale factors (global and per group); 1.0 (default) is the
+            paper's bound; see :func:`bayescomp.priors.group_nj.check_group_kl_scale`.
     """
 
     tau0: float = 1e-5
@@ -83,11 +86,13 @@ class GroupHSConfig:
     threshold: float = 6.9
     z_sampling: str = "example"
     weight_sampling: str = "local"
+    group_kl_scale: float = 1.0
     name: str = "ghs"
 
     def __post_init__(self) -> None:
         check_z_sampling(self.z_sampling)
         check_weight_sampling(self.weight_sampling)
+        check_group_kl_scale(self.group_kl_scale)
         if not self.tau0 > 0:
             raise ValueError(f"tau0 must be positive, got {self.tau0}")
         if self.point_estimate not in POINT_ESTIMATES:
@@ -206,6 +211,8 @@ class _GroupHSMixin(BayesianLayer):
         # CUDA graph can capture it)
         log_c[0, :1].fill_(-2.0 * math.log(self.config.tau0))
         kl = kl_lognormal_factors(mu, log_sigma2, log_c)
+        if self.config.group_kl_scale != 1.0:
+            kl = kl * self.config.group_kl_scale
         kl = kl + kl_standard_normal(self.weight_mu, self.weight_log_sigma2, self._variance("weight_log_sigma2"))
         if self.bias_mu is not None:
             kl = kl + kl_standard_normal(self.bias_mu, self.bias_log_sigma2, self._variance("bias_log_sigma2"))
