@@ -12,8 +12,8 @@ Variants: plain fp32 / bf16 (and channels_last for conv nets); each method's def
 does by default: fused layers, ``--precision auto``, the config's z_sampling, default memory layout) and its fp32
 variant (what ``fit`` does by default); for BC-GNJ also the unfused autograd layers (the code path before the
 fused Functions) and z per example / per batch in fp32 and bf16; for BC-GNJ and BC-GHS one weight draw per
-mini-batch (``weight_sampling="batch"``) with z per example / per batch; and the authors'
-reference GNJ layers, re-implemented below from the published formulas (Louizos et al. 2017,
+mini-batch (``weight_sampling="batch"``) with z per example / per batch; BC-GNJ's default with PyTorch's
+normal generator instead of the compiled Philox kernel (``bayescomp.noise``); and the authors' reference GNJ layers, re-implemented below from the published formulas (Louizos et al. 2017,
 Eq. 6 posterior, local reparameterisation, KL of Molchanov et al. 2017 Eq. 14 for z and the closed-form Gaussian
 KL for the weights, variance clipping) in plain autograd ops, float32.
 
@@ -42,6 +42,7 @@ from _common import RESULTS, this_command  # noqa: E402
 from bayescomp import bayesify  # noqa: E402
 from bayescomp.data import load_dataset  # noqa: E402
 from bayescomp.models import create_model  # noqa: E402
+from bayescomp.noise import effective_noise_source, set_noise_source  # noqa: E402
 from bayescomp.objective import variational_loss  # noqa: E402
 from bayescomp.pipeline import DEFAULT_LR_SCALES, git_commit  # noqa: E402
 from bayescomp.priors import PRIORS  # noqa: E402
@@ -151,6 +152,8 @@ def variants(model_name: str, plain: nn.Module) -> dict[str, dict]:
         out[f"{method} default ({auto}{', channels_last' if default_layout else ''})"] = dict(
             model=bayesify(plain, method), precision="auto", method=method, layout=default_layout)
         out[f"{method} fp32"] = dict(model=bayesify(plain, method), precision="fp32", method=method)
+    out["gnj with torch.randn noise (the Philox kernel off)"] = dict(
+        model=bayesify(plain, "gnj"), precision="auto", method="gnj", layout=default_layout, noise="torch")
     unfused = bayesify(plain, "gnj")
     for _, layer in bayesian_layers(unfused):
         layer.fused = False
@@ -192,6 +195,7 @@ def _prepare(spec: dict) -> None:
 
 def time_steps(spec: dict, data: SimpleNamespace, n_train: int, steps: int) -> tuple[float, float, float]:
     """(CPU s, wall s, mean loss) of ``steps`` training steps through the library's epoch loop."""
+    set_noise_source(spec.get("noise", "auto"))
     cpu, wall = time.process_time(), time.perf_counter()
     run = TrainingRun(spec["model"], data, spec["config"], spec["optimizer"], variational_loss, spec["forward"],
                       n_train=n_train, steps=steps)
@@ -237,7 +241,8 @@ def measure(model_name: str, rounds: int, steps: int, batch: int, skip: tuple[st
 
 def markdown(results: list[dict], header: dict) -> str:
     lines = [f"Training cost per epoch, CPU, {header['threads']} thread(s), batch 128, torch {header['torch']}, "
-             f"native bf16: {header['native_bf16']} (auto -> {header['auto_precision']}). {header['note']}", ""]
+             f"native bf16: {header['native_bf16']} (auto -> {header['auto_precision']}), noise: "
+             f"{header.get('noise_source', 'torch')}. {header['note']}", ""]
     for res in results:
         lines += [f"### {res['model']} / {res['data']} ({res['rounds']} rounds x {res['steps_per_measurement']} "
                   f"steps, extrapolated to {res['steps_per_epoch']} steps/epoch)", "",
@@ -267,7 +272,8 @@ def main() -> None:
     skip = tuple(word for word in args.skip.split(",") if word)
     header = {"threads": torch.get_num_threads(), "torch": torch.__version__,
               "cpu_capability": torch.backends.cpu.get_cpu_capability(), "native_bf16": native_bf16(),
-              "auto_precision": resolve_precision("auto"), "command": this_command(), "git_commit": git_commit(),
+              "auto_precision": resolve_precision("auto"),
+              "noise_source": effective_noise_source(), "command": this_command(), "git_commit": git_commit(),
               "note": args.note, "skipped": list(skip)}
     out = output_stem(args.out)
     results = [measure(m, args.rounds, steps[m], 128, skip) for m in args.models.split(",")]

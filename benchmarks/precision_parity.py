@@ -1,5 +1,6 @@
 """Accuracy parity of the faster training paths on a full recipe: BC-GNJ end to end, fp32 vs bf16, z per example vs
-z per mini-batch, local reparameterisation vs one weight draw per mini-batch (``w/batch``), same seed, same cached
+z per mini-batch, local reparameterisation vs one weight draw per mini-batch (``w/batch``), PyTorch's normal
+generator vs the compiled Philox kernel (``philox``, :mod:`bayescomp.noise`), same seed, same cached
 dense network, the pipeline's default schedule for the model (``pipeline.DEFAULT_SCHEDULES``), compression with the
 default threshold search.
 
@@ -23,34 +24,41 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import RESULTS, this_command  # noqa: E402
 
+from bayescomp.noise import set_noise_source  # noqa: E402
 from bayescomp.pipeline import RunConfig, git_commit, run  # noqa: E402
 from bayescomp.train import native_bf16  # noqa: E402
 
-VARIANTS = {"fp32 z/example": ("fp32", "example", "local"), "bf16 z/example": ("bf16", "example", "local"),
-            "fp32 z/batch": ("fp32", "batch", "local"), "bf16 z/batch": ("bf16", "batch", "local"),
-            "fp32 z/example w/batch": ("fp32", "example", "batch"), "fp32 z/batch w/batch": ("fp32", "batch", "batch")}
+VARIANTS = {"fp32 z/example": ("fp32", "example", "local", "torch"),
+            "bf16 z/example": ("bf16", "example", "local", "torch"),
+            "fp32 z/batch": ("fp32", "batch", "local", "torch"), "bf16 z/batch": ("bf16", "batch", "local", "torch"),
+            "fp32 z/example w/batch": ("fp32", "example", "batch", "torch"),
+            "fp32 z/batch w/batch": ("fp32", "batch", "batch", "torch"),
+            "bf16 z/example philox": ("bf16", "example", "local", "philox")}
 
 
-def variant_of(row: dict) -> tuple[str, str, str]:
-    """(precision, z_sampling, weight_sampling) of a row; rows from before the option are local."""
-    return row["precision"], row["z_sampling"], row.get("weight_sampling", "local")
+def variant_of(row: dict) -> tuple[str, str, str, str]:
+    """(precision, z_sampling, weight_sampling, noise source) of a row; rows from before an option are local and
+    drew their noise with torch.randn."""
+    return row["precision"], row["z_sampling"], row.get("weight_sampling", "local"), row.get("noise", "torch")
 
 
-def label(variant: tuple[str, str, str]) -> str:
-    precision, z, weights = variant
-    return f"{precision} z/{z}" + (" w/batch" if weights == "batch" else "")
+def label(variant: tuple[str, str, str, str]) -> str:
+    precision, z, weights, noise = variant
+    return f"{precision} z/{z}" + (" w/batch" if weights == "batch" else "") + (" philox" if noise == "philox" else "")
 KEYS = ("test_error_pct", "test_error_pct_bayes", "dense_test_error_pct", "kept_architecture",
         "compression_architecture", "compression_bits", "compression_file", "epoch_s_mean", "thresholds")
 
 
-def one_run(model: str, data: str, seed: int, precision: str, z_sampling: str, weight_sampling: str,
+def one_run(model: str, data: str, seed: int, precision: str, z_sampling: str, weight_sampling: str, noise: str,
             root: Path) -> dict:
+    set_noise_source(noise)
     config = RunConfig(model=model, data=data, method="gnj", seed=seed,
                        prior={"z_sampling": z_sampling, "weight_sampling": weight_sampling}, latency=False, plots=False)
-    run_dir = root / f"{model}_{precision}_{z_sampling}_{weight_sampling}_{seed}"
+    run_dir = root / f"{model}_{precision}_{z_sampling}_{weight_sampling}_{noise}_{seed}"
     report = run(config, run_dir, log=lambda *_: None, progress=False, amp=precision == "bf16")
     return {"seed": seed, "precision": precision, "z_sampling": z_sampling, "weight_sampling": weight_sampling,
-            **{k: report.get(k) for k in KEYS}, "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "noise": noise, **{k: report.get(k) for k in KEYS},
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(),
             "native_bf16": native_bf16(), "git_commit": git_commit()}
 
 
@@ -115,7 +123,8 @@ def main() -> None:
     previous = json.loads(path.read_text())["runs"] if path.exists() else []
     done = {(r["seed"], *variant_of(r)) for r in rows}
     rows = sorted([r for r in previous if (r["seed"], *variant_of(r)) not in done] + rows,
-                  key=lambda r: (r["seed"], r["z_sampling"], r.get("weight_sampling", "local"), r["precision"]))
+                  key=lambda r: (r["seed"], r["z_sampling"], r.get("weight_sampling", "local"), r["precision"],
+                                 r.get("noise", "torch")))
     config = RunConfig(model=args.model, data=args.data, method="gnj")
     header = {"model": args.model, "data": args.data, "bayes_epochs": config.bayes.epochs,
               "bayes_schedule": config.to_dict()["bayes"], "threads": torch.get_num_threads(),

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import bayescomp
+from bayescomp.checkpoint import load_checkpoint
 from bayescomp.cli import main
 from bayescomp.data import load_dataset
 from bayescomp.measure import count_flops
@@ -268,3 +269,20 @@ def test_run_repeats_from_its_record(tmp_path, capsys):
     capsys.readouterr()
     assert main(["run", "--config", str(tmp_path / "missing.json")]) == 2
     assert "--config" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("source", ["torch", "philox"])
+def test_run_records_where_its_noise_came_from_and_repeats_with_it(tmp_path, monkeypatch, source):
+    """``--noise`` picks the training noise; the report records it, and the same source and seed give the same
+    trained posterior twice."""
+    monkeypatch.setattr("bayescomp.noise._source", {"name": None})
+    digests = []
+    for name in ("a", "b"):
+        run_dir = tmp_path / name
+        assert main(["run", "--run-dir", str(run_dir), *SMALL, "--epochs", "1", "--no-latency", "--no-plots",
+                     "--precision", "fp32", "--noise", source]) == 0
+        assert json.loads((run_dir / "report.json").read_text())["noise_source"] == source
+        state = load_checkpoint(run_dir / "bayes.ckpt")["model"]
+        digests.append({k: v.clone() for k, v in state.items()})
+    assert digests[0].keys() == digests[1].keys()
+    assert all(torch.equal(digests[0][k], digests[1][k]) for k in digests[0])

@@ -19,7 +19,8 @@ PACKAGE = Path(bayescomp.__file__).resolve().parent
 
 #: Layer of each top-level module or subpackage of bayescomp (lower imports nothing higher).
 LAYERS: dict[str, int] = {
-    "modules": 0, "tracing": 0, "validate": 0, "checkpoint": 0, "runlock": 0, "report_schema": 0,
+    "modules": 0, "tracing": 0, "validate": 0, "checkpoint": 0, "runlock": 0, "report_schema": 0, "native": 0,
+    "noise": 1,
     "hooks": 4,
     "data": 1, "download": 1, "data_sources": 1,
     "models": 2,

@@ -13,7 +13,8 @@ from torch import nn
 from bayescomp import bayesify
 from bayescomp.models import create_model
 from bayescomp.priors import PRIORS
-from bayescomp.priors.fused import in_layout, memory_format_of, noise_like
+from bayescomp.noise import set_noise_source, standard_normal_like
+from bayescomp.priors.fused import in_layout, memory_format_of
 from bayescomp.train import _to_channels_last
 
 CL, NCHW = torch.channels_last, torch.contiguous_format
@@ -41,13 +42,16 @@ def test_a_one_by_one_kernel_on_one_channel_is_ambiguous_and_stays_in_the_defaul
     assert memory_format_of(torch.randn(8, 1, 1, 1).to(memory_format=CL)) == NCHW
 
 
-def test_noise_like_keeps_the_layout_and_is_standard_normal():
+@pytest.mark.parametrize("source", ["torch", "philox"])
+def test_standard_normal_like_keeps_the_layout_and_is_standard_normal(source, monkeypatch):
+    monkeypatch.setattr("bayescomp.noise._source", {"name": None})
+    set_noise_source(source)
     base = torch.empty(64, 16, 12, 12)
     torch.manual_seed(3)
-    contiguous = noise_like(base)
+    contiguous = standard_normal_like(base)
     torch.manual_seed(3)
-    assert torch.equal(contiguous, torch.randn_like(base))  # the default layout keeps its draws
-    nhwc = noise_like(base.to(memory_format=CL))
+    assert torch.equal(contiguous, standard_normal_like(base))  # the seed fixes the draws
+    nhwc = standard_normal_like(base.to(memory_format=CL))
     assert nhwc.shape == base.shape and _nhwc_strided(nhwc)
     for sample in (contiguous, nhwc):
         assert abs(float(sample.mean())) < 0.01 and abs(float(sample.std()) - 1) < 0.01
@@ -73,7 +77,7 @@ def test_channels_last_sampled_training_step_matches_the_default_layout(prior, m
     sampled forward and every gradient agree between NCHW and NHWC (fp32); so the NHWC default of bf16 CPU training
     changes only the speed and the order in which the noise is drawn."""
     for module_name in ("bayescomp.priors.base", "bayescomp.priors.group_nj"):
-        monkeypatch.setattr(sys.modules[module_name], "noise_like", _index_noise)
+        monkeypatch.setattr(sys.modules[module_name], "standard_normal_like", _index_noise)
     torch.manual_seed(0)
     model = bayesify(create_model("lenet5", 10, (1, 28, 28), [0.13], [0.31]), prior)
     model.train()

@@ -198,6 +198,10 @@ def _add_run_parser(sub) -> None:
                      help="training precision of the layer products: bf16 autocast (parameters, variances, KL and "
                           "loss stay float32), fp32, or auto: bf16 for the prior methods where the CPU has native "
                           "bf16, AVX512-BF16 or AMX; fp32 elsewhere and for self/magnitude")
+    run.add_argument("--noise", choices=("auto", "philox", "torch"), default=None,
+                     help="where the CPU training noise comes from: philox (a compiled Philox4x32-10 + Box-Muller "
+                          "kernel, ~3x faster than PyTorch's generator), torch (torch.randn, to reproduce runs made "
+                          "before the kernel) or auto: philox where it builds (default: $BAYESCOMP_NOISE, else auto)")
     run.add_argument("--amp", action="store_true",
                      help="mixed precision: bfloat16 layer products in training, float32 parameters, variances and KL")
     run.add_argument("--nproc", type=int, default=1,
@@ -266,6 +270,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         from bayescomp.distributed import relaunch_with_torchrun
 
         return relaunch_with_torchrun(args.nproc, _without_nproc(args.argv))
+    if getattr(args, "noise", None) is not None:
+        from bayescomp.noise import set_noise_source
+
+        set_noise_source(args.noise)
 
     if args.config is not None:
         config = _config_from_record(args.config)

@@ -35,6 +35,7 @@ from bayescomp.methods.finetune import finetune_aware_compress, finetune_keeping
 from bayescomp.methods.runner import MethodOutcome, compress_and_finetune, prepare_and_train
 from bayescomp.models import create_model
 from bayescomp.models.pretrained import load_pretrained, read_manifest
+from bayescomp.noise import effective_noise_source
 from bayescomp.report import build_report, write_report
 from bayescomp.run_config import (  # noqa: F401  (re-exported: bayescomp.pipeline.RunConfig, ...)
     DEFAULT_LR_SCALES, DEFAULT_SCHEDULES, POST_TRAINING_FIELDS, ModelRunConfig, RunConfig,
@@ -296,6 +297,7 @@ def _finish(method: Method, ctx: RunContext, outcome: MethodOutcome, dense_eval:
                           file_bytes, run_dir, started, command or " ".join(sys.argv), git_commit())
     report["test_error_pct_pruned_before_finetune"] = outcome.test_error_pct_before_finetune
     report["finetune_validation"] = outcome.finetune_validation
+    report["noise_source"] = effective_noise_source()
     report.update(ctx.extras)
     report.update(method.report_extras(posterior, ctx))
     if ddp is not None:

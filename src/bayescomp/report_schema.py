@@ -100,6 +100,7 @@ class Report(TypedDict):
     # added by the pipeline after build_report
     test_error_pct_pruned_before_finetune: NotRequired[float | None]
     finetune_validation: NotRequired[dict[str, Any] | None]  # val error before/after fine-tuning, kept or undone
+    noise_source: NotRequired[str]  # where the CPU training noise came from: "philox" or "torch" (bayescomp.noise)
     training: NotRequired[dict[str, Any]]
     ddp: NotRequired[dict[str, Any]]
     plots: NotRequired[list[str]]

@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from bayescomp.compress.chain import _leaves, build_chain
+from bayescomp.noise import standard_normal, standard_normal_like
 from bayescomp.priors.group_nj import kl_log_uniform_approx, kl_standard_normal
 
 _EPS = 1e-8
@@ -265,7 +266,7 @@ class HyperCompressor(nn.Module):
         """Logits of all classes for one context vector; ``sample`` draws the scales per example (training)."""
         mu, log_sigma2 = self.posterior(context.reshape(1, -1))
         if sample:
-            z = mu + torch.randn(x.shape[0], mu.shape[-1], device=x.device) * (0.5 * log_sigma2).exp()
+            z = mu + standard_normal(x.shape[0], mu.shape[-1], device=x.device) * (0.5 * log_sigma2).exp()
         else:
             z = mu[0]
         return self.forward_with_scales(x, self.split(z), sample_weights=sample)
@@ -283,4 +284,4 @@ def _local_reparameterisation(module: nn.Module, x: torch.Tensor, weight_var: to
     else:
         mean = module(x)
         var = F.conv2d(x.square(), weight_var, None, module.stride, module.padding, module.dilation, module.groups)
-    return mean + var.add(_EPS).sqrt() * torch.randn_like(mean)
+    return mean + var.add(_EPS).sqrt() * standard_normal_like(mean)

@@ -23,6 +23,7 @@ from bayescomp.data import DataBundle
 from bayescomp.hyper.context import Context, random_contexts, restrict
 from bayescomp.hyper.generate import budget_plan, masked_scales
 from bayescomp.hyper.model import HyperCompressor, HyperConfig
+from bayescomp.noise import standard_normal
 from bayescomp.objective import kl_weight
 from bayescomp.loop import StepLoss, run_epoch, train_epochs
 from bayescomp.train import TrainConfig, _lr_factor, make_optimizer, seed_everything
@@ -177,7 +178,7 @@ def context_loss(model: HyperCompressor, images: torch.Tensor, labels: torch.Ten
     ``weight_posterior`` + KL(shared weights) / ``n_train`` (N_context when not given). Returns (loss, NLL,
     KL of the scales)."""
     mu, log_sigma2 = model.posterior(context_vec.reshape(1, -1))
-    z = mu + torch.randn(images.shape[0], mu.shape[-1]) * (0.5 * log_sigma2).exp()
+    z = mu + standard_normal(images.shape[0], mu.shape[-1]) * (0.5 * log_sigma2).exp()
     scales = model.split(z)
     if model.config.budget_masking and budget < 1.0:
         log_alpha = model.log_alpha(mu, log_sigma2)[0].detach()

@@ -21,7 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bayescomp.priors.fused import VarianceCache, in_layout, linear_lrt, memory_format_of, noise_like, sample_lrt
+from bayescomp.noise import standard_normal, standard_normal_like
+from bayescomp.priors.fused import VarianceCache, in_layout, linear_lrt, memory_format_of, sample_lrt
 
 
 class BayesianLayer(nn.Module):
@@ -191,7 +192,7 @@ class PerWeightGaussian(BayesianLayer):
                 keep = self._train_keep_mask()
                 mean, sigma2 = mean * keep, sigma2 * keep
             rows = x.reshape(-1, x.shape[-1])  # tokens (..., in) -> rows; per-weight noise needs no grouping
-            noise = torch.randn(rows.shape[0], self.out_features, device=x.device, dtype=x.dtype)
+            noise = standard_normal(rows.shape[0], self.out_features, device=x.device, dtype=x.dtype)
             out = linear_lrt(rows, None, mean, self.weight_log_sigma2, sigma2, self.bias_mu, None, None, noise)
             return out.reshape(*x.shape[:-1], self.out_features)
         mean, variance = self.weight_mu, self.weight_log_sigma2.exp()
@@ -201,7 +202,7 @@ class PerWeightGaussian(BayesianLayer):
             mean, variance = mean * keep, variance * keep
         mean_out, var_out = in_layout(memory_format_of(self.weight_mu), self._product(x, mean, self.bias_mu),
                                       self._product(x * x, variance, None))
-        return sample_lrt(mean_out, var_out, noise_like(mean_out))
+        return sample_lrt(mean_out, var_out, standard_normal_like(mean_out))
 
     def _train_keep_mask(self) -> torch.Tensor:
         """The keep mask of the training forward (priors may compute it from values the KL then reuses)."""
@@ -224,7 +225,7 @@ class PerWeightGaussian(BayesianLayer):
             return self._fused_forward(x)
         mean, variance = self._train_weights()
         noise_var = self._product(x * x, variance, None).add_(1e-8).sqrt_()
-        return torch.addcmul(self._product(x, mean, self.bias_mu), noise_var, noise_like(noise_var))
+        return torch.addcmul(self._product(x, mean, self.bias_mu), noise_var, standard_normal_like(noise_var))
 
 
 def _copy_posterior_means(source: BayesianLayer, layer: nn.Module) -> nn.Module:

@@ -115,20 +115,6 @@ def linear_lrt(x: torch.Tensor, z: torch.Tensor | None, weight_mu: torch.Tensor,
                             None if bias_sigma2 is None else bias_sigma2.detach(), noise)
 
 
-def noise_like(t: torch.Tensor) -> torch.Tensor:
-    """Standard normal noise of ``t``'s shape, dtype and memory layout.
-
-    For a contiguous tensor this is ``torch.randn_like`` (the same draws). A channels-last (NHWC) tensor gets a
-    contiguous NHWC draw viewed as NCHW: ``randn_like`` fills a channels-last tensor element by element through its
-    strides, measured ~5x slower for LeNet-5's conv outputs on this CPU, and a contiguous draw in the other layout
-    would make every elementwise op after it mix layouts.
-    """
-    if t.dim() == 4 and not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last):
-        n, c, h, w = t.shape
-        return torch.randn(n, h, w, c, dtype=t.dtype, device=t.device).permute(0, 3, 1, 2)
-    return torch.randn_like(t)
-
-
 def memory_format_of(weight: torch.Tensor) -> torch.memory_format:
     """``torch.channels_last`` if a conv weight was put in the NHWC layout (``module.to(memory_format=...)``), else
     ``torch.contiguous_format``. Read from the strides, so a first layer with one input channel, whose tensors are

@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 from bayescomp.priors.base import BayesianLayer, PriorSpec, register_prior
+from bayescomp.noise import standard_normal
 from bayescomp.priors.group_nj import (
     GroupScaledConv2d,
     GroupScaledLinear,
@@ -192,8 +193,8 @@ class _GroupHSMixin(BayesianLayer):
         rows = 1 if self.config.z_sampling == "batch" else batch
         ms, vs = self._log_s_moments()
         mz, vz = self._log_zt_moments()
-        eps_s = torch.randn(rows, 1, device=mz.device, dtype=mz.dtype)
-        eps_z = torch.randn(rows, mz.numel(), device=mz.device, dtype=mz.dtype)
+        eps_s = standard_normal(rows, 1, device=mz.device, dtype=mz.dtype)
+        eps_z = standard_normal(rows, mz.numel(), device=mz.device, dtype=mz.dtype)
         return torch.exp(ms + vs.sqrt() * eps_s + mz + vz.sqrt() * eps_z)
 
     # ------------------------------------------------------------------ interface

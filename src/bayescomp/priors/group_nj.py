@@ -26,7 +26,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from bayescomp.priors.base import BayesianConv2d, BayesianLayer, BayesianLinear, PriorSpec, register_prior
-from bayescomp.priors.fused import draw_weights, in_layout, linear_lrt, memory_format_of, noise_like, sample_lrt
+from bayescomp.noise import standard_normal, standard_normal_like
+from bayescomp.priors.fused import draw_weights, in_layout, linear_lrt, memory_format_of, sample_lrt
 
 K1, K2, K3 = 0.63576, 1.87320, 1.48695
 _EPS = 1e-8
@@ -231,7 +232,7 @@ class _GroupNJMixin(BayesianLayer):
     def _sample_z(self, batch: int) -> torch.Tensor:
         """z per example, (batch, groups); with ``z_sampling="batch"`` one row, (1, groups), shared by the batch."""
         rows = 1 if self.config.z_sampling == "batch" else batch
-        eps = torch.randn(rows, self.z_mu.numel(), device=self.z_mu.device, dtype=self.z_mu.dtype)
+        eps = standard_normal(rows, self.z_mu.numel(), device=self.z_mu.device, dtype=self.z_mu.dtype)
         return self.z_mu + eps * (0.5 * self.z_log_sigma2).exp()
 
 
@@ -328,7 +329,7 @@ def _unfused_linear(layer: BayesianLinear, x: torch.Tensor) -> torch.Tensor:
     mean = F.linear(x_scaled, layer.weight_mu, layer.bias_mu)
     bias_var = layer.bias_log_sigma2.exp() if layer.bias_mu is not None else None
     var = F.linear(x_scaled.pow(2), layer.weight_log_sigma2.exp(), bias_var)
-    return mean + var.add(_EPS).sqrt() * torch.randn_like(mean)
+    return mean + var.add(_EPS).sqrt() * standard_normal_like(mean)
 
 
 def _unfused_conv(layer: BayesianConv2d, x: torch.Tensor) -> torch.Tensor:
@@ -338,7 +339,7 @@ def _unfused_conv(layer: BayesianConv2d, x: torch.Tensor) -> torch.Tensor:
     bias_var = layer.bias_log_sigma2.exp() if layer.bias_mu is not None else None
     var = layer._conv(x.pow(2), layer.weight_log_sigma2.exp(), bias_var)
     z = layer._sample_z(x.shape[0])[:, :, None, None]
-    return (mean + var.add(_EPS).sqrt() * noise_like(mean)) * z
+    return (mean + var.add(_EPS).sqrt() * standard_normal_like(mean)) * z
 
 
 def _fused_linear(layer: BayesianLinear, x: torch.Tensor) -> torch.Tensor:
@@ -354,7 +355,7 @@ def _fused_linear(layer: BayesianLinear, x: torch.Tensor) -> torch.Tensor:
         z = z.unsqueeze(1).expand(-1, tokens, -1).reshape(-1, z.shape[-1])
     sigma2 = layer._variance("weight_log_sigma2", fresh=True)
     bias_sigma2 = None if layer.bias_mu is None else layer._variance("bias_log_sigma2", fresh=True)
-    noise = torch.randn(rows.shape[0], layer.out_features, device=x.device, dtype=x.dtype)
+    noise = standard_normal(rows.shape[0], layer.out_features, device=x.device, dtype=x.dtype)
     out = linear_lrt(rows, z, layer.weight_mu, layer.weight_log_sigma2, sigma2, layer.bias_mu,
                      layer.bias_log_sigma2, bias_sigma2, noise)
     return out.reshape(*x.shape[:-1], layer.out_features)
@@ -373,7 +374,7 @@ def _fused_conv(layer: BayesianConv2d, x: torch.Tensor) -> torch.Tensor:
     var = layer._conv(x * x, variance, bias_var)
     mean, var = in_layout(memory_format_of(layer.weight_mu), mean, var)
     z = layer._sample_z(x.shape[0])[:, :, None, None]
-    return sample_lrt(mean, var, noise_like(mean), z)
+    return sample_lrt(mean, var, standard_normal_like(mean), z)
 
 
 def _draw(layer: BayesianLayer, name: str) -> torch.Tensor | None:
@@ -382,7 +383,7 @@ def _draw(layer: BayesianLayer, name: str) -> torch.Tensor | None:
     mu, log_sigma2 = getattr(layer, f"{name}_mu"), getattr(layer, f"{name}_log_sigma2")
     if mu is None:
         return None
-    eps = noise_like(mu)
+    eps = standard_normal_like(mu)
     if layer.fused:
         return draw_weights(mu, log_sigma2, layer._variance(f"{name}_log_sigma2", fresh=True), eps)
     return mu + (0.5 * log_sigma2).exp() * eps
