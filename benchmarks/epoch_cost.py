@@ -13,7 +13,8 @@ does by default: fused layers, ``--precision auto``, the config's z_sampling, de
 variant (what ``fit`` does by default); for BC-GNJ also the unfused autograd layers (the code path before the
 fused Functions) and z per example / per batch in fp32 and bf16; for BC-GNJ and BC-GHS one weight draw per
 mini-batch (``weight_sampling="batch"``) with z per example / per batch; BC-GNJ's default with PyTorch's
-normal generator instead of the compiled Philox kernel (``bayescomp.noise``); and the authors' reference GNJ layers, re-implemented below from the published formulas (Louizos et al. 2017,
+normal generator instead of the compiled Philox kernel (``bayescomp.noise``); and the authors' reference GNJ
+layers, re-implemented below from the published formulas (Louizos et al. 2017,
 Eq. 6 posterior, local reparameterisation, KL of Molchanov et al. 2017 Eq. 14 for z and the closed-form Gaussian
 KL for the weights, variance clipping) in plain autograd ops, float32.
 

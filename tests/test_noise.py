@@ -64,7 +64,8 @@ def _box_muller_reference(block: int, seed: int, lib) -> list[float]:
 def test_the_fill_is_box_muller_of_the_philox_words(lib):
     seed = 0x1234_5678_9ABC_DEF0
     fill = _fill_at(lib, 4 * 40, seed, 0, False)
-    reference = torch.tensor(dtype=torch.float64, data=[v for block in range(40) for v in _box_muller_reference(block, seed, lib)])
+    reference = torch.tensor([v for block in range(40) for v in _box_muller_reference(block, seed, lib)],
+                             dtype=torch.float64)
     assert torch.allclose(fill.double(), reference, atol=2e-5, rtol=1e-5)
 
 
@@ -82,7 +83,8 @@ def test_the_block_counter_carries_into_its_high_word(lib):
     first, seed = 2 ** 32 - 5, 99
     vector, scalar = _fill_at(lib, 4 * 32, seed, first, False), _fill_at(lib, 4 * 32, seed, first, True)
     assert torch.allclose(vector, scalar, atol=1e-6, rtol=0)
-    reference = torch.tensor(dtype=torch.float64, data=[v for block in range(first, first + 32) for v in _box_muller_reference(block, seed, lib)])
+    reference = torch.tensor([v for block in range(first, first + 32)
+                              for v in _box_muller_reference(block, seed, lib)], dtype=torch.float64)
     assert torch.allclose(vector.double(), reference, atol=2e-5, rtol=1e-5)
 
 
