@@ -105,7 +105,6 @@ def _load(path: Path) -> ctypes.CDLL:
     lib.bc_normal_fill.restype = lib.bc_normal_fill_at.restype = lib.bc_normal_fill_bf16.restype = None
     lib.bc_philox4x32_10.argtypes = [ctypes.POINTER(ctypes.c_uint32)] * 3
     lib.bc_philox4x32_10.restype = None
-    lib.bc_normal_vectorised.restype = ctypes.c_int
     counter, key, out = (ctypes.c_uint32 * 4)(), (ctypes.c_uint32 * 2)(), (ctypes.c_uint32 * 4)()
     lib.bc_philox4x32_10(counter, key, out)
     if tuple(out) != PHILOX_ZERO_ANSWER:

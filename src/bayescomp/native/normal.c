@@ -152,12 +152,3 @@ void bc_normal_fill_bf16(uint16_t *out, int64_t n, uint64_t seed) { normal_fill(
 void bc_normal_fill_at(float *out, int64_t n, uint64_t seed, uint64_t first_block, int portable) {
     normal_fill(out, NULL, n, seed, first_block, portable);
 }
-
-/* 1 when the vector Philox path was compiled in (AVX-512), else 0. */
-int bc_normal_vectorised(void) {
-#if defined(__AVX512F__)
-    return 1;
-#else
-    return 0;
-#endif
-}
