@@ -62,7 +62,8 @@ def main() -> None:
     parser.add_argument("--variant", default=None, help="suffix of the result files, for a second setting")
     parser.add_argument("--run-dir", default=None)
     parser.add_argument("--device", default=None, help="training device (cpu, cuda); default: cuda if available")
-    parser.add_argument("--amp", action="store_true", help="bfloat16 autocast in training (GPU)")
+    parser.add_argument("--amp", action="store_true",
+                        help="bfloat16 autocast in the Bayesian training and the fine-tuning")
     parser.add_argument("--cuda-graphs", action="store_true",
                         help="replay each training step as one CUDA graph (bayescomp.cuda_graphs; --device cuda)")
     parser.add_argument("--hardware", default=None, help="what the run ran on, for the result file")

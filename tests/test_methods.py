@@ -148,6 +148,28 @@ def test_fine_tuned_validation_error_is_also_given_on_the_images_the_search_did_
     assert record["val_error_pct_after_unseen"] == pytest.approx(evaluate(result.model, unseen)["error_pct"])
 
 
+@pytest.mark.parametrize("amp", [True, False])
+def test_fine_tuning_runs_in_the_precision_of_the_runs_training(mnist_small, amp):
+    """``amp`` (``--precision bf16`` / ``--amp``) covers fine-tuning as well as the Bayesian training: the pruned
+    plain model's layer products come out in bfloat16 while it fine-tunes, in float32 without it."""
+    torch.manual_seed(0)
+    dense = nn.Sequential(nn.Flatten(), nn.Linear(784, 64), nn.ReLU(), nn.Linear(64, 10))
+    seen: list[torch.dtype] = []
+
+    def record(module, _inputs, output):
+        if type(module) is nn.Linear and module.training:  # only fine-tuning trains a plain Linear here
+            seen.append(output.dtype)
+
+    handle = torch.nn.modules.module.register_module_forward_hook(record)
+    try:
+        bayescomp.compress_model(dense, mnist_small, "gnj", epochs=1, finetune=TrainConfig(epochs=1), amp=amp,
+                                 log=lambda *_: None)
+    finally:
+        handle.remove()
+    assert seen, "fine-tuning never ran a plain Linear in training mode"
+    assert set(seen) == {torch.bfloat16 if amp else torch.float32}
+
+
 class _SealedSplit:
     """A test split that fails on any use: what a step reads of it is caught where it happens."""
 

@@ -195,15 +195,17 @@ def _add_run_parser(sub) -> None:
                           "steps are launch-bound: a LeNet-5 BC-GNJ epoch 5.0 s -> 1.1 s on an H200); BC-GNJ, BC-GHS "
                           "and Sparse VD")
     run.add_argument("--precision", choices=("fp32", "bf16", "auto"), default="auto",
-                     help="training precision of the layer products: bf16 autocast (parameters, variances, KL and "
-                          "loss stay float32), fp32, or auto: bf16 for the prior methods where the CPU has native "
-                          "bf16, AVX512-BF16 or AMX; fp32 elsewhere and for self/magnitude")
+                     help="training precision of the layer products, Bayesian training and fine-tuning: bf16 "
+                          "autocast (parameters, variances, KL and loss stay float32), fp32, or auto: bf16 for the "
+                          "prior methods where the CPU has native bf16, AVX512-BF16 or AMX; fp32 elsewhere and for "
+                          "self/magnitude")
     run.add_argument("--noise", choices=("auto", "philox", "torch"), default=None,
                      help="where the CPU training noise comes from: philox (a compiled Philox4x32-10 + Box-Muller "
                           "kernel, ~3x faster than PyTorch's generator), torch (torch.randn, to reproduce runs made "
                           "before the kernel) or auto: philox where it builds (default: $BAYESCOMP_NOISE, else auto)")
     run.add_argument("--amp", action="store_true",
-                     help="mixed precision: bfloat16 layer products in training, float32 parameters, variances and KL")
+                     help="mixed precision: bfloat16 layer products in training and fine-tuning, float32 parameters, "
+                          "variances and KL")
     run.add_argument("--nproc", type=int, default=1,
                      help="data-parallel processes (torchrun; gloo on CPU, nccl on GPU); --batch-size stays the "
                           "global batch, split across the processes")

@@ -48,7 +48,7 @@ def guarded_finetune(model: nn.Module, ctx: RunContext, checkpoint: Any = None) 
     before = evaluate(model, ctx.data.val)["error_pct"]
     pruned_state = copy.deepcopy(model.state_dict())
     finetune_keeping_zeros(model, ctx.data, ctx.config.finetune, checkpoint, ctx.progress, ctx.log, ctx.device,
-                           ctx.dense)
+                           ctx.dense, ctx.amp)
     after = evaluate(model, ctx.data.val)["error_pct"]
     kept = after <= before or not ctx.config.compress.finetune_guard
     if not kept:
@@ -75,7 +75,9 @@ def compress_and_finetune(method: Method, ctx: RunContext, outcome: MethodOutcom
         ctx.log(f"pruned test error before fine-tuning {outcome.test_error_pct_before_finetune:.2f}%")
         teacher = f", distilling from the dense model (alpha {finetune.distill:g}, T {finetune.distill_temperature:g})" \
             if finetune.distill > 0 else ""
-        ctx.log(f"fine-tuning the pruned model ({finetune.epochs} epochs, deterministic, lr {finetune.lr}{teacher})")
+        precision = ", bf16" if ctx.amp else ""
+        ctx.log(f"fine-tuning the pruned model ({finetune.epochs} epochs, deterministic, lr {finetune.lr}{precision}"
+                f"{teacher})")
         outcome.finetune_validation = guarded_finetune(result.model, ctx, checkpoint)
         result.model.eval()
         result.quantized_model = quantize_model(result.model, result.precisions)
