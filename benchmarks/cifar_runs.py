@@ -57,6 +57,9 @@ def main() -> None:
                              "chooses the channels; CompressConfig.cut_weights)")
     parser.add_argument("--channel-score", choices=CHANNEL_SCORES, default="log_alpha",
                         help="what orders a group's channels under a budget (CompressConfig.channel_score)")
+    parser.add_argument("--round-to", type=int, default=1,
+                        help="with --search uniform: each channel group keeps a multiple of this "
+                             "(CompressConfig.round_to)")
     parser.add_argument("--group-kl-scale", type=float, default=None,
                         help="factor on the KL of the group scales (prior config group_kl_scale; 1 = the paper)")
     parser.add_argument("--variant", default=None, help="suffix of the result files, for a second setting")
@@ -95,7 +98,7 @@ def main() -> None:
                                                target_macs=args.target_macs,
                                                target_weights=args.target_weights,
                                                budget_order=args.budget_order, cut_weights=args.cut_weights,
-                                               channel_score=args.channel_score))
+                                               channel_score=args.channel_score, round_to=args.round_to))
     if args.group_kl_scale is not None:
         config.prior = {**config.prior, "group_kl_scale": args.group_kl_scale}
     if args.dense_epochs is not None:

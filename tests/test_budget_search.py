@@ -247,3 +247,62 @@ def test_uniform_search_refuses_an_unreachable_budget_and_needs_one():
     assert budget_uniform_search(stats, make_plan, cost, floor, _weights, error).plan == [n - 1 for n in SIZES]
     with pytest.raises(ValueError, match="search='uniform' spreads a budget"):
         CompressConfig(search="uniform")
+
+
+# --- channel counts rounded to a multiple (``CompressConfig(round_to=...)``)
+def _rounded(kept: int, n: int, round_to: int) -> int:
+    return max(round_to, kept - kept % round_to) if n >= round_to else kept
+
+
+@pytest.mark.parametrize("round_to", [4, 8])
+@pytest.mark.parametrize("mac_share, weight_share", [(0.9, None), (0.8, None), (0.95, 0.6)])
+def test_uniform_search_with_round_to_keeps_multiples_and_the_least_such_cut(round_to, mac_share, weight_share):
+    """Every unit keeps a multiple of ``round_to`` (never fewer than it), and the plan is the least rounded even
+    cut meeting both budgets, found here by enumerating the fractions in increasing order."""
+    stats, make_plan, cost, error = _problem(0)
+    mac_budget = mac_share * cost([0, 0, 0])
+    weight_budget = None if weight_share is None else weight_share * _weights([0, 0, 0])
+    result = budget_uniform_search(stats, make_plan, cost, mac_budget, _weights, error, weight_budget=weight_budget,
+                                   round_to=round_to)
+    kept = [n - p for n, p in zip(SIZES, result.plan)]
+    assert all(k % round_to == 0 and k >= round_to for k in kept)
+    fractions = sorted({(k, n) for n in SIZES for k in range(n + 1)}, key=lambda kn: (kn[0] / kn[1], kn))
+    expected = None
+    for k, n in fractions:
+        plan = [m - _rounded(m - min(m - 1, k * m // n), m, round_to) for m in SIZES]
+        if cost(plan) <= mac_budget and (weight_budget is None or _weights(plan) <= weight_budget):
+            expected = plan
+            break
+    assert result.plan == expected
+    for s, threshold, pruned in zip(stats, result.thresholds, result.plan):
+        assert int((s > threshold).sum()) == pruned
+    floor = sum(min(round_to, n) * c for n, c in zip(SIZES, UNIT_COST))  # every unit down to round_to groups
+    with pytest.raises(PruneError, match="no uniform fraction reaches"):
+        budget_uniform_search(stats, make_plan, cost, floor - 1.0, _weights, error, round_to=round_to)
+
+
+def test_round_to_is_checked_and_needs_the_uniform_search():
+    for bad in (0, -8, True, 2.5, "8"):
+        with pytest.raises(ValueError, match="round_to is a channel count"):
+            CompressConfig(target_macs=2.0, search="uniform", round_to=bad)
+    for search in ("greedy", "global", "auto"):
+        with pytest.raises(ValueError, match="search='uniform'"):
+            CompressConfig(target_macs=2.0, search=search, round_to=8)
+    assert CompressConfig(target_macs=2.0, search="uniform", round_to=8).round_to == 8
+
+
+def test_round_to_on_resnet20_keeps_multiples_of_eight_within_the_budget():
+    """On the dependency-graph path every convolution of the cut ResNet-20 has a multiple of 8 output channels,
+    and the MACs counted on the cut network meet the budget."""
+    from bayescomp.data import load_dataset
+
+    data = load_dataset("cifar10", val_size=200, train_subset=1000, test_subset=10)
+    model = create_model("resnet20")
+    bayes = _noisy(model, seed=2)
+    shape = tuple(data.val.example(1).shape[1:])
+    config = CompressConfig(target_macs=2.0, search="uniform", round_to=8, search_val_size=100)
+    result = compress(bayes, data.val, config)
+    convs = [m for m in result.model.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert convs and all(c.out_channels % 8 == 0 for c in convs)
+    assert count_flops(result.model, shape) <= count_flops(model, shape) / 2.0
+    assert any(c.out_channels < 16 for c in convs)  # the cut did remove channels

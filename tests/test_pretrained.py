@@ -81,3 +81,38 @@ def test_run_from_pretrained_weights_needs_their_split(tmp_path):
     with pytest.raises(ValueError, match="split"):
         dense_model(RunConfig(model="lenet300", data="mnist", pretrained=True, val_size=1000),
                     load_dataset("mnist", val_size=1000), log=lambda *_: None)
+
+
+@pytest.mark.parametrize("model,data", _shipped())
+def test_left_out_shape_and_normalisation_come_from_the_weights_data_set(model, data):
+    """``create_model(name, pretrained=True, data=...)`` with nothing else builds the network its weights were
+    trained as: the same state and the same outputs as the one built from the loaded data set's metadata."""
+    bundle = load_dataset(data, test_subset=16)
+    explicit = create_model(model, bundle.num_classes, bundle.input_shape, bundle.mean, bundle.std, pretrained=True,
+                            data=data).eval()
+    implicit = create_model(model, pretrained=True, data=data).eval()
+    assert explicit.state_dict().keys() == implicit.state_dict().keys()
+    assert all(torch.equal(a, b) for a, b in zip(explicit.state_dict().values(), implicit.state_dict().values()))
+    images = bundle.test.example(16)
+    with torch.no_grad():
+        assert torch.equal(explicit(images), implicit(images))
+
+
+def test_a_zoo_model_defaults_to_its_own_data_set():
+    """Without arguments a CIFAR-10 model takes 3 x 32 x 32 images and a MNIST model 1 x 28 x 28, each with its
+    data set's normalisation."""
+    resnet = create_model("resnet20")
+    assert resnet(torch.rand(2, 3, 32, 32)).shape == (2, 10)
+    with pytest.raises(ValueError, match="Normalize expects N x 3"):
+        resnet(torch.rand(2, 1, 28, 28))
+    lenet = create_model("lenet5")
+    assert lenet(torch.rand(2, 1, 28, 28)).shape == (2, 10)
+    normalize = lenet[0]
+    assert torch.allclose(normalize.mean_.flatten(), torch.tensor([0.1307]))
+
+
+def test_defaults_from_an_unknown_data_set_are_refused_by_name():
+    with pytest.raises(ValueError, match="photos/"):
+        create_model("lenet5", data="photos/")
+    assert create_model("lenet5", 3, (1, 28, 28), (0.5,), (0.25,), data="photos/")(torch.rand(1, 1, 28, 28)).shape \
+        == (1, 3)

@@ -153,6 +153,9 @@ def _add_run_parser(sub) -> None:
                           "(greedy for chains, global for graphs with many coupled groups); with --target-macs, "
                           "greedy spreads the cut across layers by the validation error and uniform cuts the same "
                           "fraction of every layer")
+    run.add_argument("--round-to", type=int, default=1, metavar="K",
+                     help="with --search uniform: every coupled channel group keeps a multiple of K channels (e.g. "
+                          "8 or 16: kernels process channels in vector-width blocks; CompressConfig.round_to)")
     run.add_argument("--search-bn-images", type=int, default=0, metavar="N",
                      help="before scoring each search candidate, re-estimate batch-norm statistics on N validation "
                           "images (adaptive batch norm; 0: off)")
@@ -298,7 +301,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                                                target_macs=args.target_macs,
                                                target_weights=args.target_weights,
                                                budget_order=args.budget_order, cut_weights=args.cut_weights,
-                                               channel_score=args.channel_score))
+                                               channel_score=args.channel_score, round_to=args.round_to))
     config.dense = _train_config(config.dense, args, bayes=False)
     config.bayes = _train_config(config.bayes, args, bayes=True)
     if args.finetune_epochs is not None:  # 0 turns off a method's default fine-tuning (magnitude's)

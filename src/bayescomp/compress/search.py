@@ -333,10 +333,20 @@ def budget_greedy_search(
     return SearchResult(thresholds_for_counts(stats, pruned), plan, current, base, path)
 
 
-def uniform_counts(n_groups: list[int], fraction: Fraction) -> list[int]:
+def uniform_counts(n_groups: list[int], fraction: Fraction, round_to: int = 1) -> list[int]:
     """Groups pruned per unit when every unit gives up ``fraction`` of its groups (rounded down, exactly: the
-    fraction is rational; at least one group kept; units without groups stay at zero)."""
-    return [min(max(n - 1, 0), math.floor(fraction * n)) for n in n_groups]
+    fraction is rational; at least one group kept; units without groups stay at zero).
+
+    ``round_to``: a unit of at least ``round_to`` groups keeps a multiple of it (the count rounded down, never
+    below ``round_to``), as Torch-Pruning's ``round_to`` does, because CPU and GPU kernels process channels in
+    vector-width blocks and a remainder costs nearly a whole block (``benchmarks/channel_widths.py``)."""
+    pruned = []
+    for n in n_groups:
+        kept = n - min(max(n - 1, 0), math.floor(fraction * n))
+        if round_to > 1 and n >= round_to:
+            kept = max(round_to, kept - kept % round_to)
+        pruned.append(n - kept if n else 0)
+    return pruned
 
 
 def budget_uniform_search(
@@ -349,9 +359,11 @@ def budget_uniform_search(
     log: Callable[[str], None] | None = None,
     describe: Callable[[Any], str] = lambda plan: "",
     weight_budget: float | None = None,
+    round_to: int = 1,
 ) -> SearchResult:
     """The same fraction of every unit's groups, the smallest fraction whose plan costs at most ``budget`` (and
-    keeps at most ``weight_budget`` weights), by bisection; the posterior ranks the groups *within* a unit. This
+    keeps at most ``weight_budget`` weights), by bisection; the posterior ranks the groups *within* a unit. With
+    ``round_to`` > 1 every unit keeps a multiple of it (:func:`uniform_counts`). This
     is the uniform per-layer ratio of structured pruning tools (Torch-Pruning's ``MetaPruner`` default), so the
     posterior's ranking can be compared with theirs, or used with their allocation, at equal MACs. The validation
     error is measured for the chosen plan but does not steer it. Our option, not the paper's: measured on
@@ -369,7 +381,7 @@ def budget_uniform_search(
     probes: dict[tuple[int, ...], tuple[Any, float, int] | None] = {}
 
     def probe(fraction: Fraction) -> tuple[Any, float, int] | None:
-        counts = tuple(uniform_counts(n_groups, fraction))
+        counts = tuple(uniform_counts(n_groups, fraction, round_to))
         if counts not in probes:
             try:
                 plan = make_plan(list(counts))
@@ -396,7 +408,7 @@ def budget_uniform_search(
             hi = mid
         else:
             lo = mid + 1
-    pruned = uniform_counts(n_groups, fractions[hi])
+    pruned = uniform_counts(n_groups, fractions[hi], round_to)
     plan, spent, kept = probe(fractions[hi])
     trial = error(plan)
     path.append({"weights_kept": kept, "val_error_pct": trial, "cost": spent, "pruned": list(pruned),

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
+from bayescomp.data import DATASETS
 from bayescomp.models.pretrained import load_pretrained
 
 
@@ -40,24 +41,35 @@ def register_model(name: str, default_data: str, description: str) -> Callable:
 
 def create_model(
     name: str,
-    num_classes: int = 10,
-    input_shape: Sequence[int] = (1, 28, 28),
-    mean: Sequence[float] = (0.0,),
-    std: Sequence[float] = (1.0,),
+    num_classes: int | None = None,
+    input_shape: Sequence[int] | None = None,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
     pretrained: bool = False,
     data: str | None = None,
 ) -> nn.Sequential:
     """Build a zoo model by key; unknown keys raise a ``ValueError`` listing the known ones.
 
-    ``pretrained=True`` loads the weights shipped for ``data`` (default: the model's default data set), checked
-    against their SHA-256 (:mod:`bayescomp.models.pretrained`); build the model with that data set's classes,
-    shape and normalisation.
+    ``num_classes``, ``input_shape``, ``mean`` and ``std`` left out come from the data set ``data`` (default: the
+    model's own, e.g. CIFAR-10 for ``resnet20``), so ``create_model("resnet20", pretrained=True)`` builds the
+    network its shipped weights were trained as. ``pretrained=True`` loads those weights, checked against their
+    SHA-256 (:mod:`bayescomp.models.pretrained`); a model built for another shape or class count is refused.
     """
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; known models: {', '.join(sorted(MODELS))}")
+    data = data or MODELS[name].default_data
+    spec = DATASETS.get(data)
+    if spec is None and None in (num_classes, input_shape, mean, std):
+        raise ValueError(f"unknown data set {data!r} for the defaults of {name!r}: pass num_classes, input_shape, "
+                         f"mean and std, or one of {', '.join(DATASETS)}")
+    if spec is not None:
+        num_classes = spec.num_classes if num_classes is None else num_classes
+        input_shape = spec.input_shape if input_shape is None else input_shape
+        mean = spec.mean if mean is None else mean
+        std = spec.std if std is None else std
     model = MODELS[name].builder(num_classes=num_classes, input_shape=tuple(input_shape), mean=mean, std=std)
     if pretrained:
-        load_pretrained(model, name, data or MODELS[name].default_data)
+        load_pretrained(model, name, data)
     return model
 
 
