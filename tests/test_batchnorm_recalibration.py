@@ -1,6 +1,7 @@
 """Adaptive batch norm for the pruning search (``CompressConfig.search_bn_images``): inside the block the statistics
 are those of the calibration images as the (masked) model computes them, checked against an independent
-computation; on exit everything is restored exactly; the search then runs on a real model and leaves it unchanged."""
+computation; on exit everything is restored exactly; the search then runs on a real model and leaves it unchanged,
+and the cut it delivers keeps the re-estimated statistics, so it scores what the search scored."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import torch
 from torch import nn
 
 from bayescomp.compress import CompressConfig, compress
-from bayescomp.compress.batchnorm import recalibrated_batchnorm
+from bayescomp.compress.batchnorm import recalibrate_batchnorm, recalibrated_batchnorm
 from bayescomp.data import TensorData
 from bayescomp.evaluation import evaluate
 from bayescomp.measure import count_flops
@@ -99,3 +100,38 @@ def test_search_with_recalibration_meets_the_budget_and_leaves_the_model(mnist_s
     assert all(torch.equal(before[k], v) for k, v in bayes.state_dict().items())
     with pytest.raises(ValueError, match="count of images"):
         CompressConfig(search_bn_images=-1)
+
+
+def test_recalibrate_for_good_keeps_the_statistics_the_block_computes():
+    model = _net()
+    model(torch.rand(4, 1, 10, 10))
+    model.eval()
+    calibration = _images(150, seed=6)
+    with recalibrated_batchnorm(model, calibration, batch_size=50):
+        inside = {k: v.clone() for k, v in model.state_dict().items()}
+    momenta = [m.momentum for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    model[1].train()  # a flag that must come back as it was
+    assert recalibrate_batchnorm(model, calibration, batch_size=50) == 2
+    for k, v in model.state_dict().items():
+        torch.testing.assert_close(v, inside[k], rtol=0, atol=0)
+    assert [m.momentum for m in model.modules() if isinstance(m, nn.BatchNorm2d)] == momenta
+    assert model[1].training and not model[4].training
+    assert recalibrate_batchnorm(nn.Sequential(nn.Linear(3, 2)), calibration) == 0
+
+
+@pytest.mark.parametrize("search", ["uniform", "greedy"])
+def test_delivered_cut_scores_what_the_search_scored(mnist_small, search):
+    """The search scores each candidate with re-estimated statistics; the cut handed back must carry them: its
+    error on the search's own subset equals the error the search recorded for the chosen plan, and differs from
+    the same cut's error with the unpruned network's statistics (so a cut without re-estimation would fail)."""
+    bayes = _noisy(Branchy(), seed=7)
+    config = CompressConfig(target_macs=2.0, search=search, search_bn_images=100, search_val_size=200,
+                            fold_empty_units=False)
+    result = compress(bayes, mnist_small.val, config)
+    subset = mnist_small.val.subset(200, seed=0)
+    delivered = evaluate(result.model, subset)["error_pct"]
+    assert delivered == pytest.approx(result.search_path[-1]["val_error_pct"], abs=1.0)
+    stale = compress(bayes, mnist_small.val, CompressConfig(thresholds=result.thresholds, fold_empty_units=False))
+    assert stale.architecture_kept == result.architecture_kept
+    norms = [(a, b) for a, b in zip(result.model.modules(), stale.model.modules()) if isinstance(a, nn.BatchNorm2d)]
+    assert norms and any(not torch.allclose(a.running_mean, b.running_mean) for a, b in norms)

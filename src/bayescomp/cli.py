@@ -158,7 +158,7 @@ def _add_run_parser(sub) -> None:
                           "8 or 16: kernels process channels in vector-width blocks; CompressConfig.round_to)")
     run.add_argument("--search-bn-images", type=int, default=0, metavar="N",
                      help="before scoring each search candidate, re-estimate batch-norm statistics on N validation "
-                          "images (adaptive batch norm; 0: off)")
+                          "images (adaptive batch norm; 0: off); the delivered cut keeps them")
     run.add_argument("--bits-reduce", choices=("mean", "max"), default="mean",
                      help="summarise per-weight bits of a layer by their mean (paper) or max (safer)")
     run.add_argument("--clip-var", type=float, default=None,
