@@ -31,7 +31,7 @@ from bayescomp.measure import count_weights, measure_latency
 from bayescomp.mixed_precision import AutocastForward
 from bayescomp.models.resnet import CifarResNet
 from bayescomp.pipeline import git_commit
-from bayescomp.runtime import _onnx_sessions, time_sessions, to_channels_last
+from bayescomp.runtime import onnx_sessions, time_sessions, to_channels_last
 from benchmarks._common import RESULTS, this_command
 
 SPEC = DATASETS["cifar10"]
@@ -88,7 +88,7 @@ def main() -> None:
             samples[label]["train_bf16_nhwc"].append(train_step_ms(build(widths[labels.index(label)]),
                                                                    args.train_steps))
     with tempfile.TemporaryDirectory() as folder:
-        sessions, onnx_note = _onnx_sessions(models, shape, args.threads, folder)
+        sessions, onnx_note = onnx_sessions(models, shape, args.threads, folder)
         onnx = time_sessions(sessions, shape, rounds=args.rounds) if sessions else {}
     dense = labels[0]
     rows = []

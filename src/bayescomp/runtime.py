@@ -24,7 +24,7 @@ RUNTIME_NAMES = {"eager": "eager PyTorch", "eager_channels_last": "eager PyTorch
                  "onnxruntime": "onnxruntime"}
 
 
-def _onnx_sessions(models: dict[str, nn.Module], input_shape: tuple[int, ...], threads: int,
+def onnx_sessions(models: dict[str, nn.Module], input_shape: tuple[int, ...], threads: int,
                    folder: str) -> tuple[dict[str, Any], dict[str, Any]]:
     """ONNX export of each model (onnxruntime CPU provider, ``threads`` intra-op threads) and a note; on a
     machine without onnxruntime, or for a model the exporter refuses, no sessions and a note saying why."""
@@ -115,7 +115,7 @@ def compare_runtimes(dense: nn.Module | None, compressed: nn.Module, input_shape
         for model in models.values():
             model.eval()
         with tempfile.TemporaryDirectory() as folder, torch.inference_mode():
-            sessions, info = _onnx_sessions(models, input_shape, threads, folder) if onnx else \
+            sessions, info = onnx_sessions(models, input_shape, threads, folder) if onnx else \
                 ({}, {"onnxruntime": None, "onnxruntime_note": "onnxruntime not requested"})
             targets = {("eager", label): model for label, model in models.items()}
             if channels_last and any(has_convolutions(model) for model in models.values()):
@@ -327,4 +327,4 @@ def format_bench(result: dict[str, Any]) -> str:
 
 
 __all__ = ["bench_file", "compare_runtimes", "format_bench", "format_runtime_latency", "has_convolutions",
-           "to_channels_last"]
+           "onnx_sessions", "time_sessions", "to_channels_last"]
