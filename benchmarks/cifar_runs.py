@@ -58,7 +58,7 @@ def main() -> None:
     parser.add_argument("--channel-score", choices=CHANNEL_SCORES, default="log_alpha",
                         help="what orders a group's channels under a budget (CompressConfig.channel_score)")
     parser.add_argument("--round-to", type=int, default=1,
-                        help="with --search uniform: each channel group keeps a multiple of this "
+                        help="with --search uniform or greedy: each channel group keeps a multiple of this "
                              "(CompressConfig.round_to)")
     parser.add_argument("--group-kl-scale", type=float, default=None,
                         help="factor on the KL of the group scales (prior config group_kl_scale; 1 = the paper)")

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from bayescomp.compress import CompressConfig, PruneError, compress
-from bayescomp.compress.search import (BUDGET_ORDERS, budget_greedy_search, budget_uniform_search,
+from bayescomp.compress.search import (BUDGET_ORDERS, _advanced, budget_greedy_search, budget_uniform_search,
                                        thresholds_for_counts)
 from bayescomp.measure import count_flops
 from bayescomp.models import create_model
@@ -281,17 +281,50 @@ def test_uniform_search_with_round_to_keeps_multiples_and_the_least_such_cut(rou
         budget_uniform_search(stats, make_plan, cost, floor - 1.0, _weights, error, round_to=round_to)
 
 
-def test_round_to_is_checked_and_needs_the_uniform_search():
+def test_round_to_is_checked_and_needs_a_budget_search_that_counts_channels():
     for bad in (0, -8, True, 2.5, "8"):
         with pytest.raises(ValueError, match="round_to is a channel count"):
             CompressConfig(target_macs=2.0, search="uniform", round_to=bad)
-    for search in ("greedy", "global", "auto"):
-        with pytest.raises(ValueError, match="search='uniform'"):
+    for search in ("global", "auto"):
+        with pytest.raises(ValueError, match="search='uniform' or search='greedy'"):
             CompressConfig(target_macs=2.0, search=search, round_to=8)
-    assert CompressConfig(target_macs=2.0, search="uniform", round_to=8).round_to == 8
+    for search in ("uniform", "greedy"):
+        assert CompressConfig(target_macs=2.0, search=search, round_to=8).round_to == 8
 
 
-def test_round_to_on_resnet20_keeps_multiples_of_eight_within_the_budget():
+def test_a_rounded_step_goes_to_the_next_multiple_then_by_whole_blocks():
+    """Enumerated by hand: 20 groups with blocks of 8 keep 16, then 8, and the next step would empty the unit;
+    units smaller than the block, or without rounding, step group by group."""
+    assert [20 - _advanced(20, p, 1, 8) for p in (0, 4, 12)] == [16, 8, 0]
+    assert 20 - _advanced(20, 0, 2, 8) == 8
+    assert 32 - _advanced(32, 0, 1, 8) == 24 and 32 - _advanced(32, 0, 3, 8) == 8
+    assert _advanced(32, 0, 4, 8) == 32  # would keep 0: refused by the plan
+    assert _advanced(6, 2, 1, 8) == 3 and _advanced(20, 5, 3, 1) == 8
+
+
+@pytest.mark.parametrize("round_to", [4, 8])
+@pytest.mark.parametrize("mac_share, weight_share", [(0.7, None), (0.8, 0.6)])
+def test_greedy_search_with_round_to_keeps_multiples_and_meets_the_budgets(round_to, mac_share, weight_share):
+    """Every unit keeps a multiple of ``round_to`` at every accepted step and at the end, the budgets are met,
+    and the thresholds prune exactly the chosen counts; without rounding the same search keeps a count that is no
+    multiple (so the rounding is what the first assertion sees)."""
+    stats, make_plan, cost, error = _problem(0)
+    mac_budget = mac_share * cost([0, 0, 0])
+    weight_budget = None if weight_share is None else weight_share * _weights([0, 0, 0])
+    result = budget_greedy_search(stats, make_plan, cost, mac_budget, _weights, error, weight_budget=weight_budget,
+                                  round_to=round_to)
+    for step in result.path:
+        assert all((n - p) % round_to == 0 and n - p >= round_to for n, p in zip(SIZES, step["pruned"]))
+    assert cost(result.plan) <= mac_budget
+    assert weight_budget is None or _weights(result.plan) <= weight_budget
+    for s, threshold, pruned in zip(stats, result.thresholds, result.plan):
+        assert int((s > threshold).sum()) == pruned
+    free = budget_greedy_search(stats, make_plan, cost, mac_budget, _weights, error, weight_budget=weight_budget)
+    assert any((n - p) % round_to for n, p in zip(SIZES, free.plan))
+
+
+@pytest.mark.parametrize("search", ["uniform", "greedy"])
+def test_round_to_on_resnet20_keeps_multiples_of_eight_within_the_budget(search):
     """On the dependency-graph path every convolution of the cut ResNet-20 has a multiple of 8 output channels,
     and the MACs counted on the cut network meet the budget."""
     from bayescomp.data import load_dataset
@@ -300,7 +333,7 @@ def test_round_to_on_resnet20_keeps_multiples_of_eight_within_the_budget():
     model = create_model("resnet20")
     bayes = _noisy(model, seed=2)
     shape = tuple(data.val.example(1).shape[1:])
-    config = CompressConfig(target_macs=2.0, search="uniform", round_to=8, search_val_size=100)
+    config = CompressConfig(target_macs=2.0, search=search, round_to=8, search_val_size=100)
     result = compress(bayes, data.val, config)
     convs = [m for m in result.model.modules() if isinstance(m, torch.nn.Conv2d)]
     assert convs and all(c.out_channels % 8 == 0 for c in convs)

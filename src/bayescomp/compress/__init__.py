@@ -113,7 +113,7 @@ class CompressConfig:
             (:func:`~bayescomp.compress.graph.snr_statistic`). A choice of this project, not the paper's; it has no
             calibrated threshold, so it needs a budget (``target_macs`` / ``target_weights``), and it works on the
             dependency-graph path. The thresholds a run reports are then on that scale.
-        round_to: with ``search="uniform"``, every coupled group keeps a multiple of this many channels (rounded
+        round_to: with ``search="uniform"`` or ``"greedy"``, every coupled group keeps a multiple of this many channels (rounded
             down, at least ``round_to``; groups smaller than it are not rounded), as Torch-Pruning's ``round_to``.
             Kernels work on channels in vector-width blocks (16 float32 lanes with AVX-512), so a group of 9 or 18
             channels costs nearly what 16 or 32 cost (``benchmarks/channel_widths.py`` measures it). 1: no
@@ -142,9 +142,9 @@ class CompressConfig:
     def __post_init__(self) -> None:
         if isinstance(self.round_to, bool) or not isinstance(self.round_to, int) or self.round_to < 1:
             raise ValueError(f"round_to is a channel count >= 1 (1: no rounding), got {self.round_to!r}")
-        if self.round_to > 1 and self.search != "uniform":
-            raise ValueError(f"round_to={self.round_to} rounds the uniform budget search's channel counts: use "
-                             "search='uniform' with target_macs and/or target_weights")
+        if self.round_to > 1 and self.search not in ("uniform", "greedy"):
+            raise ValueError(f"round_to={self.round_to} rounds the channel counts of the budget searches: use "
+                             "search='uniform' or search='greedy' with target_macs and/or target_weights")
         if self.channel_score not in CHANNEL_SCORES:
             raise ValueError(f"unknown channel_score {self.channel_score!r}; use {', '.join(CHANNEL_SCORES)}")
         if self.channel_score == "snr" and self.target_macs is None and self.target_weights is None:
@@ -389,7 +389,8 @@ def _search(model: nn.Module, structure: Structure, subset: Split, val: Split, c
         if config.search == "greedy":
             return budget_greedy_search(structure.stats, structure.plan_for_counts, macs, mac_budget,
                                         structure.weights_kept, error, log=log, describe=structure.describe_greedy,
-                                        weight_budget=weight_budget, order=config.budget_order)
+                                        weight_budget=weight_budget, order=config.budget_order,
+                                        round_to=config.round_to)
         if config.search == "uniform":
             return budget_uniform_search(structure.stats, structure.plan_for_counts, macs, mac_budget,
                                          structure.weights_kept, error, log, structure.describe_greedy,

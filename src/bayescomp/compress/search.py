@@ -44,11 +44,27 @@ def thresholds_for_counts(stats: list[torch.Tensor], pruned: list[int]) -> list[
     return out
 
 
+def _rounded(n: int, round_to: int) -> bool:
+    """Whether a unit of ``n`` groups keeps multiples of ``round_to`` (units smaller than it are not rounded)."""
+    return round_to > 1 and n >= round_to
+
+
+def _advanced(n: int, pruned: int, step: int, round_to: int = 1) -> int:
+    """The pruned count of a unit of ``n`` groups after ``step`` more: groups, or, where the unit is rounded,
+    blocks of ``round_to`` (the kept count goes down to the next multiple, then by whole blocks); ``n`` where the
+    step would leave fewer than ``round_to`` groups, i.e. the proposal empties the unit and is refused."""
+    if not _rounded(n, round_to):
+        return min(n, pruned + step)
+    kept = round_to * (math.ceil((n - pruned) / round_to) - step)
+    return n - kept if kept >= round_to else n
+
+
 def _propose(make_plan: Callable[[list[int]], Any], pruned: list[int], i: int, step: int,
-             n_groups: list[int]) -> tuple[list[int], Any | None]:
-    """Counts with unit ``i`` advanced by ``step`` groups, and their plan (``None`` where it would empty a unit)."""
+             n_groups: list[int], round_to: int = 1) -> tuple[list[int], Any | None]:
+    """Counts with unit ``i`` advanced by ``step`` (:func:`_advanced`), and their plan (``None`` where it would
+    empty a unit)."""
     trial = list(pruned)
-    trial[i] = min(n_groups[i], pruned[i] + step)
+    trial[i] = _advanced(n_groups[i], pruned[i], step, round_to)
     try:
         return trial, make_plan(trial)
     except PruneError:
@@ -242,6 +258,7 @@ def budget_greedy_search(
     describe: Callable[[Any], str] = lambda plan: "",
     weight_budget: float | None = None,
     order: str = "joint",
+    round_to: int = 1,
 ) -> SearchResult:
     """Per-unit counts chosen greedily until the plan costs at most ``budget``: each round proposes, for every unit,
     dropping its next ``step`` groups (largest statistic first) and accepts the proposal whose validation error
@@ -258,6 +275,8 @@ def budget_greedy_search(
     ``order`` says how two budgets share a step's saving (see :data:`BUDGET_ORDERS`): ``"joint"`` (above),
     ``"weights_first"`` (only the weights count until their budget is met, then only the cost, the MACs in every
     caller) or ``"macs_first"``.
+    ``round_to`` > 1: every unit of at least ``round_to`` groups keeps a multiple of it (never fewer), its steps
+    counted in blocks of ``round_to`` groups, as :func:`uniform_counts` rounds the uniform search.
     On a CNN the joint count overshoots the cost: cuts of the early layers save MACs and almost no weights, so once
     the MAC budget is met the weight budget still has to be met in the late layers, whose cuts remove MACs as well
     (measured on ResNet-20 at 2x MACs and 3x weights: 2.92x MACs). Serving the weights first cuts the early
@@ -275,7 +294,7 @@ def budget_greedy_search(
     plan = make_plan(pruned)
     base = current = error(plan)
     spent = cost(plan)
-    steps = [max(1, math.ceil(initial_fraction * n)) for n in n_groups]
+    steps = [max(1, math.ceil(initial_fraction * n / (round_to if _rounded(n, round_to) else 1))) for n in n_groups]
     frozen = [n == 0 for n in n_groups]
     weights = weights_kept(plan)
     path = [{"weights_kept": weights, "val_error_pct": base, "cost": spent, "pruned": list(pruned)}]
@@ -300,7 +319,7 @@ def budget_greedy_search(
         for i in range(len(stats)):
             if frozen[i]:
                 continue
-            trial, trial_plan = _propose(make_plan, pruned, i, steps[i], n_groups)
+            trial, trial_plan = _propose(make_plan, pruned, i, steps[i], n_groups, round_to)
             if trial_plan is None:
                 if steps[i] > 1:
                     steps[i] = max(1, steps[i] // 2)
