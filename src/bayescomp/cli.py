@@ -154,8 +154,9 @@ def _add_run_parser(sub) -> None:
                           "greedy spreads the cut across layers by the validation error and uniform cuts the same "
                           "fraction of every layer")
     run.add_argument("--round-to", type=int, default=1, metavar="K",
-                     help="with --search uniform or greedy: every coupled channel group keeps a multiple of K channels (e.g. "
-                          "8 or 16: kernels process channels in vector-width blocks; CompressConfig.round_to)")
+                     help="with --search uniform or greedy: every coupled channel group keeps a multiple of K "
+                          "channels (e.g. 8 or 16: kernels process channels in vector-width blocks; "
+                          "CompressConfig.round_to)")
     run.add_argument("--search-bn-images", type=int, default=0, metavar="N",
                      help="before scoring each search candidate, re-estimate batch-norm statistics on N validation "
                           "images (adaptive batch norm; 0: off); the delivered cut keeps them")
