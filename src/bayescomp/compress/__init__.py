@@ -114,10 +114,10 @@ class CompressConfig:
             calibrated threshold, so it needs a budget (``target_macs`` / ``target_weights``), and it works on the
             dependency-graph path. The thresholds a run reports are then on that scale.
         round_to: with ``search="uniform"`` or ``"greedy"``, every coupled group keeps a multiple of this many
-            channels (rounded down, at least ``round_to``; groups smaller than it are not rounded), as Torch-
-            Pruning's ``round_to``. Kernels work on channels in vector-width blocks (16 float32 lanes with AVX-512),
-            so a group of 9 or 18 channels costs nearly what 16 or 32 cost (``benchmarks/channel_widths.py``
-            measures it). 1: no rounding. Our option, not the paper's.
+            channels (rounded down, at least ``round_to``; groups smaller than it are not rounded), as
+            Torch-Pruning's ``round_to``. Kernels work on channels in vector-width blocks (16 float32 lanes with
+            AVX-512), so a group of 9 or 18 channels costs nearly what 16 or 32 cost
+            (``benchmarks/channel_widths.py`` measures it). 1: no rounding. Our option, not the paper's.
     """
 
     thresholds: list[float] | float | str | None = None
