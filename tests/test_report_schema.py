@@ -30,8 +30,11 @@ def test_a_real_report_fits_the_schema(tiny_run):
     run_dir, report = tiny_run
     assert check_report(report) == []
     assert set(REQUIRED_KEYS) <= set(report)
-    for key in ("latency_ms", "runtime_latency", "block_format", "plots", "training"):  # optional, written here
+    for key in ("latency_ms", "runtime_latency", "block_format", "plots", "training",
+                "posterior_log_alpha"):  # optional, written here
         assert key in report, key
+    assert report["posterior_log_alpha"]["groups"] == 784 + 300 + 100  # LeNet-300-100's input groups
+    assert "of 1,184 groups" in (run_dir / "report.md").read_text()
     unknown = set(report) - set(REPORT_KEYS)  # a key added to build_report must be added to the schema too
     assert not unknown, f"report keys the schema does not name: {sorted(unknown)}"
     assert load_report(run_dir) == report
@@ -92,3 +95,30 @@ def test_benchmark_contract_is_drawn_from_the_schema():
     CONTRACT, UNPUBLISHED = common.CONTRACT, common.UNPUBLISHED
     assert set(CONTRACT) | UNPUBLISHED == set(REPORT_KEYS) and not set(CONTRACT) & UNPUBLISHED
     assert UNPUBLISHED <= set(REPORT_KEYS)  # a key dropped from the schema cannot linger here
+
+
+def test_posterior_log_alpha_counts_match_the_layers_parameters():
+    """Counted independently from each layer's z parameters (log alpha = log sigma_z² - log mu_z²); a model
+    without group statistics gives None."""
+    import torch
+
+    from bayescomp import bayesify
+    from bayescomp.models import create_model
+    from bayescomp.priors.base import bayesian_layers
+    from bayescomp.report import posterior_log_alpha_counts
+
+    torch.manual_seed(0)
+    bayes = bayesify(create_model("lenet5", data="mnist"), "gnj")
+    expected, groups = {"-3": 0, "0": 0, "3": 0}, 0
+    generator = torch.Generator().manual_seed(3)
+    for _, layer in bayesian_layers(bayes):
+        with torch.no_grad():
+            layer.z_log_sigma2.copy_(torch.empty(layer.z_log_sigma2.shape).uniform_(-8.0, 6.0, generator=generator))
+        log_alpha = layer.z_log_sigma2.detach().double() - torch.log(layer.z_mu.detach().double() ** 2)
+        groups += log_alpha.numel()
+        for level in expected:
+            expected[level] += int((log_alpha > float(level)).sum())
+    counts = posterior_log_alpha_counts(bayes)
+    assert counts == {"groups": groups, "above": expected}
+    assert 0 < expected["3"] < expected["0"] < expected["-3"] < groups
+    assert posterior_log_alpha_counts(create_model("lenet5", data="mnist")) is None

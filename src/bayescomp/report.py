@@ -34,7 +34,7 @@ from bayescomp.compress.blocks import choose_block_format, regularity_metrics
 from bayescomp.compress.chain import build_chain
 from bayescomp.compress.search import sweep_global_thresholds
 from bayescomp.methods import METHODS, get_method
-from bayescomp.priors.base import deterministic_mode
+from bayescomp.priors.base import bayesian_layers, deterministic_mode
 from bayescomp.report_schema import REQUIRED_KEYS, Report, check_report
 from bayescomp.runtime import compare_runtimes, format_runtime_latency
 from bayescomp.train import evaluate
@@ -124,6 +124,27 @@ def _graph_tradeoff(model, result: CompressionResult, data, grid: list[float]) -
     return curve
 
 
+LOG_ALPHA_LEVELS = (-3.0, 0.0, 3.0)  # the BC tutorial's threshold (keep below -3), and up to Sparse VD's (prune above 3)
+
+
+def posterior_log_alpha_counts(model, levels: tuple[float, ...] = LOG_ALPHA_LEVELS) -> dict[str, Any] | None:
+    """How many groups of the trained posterior have log alpha above each level: whether the training itself
+    switched groups off or a budget will cut groups the posterior still uses. ``None`` for a model without group
+    statistics. Louizos et al. keep a group while log alpha < about -3 (their tutorial's thresholds, -2.8 to -5),
+    Molchanov et al. prune above 3; at -3 a group's noise has a standard deviation of 0.22 times its mean."""
+    stats = []
+    for _, layer in bayesian_layers(model):
+        try:
+            stats.append(layer.group_log_alpha().detach().float().cpu().reshape(-1))
+        except NotImplementedError:
+            continue
+    if not stats:
+        return None
+    values = torch.cat(stats)
+    return {"groups": int(values.numel()),
+            "above": {f"{level:g}": int((values > level).sum()) for level in levels}}
+
+
 def build_report(config, data, dense, model, result: CompressionResult, history, dense_eval, bayes_eval,
                  file_bytes: int, run_dir: Path, started: float, command: str, commit: str | None) -> Report:
     """Measure everything about the compressed model and collect it in one JSON-serialisable dict, shaped as
@@ -183,6 +204,7 @@ def build_report(config, data, dense, model, result: CompressionResult, history,
         report["block_format"] = block_format_latency(dense, result.quantized_model, input_shape)
         report["runtime_latency"] = compare_runtimes(dense, result.quantized_model, input_shape)
     report["tradeoff_curve"] = [] if model is None else tradeoff_curve(model, result, data)
+    report["posterior_log_alpha"] = None if model is None else posterior_log_alpha_counts(model)
     report["search_path"] = result.search_path
     report["history"] = history.epochs
     report["wall_time_s"] = time.perf_counter() - started
@@ -231,6 +253,10 @@ def render_markdown(report: dict[str, Any]) -> str:
         f"{report['mean_row_run']:.1f}, {report['neurons_removed']} neurons/filters removed",
         f"- thresholds (keep groups whose statistic is below): {', '.join(f'{t:.2f}' for t in report['thresholds'])}",
     ]
+    counts = report.get("posterior_log_alpha")
+    if counts:
+        lines.append(f"- **Posterior** (before the cut): of {counts['groups']:,} groups, "
+                     + ", ".join(f"{n:,} have log alpha > {level}" for level, n in counts["above"].items()))
     latency = report.get("latency_ms")
     if latency:
         lines += [

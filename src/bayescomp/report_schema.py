@@ -93,6 +93,7 @@ class Report(TypedDict):
     search_path: list[dict[str, Any]]
     history: list[dict[str, Any]]  # one dict per training epoch
     wall_time_s: float
+    posterior_log_alpha: NotRequired[dict[str, Any] | None]  # groups above log alpha -3, 0, 3 (report.py)
     # written unless --no-latency
     latency_ms: NotRequired[dict[str, Any]]
     block_format: NotRequired[dict[str, Any]]
