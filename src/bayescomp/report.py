@@ -124,7 +124,7 @@ def _graph_tradeoff(model, result: CompressionResult, data, grid: list[float]) -
     return curve
 
 
-LOG_ALPHA_LEVELS = (-3.0, 0.0, 3.0)  # the BC tutorial's threshold (keep below -3), and up to Sparse VD's (prune above 3)
+LOG_ALPHA_LEVELS = (-3.0, 0.0, 3.0)  # BC tutorial: keep below -3; Sparse VD: prune above 3
 
 
 def posterior_log_alpha_counts(model, levels: tuple[float, ...] = LOG_ALPHA_LEVELS) -> dict[str, Any] | None:
