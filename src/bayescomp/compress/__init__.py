@@ -295,12 +295,13 @@ def _compress_with(model: nn.Module, val: Split | None, config: CompressConfig, 
     with deterministic_mode(model):
         thresholds = "search" if config.budgeted else normalize_thresholds(config.thresholds, structure)
         path, base = [], None
+        calibration = _calibration_images(val, config)
         if thresholds == "search":
             if val is None:
                 raise ValueError("the automatic threshold search (and a target_macs / target_weights budget) "
                                  "needs validation data")
             subset = val if config.search_val_size is None else val.subset(config.search_val_size, seed=0)
-            found = _search(model, structure, subset, val, config, log, device)
+            found = _search(model, structure, subset, calibration, config, log, device)
             plan, thresholds, path, base = found.plan, found.thresholds, found.path, found.base_val_error_pct
         else:
             plan = structure.plan(thresholds)
@@ -309,7 +310,6 @@ def _compress_with(model: nn.Module, val: Split | None, config: CompressConfig, 
         if config.cut_weights == "dense":
             _take_dense_weights(structure, dense)
         cut = structure.cut(plan)
-        calibration = _calibration_images(val, config)
         if calibration is not None:
             recalibrate_batchnorm(cut.model, calibration)
         if config.cut_weights == "dense" and any(cut.per_weight):
@@ -361,12 +361,11 @@ def _calibration_images(val: Split | None, config: CompressConfig) -> Split | No
     return val.subset(min(config.search_bn_images, len(val)), seed=1)
 
 
-def _search(model: nn.Module, structure: Structure, subset: Split, val: Split, config: CompressConfig,
-            log, device: str | torch.device | None = None) -> SearchResult:
+def _search(model: nn.Module, structure: Structure, subset: Split, calibration: Split | None,
+            config: CompressConfig, log, device: str | torch.device | None = None) -> SearchResult:
     """The threshold search on the validation ``subset``: greedy per-unit thresholds, or one global threshold by
-    bisection where the structure prefers it (see :mod:`bayescomp.compress.search`)."""
-
-    calibration = _calibration_images(val, config)
+    bisection where the structure prefers it (see :mod:`bayescomp.compress.search`). ``calibration``: the images
+    batch-norm statistics are re-estimated on before each score (None: off)."""
 
     def error(plan) -> float:
         with structure.masked(plan), placed(model, device):

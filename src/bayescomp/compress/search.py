@@ -362,7 +362,7 @@ def uniform_counts(n_groups: list[int], fraction: Fraction, round_to: int = 1) -
     pruned = []
     for n in n_groups:
         kept = n - min(max(n - 1, 0), math.floor(fraction * n))
-        if round_to > 1 and n >= round_to:
+        if _rounded(n, round_to):
             kept = max(round_to, kept - kept % round_to)
         pruned.append(n - kept)
     return pruned
