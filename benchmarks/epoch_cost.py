@@ -41,6 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import RESULTS, this_command  # noqa: E402
 
 from bayescomp import bayesify  # noqa: E402
+from bayescomp.compiled_step import compile_pays, compiled_objective  # noqa: E402
 from bayescomp.data import load_dataset  # noqa: E402
 from bayescomp.models import create_model  # noqa: E402
 from bayescomp.noise import effective_noise_source, set_noise_source  # noqa: E402
@@ -56,6 +57,7 @@ from bayescomp.train import (  # noqa: E402
 DATA = {"lenet300": "mnist", "lenet5": "mnist", "resnet20": "cifar10"}
 STEPS = {"lenet300": 43, "lenet5": 10, "resnet20": 3}
 K1, K2, K3 = 0.63576, 1.87320, 1.48695
+FULL_RUN_STEPS = 30 * 430  # a default 30-epoch MNIST run: what "auto" step compilation is decided on
 
 
 # ---------------------------------------------------------------- the reference GNJ layers (from the formulas)
@@ -150,8 +152,15 @@ def variants(model_name: str, plain: nn.Module) -> dict[str, dict]:
         out["plain fp32 channels_last"] = dict(model=plain, precision="fp32", layout="cl")
     default_layout = "cl" if default_channels_last(plain, "cpu", auto) else None
     for method in PRIORS:
-        out[f"{method} default ({auto}{', channels_last' if default_layout else ''})"] = dict(
-            model=bayesify(plain, method), precision="auto", method=method, layout=default_layout)
+        bayes = bayesify(plain, method)
+        compiled = compile_pays(bayes, FULL_RUN_STEPS)  # what "auto" does on a full-length run
+        out[f"{method} default ({auto}{', channels_last' if default_layout else ''}"
+            f"{', compiled step' if compiled else ''})"] = dict(
+            model=bayes, precision="auto", method=method, layout=default_layout, compiled=compiled)
+        other = "eager step" if compiled else "compiled step"
+        out[f"{method} {auto}{', channels_last' if default_layout else ''}, {other}"] = dict(
+            model=bayesify(plain, method), precision="auto", method=method, layout=default_layout,
+            compiled=not compiled)
         out[f"{method} fp32"] = dict(model=bayesify(plain, method), precision="fp32", method=method)
     out["gnj with torch.randn noise (the Philox kernel off)"] = dict(
         model=bayesify(plain, "gnj"), precision="auto", method="gnj", layout=default_layout, noise="torch")
@@ -197,9 +206,11 @@ def _prepare(spec: dict) -> None:
 def time_steps(spec: dict, data: SimpleNamespace, n_train: int, steps: int) -> tuple[float, float, float]:
     """(CPU s, wall s, mean loss) of ``steps`` training steps through the library's epoch loop."""
     set_noise_source(spec.get("noise", "auto"))
+    if spec.get("compiled") and "step" not in spec:  # made (and compiled) in the untimed warm-up block
+        spec["step"] = compiled_objective(spec["forward"], variational_loss, spec["model"], n_train)
     cpu, wall = time.process_time(), time.perf_counter()
     run = TrainingRun(spec["model"], data, spec["config"], spec["optimizer"], variational_loss, spec["forward"],
-                      n_train=n_train, steps=steps)
+                      n_train=n_train, steps=steps, compiled=spec.get("step"))
     record = _train_epoch(run, 0)
     return time.process_time() - cpu, time.perf_counter() - wall, record["loss"]
 

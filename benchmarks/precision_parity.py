@@ -1,6 +1,7 @@
 """Accuracy parity of the faster training paths on a full recipe: BC-GNJ end to end, fp32 vs bf16, z per example vs
 z per mini-batch, local reparameterisation vs one weight draw per mini-batch (``w/batch``), PyTorch's normal
-generator vs the compiled Philox kernel (``philox``, :mod:`bayescomp.noise`), same seed, same cached
+generator vs the compiled Philox kernel (``philox``, :mod:`bayescomp.noise`), eager vs compiled training steps
+(``compiled``, :mod:`bayescomp.compiled_step`; every other variant runs eager steps), same seed, same cached
 dense network, the pipeline's default schedule for the model (``pipeline.DEFAULT_SCHEDULES``), compression with the
 default threshold search.
 
@@ -24,40 +25,48 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import RESULTS, this_command  # noqa: E402
 
+from bayescomp.compiled_step import set_step_compilation  # noqa: E402
 from bayescomp.noise import set_noise_source  # noqa: E402
 from bayescomp.pipeline import RunConfig, git_commit, run  # noqa: E402
 from bayescomp.train import native_bf16  # noqa: E402
 
-VARIANTS = {"fp32 z/example": ("fp32", "example", "local", "torch"),
-            "bf16 z/example": ("bf16", "example", "local", "torch"),
-            "fp32 z/batch": ("fp32", "batch", "local", "torch"), "bf16 z/batch": ("bf16", "batch", "local", "torch"),
-            "fp32 z/example w/batch": ("fp32", "example", "batch", "torch"),
-            "fp32 z/batch w/batch": ("fp32", "batch", "batch", "torch"),
-            "bf16 z/example philox": ("bf16", "example", "local", "philox")}
+VARIANTS = {"fp32 z/example": ("fp32", "example", "local", "torch", "eager"),
+            "bf16 z/example": ("bf16", "example", "local", "torch", "eager"),
+            "fp32 z/batch": ("fp32", "batch", "local", "torch", "eager"),
+            "bf16 z/batch": ("bf16", "batch", "local", "torch", "eager"),
+            "fp32 z/example w/batch": ("fp32", "example", "batch", "torch", "eager"),
+            "fp32 z/batch w/batch": ("fp32", "batch", "batch", "torch", "eager"),
+            "bf16 z/example philox": ("bf16", "example", "local", "philox", "eager"),
+            "bf16 z/example philox compiled": ("bf16", "example", "local", "philox", "compiled")}
 
 
-def variant_of(row: dict) -> tuple[str, str, str, str]:
-    """(precision, z_sampling, weight_sampling, noise source) of a row; rows from before an option are local and
-    drew their noise with torch.randn."""
-    return row["precision"], row["z_sampling"], row.get("weight_sampling", "local"), row.get("noise", "torch")
+def variant_of(row: dict) -> tuple[str, str, str, str, str]:
+    """(precision, z_sampling, weight_sampling, noise source, step) of a row; rows from before an option are local,
+    drew their noise with torch.randn and ran eager steps."""
+    return (row["precision"], row["z_sampling"], row.get("weight_sampling", "local"), row.get("noise", "torch"),
+            row.get("step", "eager"))
 
 
-def label(variant: tuple[str, str, str, str]) -> str:
-    precision, z, weights, noise = variant
-    return f"{precision} z/{z}" + (" w/batch" if weights == "batch" else "") + (" philox" if noise == "philox" else "")
+def label(variant: tuple[str, str, str, str, str]) -> str:
+    precision, z, weights, noise, step = variant
+    return (f"{precision} z/{z}" + (" w/batch" if weights == "batch" else "") + (" philox" if noise == "philox" else "")
+            + (" compiled" if step == "compiled" else ""))
+
+
 KEYS = ("test_error_pct", "test_error_pct_bayes", "dense_test_error_pct", "kept_architecture",
         "compression_architecture", "compression_bits", "compression_file", "epoch_s_mean", "thresholds")
 
 
 def one_run(model: str, data: str, seed: int, precision: str, z_sampling: str, weight_sampling: str, noise: str,
-            root: Path) -> dict:
+            step: str, root: Path) -> dict:
     set_noise_source(noise)
+    set_step_compilation("on" if step == "compiled" else "off")
     config = RunConfig(model=model, data=data, method="gnj", seed=seed,
                        prior={"z_sampling": z_sampling, "weight_sampling": weight_sampling}, latency=False, plots=False)
-    run_dir = root / f"{model}_{precision}_{z_sampling}_{weight_sampling}_{noise}_{seed}"
+    run_dir = root / f"{model}_{precision}_{z_sampling}_{weight_sampling}_{noise}_{step}_{seed}"
     report = run(config, run_dir, log=lambda *_: None, progress=False, amp=precision == "bf16")
     return {"seed": seed, "precision": precision, "z_sampling": z_sampling, "weight_sampling": weight_sampling,
-            "noise": noise, **{k: report.get(k) for k in KEYS},
+            "noise": noise, "step": step, **{k: report.get(k) for k in KEYS},
             "cpu_capability": torch.backends.cpu.get_cpu_capability(),
             "native_bf16": native_bf16(), "git_commit": git_commit()}
 
@@ -124,7 +133,7 @@ def main() -> None:
     done = {(r["seed"], *variant_of(r)) for r in rows}
     rows = sorted([r for r in previous if (r["seed"], *variant_of(r)) not in done] + rows,
                   key=lambda r: (r["seed"], r["z_sampling"], r.get("weight_sampling", "local"), r["precision"],
-                                 r.get("noise", "torch")))
+                                 r.get("noise", "torch"), r.get("step", "eager")))
     config = RunConfig(model=args.model, data=args.data, method="gnj")
     header = {"model": args.model, "data": args.data, "bayes_epochs": config.bayes.epochs,
               "bayes_schedule": config.to_dict()["bayes"], "threads": torch.get_num_threads(),

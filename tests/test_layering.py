@@ -26,6 +26,7 @@ LAYERS: dict[str, int] = {
     "models": 2,
     "priors": 3,
     "bayesify": 4, "objective": 4, "distill": 4, "mixed_precision": 4, "calibration": 4, "evaluation": 4, "cuda_graphs": 4,
+    "compiled_step": 4,
     "distributed": 5, "train": 5, "loop": 5,
     "compress": 6, "selfcompress": 6,
     "magnitude": 7, "export": 7,

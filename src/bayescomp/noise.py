@@ -78,10 +78,26 @@ def _philox_fill(out: torch.Tensor) -> torch.Tensor:
     return out
 
 
+@torch.library.custom_op("bayescomp::standard_normal", mutates_args=(),
+                         tags=(torch.Tag.nondeterministic_seeded,))
+def _standard_normal_op(shape: list[int], dtype: torch.dtype) -> torch.Tensor:
+    """:func:`standard_normal` on the CPU as one opaque operator, so a compiled training step
+    (:mod:`bayescomp.compiled_step`) draws from the same source as the eager one instead of breaking its graph at
+    the kernel call. Tagged ``nondeterministic_seeded``: two calls are never merged as common subexpressions."""
+    return standard_normal(*shape, dtype=dtype)
+
+
+@_standard_normal_op.register_fake
+def _standard_normal_shape(shape: list[int], dtype: torch.dtype) -> torch.Tensor:
+    return torch.empty(shape, dtype=dtype)
+
+
 def standard_normal(*shape: int, dtype: torch.dtype = torch.float32,
                     device: torch.device | str | None = None) -> torch.Tensor:
     """A contiguous tensor of N(0, 1) numbers of ``shape`` (drop-in for ``torch.randn(*shape, dtype=, device=)``)."""
     device = torch.device("cpu") if device is None else torch.device(device)
+    if device.type == "cpu" and torch.compiler.is_compiling():
+        return _standard_normal_op([int(n) for n in shape], dtype)
     if device.type != "cpu" or dtype == torch.float64 or not dtype.is_floating_point \
             or math.prod(shape) < SMALL or effective_noise_source() != "philox":
         return torch.randn(*shape, dtype=dtype, device=device)

@@ -298,6 +298,7 @@ def _finish(method: Method, ctx: RunContext, outcome: MethodOutcome, dense_eval:
     report["test_error_pct_pruned_before_finetune"] = outcome.test_error_pct_before_finetune
     report["finetune_validation"] = outcome.finetune_validation
     report["noise_source"] = effective_noise_source()
+    report["compiled_step"] = any(e.get("compiled_step") for e in getattr(outcome.history, "epochs", None) or [])
     report.update(ctx.extras)
     report.update(method.report_extras(posterior, ctx))
     if ddp is not None:

@@ -102,6 +102,7 @@ class Report(TypedDict):
     test_error_pct_pruned_before_finetune: NotRequired[float | None]
     finetune_validation: NotRequired[dict[str, Any] | None]  # val error before/after fine-tuning, kept or undone
     noise_source: NotRequired[str]  # where the CPU training noise came from: "philox" or "torch" (bayescomp.noise)
+    compiled_step: NotRequired[bool]  # whether the Bayesian training steps were compiled (bayescomp.compiled_step)
     training: NotRequired[dict[str, Any]]
     ddp: NotRequired[dict[str, Any]]
     plots: NotRequired[list[str]]

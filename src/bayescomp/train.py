@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from bayescomp import compiled_step
 from bayescomp import distributed as dist_utils
 from bayescomp.checkpoint import restore_training_state, training_state  # noqa: F401  (re-exported)
 from bayescomp.cuda_graphs import WARMUP_STEPS, GraphedStep, graph_unsafe_layers
@@ -171,6 +172,7 @@ def fit(
     channels_last: bool | None = None,
     cuda_graphs: bool = False,
     teacher: nn.Module | None = None,
+    compile_step: bool | str | None = None,
 ) -> TrainHistory:
     """Train ``model`` in place on ``data.train``; validate on ``data.val`` after each epoch.
 
@@ -205,6 +207,9 @@ def fit(
         teacher: a trained network to distil from (:mod:`bayescomp.distill`) with weight ``config.distill``; it
             is copied and frozen, never changed. Needs ``config.distill > 0`` and the default objective; CUDA graphs
             are not used with it.
+        compile_step: compile the training step's forward, objective and KL (:mod:`bayescomp.compiled_step`): True /
+            ``"on"``, False / ``"off"``, ``"auto"`` (Bayesian networks without convolutions, runs long enough to
+            pay for the compilation), or ``None`` (default): the process setting (``BAYESCOMP_COMPILE``, else auto).
 
     Under torchrun (``WORLD_SIZE > 1``) the model is wrapped in ``DistributedDataParallel`` for the training
     steps only; ``model`` itself stays unwrapped (hooks, checkpoints). Rank 0 logs and writes the checkpoint.
@@ -237,7 +242,7 @@ def fit(
     hook = _to_channels_last(model) if channels_last else None
     try:
         return _fit(model, data, config, checkpoint_path, progress, stop_after_epochs, log, objective, place,
-                    chosen == "bf16", distributed, cuda_graphs)
+                    chosen == "bf16", distributed, cuda_graphs, compile_step)
     finally:
         model.to(home)
         if hook is not None:
@@ -274,7 +279,8 @@ def _to_channels_last(model: nn.Module):
 
 
 def _fit(model, data, config, checkpoint_path, progress, stop_after_epochs, log, objective, place: torch.device,
-         amp: bool, distributed: bool, cuda_graphs: bool = False) -> TrainHistory:
+         amp: bool, distributed: bool, cuda_graphs: bool = False,
+         compile_step: bool | str | None = False) -> TrainHistory:
     graphs = cuda_graphs and _graphs_allowed(model, place, amp, distributed, log)
     optimizer = make_optimizer(model, config, capturable=graphs)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -287,11 +293,16 @@ def _fit(model, data, config, checkpoint_path, progress, stop_after_epochs, log,
         forward = AutocastForward(forward, place.type)
     run = TrainingRun(model, data, config, optimizer, objective or variational_loss, forward, net,
                       None if place.type == "cpu" else place, progress)
+    if compiled_step.decide(model, place.type, distributed, graphs, run.steps * config.epochs, compile_step,
+                            log):
+        run.compiled = compiled_step.compiled_objective(forward, run.objective, model, run.n_train)
 
     def one_epoch(epoch: int) -> dict[str, float]:
         if distributed:  # independent posterior noise per rank, reproducible on resume
             torch.manual_seed(_rank_seed(config.seed, epoch, dist_utils.rank()))
         record = _train_epoch_graphed(run, epoch) if graphs else _train_epoch(run, epoch)
+        if run.compiled is not None:
+            record["compiled_step"] = 1.0
         for _, layer in bayesian_layers(model):
             layer.on_epoch_end()
         return record
@@ -336,6 +347,7 @@ class TrainingRun:
     n_train: int | None = None
     steps: int | None = None
     graphed: GraphedStep | None = None  # the captured step of a cuda_graphs run (made at its first full batch)
+    compiled: Any = None  # (images, labels, kl_scale) -> (loss, nll, kl) compiled (bayescomp.compiled_step), or None
 
     def __post_init__(self) -> None:
         self.n_train = len(self.data.train) if self.n_train is None else self.n_train
@@ -389,7 +401,10 @@ def _train_epoch(run: TrainingRun, epoch: int) -> dict[str, float]:
         if net is None:
             if augment is not None:
                 images = augment(images, None)
-            loss, nll, kl = objective(forward(images), labels, model, n_train, scale)
+            if run.compiled is not None and labels.shape[0] == config.batch_size:
+                loss, nll, kl = run.compiled(images, labels, scale)  # a smaller last batch runs eagerly
+            else:
+                loss, nll, kl = objective(forward(images), labels, model, n_train, scale)
             finite = bool(torch.isfinite(loss))
             return StepLoss(loss, loss.item(), nll.item(), kl.item(), None if finite else str(loss.item()),
                             f"nll={nll.item():.4g}, kl={kl.item():.4g}")

@@ -41,6 +41,12 @@ class BayesianLayer(nn.Module):
     #: ``fit(cuda_graphs=True)`` may capture the training step (:mod:`bayescomp.cuda_graphs`)
     graph_safe: bool = False
 
+    def _fused_training(self) -> bool:
+        """Whether the training forward takes the fused Functions: ``fused``, except inside a compiled training
+        step (:mod:`bayescomp.compiled_step`), where the compiler derives and fuses the plain ops' backward itself
+        and a hand-written Function would only hide them from it."""
+        return self.fused and not torch.compiler.is_compiling()
+
     def _variance_cache(self) -> VarianceCache:
         cache = self.__dict__.get("_variances")
         if cache is None:
@@ -221,7 +227,7 @@ class PerWeightGaussian(BayesianLayer):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.deterministic:
             return self._product(x, self.posterior_mean_weight(), self.bias_mu)
-        if self.fused:
+        if self._fused_training():
             return self._fused_forward(x)
         mean, variance = self._train_weights()
         noise_var = self._product(x * x, variance, None).add_(1e-8).sqrt_()

@@ -268,6 +268,9 @@ class VarianceCache:
         return log_sigma2.data_ptr(), log_sigma2._version, log_sigma2.numel(), _OPTIMIZER_STEPS[0]
 
     def get(self, name: str, log_sigma2: torch.Tensor, fresh: bool = False, fn=torch.exp) -> torch.Tensor:
+        if torch.compiler.is_compiling():  # a compiled step computes it in its own fused passes, uncached
+            with torch.no_grad():
+                return fn(log_sigma2.detach())
         key = self._key(log_sigma2)
         entry = self._entries.get(name)
         if not fresh and entry is not None and entry[0] == key:
@@ -279,6 +282,8 @@ class VarianceCache:
 
     def put(self, name: str, log_sigma2: torch.Tensor, value: torch.Tensor) -> None:
         """Store exp(log_sigma2) that a forward computed anyway (detached)."""
+        if torch.compiler.is_compiling():
+            return
         self._entries[name] = (self._key(log_sigma2), value.detach())
 
     def __deepcopy__(self, memo) -> VarianceCache:

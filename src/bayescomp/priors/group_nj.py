@@ -166,7 +166,10 @@ def kl_standard_normal(mu: torch.Tensor, log_sigma2: torch.Tensor,
                        sigma2: torch.Tensor | None = None) -> torch.Tensor:
     """Sum of KL(N(mu, sigma²) || N(0, 1)) over all elements (closed form, hand-written gradient).
 
-    ``sigma2``: exp(log_sigma2) when the caller has it already (detached; the forward's value is reused)."""
+    ``sigma2``: exp(log_sigma2) when the caller has it already (detached; the forward's value is reused). Inside
+    a compiled step the plain expression is used: the compiler fuses it and its gradient into one pass."""
+    if torch.compiler.is_compiling():
+        return 0.5 * (log_sigma2.exp() - log_sigma2 + mu.square() - 1.0).sum()
     return _StandardNormalKL.apply(mu, log_sigma2, None if sigma2 is None else sigma2.detach())
 
 
@@ -258,7 +261,7 @@ class GroupScaledLinear(BayesianLinear):
             return F.linear(x, self.posterior_mean_weight(), self.bias_mu)
         if self.config.weight_sampling == "batch":
             return _shared_draw_linear(self, x)
-        if self.fused:
+        if self._fused_training():
             return _fused_linear(self, x)
         return _unfused_linear(self, x)
 
@@ -286,7 +289,7 @@ class GroupScaledConv2d(BayesianConv2d):
             return self._conv(x, self.posterior_mean_weight(), self.posterior_mean_bias())
         if self.config.weight_sampling == "batch":
             return _shared_draw_conv(self, x)
-        if self.fused:
+        if self._fused_training():
             return _fused_conv(self, x)
         return _unfused_conv(self, x)
 
@@ -384,7 +387,7 @@ def _draw(layer: BayesianLayer, name: str) -> torch.Tensor | None:
     if mu is None:
         return None
     eps = standard_normal_like(mu)
-    if layer.fused:
+    if layer._fused_training():
         return draw_weights(mu, log_sigma2, layer._variance(f"{name}_log_sigma2", fresh=True), eps)
     return mu + (0.5 * log_sigma2).exp() * eps
 

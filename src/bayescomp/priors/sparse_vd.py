@@ -143,7 +143,7 @@ class _SparseVDMixin(PerWeightGaussian):
     def kl_divergence(self) -> torch.Tensor:
         """Sum over weights of the approximate KL to the log-uniform prior (paper Eq. 14, C = −k1); the fused
         layer computes it with a closed-form gradient (:func:`kl_log_uniform_clipped`)."""
-        if not self.fused:
+        if not self._fused_training():
             return kl_log_uniform_approx(self.weight_log_alpha()).sum()
         low, high = self.config.log_alpha_clip
         theta = self._variance_cache().get("log_theta2", self.weight_mu, fn=log_theta2)

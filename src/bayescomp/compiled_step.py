@@ -1,0 +1,117 @@
+"""A compiled training step: forward, objective and KL traced once by ``torch.compile`` (inductor) for the CPU.
+
+Why: on a small network the Bayesian step is bound by the number of operator calls, not by arithmetic. A BC-GNJ
+step of LeNet-300-100 makes ~445 top-level ATen calls against 48 for the plain step (profiled, docs/limits.md),
+and its 18 bf16 matrix products alone take about one plain step. Compiled, the step's elementwise work (group
+scales and their KL, the local-reparameterisation sampling, the weight KL, and all their gradients) becomes a
+few generated C++ loops around the products, which stay library calls; the noise still comes from
+:mod:`bayescomp.noise` (an opaque operator, so the compiled and the eager step draw from the same source). Inside
+the compiled region the layers take their plain autograd ops (``BayesianLayer._fused_training``): the compiler
+derives the backward and fuses it itself. The optimiser step (fused Adam) and the layers' constraints stay eager.
+
+Modes (:func:`set_step_compilation`, ``BAYESCOMP_COMPILE``, ``bayescomp run --compile``):
+
+* ``"off"``: eager steps (the fused Functions of :mod:`bayescomp.priors.fused`).
+* ``"on"``: compile wherever it applies (CPU, one process, no CUDA graphs, a C++ compiler for inductor).
+* ``"auto"`` (default): ``"on"`` only where it was measured to pay (see :func:`compile_pays`).
+
+Compilation takes seconds (measured ~10-20 s for LeNet-300-100 on this project's 2-core machine), once per
+process and batch shape; the smaller last batch of an epoch runs eagerly, so it costs no second compilation.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+
+COMPILE_MODES = ("auto", "on", "off")
+#: "auto" compiles a run with at least this many optimiser steps: compilation costs ~10-20 s, a compiled
+#: LeNet-300-100 step saves ~3-4 ms, so below a few thousand steps it does not pay back.
+AUTO_MIN_STEPS = 5000
+_mode = {"name": None}
+
+
+def check_compile_mode(name: str) -> str:
+    if name not in COMPILE_MODES:
+        raise ValueError(f"step compilation must be one of {COMPILE_MODES}, got {name!r}")
+    return name
+
+
+def set_step_compilation(name: str) -> None:
+    """Choose ``"auto"``, ``"on"`` or ``"off"`` for this process (see the module docstring)."""
+    _mode["name"] = check_compile_mode(name)
+
+
+def requested_step_compilation() -> str:
+    """The mode asked for: :func:`set_step_compilation`'s, else ``$BAYESCOMP_COMPILE``, else ``"auto"``."""
+    if _mode["name"] is None:
+        _mode["name"] = check_compile_mode(os.environ.get("BAYESCOMP_COMPILE", "auto").strip().lower() or "auto")
+    return _mode["name"]
+
+
+def unavailable_reason(device_type: str, distributed: bool, cuda_graphs: bool) -> str | None:
+    """Why a training step cannot be compiled here (``None``: it can)."""
+    if device_type != "cpu":
+        return f"it is measured and supported on the CPU only (training on {device_type})"
+    if distributed:
+        return "data-parallel steps are not compiled"
+    if cuda_graphs:
+        return "CUDA graphs replace it"
+    compiler = os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++") or shutil.which("clang++")
+    if compiler is None:
+        return "inductor needs a C++ compiler (c++, g++ or clang++) and none was found"
+    return None
+
+
+def compile_pays(model: nn.Module, total_steps: int) -> bool:
+    """``"auto"``'s rule: compile Bayesian networks without convolutions whose run has at least
+    :data:`AUTO_MIN_STEPS` optimiser steps. Convolutional networks stay eager: their step is dominated by the
+    convolutions, which compilation leaves as they are (benchmarks/results/epoch_cost_*compiled*.md)."""
+    from bayescomp.priors.base import bayesian_layers
+
+    has_conv = any(isinstance(m, nn.Conv2d) or getattr(m, "group_dim", None) == "out" for m in model.modules())
+    has_bayes = any(True for _ in bayesian_layers(model))
+    return has_bayes and not has_conv and total_steps >= AUTO_MIN_STEPS
+
+
+def decide(model: nn.Module, device_type: str, distributed: bool, cuda_graphs: bool, total_steps: int,
+           requested: bool | str | None, log: Callable[[str], Any]) -> bool:
+    """Whether :func:`bayescomp.train.fit` compiles this run's step; ``requested``: True/False, a mode, or None
+    (the process mode). A run asked for ``"on"`` that cannot compile says why and trains eagerly."""
+    mode = requested_step_compilation() if requested is None else (
+        check_compile_mode(requested) if isinstance(requested, str) else ("on" if requested else "off"))
+    if mode == "off":
+        return False
+    reason = unavailable_reason(device_type, distributed, cuda_graphs)
+    if reason is not None:
+        if mode == "on":
+            log(f"compiled step: {reason}; training eagerly")
+        return False
+    return mode == "on" or compile_pays(model, total_steps)
+
+
+def compiled_objective(forward: nn.Module, objective: Any, model: nn.Module,
+                       n_train: int) -> Callable[[torch.Tensor, torch.Tensor, float], tuple]:
+    """``(images, labels, kl_scale) -> (loss, nll, kl)``: the objective of ``forward(images)``, compiled for a fixed
+    batch shape (``dynamic=False``: static shapes give the tightest loops; a new shape compiles anew)."""
+
+    from bayescomp.priors.base import bayesian_layers
+
+    for _, layer in bayesian_layers(model):  # an instance attribute from the start, as evaluation leaves it: the
+        layer.deterministic = bool(layer.deterministic)  # graph's guard then holds across epochs (no recompile)
+
+    def step_objective(images: torch.Tensor, labels: torch.Tensor, kl_scale: torch.Tensor):
+        return objective(forward(images), labels, model, n_train, kl_scale)
+
+    compiled = torch.compile(step_objective, dynamic=False)
+
+    def run(images: torch.Tensor, labels: torch.Tensor, kl_scale: float):
+        # the KL weight changes every step during warm-up: a tensor input, not a constant of the graph
+        return compiled(images, labels, torch.tensor(float(kl_scale)))
+
+    return run
