@@ -9,8 +9,10 @@ CPU time (``time.process_time``; robust to other jobs preempting this one on a s
 the wall time on a quiet one with one thread) and the wall time.
 
 Variants: plain fp32 / bf16 (and channels_last for conv nets); each method's default (what ``bayescomp run``
-does by default: fused layers, ``--precision auto``, the config's z_sampling, default memory layout) and its fp32
-variant (what ``fit`` does by default); for BC-GNJ also the unfused autograd layers (the code path before the
+does by default: fused layers, ``--precision auto``, the config's z_sampling, default memory layout, and the
+compiled step where ``--compile auto`` compiles it on a full 30-epoch run, :mod:`bayescomp.compiled_step`), the
+same with the other step (eager where the default compiles, compiled where it does not; the compilation happens
+in the untimed warm-up) and its fp32 variant; for BC-GNJ also the unfused autograd layers (the code path before the
 fused Functions) and z per example / per batch in fp32 and bf16; for BC-GNJ and BC-GHS one weight draw per
 mini-batch (``weight_sampling="batch"``) with z per example / per batch; BC-GNJ's default with PyTorch's
 normal generator instead of the compiled Philox kernel (``bayescomp.noise``); and the authors' reference GNJ
