@@ -157,3 +157,16 @@ def test_compiled_layers_take_the_plain_ops_and_leave_no_cached_variance(noise_b
     loss = F.cross_entropy(model(torch.randn(BATCH, 20)), torch.randint(0, 16, (BATCH,)))
     assert torch.isfinite(loss)
     assert any(layer._variance_cache()._entries for _, layer in bayesian_layers(model))
+
+
+def test_many_compiled_objectives_in_one_process_each_compile(noise_by_shape):
+    """Every compiled objective has a code object of its own: a process that trains more models than dynamo's
+    per-code recompile limit (8) still compiles each of them instead of silently running eagerly."""
+    torch._dynamo.utils.counters.clear()
+    limit = torch._dynamo.config.recompile_limit
+    for seed in range(limit + 2):
+        torch.manual_seed(seed)
+        model = bayesify(_mlp(), "gnj")
+        compiled_objective(model, variational_loss, model, 1000)(torch.randn(BATCH, 20),
+                                                                  torch.randint(0, 16, (BATCH,)), 1.0)
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == limit + 2

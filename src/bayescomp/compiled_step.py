@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import types
 from collections.abc import Callable
 from typing import Any
 
@@ -108,6 +109,11 @@ def compiled_objective(forward: nn.Module, objective: Any, model: nn.Module,
     def step_objective(images: torch.Tensor, labels: torch.Tensor, kl_scale: torch.Tensor):
         return objective(forward(images), labels, model, n_train, kl_scale)
 
+    # A code object of its own for every call: dynamo keeps compiled graphs per code object, with a limit of 8, so
+    # the runs of one process (each model, each candidate of a search) would otherwise share that limit and, past
+    # it, silently train eagerly.
+    step_objective = types.FunctionType(step_objective.__code__.replace(), step_objective.__globals__,
+                                        step_objective.__name__, None, step_objective.__closure__)
     compiled = torch.compile(step_objective, dynamic=False)
 
     def run(images: torch.Tensor, labels: torch.Tensor, kl_scale: float):
