@@ -286,3 +286,14 @@ def test_run_records_where_its_noise_came_from_and_repeats_with_it(tmp_path, mon
         digests.append({k: v.clone() for k, v in state.items()})
     assert digests[0].keys() == digests[1].keys()
     assert all(torch.equal(digests[0][k], digests[1][k]) for k in digests[0])
+
+
+@pytest.mark.parametrize("mode", ["on", "off"])
+def test_run_compiles_its_bayesian_steps_as_asked_and_records_it(tmp_path, monkeypatch, mode):
+    """``--compile on|off`` decides the Bayesian training step (a short run: auto would not compile it); the report
+    records whether the steps were compiled."""
+    monkeypatch.setattr("bayescomp.compiled_step._mode", {"name": None})
+    run_dir = tmp_path / mode
+    assert main(["run", "--run-dir", str(run_dir), *SMALL, "--epochs", "1", "--no-latency", "--no-plots",
+                 "--precision", "fp32", "--compile", mode]) == 0
+    assert json.loads((run_dir / "report.json").read_text())["compiled_step"] is (mode == "on")
