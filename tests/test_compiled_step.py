@@ -170,3 +170,29 @@ def test_many_compiled_objectives_in_one_process_each_compile(noise_by_shape):
         compiled_objective(model, variational_loss, model, 1000)(torch.randn(BATCH, 20),
                                                                   torch.randint(0, 16, (BATCH,)), 1.0)
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == limit + 2
+
+
+def test_a_failing_compiler_falls_back_to_eager_steps_and_says_so(mnist_small, monkeypatch):
+    """A compiler that breaks (here: every compiled call raises, as a missing toolchain would) costs the run
+    nothing: it logs the reason once and trains eagerly to the same kind of model. An error of the model itself,
+    which the eager step raises too, is not hidden."""
+    from bayescomp.models import create_model
+
+    def broken_compile(fn, **kwargs):
+        def call(*args):
+            raise RuntimeError("C++ compile error\ncc1plus: fatal error")
+        return call
+
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    torch.manual_seed(0)
+    model = bayesify(create_model("lenet300", 10, mnist_small.input_shape, mnist_small.mean, mnist_small.std), "gnj")
+    said = []
+    history = fit(model, mnist_small, TrainConfig(epochs=2, batch_size=100, lr=1e-3), progress=False,
+                  log=said.append, compile_step=True)
+    assert sum("compilation failed (RuntimeError: C++ compile error)" in line for line in said) == 1, said
+    assert evaluate(model, mnist_small.val)["error_pct"] < 20.0 and len(history.epochs) == 2
+
+    wrong = bayesify(_mlp(), "gnj")  # 20 input features: a 784-pixel batch fails eagerly too
+    step = compiled_objective(wrong, variational_loss, wrong, 1000, log=said.append)
+    with pytest.raises(RuntimeError, match=r"size of tensor a \(784\)"):
+        step(torch.randn(BATCH, 784), torch.randint(0, 16, (BATCH,)), 1.0)

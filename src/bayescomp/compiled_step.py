@@ -96,10 +96,14 @@ def decide(model: nn.Module, device_type: str, distributed: bool, cuda_graphs: b
     return mode == "on" or compile_pays(model, total_steps)
 
 
-def compiled_objective(forward: nn.Module, objective: Any, model: nn.Module,
-                       n_train: int) -> Callable[[torch.Tensor, torch.Tensor, float], tuple]:
+def compiled_objective(forward: nn.Module, objective: Any, model: nn.Module, n_train: int,
+                       log: Callable[[str], Any] = print) -> Callable[[torch.Tensor, torch.Tensor, float], tuple]:
     """``(images, labels, kl_scale) -> (loss, nll, kl)``: the objective of ``forward(images)``, compiled for a fixed
-    batch shape (``dynamic=False``: static shapes give the tightest loops; a new shape compiles anew)."""
+    batch shape (``dynamic=False``: static shapes give the tightest loops; a new shape compiles anew).
+
+    If a compiled call fails (the compiler or its toolchain breaks here) and the same step succeeds eagerly, the
+    run logs the reason once and continues eagerly: a training run is not lost to a compiler problem. An error the
+    eager step raises too is the model's own and is raised as it is."""
 
     from bayescomp.priors.base import bayesian_layers
 
@@ -116,8 +120,20 @@ def compiled_objective(forward: nn.Module, objective: Any, model: nn.Module,
                                         step_objective.__name__, None, step_objective.__closure__)
     compiled = torch.compile(step_objective, dynamic=False)
 
+    state = {"compiled": True}
+
     def run(images: torch.Tensor, labels: torch.Tensor, kl_scale: float):
         # the KL weight changes every step during warm-up: a tensor input, not a constant of the graph
-        return compiled(images, labels, torch.tensor(float(kl_scale)))
+        scale = torch.tensor(float(kl_scale))
+        if state["compiled"]:
+            try:
+                return compiled(images, labels, scale)
+            except Exception as error:  # noqa: BLE001 - decided below by whether the eager step works
+                values = step_objective(images, labels, scale)  # raises the model's own error, if it has one
+                state["compiled"] = False
+                reason = f"{type(error).__name__}: {str(error).strip().splitlines()[0] if str(error).strip() else ''}"
+                log(f"compiled step: compilation failed ({reason[:300]}); training eagerly")
+                return values
+        return step_objective(images, labels, scale)
 
     return run

@@ -295,7 +295,7 @@ def _fit(model, data, config, checkpoint_path, progress, stop_after_epochs, log,
                       None if place.type == "cpu" else place, progress)
     if compiled_step.decide(model, place.type, distributed, graphs, run.steps * config.epochs, compile_step,
                             log):
-        run.compiled = compiled_step.compiled_objective(forward, run.objective, model, run.n_train)
+        run.compiled = compiled_step.compiled_objective(forward, run.objective, model, run.n_train, log)
 
     def one_epoch(epoch: int) -> dict[str, float]:
         if distributed:  # independent posterior noise per rank, reproducible on resume
