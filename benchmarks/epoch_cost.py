@@ -229,8 +229,9 @@ def measure(model_name: str, rounds: int, steps: int, batch: int, skip: tuple[st
     n_train = len(data.train)
     per_epoch = math.ceil(n_train / batch)
     times = {name: {"cpu": [], "wall": [], "loss": []} for name in specs}
-    for name, spec in specs.items():  # warm-up: one block each, not timed
-        time_steps(spec, SimpleNamespace(train=data.train.subset(2 * batch, seed=2)), n_train, 2)
+    warmup = {}
+    for name, spec in specs.items():  # warm-up: one block each, not in the medians (a compiled step compiles here)
+        warmup[name] = time_steps(spec, SimpleNamespace(train=data.train.subset(2 * batch, seed=2)), n_train, 2)[1]
     for r in range(rounds):
         for name, spec in specs.items():
             cpu, wall, loss = time_steps(spec, subset, n_train, steps)
@@ -246,11 +247,14 @@ def measure(model_name: str, rounds: int, steps: int, batch: int, skip: tuple[st
         rows[name] = {"ms_per_step_cpu": 1000 * cpu, "ms_per_step_wall": 1000 * wall,
                       "s_per_epoch_cpu": cpu * per_epoch, "s_per_epoch_wall": wall * per_epoch,
                       "ratio_to_plain_fp32_cpu": cpu / plain_cpu, "ratio_to_plain_fp32_wall": wall / plain_wall,
-                      "ms_per_step_cpu_all": [1000 * v for v in t["cpu"]], "last_loss": t["loss"][-1]}
+                      "ms_per_step_cpu_all": [1000 * v for v in t["cpu"]], "last_loss": t["loss"][-1],
+                      "warmup_wall_s": warmup[name]}
     return {"model": model_name, "data": DATA[model_name], "batch_size": batch, "steps_per_measurement": steps,
             "rounds": rounds, "steps_per_epoch": per_epoch, "n_train": n_train,
             "epoch_extrapolated": "s_per_epoch = median ms/step over rounds x steps_per_epoch (fixed number of "
-                                  "steps per measurement, not whole epochs)", "variants": rows}
+                                  "steps per measurement, not whole epochs)",
+            "warmup": "warmup_wall_s: wall time of the untimed first 2 steps, compilation included for a compiled "
+                      "step (the inductor cache may hold an earlier compilation of the same graph)", "variants": rows}
 
 
 def markdown(results: list[dict], header: dict) -> str:
@@ -258,13 +262,16 @@ def markdown(results: list[dict], header: dict) -> str:
              f"native bf16: {header['native_bf16']} (auto -> {header['auto_precision']}), noise: "
              f"{header.get('noise_source', 'torch')}. {header['note']}", ""]
     for res in results:
+        warm = all("warmup_wall_s" in row for row in res["variants"].values())
         lines += [f"### {res['model']} / {res['data']} ({res['rounds']} rounds x {res['steps_per_measurement']} "
                   f"steps, extrapolated to {res['steps_per_epoch']} steps/epoch)", "",
-                  "| variant | s/epoch (CPU) | x plain fp32 (CPU) | s/epoch (wall) | x plain fp32 (wall) |",
-                  "|---|---|---|---|---|"]
+                  "| variant | s/epoch (CPU) | x plain fp32 (CPU) | s/epoch (wall) | x plain fp32 (wall) |"
+                  + (" first 2 steps, s (wall, compilation included) |" if warm else ""),
+                  "|---|---|---|---|---|" + ("---|" if warm else "")]
         for name, row in res["variants"].items():
             lines.append(f"| {name} | {row['s_per_epoch_cpu']:.2f} | {row['ratio_to_plain_fp32_cpu']:.2f}x | "
-                         f"{row['s_per_epoch_wall']:.2f} | {row['ratio_to_plain_fp32_wall']:.2f}x |")
+                         f"{row['s_per_epoch_wall']:.2f} | {row['ratio_to_plain_fp32_wall']:.2f}x |"
+                         + (f" {row['warmup_wall_s']:.1f} |" if warm else ""))
         lines.append("")
     return "\n".join(lines)
 
