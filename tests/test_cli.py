@@ -297,3 +297,4 @@ def test_run_compiles_its_bayesian_steps_as_asked_and_records_it(tmp_path, monke
     assert main(["run", "--run-dir", str(run_dir), *SMALL, "--epochs", "1", "--no-latency", "--no-plots",
                  "--precision", "fp32", "--compile", mode]) == 0
     assert json.loads((run_dir / "report.json").read_text())["compiled_step"] is (mode == "on")
+    assert ("(compiled step)" in (run_dir / "report.md").read_text()) is (mode == "on")

@@ -296,7 +296,8 @@ def render_markdown(report: dict[str, Any]) -> str:
         lines += ["", f"The pruned model was fine-tuned (plain training of the kept weights) for "
                   f"{report['finetune_epochs']} epochs before quantisation; its test error before fine-tuning was "
                   f"{before:.2f} %.{_finetuned_validation_sentence(report.get('finetune_validation'))}"]
-    training = (f"Bayesian training: {report['epochs']} epochs, {report['epoch_s_mean']:.1f} s/epoch; "
+    step = " (compiled step)" if report.get("compiled_step") else ""
+    training = (f"Bayesian training: {report['epochs']} epochs, {report['epoch_s_mean']:.1f} s/epoch{step}; "
                 if report.get("epochs") else "")
     lines += ["", f"{training}wall time {report['wall_time_s']:.0f} s. Command: `{report['command']}`"]
     return "\n".join(lines) + "\n"
