@@ -30,6 +30,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from bayescomp.validate import check_choice, choice_from_env
+
 COMPILE_MODES = ("auto", "on", "off")
 #: "auto" compiles a run with at least this many optimiser steps: compilation costs ~10-20 s, a compiled
 #: LeNet-300-100 step saves ~3-4 ms, so below a few thousand steps it does not pay back.
@@ -38,9 +40,7 @@ _mode = {"name": None}
 
 
 def check_compile_mode(name: str) -> str:
-    if name not in COMPILE_MODES:
-        raise ValueError(f"step compilation must be one of {COMPILE_MODES}, got {name!r}")
-    return name
+    return check_choice(name, COMPILE_MODES, "step compilation")
 
 
 def set_step_compilation(name: str) -> None:
@@ -51,7 +51,7 @@ def set_step_compilation(name: str) -> None:
 def requested_step_compilation() -> str:
     """The mode asked for: :func:`set_step_compilation`'s, else ``$BAYESCOMP_COMPILE``, else ``"auto"``."""
     if _mode["name"] is None:
-        _mode["name"] = check_compile_mode(os.environ.get("BAYESCOMP_COMPILE", "auto").strip().lower() or "auto")
+        _mode["name"] = choice_from_env("BAYESCOMP_COMPILE", COMPILE_MODES, "step compilation")
     return _mode["name"]
 
 

@@ -23,11 +23,11 @@ spread, not beyond it (``benchmarks/results/noise_parity_*.md``).
 from __future__ import annotations
 
 import math
-import os
 
 import torch
 
 from bayescomp import native
+from bayescomp.validate import check_choice, choice_from_env
 
 NOISE_SOURCES = ("auto", "philox", "torch")
 _KEY_HIGH = 2 ** 63 - 1
@@ -37,9 +37,7 @@ _source = {"name": None}
 
 def check_noise_source(name: str) -> str:
     """Validate a noise source name (one of :data:`NOISE_SOURCES`)."""
-    if name not in NOISE_SOURCES:
-        raise ValueError(f"noise source must be one of {NOISE_SOURCES}, got {name!r}")
-    return name
+    return check_choice(name, NOISE_SOURCES, "noise source")
 
 
 def set_noise_source(name: str) -> None:
@@ -54,7 +52,7 @@ def set_noise_source(name: str) -> None:
 def requested_noise_source() -> str:
     """The source asked for: :func:`set_noise_source`'s, else ``$BAYESCOMP_NOISE``, else ``"auto"``."""
     if _source["name"] is None:
-        _source["name"] = check_noise_source(os.environ.get("BAYESCOMP_NOISE", "auto").strip().lower() or "auto")
+        _source["name"] = choice_from_env("BAYESCOMP_NOISE", NOISE_SOURCES, "noise source")
     return _source["name"]
 
 

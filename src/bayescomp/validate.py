@@ -9,9 +9,23 @@ CLI turns it into exit code 2 without a traceback.
 from __future__ import annotations
 
 import math
+import os
 import typing
 from dataclasses import MISSING, fields
 from typing import Any
+
+def check_choice(value: str, choices: tuple[str, ...], what: str) -> str:
+    """``value`` if it is one of ``choices``, else a ValueError naming ``what`` and the choices."""
+    if value not in choices:
+        raise ValueError(f"{what} must be one of {choices}, got {value!r}")
+    return value
+
+
+def choice_from_env(variable: str, choices: tuple[str, ...], what: str, default: str = "auto") -> str:
+    """A process-wide setting from ``$variable`` (case and surrounding spaces ignored; unset or empty: ``default``),
+    checked by :func:`check_choice`."""
+    return check_choice(os.environ.get(variable, default).strip().lower() or default, choices, what)
+
 
 #: option -> (lowest, inclusive?) ; ``None`` values are "not given" and pass.
 _RUN_LIMITS: dict[str, tuple[float, bool, str]] = {
