@@ -15,8 +15,9 @@ Modes (:func:`set_step_compilation`, ``BAYESCOMP_COMPILE``, ``bayescomp run --co
 * ``"on"``: compile wherever it applies (CPU, one process, no CUDA graphs, a C++ compiler for inductor).
 * ``"auto"`` (default): ``"on"`` only where it was measured to pay (see :func:`compile_pays`).
 
-Compilation takes seconds (measured ~10-20 s for LeNet-300-100 on this project's 2-core machine), once per
-process and batch shape; the smaller last batch of an epoch runs eagerly, so it costs no second compilation.
+Compilation takes seconds, once per run and batch shape (measured on this project's 2-core machine: about 10 s for
+LeNet-300-100 with a cold compiler cache, 1-6 s for the LeNets and 8-14 s for ResNet-20 with a warm one); the
+smaller last batch of an epoch runs eagerly, so it costs no second compilation.
 """
 
 from __future__ import annotations
@@ -33,8 +34,8 @@ from torch import nn
 from bayescomp.validate import check_choice, choice_from_env
 
 COMPILE_MODES = ("auto", "on", "off")
-#: "auto" compiles a run with at least this many optimiser steps: compilation costs ~10-20 s, a compiled
-#: LeNet-300-100 step saves ~3-4 ms, so below a few thousand steps it does not pay back.
+#: "auto" compiles a run with at least this many optimiser steps: compilation costs up to ~10 s, a compiled
+#: LeNet-300-100 step saves ~3 ms (1 thread), so below a few thousand steps it does not pay back.
 AUTO_MIN_STEPS = 5000
 _mode = {"name": None}
 
@@ -71,8 +72,9 @@ def unavailable_reason(device_type: str, distributed: bool, cuda_graphs: bool) -
 
 def compile_pays(model: nn.Module, total_steps: int) -> bool:
     """``"auto"``'s rule: compile Bayesian networks without convolutions whose run has at least
-    :data:`AUTO_MIN_STEPS` optimiser steps. Convolutional networks stay eager: their step is dominated by the
-    convolutions, which compilation leaves as they are (benchmarks/results/epoch_cost_*compiled*.md)."""
+    :data:`AUTO_MIN_STEPS` optimiser steps. Convolutional networks stay eager: compiled, LeNet-5's step was slower
+    for some priors and faster for others, ResNet-20's about a tenth faster in every measurement
+    (benchmarks/results/epoch_cost_*compiled*.md); ``"on"`` compiles them."""
     from bayescomp.priors.base import bayesian_layers
 
     has_conv = any(isinstance(m, nn.Conv2d) or getattr(m, "group_dim", None) == "out" for m in model.modules())
