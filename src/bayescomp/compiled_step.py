@@ -31,6 +31,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from bayescomp.priors.base import bayesian_layers
 from bayescomp.validate import check_choice, choice_from_env
 
 COMPILE_MODES = ("auto", "on", "off")
@@ -75,11 +76,14 @@ def compile_pays(model: nn.Module, total_steps: int) -> bool:
     :data:`AUTO_MIN_STEPS` optimiser steps. Convolutional networks stay eager: compiled, LeNet-5's step was slower
     for some priors and faster for others, ResNet-20's about a tenth faster in every measurement
     (benchmarks/results/epoch_cost_*compiled*.md); ``"on"`` compiles them."""
-    from bayescomp.priors.base import bayesian_layers
-
-    has_conv = any(isinstance(m, nn.Conv2d) or getattr(m, "group_dim", None) == "out" for m in model.modules())
     has_bayes = any(True for _ in bayesian_layers(model))
-    return has_bayes and not has_conv and total_steps >= AUTO_MIN_STEPS
+    return has_bayes and not has_conv(model) and total_steps >= AUTO_MIN_STEPS
+
+
+def has_conv(model: nn.Module) -> bool:
+    """Whether ``model`` has a convolution, plain or Bayesian (anything with ``out_channels`` and ``kernel_size``)."""
+    return any(isinstance(m, nn.Conv2d) or hasattr(m, "out_channels") and hasattr(m, "kernel_size")
+               for m in model.modules())
 
 
 def decide(model: nn.Module, device_type: str, distributed: bool, cuda_graphs: bool, total_steps: int,
@@ -106,8 +110,6 @@ def compiled_objective(forward: nn.Module, objective: Any, model: nn.Module, n_t
     If a compiled call fails (the compiler or its toolchain breaks here) and the same step succeeds eagerly, the
     run logs the reason once and continues eagerly: a training run is not lost to a compiler problem. An error the
     eager step raises too is the model's own and is raised as it is."""
-
-    from bayescomp.priors.base import bayesian_layers
 
     for _, layer in bayesian_layers(model):  # an instance attribute from the start, as evaluation leaves it: the
         layer.deterministic = bool(layer.deterministic)  # graph's guard then holds across epochs (no recompile)

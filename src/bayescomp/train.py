@@ -257,12 +257,7 @@ def default_channels_last(model: nn.Module, device_type: str, precision: str) ->
     fp32, plain and Bayesian, on an AVX-512 CPU with native bf16 and on an AVX2 CPU without it (fp32 there: plain
     LeNet-5 0.68x and ResNet-20 0.90x of the NCHW epoch, BC-GNJ 0.83x and 0.88x). ``precision`` is kept in the
     signature for callers that decide per precision; it no longer changes the answer."""
-    return device_type == "cpu" and _has_conv(model)
-
-
-def _has_conv(model: nn.Module) -> bool:
-    return any(isinstance(m, nn.Conv2d) or hasattr(m, "out_channels") and hasattr(m, "kernel_size")
-               for m in model.modules())
+    return device_type == "cpu" and compiled_step.has_conv(model)
 
 
 def _to_channels_last(model: nn.Module):
