@@ -174,6 +174,10 @@ def variants(model_name: str, plain: nn.Module) -> dict[str, dict]:
         for precision in ("fp32", "bf16"):
             key = f"gnj z per {z} {precision}"
             out[key] = dict(model=bayesify(plain, "gnj", {"z_sampling": z}), precision=precision, method="gnj")
+    if not conv:  # compiled steps; a shared z scales the weight's columns, so the first layer skips its input gradient
+        for z in ("example", "batch", "auto"):
+            out[f"gnj z_sampling={z} bf16, compiled step"] = dict(
+                model=bayesify(plain, "gnj", {"z_sampling": z}), precision="bf16", method="gnj", compiled=True)
     for method in ("gnj", "ghs"):  # one weight draw per mini-batch (weight_sampling="batch"), z per example / batch
         for z in ("example", "batch"):
             for precision in ("fp32", "bf16") if method == "gnj" else ("fp32",):

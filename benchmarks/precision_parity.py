@@ -37,7 +37,8 @@ VARIANTS = {"fp32 z/example": ("fp32", "example", "local", "torch", "eager"),
             "fp32 z/example w/batch": ("fp32", "example", "batch", "torch", "eager"),
             "fp32 z/batch w/batch": ("fp32", "batch", "batch", "torch", "eager"),
             "bf16 z/example philox": ("bf16", "example", "local", "philox", "eager"),
-            "bf16 z/example philox compiled": ("bf16", "example", "local", "philox", "compiled")}
+            "bf16 z/example philox compiled": ("bf16", "example", "local", "philox", "compiled"),
+            "bf16 z/auto philox compiled": ("bf16", "auto", "local", "philox", "compiled")}
 
 
 def variant_of(row: dict) -> tuple[str, str, str, str, str]:

@@ -188,9 +188,8 @@ class _GroupHSMixin(BayesianLayer):
         shape[1 if self.group_dim == "in" else 0] = -1
         return z.view(shape)
 
-    def _sample_z(self, batch: int) -> torch.Tensor:
-        """z per example, (batch, groups); with ``z_sampling="batch"`` one row, (1, groups), shared by the batch."""
-        rows = 1 if self.config.z_sampling == "batch" else batch
+    def _sample_z(self, rows: int) -> torch.Tensor:
+        """``rows`` draws of z, (rows, groups): one per example, or one row shared by the batch."""
         ms, vs = self._log_s_moments()
         mz, vz = self._log_zt_moments()
         eps_s = standard_normal(rows, 1, device=mz.device, dtype=mz.dtype)

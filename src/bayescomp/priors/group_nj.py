@@ -70,7 +70,7 @@ class GroupNJConfig:
         check_group_kl_scale(self.group_kl_scale)
 
 
-Z_SAMPLINGS = ("example", "batch")
+Z_SAMPLINGS = ("example", "batch", "auto")
 
 
 def check_z_sampling(value: str) -> None:
@@ -232,9 +232,8 @@ class _GroupNJMixin(BayesianLayer):
                 if self.bias_log_sigma2 is not None:
                     self.bias_log_sigma2.clamp_(max=bound)
 
-    def _sample_z(self, batch: int) -> torch.Tensor:
-        """z per example, (batch, groups); with ``z_sampling="batch"`` one row, (1, groups), shared by the batch."""
-        rows = 1 if self.config.z_sampling == "batch" else batch
+    def _sample_z(self, rows: int) -> torch.Tensor:
+        """``rows`` draws of z, (rows, groups): one per example, or one row shared by the batch (:func:`_z_shared`)."""
         eps = standard_normal(rows, self.z_mu.numel(), device=self.z_mu.device, dtype=self.z_mu.dtype)
         return self.z_mu + eps * (0.5 * self.z_log_sigma2).exp()
 
@@ -310,6 +309,15 @@ class Conv2dGroupNJ(_GroupNJMixin, GroupScaledConv2d):
     config_class = GroupNJConfig
 
 
+def _z_shared(layer: BayesianLayer, x: torch.Tensor) -> bool:
+    """Whether this training forward draws one z for the whole mini-batch: always with ``z_sampling="batch"``;
+    with ``"auto"`` in a Linear layer whose input carries no gradient (a network's first layer), where a z per
+    example would cost the layer's two input-gradient products and a shared z, folded into the weight columns,
+    costs none (see :func:`check_z_sampling`)."""
+    mode = layer.config.z_sampling
+    return mode == "batch" or (mode == "auto" and isinstance(layer, BayesianLinear) and not x.requires_grad)
+
+
 def _examples(x: torch.Tensor) -> int:
     """Number of examples of a Linear input (..., features): its first dimension; a 1-D input is one example."""
     return x.shape[0] if x.dim() > 1 else 1
@@ -328,10 +336,17 @@ def _per_example(z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 def _unfused_linear(layer: BayesianLinear, x: torch.Tensor) -> torch.Tensor:
     """Training forward of a group-scaled Linear layer (GNJ, GHS) with plain autograd ops, for inputs of any rank:
     z per example (rows of ``_sample_z``) broadcast over the token dimensions (see :class:`BayesianLinear`)."""
-    x_scaled = x * _per_example(layer._sample_z(_examples(x)), x)
-    mean = F.linear(x_scaled, layer.weight_mu, layer.bias_mu)
+    shared = _z_shared(layer, x)
+    z = layer._sample_z(1 if shared else _examples(x))
     bias_var = layer.bias_log_sigma2.exp() if layer.bias_mu is not None else None
-    var = F.linear(x_scaled.pow(2), layer.weight_log_sigma2.exp(), bias_var)
+    if shared:  # z scales the weight's columns, so an input without gradient needs no input-gradient product
+        z = z[0]
+        mean = F.linear(x, layer.weight_mu * z, layer.bias_mu)
+        var = F.linear(x.pow(2), layer.weight_log_sigma2.exp() * z.pow(2), bias_var)
+    else:
+        x_scaled = x * _per_example(z, x)
+        mean = F.linear(x_scaled, layer.weight_mu, layer.bias_mu)
+        var = F.linear(x_scaled.pow(2), layer.weight_log_sigma2.exp(), bias_var)
     return mean + var.add(_EPS).sqrt() * standard_normal_like(mean)
 
 
@@ -341,7 +356,7 @@ def _unfused_conv(layer: BayesianConv2d, x: torch.Tensor) -> torch.Tensor:
     mean = layer._conv(x, layer.weight_mu, layer.bias_mu)
     bias_var = layer.bias_log_sigma2.exp() if layer.bias_mu is not None else None
     var = layer._conv(x.pow(2), layer.weight_log_sigma2.exp(), bias_var)
-    z = layer._sample_z(x.shape[0])[:, :, None, None]
+    z = layer._sample_z(1 if _z_shared(layer, x) else x.shape[0])[:, :, None, None]
     return (mean + var.add(_EPS).sqrt() * standard_normal_like(mean)) * z
 
 
@@ -349,9 +364,10 @@ def _fused_linear(layer: BayesianLinear, x: torch.Tensor) -> torch.Tensor:
     """Training forward of a group-scaled Linear layer (GNJ, GHS) through :func:`linear_lrt`; same draws, in the
     same order, as the unfused forward (z first, then the output noise). Inputs of any rank are flattened to rows
     (B * T, D) and an example's z is repeated for each of its rows, so all its tokens share one z."""
-    z = layer._sample_z(_examples(x))
+    shared = _z_shared(layer, x)
+    z = layer._sample_z(1 if shared else _examples(x))
     rows = x.reshape(-1, x.shape[-1])
-    if layer.config.z_sampling == "batch":
+    if shared:
         z = z[0]
     elif x.dim() > 2:
         tokens = math.prod(x.shape[1:-1])
@@ -376,7 +392,7 @@ def _fused_conv(layer: BayesianConv2d, x: torch.Tensor) -> torch.Tensor:
         layer._variance_store("bias_log_sigma2", bias_var)
     var = layer._conv(x * x, variance, bias_var)
     mean, var = in_layout(memory_format_of(layer.weight_mu), mean, var)
-    z = layer._sample_z(x.shape[0])[:, :, None, None]
+    z = layer._sample_z(1 if _z_shared(layer, x) else x.shape[0])[:, :, None, None]
     return sample_lrt(mean, var, standard_normal_like(mean), z)
 
 
@@ -396,9 +412,10 @@ def _shared_draw_linear(layer: BayesianLinear, x: torch.Tensor) -> torch.Tensor:
     """Training forward with ``weight_sampling="batch"`` (GNJ, GHS): z drawn as ``z_sampling`` says, then one
     draw of the weights and the bias for the whole mini-batch. A per-batch z scales the weight's columns (no input
     gradient needed in the first layer), a per-example z the inputs."""
-    z = layer._sample_z(_examples(x))
+    shared = _z_shared(layer, x)
+    z = layer._sample_z(1 if shared else _examples(x))
     weight, bias = _draw(layer, "weight"), _draw(layer, "bias")
-    if layer.config.z_sampling == "batch":
+    if shared:
         return F.linear(x, weight * z[0], bias)
     return F.linear(x * _per_example(z, x), weight, bias)
 
@@ -406,9 +423,10 @@ def _shared_draw_linear(layer: BayesianLinear, x: torch.Tensor) -> torch.Tensor:
 def _shared_draw_conv(layer: BayesianConv2d, x: torch.Tensor) -> torch.Tensor:
     """Training forward with ``weight_sampling="batch"`` (GNJ, GHS): one convolution with one draw of the
     filters; z (per output filter) scales the filters and bias when drawn per batch, the outputs when per example."""
-    z = layer._sample_z(x.shape[0])
+    shared = _z_shared(layer, x)
+    z = layer._sample_z(1 if shared else x.shape[0])
     weight, bias = _draw(layer, "weight"), _draw(layer, "bias")
-    if layer.config.z_sampling == "batch":
+    if shared:
         return layer._conv(x, weight * z[0].view(-1, 1, 1, 1), None if bias is None else bias * z[0])
     out = layer._conv(x, weight, bias)
     return out * z.to(out.dtype)[:, :, None, None]
