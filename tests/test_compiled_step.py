@@ -194,5 +194,5 @@ def test_a_failing_compiler_falls_back_to_eager_steps_and_says_so(mnist_small, m
 
     wrong = bayesify(_mlp(), "gnj")  # 20 input features: a 784-pixel batch fails eagerly too
     step = compiled_objective(wrong, variational_loss, wrong, 1000, log=said.append)
-    with pytest.raises(RuntimeError, match=r"size of tensor a \(784\)"):
+    with pytest.raises(RuntimeError, match=r"64x784 and 20x32"):
         step(torch.randn(BATCH, 784), torch.randint(0, 16, (BATCH,)), 1.0)

@@ -69,28 +69,32 @@ def _layer(prior: str, kind: str, z_sampling: str):
     return spec.from_conv2d(torch.nn.Conv2d(3, 5, 3, padding=1), config), torch.randn(4, 3, 6, 6)
 
 
-def _step(layer, x: torch.Tensor, fused: bool):
+def _step(layer, x: torch.Tensor, fused: bool, input_grad: bool = True):
     layer.fused = fused
     layer.zero_grad(set_to_none=True)
-    x = x.clone().requires_grad_()
+    x = x.clone().requires_grad_(input_grad)
     torch.manual_seed(11)
     out = layer(x)
     (out.square().sum() + layer.kl_divergence()).backward()
     return out.detach(), x.grad, {n: p.grad.clone() for n, p in layer.named_parameters() if p.grad is not None}
 
 
-CASES = [(p, k, z) for p in PRIORS for k in ("linear", "conv") for z in ("example", "batch")
-         if z == "example" or p in ("gnj", "ghs")]
+CASES = [(p, k, z, g) for p in PRIORS for k in ("linear", "conv") for z in ("example", "batch", "auto")
+         for g in (True, False) if (z == "example" and g) or p in ("gnj", "ghs")]
 
 
-@pytest.mark.parametrize("prior,kind,z_sampling", CASES)
-def test_fused_layer_equals_unfused_layer_with_the_same_noise(prior, kind, z_sampling):
-    """Same seed, same draws in the same order: outputs, input gradients and parameter gradients agree."""
+@pytest.mark.parametrize("prior,kind,z_sampling,input_grad", CASES)
+def test_fused_layer_equals_unfused_layer_with_the_same_noise(prior, kind, z_sampling, input_grad):
+    """Same seed, same draws in the same order: outputs, input gradients and parameter gradients agree, with and
+    without a gradient on the input (which decides what ``z_sampling="auto"`` does)."""
     layer, x = _layer(prior, kind, z_sampling)
-    out_f, gx_f, grads_f = _step(layer, x, fused=True)
-    out_u, gx_u, grads_u = _step(layer, x, fused=False)
+    out_f, gx_f, grads_f = _step(layer, x, fused=True, input_grad=input_grad)
+    out_u, gx_u, grads_u = _step(layer, x, fused=False, input_grad=input_grad)
     assert torch.allclose(out_f, out_u, rtol=1e-5, atol=1e-6)
-    assert torch.allclose(gx_f, gx_u, rtol=1e-4, atol=1e-5)
+    if input_grad:
+        assert torch.allclose(gx_f, gx_u, rtol=1e-4, atol=1e-5)
+    else:
+        assert gx_f is None and gx_u is None
     assert grads_f.keys() == grads_u.keys() and grads_f
     for name in grads_f:
         scale = grads_u[name].abs().max().clamp_min(1.0)
@@ -107,6 +111,70 @@ def test_batch_z_draws_one_scale_per_batch_and_example_z_one_per_example():
         x = torch.ones(2, 6)
         out = layer(x)
         assert torch.allclose(out[0], out[1], atol=1e-3) == same, z_sampling
+
+
+@pytest.mark.parametrize("prior", ["gnj", "ghs"])
+@pytest.mark.parametrize("kind", ["linear", "conv"])
+@pytest.mark.parametrize("fused", [True, False])
+def test_auto_z_is_shared_exactly_where_the_input_has_no_gradient_in_a_linear_layer(prior, kind, fused):
+    """``auto`` draws what ``batch`` draws for a Linear layer whose input carries no gradient and what ``example``
+    draws otherwise (conv layers always): same seed, same outputs and parameter gradients."""
+    for input_grad in (True, False):
+        shared = kind == "linear" and not input_grad
+        layer, x = _layer(prior, kind, "auto")
+        auto = _step(layer, x, fused=fused, input_grad=input_grad)
+        twin, _ = _layer(prior, kind, "batch" if shared else "example")
+        twin.load_state_dict(layer.state_dict())
+        expected = _step(twin, x, fused=fused, input_grad=input_grad)
+        assert torch.equal(auto[0], expected[0]), (input_grad, shared)
+        for name, grad in expected[2].items():
+            assert torch.allclose(auto[2][name], grad, rtol=1e-6, atol=1e-7), name
+
+
+@pytest.mark.parametrize("prior", ["gnj", "ghs"])
+def test_auto_z_stays_per_example_without_gradients(prior):
+    """Monte-Carlo predictions from a batch of copies of one input need independent draws: without gradients
+    ``auto`` draws z per example even in a Linear layer, exactly as ``example`` does."""
+    layer, x = _layer(prior, "linear", "auto")
+    twin, _ = _layer(prior, "linear", "example")
+    twin.load_state_dict(layer.state_dict())
+    with torch.no_grad():
+        torch.manual_seed(5)
+        auto = layer(x)
+        torch.manual_seed(5)
+        assert torch.equal(auto, twin(x))
+
+
+def _products(run) -> int:
+    """Matrix products (mm, addmm, bmm) that ``run()`` dispatches, forward and backward."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    names = {"mm", "addmm", "bmm"}
+
+    class Count(TorchDispatchMode):
+        calls = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            Count.calls += func.__name__.split(".")[0] in names
+            return func(*args, **(kwargs or {}))
+
+    with Count():
+        run()
+    return Count.calls
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_shared_z_saves_the_first_layers_input_gradient_products(fused):
+    """The reason for ``auto``: with a leaf input a per-example z costs two input-gradient products (mean and
+    variance paths) that a shared z, folded into the weight columns, does not; with an input that needs its
+    gradient both cost the same."""
+    counts = {}
+    for z_sampling in ("example", "auto"):
+        for input_grad in (False, True):
+            layer, x = _layer("gnj", "linear", z_sampling)
+            counts[z_sampling, input_grad] = _products(lambda: _step(layer, x, fused=fused, input_grad=input_grad))
+    assert counts["auto", False] == counts["example", False] - 2
+    assert counts["auto", True] == counts["example", True]
 
 
 def test_unknown_z_sampling_is_refused_with_the_choices():

@@ -71,8 +71,9 @@ class GroupHSConfig:
         threshold: default threshold on the statistic when the automatic search is not used (log_scale: prune
             groups with E[log z] < -threshold, i.e. scale below ~1e-3 for 6.9). UNVERIFIED, hence searched by
             default.
-        z_sampling: ``"example"`` (log s and log z~ drawn per example) or ``"batch"`` (once per mini-batch); what
-            it changes is described at :func:`bayescomp.priors.group_nj.check_z_sampling`.
+        z_sampling: ``"example"`` (log s and log z~ drawn per example), ``"batch"`` (once per mini-batch) or
+            ``"auto"`` (default: shared only in a Linear layer whose input has no gradient); what it changes is
+            described at :func:`bayescomp.priors.group_nj.check_z_sampling`.
         weight_sampling: ``"local"`` (local reparameterisation, the paper's) or ``"batch"`` (one draw of w~ per
             mini-batch); see :func:`bayescomp.priors.group_nj.check_weight_sampling`.
         group_kl_scale: multiplies the KL of the scale factors (global and per group); 1.0 (default) is the
@@ -85,7 +86,7 @@ class GroupHSConfig:
     point_estimate: str = "mean"
     prune_statistic: str = "log_scale"
     threshold: float = 6.9
-    z_sampling: str = "example"
+    z_sampling: str = "auto"
     weight_sampling: str = "local"
     group_kl_scale: float = 1.0
     name: str = "ghs"

@@ -47,8 +47,9 @@ class GroupNJConfig:
         init_log_sigma2: initial log-variance of weights and group scales (reference: -9).
         threshold: default log-alpha pruning threshold (keep group if log alpha < threshold); the automatic
             threshold search in :mod:`bayescomp.compress.masks` usually replaces it.
-        z_sampling: ``"example"`` draws the group scales z once per example (the paper's estimator) or
-            ``"batch"`` once per mini-batch, shared by its examples (see :func:`check_z_sampling`).
+        z_sampling: ``"example"`` draws the group scales z once per example (the paper's estimator),
+            ``"batch"`` once per mini-batch, shared by its examples, and ``"auto"`` (default) shares them only in a
+            Linear layer whose input has no gradient, where that saves two products (see :func:`check_z_sampling`).
         weight_sampling: ``"local"`` samples each example's pre-activations (local reparameterisation, the
             paper's estimator) or ``"batch"`` draws the weights once per mini-batch (see
             :func:`check_weight_sampling`).
@@ -59,7 +60,7 @@ class GroupNJConfig:
     clip_var: float | None = 0.2
     init_log_sigma2: float = -9.0
     threshold: float = -3.0
-    z_sampling: str = "example"
+    z_sampling: str = "auto"
     weight_sampling: str = "local"
     group_kl_scale: float = 1.0
     name: str = "gnj"
@@ -81,13 +82,17 @@ def check_z_sampling(value: str) -> None:
     O(1/B) in the batch size. ``"batch"``: one z per mini-batch, folded into the weight columns (Linear: mu z,
     sigma² z²). The z noise is then common to the batch and its contribution to the gradient variance no longer
     falls with B (it is that of sampling the group scales once per step); the weight noise stays local. The
-    gradient stays unbiased, and the first layer needs no input gradient, which saves one of its products.
+    gradient stays unbiased. ``"auto"`` (default): ``"batch"`` in a Linear layer whose input carries no gradient
+    (a network's first layer), ``"example"`` everywhere else (:func:`_z_shared`). Only there does the choice
+    change the cost: a per-example z needs the gradient of the scaled input for both products (mean, variance),
+    two products of the first layer that the plain network never computes; elsewhere the input gradient is needed
+    anyway, and on conv layers z scales the outputs.
 
-    Measured (benchmarks/results/epoch_cost_*.md, precision_parity_lenet300_mnist.md): per-batch z makes the
-    LeNet-300-100 bf16 step 0.89x of per-example z and gains nothing on LeNet-5 or ResNet-20 (z sits on conv
-    outputs there); on the LeNet-300-100 recipe (one seed) it gave 2.12 % error / 9.1x against 2.27 % / 8.2x (bf16)
-    and 2.13 % / 7.2x (fp32, per example). One seed cannot separate that from run-to-run noise, and changing the
-    default would change every Table 1 row, so ``"example"`` (the paper's estimator) stays the default.
+    Measured (docs/limits.md, "z shared by the mini-batch"; benchmarks/results/precision_parity_lenet300_mnist.md):
+    with the compiled step, ``auto`` makes the LeNet-300-100 BC-GNJ step about 0.9x of per-example z; on the
+    30-epoch recipe (bf16, seeds 0-2) it gave 2.22 ± 0.14 % error at 8.60 ± 0.45x against 2.17 ± 0.13 % at
+    7.84 ± 0.64x per example, inside the seeds' spread as the protocol required, so it is the default. Conv nets
+    (LeNet-5, ResNet-20) are unchanged by it.
     """
     if value not in Z_SAMPLINGS:
         raise ValueError(f"z_sampling must be one of {Z_SAMPLINGS}, got {value!r}")
@@ -311,11 +316,13 @@ class Conv2dGroupNJ(_GroupNJMixin, GroupScaledConv2d):
 
 def _z_shared(layer: BayesianLayer, x: torch.Tensor) -> bool:
     """Whether this training forward draws one z for the whole mini-batch: always with ``z_sampling="batch"``;
-    with ``"auto"`` in a Linear layer whose input carries no gradient (a network's first layer), where a z per
-    example would cost the layer's two input-gradient products and a shared z, folded into the weight columns,
-    costs none (see :func:`check_z_sampling`)."""
+    with ``"auto"`` in a Linear layer whose input carries no gradient (a network's first layer) while gradients
+    are being computed, where a z per example would cost the layer's two input-gradient products and a shared z,
+    folded into the weight columns, costs none (see :func:`check_z_sampling`). Without gradients (Monte-Carlo
+    predictions from a batch of copies, say) every example keeps its own z."""
     mode = layer.config.z_sampling
-    return mode == "batch" or (mode == "auto" and isinstance(layer, BayesianLinear) and not x.requires_grad)
+    return mode == "batch" or (mode == "auto" and isinstance(layer, BayesianLinear) and torch.is_grad_enabled()
+                               and not x.requires_grad)
 
 
 def _examples(x: torch.Tensor) -> int:
