@@ -196,3 +196,35 @@ def test_a_failing_compiler_falls_back_to_eager_steps_and_says_so(mnist_small, m
     step = compiled_objective(wrong, variational_loss, wrong, 1000, log=said.append)
     with pytest.raises(RuntimeError, match=r"64x784 and 20x32"):
         step(torch.randn(BATCH, 784), torch.randint(0, 16, (BATCH,)), 1.0)
+
+
+def test_a_compiler_failing_on_the_backward_graph_falls_back_too(monkeypatch):
+    """The backward graph is lowered with the forward at the first call, inside the fallback's guard: a compiler
+    that fails only there (here: a backend whose backward compiler raises) still leaves a working eager step,
+    whose gradients are those of the eager objective. Lowered lazily, at ``backward()``, the error would escape."""
+    from functorch.compile import make_boxed_func
+    from torch._dynamo.backends.common import aot_autograd
+
+    def backward_fails(graph, example_inputs):
+        raise RuntimeError("backward lowering failed")
+
+    backend = aot_autograd(fw_compiler=lambda graph, example_inputs: make_boxed_func(graph.forward),
+                           bw_compiler=backward_fails)
+    real_compile = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda fn, **kwargs: real_compile(fn, backend=backend, **kwargs))
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    model = bayesify(_mlp(), "gnj")
+    images, labels = torch.randn(BATCH, 20), torch.randint(0, 16, (BATCH,))
+    said = []
+    step = compiled_objective(model, variational_loss, model, 1000, log=said.append)
+    torch.manual_seed(1)
+    step(images, labels, 1.0)[0].backward()
+    assert sum("compilation failed" in line and "backward lowering failed" in line for line in said) == 1, said
+    compiled_grads = {name: p.grad.clone() for name, p in model.named_parameters()}
+    model.zero_grad(set_to_none=True)
+    torch.manual_seed(1)
+    variational_loss(model(images), labels, model, 1000, torch.tensor(1.0))[0].backward()
+    for name, p in model.named_parameters():
+        assert torch.allclose(p.grad, compiled_grads[name], rtol=1e-5, atol=1e-6), name
+

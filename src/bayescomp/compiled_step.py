@@ -107,9 +107,10 @@ def compiled_objective(forward: nn.Module, objective: Any, model: nn.Module, n_t
     """``(images, labels, kl_scale) -> (loss, nll, kl)``: the objective of ``forward(images)``, compiled for a fixed
     batch shape (``dynamic=False``: static shapes give the tightest loops; a new shape compiles anew).
 
-    If a compiled call fails (the compiler or its toolchain breaks here) and the same step succeeds eagerly, the
-    run logs the reason once and continues eagerly: a training run is not lost to a compiler problem. An error the
-    eager step raises too is the model's own and is raised as it is."""
+    If a compiled call fails (the compiler or its toolchain breaks here, for the forward or the backward graph:
+    both are compiled at the first call) and the same step succeeds eagerly, the run logs the reason once and
+    continues eagerly: a training run is not lost to a compiler problem. An error the eager step raises too is the
+    model's own and is raised as it is."""
 
     for _, layer in bayesian_layers(model):  # an instance attribute from the start, as evaluation leaves it: the
         layer.deterministic = bool(layer.deterministic)  # graph's guard then holds across epochs (no recompile)
@@ -124,20 +125,41 @@ def compiled_objective(forward: nn.Module, objective: Any, model: nn.Module, n_t
                                         step_objective.__name__, None, step_objective.__closure__)
     compiled = torch.compile(step_objective, dynamic=False)
 
-    state = {"compiled": True}
+    state = {"compiled": True, "first": True}
 
     def run(images: torch.Tensor, labels: torch.Tensor, kl_scale: float):
         # the KL weight changes every step during warm-up: a tensor input, not a constant of the graph
         scale = torch.tensor(float(kl_scale))
         if state["compiled"]:
             try:
-                return compiled(images, labels, scale)
+                if not state["first"]:
+                    return compiled(images, labels, scale)
+                # AOTAutograd lowers the backward at the first backward call, outside this guard; lowered here
+                # with the forward, a compiler failure in the backward falls back like one in the forward
+                with torch._functorch.config.patch(force_non_lazy_backward_lowering=True):
+                    values = compiled(images, labels, scale)
+                state["first"] = False
+                return values
             except Exception as error:  # noqa: BLE001 - decided below by whether the eager step works
                 values = step_objective(images, labels, scale)  # raises the model's own error, if it has one
                 state["compiled"] = False
-                reason = f"{type(error).__name__}: {str(error).strip().splitlines()[0] if str(error).strip() else ''}"
-                log(f"compiled step: compilation failed ({reason[:300]}); training eagerly")
+                log(f"compiled step: compilation failed ({failure_reason(error)[:300]}); training eagerly")
                 return values
         return step_objective(images, labels, scale)
 
     return run
+
+
+def failure_reason(error: BaseException) -> str:
+    """One line saying why: the error's type and first line, and those of the error at the root of its chain
+    (dynamo wraps a backend's error, whose message is the useful part, in ``BackendCompilerFailed``)."""
+    def first_line(e: BaseException) -> str:
+        text = str(e).strip()
+        return f"{type(e).__name__}: {text.splitlines()[0]}" if text else type(e).__name__
+
+    root, seen = error, {id(error)}
+    while (inner := getattr(root, "inner_exception", None) or root.__cause__) is not None and id(inner) not in seen:
+        seen.add(id(inner))
+        root = inner
+    return first_line(error) if root is error else f"{first_line(error)} {first_line(root)}"
+
