@@ -1,14 +1,14 @@
 """Where a BC-GNJ training step of LeNet-300-100 spends its time, against the plain fp32 step (CPU, interleaved).
 
-The fast-training issue's floor for the default estimator (local reparameterisation, group scales z per example)
-counts multiply-accumulates: 2.83x a plain step, since the first layer needs the input gradient of both its mean
+The fast-training issue's floor for the paper's estimator (local reparameterisation, group scales z per example;
+the default until 2026-12-07, ``z_sampling="example"``, which this script measures) counts multiply-accumulates: 2.83x a plain step, since the first layer needs the input gradient of both its mean
 and its variance products. That count prices a bf16 product like an fp32 one. This script times, in one process
 with interleaved rounds and medians:
 
 * ``plain fp32 step``: forward, cross-entropy, backward, fused Adam of the plain network;
 * ``plain fp32 products``: the plain step's 8 matrix products alone (forward, weight gradients, input gradients
   where the step needs them), on tensors of the step's shapes;
-* ``gnj products (bf16)``: the 18 products of a BC-GNJ step under the default estimator (mean and variance, each
+* ``gnj products (bf16)``: the 18 products of a BC-GNJ step under that estimator (mean and variance, each
   forward, weight gradient and input gradient, every layer), in bfloat16 as ``--precision auto`` runs them;
 * ``gnj normal draws``: the step's standard normal numbers alone (z per example on every layer's inputs and the
   pre-activation noise of every layer: 204,032 at batch 128), drawn as the layers draw them;
@@ -65,7 +65,7 @@ def measure(rounds: int, steps: int) -> dict:
     data = load_dataset("mnist")
     torch.manual_seed(0)
     plain = create_model("lenet300", data.num_classes, data.input_shape, data.mean, data.std)
-    gnj = bayesify(plain, "gnj")
+    gnj = bayesify(plain, "gnj", {"z_sampling": "example"})  # the estimator the record and its floor describe
     gnj.train()
     forward = AutocastForward(gnj, "cpu") if native_bf16() else gnj
     images = data.train.images[:BATCH * steps].float()
