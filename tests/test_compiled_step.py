@@ -227,4 +227,3 @@ def test_a_compiler_failing_on_the_backward_graph_falls_back_too(monkeypatch):
     variational_loss(model(images), labels, model, 1000, torch.tensor(1.0))[0].backward()
     for name, p in model.named_parameters():
         assert torch.allclose(p.grad, compiled_grads[name], rtol=1e-5, atol=1e-6), name
-

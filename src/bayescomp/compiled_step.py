@@ -162,4 +162,3 @@ def failure_reason(error: BaseException) -> str:
         seen.add(id(inner))
         root = inner
     return first_line(error) if root is error else f"{first_line(error)} {first_line(root)}"
-
