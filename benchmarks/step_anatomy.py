@@ -1,8 +1,8 @@
 """Where a BC-GNJ training step of LeNet-300-100 spends its time, against the plain fp32 step (CPU, interleaved).
 
 The fast-training issue's floor for the paper's estimator (local reparameterisation, group scales z per example;
-the default until 2026-12-07, ``z_sampling="example"``, which this script measures) counts multiply-accumulates: 2.83x a plain step, since the first layer needs the input gradient of both its mean
-and its variance products. That count prices a bf16 product like an fp32 one. This script times, in one process
+the default until 2026-12-07, ``z_sampling="example"``, which this script measures) counts multiply-accumulates:
+2.83x a plain step, since the first layer needs the input gradient of both its mean and its variance products. That count prices a bf16 product like an fp32 one. This script times, in one process
 with interleaved rounds and medians:
 
 * ``plain fp32 step``: forward, cross-entropy, backward, fused Adam of the plain network;
