@@ -13,7 +13,8 @@ does by default: fused layers, ``--precision auto``, the config's z_sampling, de
 compiled step where ``--compile auto`` compiles it on a full 30-epoch run, :mod:`bayescomp.compiled_step`), the
 same with the other step (eager where the default compiles, compiled where it does not; the compilation happens
 in the untimed warm-up) and its fp32 variant; for BC-GNJ also the unfused autograd layers (the code path before the
-fused Functions) and z per example / per batch in fp32 and bf16; for BC-GNJ and BC-GHS one weight draw per
+fused Functions), z per example / per batch in fp32 and bf16 (eager), and on LeNet-300-100 the compiled bf16 step
+with each ``z_sampling`` value (example, batch, auto); for BC-GNJ and BC-GHS one weight draw per
 mini-batch (``weight_sampling="batch"``) with z per example / per batch; BC-GNJ's default with PyTorch's
 normal generator instead of the compiled Philox kernel (``bayescomp.noise``); and the authors' reference GNJ
 layers, re-implemented below from the published formulas (Louizos et al. 2017,
