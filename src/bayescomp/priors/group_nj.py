@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from bayescomp.priors.base import BayesianConv2d, BayesianLayer, BayesianLinear, PriorSpec, register_prior
+from bayescomp.validate import check_choice
 from bayescomp.noise import standard_normal, standard_normal_like
 from bayescomp.priors.fused import draw_weights, in_layout, linear_lrt, memory_format_of, sample_lrt
 
@@ -94,8 +95,7 @@ def check_z_sampling(value: str) -> None:
     7.84 ± 0.64x per example, inside the seeds' spread as the protocol required, so it is the default. Conv nets
     (LeNet-5, ResNet-20) are unchanged by it.
     """
-    if value not in Z_SAMPLINGS:
-        raise ValueError(f"z_sampling must be one of {Z_SAMPLINGS}, got {value!r}")
+    check_choice(value, Z_SAMPLINGS, "z_sampling")
 
 
 WEIGHT_SAMPLINGS = ("local", "batch")
@@ -325,6 +325,13 @@ def _z_shared(layer: BayesianLayer, x: torch.Tensor) -> bool:
                                and not x.requires_grad)
 
 
+def _draw_z(layer: BayesianLayer, x: torch.Tensor, examples: int) -> tuple[torch.Tensor, bool]:
+    """The group scales for this training forward and whether they are shared: one row (1, groups) when
+    :func:`_z_shared` says so, else one row per example (``examples``, groups)."""
+    shared = _z_shared(layer, x)
+    return layer._sample_z(1 if shared else examples), shared
+
+
 def _examples(x: torch.Tensor) -> int:
     """Number of examples of a Linear input (..., features): its first dimension; a 1-D input is one example."""
     return x.shape[0] if x.dim() > 1 else 1
@@ -343,8 +350,7 @@ def _per_example(z: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 def _unfused_linear(layer: BayesianLinear, x: torch.Tensor) -> torch.Tensor:
     """Training forward of a group-scaled Linear layer (GNJ, GHS) with plain autograd ops, for inputs of any rank:
     z per example (rows of ``_sample_z``) broadcast over the token dimensions (see :class:`BayesianLinear`)."""
-    shared = _z_shared(layer, x)
-    z = layer._sample_z(1 if shared else _examples(x))
+    z, shared = _draw_z(layer, x, _examples(x))
     bias_var = layer.bias_log_sigma2.exp() if layer.bias_mu is not None else None
     if shared:  # z scales the weight's columns, so an input without gradient needs no input-gradient product
         z = z[0]
@@ -363,7 +369,7 @@ def _unfused_conv(layer: BayesianConv2d, x: torch.Tensor) -> torch.Tensor:
     mean = layer._conv(x, layer.weight_mu, layer.bias_mu)
     bias_var = layer.bias_log_sigma2.exp() if layer.bias_mu is not None else None
     var = layer._conv(x.pow(2), layer.weight_log_sigma2.exp(), bias_var)
-    z = layer._sample_z(1 if _z_shared(layer, x) else x.shape[0])[:, :, None, None]
+    z = _draw_z(layer, x, x.shape[0])[0][:, :, None, None]
     return (mean + var.add(_EPS).sqrt() * standard_normal_like(mean)) * z
 
 
@@ -371,8 +377,7 @@ def _fused_linear(layer: BayesianLinear, x: torch.Tensor) -> torch.Tensor:
     """Training forward of a group-scaled Linear layer (GNJ, GHS) through :func:`linear_lrt`; same draws, in the
     same order, as the unfused forward (z first, then the output noise). Inputs of any rank are flattened to rows
     (B * T, D) and an example's z is repeated for each of its rows, so all its tokens share one z."""
-    shared = _z_shared(layer, x)
-    z = layer._sample_z(1 if shared else _examples(x))
+    z, shared = _draw_z(layer, x, _examples(x))
     rows = x.reshape(-1, x.shape[-1])
     if shared:
         z = z[0]
@@ -399,7 +404,7 @@ def _fused_conv(layer: BayesianConv2d, x: torch.Tensor) -> torch.Tensor:
         layer._variance_store("bias_log_sigma2", bias_var)
     var = layer._conv(x * x, variance, bias_var)
     mean, var = in_layout(memory_format_of(layer.weight_mu), mean, var)
-    z = layer._sample_z(1 if _z_shared(layer, x) else x.shape[0])[:, :, None, None]
+    z = _draw_z(layer, x, x.shape[0])[0][:, :, None, None]
     return sample_lrt(mean, var, standard_normal_like(mean), z)
 
 
@@ -419,8 +424,7 @@ def _shared_draw_linear(layer: BayesianLinear, x: torch.Tensor) -> torch.Tensor:
     """Training forward with ``weight_sampling="batch"`` (GNJ, GHS): z drawn as ``z_sampling`` says, then one
     draw of the weights and the bias for the whole mini-batch. A per-batch z scales the weight's columns (no input
     gradient needed in the first layer), a per-example z the inputs."""
-    shared = _z_shared(layer, x)
-    z = layer._sample_z(1 if shared else _examples(x))
+    z, shared = _draw_z(layer, x, _examples(x))
     weight, bias = _draw(layer, "weight"), _draw(layer, "bias")
     if shared:
         return F.linear(x, weight * z[0], bias)
@@ -430,8 +434,7 @@ def _shared_draw_linear(layer: BayesianLinear, x: torch.Tensor) -> torch.Tensor:
 def _shared_draw_conv(layer: BayesianConv2d, x: torch.Tensor) -> torch.Tensor:
     """Training forward with ``weight_sampling="batch"`` (GNJ, GHS): one convolution with one draw of the
     filters; z (per output filter) scales the filters and bias when drawn per batch, the outputs when per example."""
-    shared = _z_shared(layer, x)
-    z = layer._sample_z(1 if shared else x.shape[0])
+    z, shared = _draw_z(layer, x, x.shape[0])
     weight, bias = _draw(layer, "weight"), _draw(layer, "bias")
     if shared:
         return layer._conv(x, weight * z[0].view(-1, 1, 1, 1), None if bias is None else bias * z[0])
