@@ -84,6 +84,9 @@ def main() -> None:
                         help="fine-tune with knowledge distillation from the dense model, this weight alpha on the "
                              "soft term (bayescomp.distill; 0: labels only)")
     parser.add_argument("--distill-temperature", type=float, default=4.0, help="its softening temperature")
+    parser.add_argument("--train-seed", type=int, default=None,
+                        help="seed of the Bayesian phase and the fine-tuning (noise, data order); the data split "
+                             "keeps the run's seed, 0, which --pretrained needs (the dense weights saw that split)")
     parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args()
     if args.threads:
@@ -118,6 +121,9 @@ def main() -> None:
     if args.distill:
         config.finetune = replace(config.finetune, distill=args.distill,
                                   distill_temperature=args.distill_temperature)
+    if args.train_seed is not None:
+        config.bayes = replace(config.bayes, seed=args.train_seed)
+        config.finetune = replace(config.finetune, seed=args.train_seed)
     run_dir = Path(args.run_dir or f"runs/cifar/{args.model}_cifar10_{args.method}")
     report = run(config, run_dir, progress=False, command=this_command(), device=args.device, amp=args.amp,
                  cuda_graphs=args.cuda_graphs)
@@ -130,6 +136,7 @@ def main() -> None:
              "hardware": args.hardware or f"{os.cpu_count()}-core CPU" + (f", {args.device}" if args.device else ""),
              "dense_epochs": 0 if args.pretrained else config.dense.epochs, "epochs": config.bayes.epochs,
              "pretrained": args.pretrained, "finetune_epochs": config.finetune.epochs,
+             **({"train_seed": args.train_seed} if args.train_seed is not None else {}),
              **({"finetune_distill": {"alpha": args.distill, "temperature": args.distill_temperature}}
                 if args.distill else {})}
     path = publish(report, run_dir, extra, suffix=f"_{args.variant}" if args.variant else "")

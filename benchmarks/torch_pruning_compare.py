@@ -191,6 +191,7 @@ def main() -> None:
                         help="fine-tune with knowledge distillation from the dense model, this weight alpha on the "
                              "soft term (bayescomp.distill; 0: labels only); give the bayescomp run the same")
     parser.add_argument("--distill-temperature", type=float, default=4.0, help="its softening temperature")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the fine-tuning (data order, augmentation)")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--out", default=str(RESULTS / "resnet20_cifar10_torch-pruning"))
     args = parser.parse_args()
@@ -226,6 +227,8 @@ def main() -> None:
         settings["device"] = args.device
     if args.optimizer != "adam" or args.weight_decay:  # absent for the default, so older rows still match
         settings.update(optimizer=args.optimizer, weight_decay=args.weight_decay)
+    if args.seed:  # absent for seed 0, so older rows (all seed 0) still match
+        settings["seed"] = args.seed
     rows = _previous_rows(out)  # every measured row stays in the file; only one with these settings is skipped
     score_readers = {"posterior_uniform": lambda: posterior_scores(dense, args.posterior),
                      "posterior_snr": lambda: posterior_snr(dense, args.posterior, example)}
@@ -250,7 +253,7 @@ def main() -> None:
                 before = evaluate(model, data.val)["error_pct"]
             config = TrainConfig(epochs=target["epochs"], lr=args.lr, lr_schedule="cosine", augment="crop_flip",
                                  distill=args.distill, distill_temperature=args.distill_temperature,
-                                 optimizer=args.optimizer, weight_decay=args.weight_decay)
+                                 optimizer=args.optimizer, weight_decay=args.weight_decay, seed=args.seed)
             fit(model, data, config, progress=False, amp=args.amp, log=lambda *_: None, device=args.device,
                 cuda_graphs=args.cuda_graphs, teacher=dense if args.distill else None)
             with placed(model, args.device):
@@ -322,12 +325,18 @@ def _optimizer_label(optimizer: str | None, lr: float | None, weight_decay: floa
     return f", {optimizer.upper()} lr {lr:g}, weight decay {weight_decay or 0:g}"
 
 
+def _seed_label(seed: int | None) -> str:
+    """``, seed 1`` for a fine-tuning seeded otherwise than the default 0, else ``""``."""
+    return f", seed {seed}" if seed else ""
+
+
 def _bayes_finetune_label(record: dict) -> str:
     """The bayescomp run's pruning and, in brackets, its fine-tuning recipe (epochs, distillation, optimizer)."""
     finetune = record.get("config", {}).get("finetune", {})
     return (f"{_bayes_label(record)} ({record.get('finetune_epochs', 0)} fine-tuning epochs"
             f"{_distill_label(record.get('finetune_distill'))}"
-            f"{_optimizer_label(finetune.get('optimizer'), finetune.get('lr'), finetune.get('weight_decay'))})")
+            f"{_optimizer_label(finetune.get('optimizer'), finetune.get('lr'), finetune.get('weight_decay'))}"
+            f"{_seed_label(record.get('train_seed'))})")
 
 
 def _bayes_label(record: dict) -> str:
@@ -368,7 +377,8 @@ def _write(out: Path, rows: list[dict], records: list[dict], dense_test: float, 
     for r in rows:
         posterior = f" (posterior `{r['posterior']}`)" if r.get("posterior") else ""
         lines.append(f"| {_row_label(r['importance'])}{posterior}{_distill_label(r.get('distill'))}"
-                     f"{_optimizer_label(r.get('optimizer'), r.get('lr'), r.get('weight_decay'))} | "
+                     f"{_optimizer_label(r.get('optimizer'), r.get('lr'), r.get('weight_decay'))}"
+                     f"{_seed_label(r.get('seed'))} | "
                      f"{r['matched'] or '-'} | "
                      f"{r['flops_compressed'] / 1e6:.2f} M | "
                      f"{r['mac_ratio']:.2f}x | {r['param_ratio']:.2f}x | {r['finetune_epochs']} | "
@@ -405,14 +415,14 @@ def _plot(rows: list[dict], records: list[dict], dense_test: float, dense_macs: 
     ax.set_prop_cycle(color=plt.cm.tab20.colors[::2] + plt.cm.tab20.colors[1::2])  # 20 colours before a repeat
     def curve_key(r: dict) -> tuple:  # one line per fine-tuning recipe: rows trained differently never join
         return (r["importance"], r["finetune_epochs"], _distill_label(r.get("distill")),
-                _optimizer_label(r.get("optimizer"), r.get("lr"), r.get("weight_decay")))
+                _optimizer_label(r.get("optimizer"), r.get("lr"), r.get("weight_decay")), _seed_label(r.get("seed")))
 
-    for kind, epochs, distilled, optimizer in sorted({curve_key(r) for r in rows}):
-        mine = sorted((r for r in rows if curve_key(r) == (kind, epochs, distilled, optimizer)),
+    for kind, epochs, distilled, optimizer, seed in sorted({curve_key(r) for r in rows}):
+        mine = sorted((r for r in rows if curve_key(r) == (kind, epochs, distilled, optimizer, seed)),
                       key=lambda r: r["flops_compressed"])
         ax.plot([r["flops_compressed"] / dense_macs for r in mine], [r["test_error_pct"] for r in mine],
                 "s-" if kind.startswith("posterior") else "o-",
-                label=f"{_row_label(kind)}, fine-tuned {epochs} epochs{distilled}{optimizer}")
+                label=f"{_row_label(kind)}, fine-tuned {epochs} epochs{distilled}{optimizer}{seed}")
     curves_drawn = set()  # runs cut from one posterior share its threshold curve: one line per method
     for record in records:
         curve = [p for p in record.get("tradeoff_curve", []) if "flops" in p]
