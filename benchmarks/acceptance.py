@@ -231,7 +231,8 @@ def _resnet20_rows(runs: list[dict], row) -> None:
     """Issue 18: the shipped dense ResNet-20, the Bayesian cut at >= 2x MACs and >= 3x weights with the lowest
     fine-tuned validation error, and the comparison with Torch-Pruning's group-norm pruner at (about) equal MACs, the
     same total epochs (Bayesian + fine-tuning) and the same fine-tuning recipe (a run distilled from the dense model
-    meets only Torch-Pruning rows distilled alike; one fine-tuned with SGD only SGD rows)."""
+    meets only Torch-Pruning rows distilled alike; one fine-tuned with SGD only SGD rows; a run trained with seed k
+    only the row fine-tuned with seed k)."""
     weights = Path(__file__).resolve().parents[1] / "src/bayescomp/models/weights/resnet20_cifar10.json"
     if weights.exists():
         shipped = json.loads(weights.read_text())
@@ -276,15 +277,17 @@ def _resnet20_rows(runs: list[dict], row) -> None:
         distill = r.get("finetune_distill")
         peers = [t for t in group_norm if abs(t["mac_ratio"] / _mac_ratio(r) - 1) <= 0.05
                  and t["finetune_epochs"] <= total and t.get("distill") == distill
-                 and t.get("optimizer", "adam") == _finetune_optimizer(r)]
+                 and t.get("optimizer", "adam") == _finetune_optimizer(r)
+                 and t.get("seed", 0) == r.get("train_seed", 0)]  # each seed meets its own peer
         if not peers:
             continue
         peer = max(peers, key=lambda t: t["finetune_epochs"])
         how = [*(["by distillation from the dense model"] if distill else []),
                *([f"with {_finetune_optimizer(r).upper()}"] if _finetune_optimizer(r) != "adam" else [])]
         both = f" (both fine-tuned {' and '.join(how)})" if how else ""
+        seed = f", seed {r['train_seed']}" if r.get("train_seed") else ""
         row(f"ResNet-20 at equal MACs: Bayesian (`{r['_stem']}`, {total} epochs) <= Torch-Pruning group-norm with "
-            f"the same epochs{both}",
+            f"the same epochs{both}{seed}",
             f"{r['test_error_pct']:.2f} % at {_mac_ratio(r):.2f}x against {peer['test_error_pct']:.2f} % at "
             f"{peer['mac_ratio']:.2f}x ({peer['finetune_epochs']} fine-tuning epochs)",
             r["test_error_pct"] <= peer["test_error_pct"] and peer["finetune_epochs"] == total)

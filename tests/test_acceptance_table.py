@@ -328,3 +328,23 @@ def test_the_two_hour_row_reads_only_the_run_timed_end_to_end():
         timed = dict(_resnet(TIMED_END_TO_END, 10.2, 3.1, 3.1), wall_time_s=seconds, torch_threads=2)
         row = _resnet_rows([reused, timed])[target]
         assert f"{seconds / 60:.1f} min" in row and TIMED_END_TO_END in row and row.endswith(f"| {verdict} |")
+
+
+def test_a_resnet20_run_meets_only_the_torch_pruning_row_of_its_own_seed(tmp_path, monkeypatch):
+    """Two seeds of one recipe on each side: a run trained with seed 1 is compared with the row fine-tuned with seed 1,
+    a seed-0 run with the seed-0 row, never with whichever row comes first."""
+    import json
+
+    from benchmarks import acceptance
+
+    rows = [{"importance": "group_norm", "mac_ratio": 3.1, "finetune_epochs": 40, "test_error_pct": 9.0},
+            {"importance": "group_norm", "mac_ratio": 3.1, "finetune_epochs": 40, "test_error_pct": 11.0, "seed": 1}]
+    (tmp_path / "resnet20_cifar10_torch-pruning.json").write_text(json.dumps({"rows": rows}))
+    monkeypatch.setattr(acceptance, "RESULTS", tmp_path)
+    seed0 = _resnet("resnet20_cifar10_gnj_s0", 10.0, 3.1, 3.1)
+    seed1 = {**_resnet("resnet20_cifar10_gnj_s1", 10.0, 3.1, 3.1), "train_seed": 1}
+    equal = {k: v for k, v in _resnet_rows([seed0, seed1]).items() if k.startswith("ResNet-20 at equal MACs")}
+    by_run = {("s1" if "gnj_s1" in k else "s0"): line for k, line in equal.items()}
+    assert "against 9.00 %" in by_run["s0"] and by_run["s0"].endswith("| no |")
+    assert "against 11.00 %" in by_run["s1"] and by_run["s1"].endswith("| yes |")
+    assert any(k.endswith(", seed 1") for k in equal)

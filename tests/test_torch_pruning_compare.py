@@ -203,3 +203,17 @@ def test_the_plot_never_joins_rows_fine_tuned_differently(tmp_path, monkeypatch)
     assert len(adam) == 1 and lines[adam[0]] == [10.1]
     assert len(sgd) == 1 and lines[sgd[0]] == [9.5, 9.4]
     assert any(label.startswith("bayescomp gnj") and "SGD lr 0.01" in label for label in lines)
+
+
+def test_a_row_of_another_seed_is_measured_not_skipped_and_says_its_seed():
+    """The fine-tuning seed is a setting: a seed-1 rerun remeasures a seed-0 row (older rows have no key: seed 0)."""
+    from benchmarks.torch_pruning_compare import _seed_label, already_measured
+
+    row = {"importance": "group_norm", "finetune_epochs": 50, "target_macs": 13_000_000,
+           "flops_compressed": 13_010_000, "lr": 0.01, "amp": True, "dense_test_error_pct": 8.5}
+    target = {"macs": 13_000_000, "epochs": 50}
+    settings = {"lr": 0.01, "amp": True, "dense_test_error_pct": 8.5}
+    assert already_measured([row], "group_norm", target, settings)
+    assert not already_measured([row], "group_norm", target, {**settings, "seed": 1})
+    assert already_measured([{**row, "seed": 1}], "group_norm", target, {**settings, "seed": 1})
+    assert _seed_label(1) == ", seed 1" and _seed_label(0) == _seed_label(None) == ""
