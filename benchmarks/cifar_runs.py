@@ -29,7 +29,7 @@ from bayescomp.pipeline import RunConfig, run
 from benchmarks._common import publish, this_command
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="resnet20", choices=("resnet20", "resnet56", "vgg16"))
     parser.add_argument("--method", default="gnj", choices=("gnj", "ghs"))
@@ -88,12 +88,11 @@ def main() -> None:
                         help="seed of the Bayesian phase and the fine-tuning (noise, data order); the data split "
                              "keeps the run's seed, 0, which --pretrained needs (the dense weights saw that split)")
     parser.add_argument("--threads", type=int, default=None)
-    args = parser.parse_args()
-    if args.threads:
-        import torch
+    return parser
 
-        torch.set_num_threads(args.threads)
 
+def build_config(args: argparse.Namespace) -> RunConfig:
+    """The run's configuration from the command line: the zoo's schedules with the flags' changes applied."""
     config = RunConfig(model=args.model, data="cifar10", method=args.method, pretrained=args.pretrained,
                        compress=CompressConfig(tolerance_pct=args.tolerance, bits_reduce="max",
                                                search_val_size=args.search_val_size, search=args.search,
@@ -124,6 +123,16 @@ def main() -> None:
     if args.train_seed is not None:
         config.bayes = replace(config.bayes, seed=args.train_seed)
         config.finetune = replace(config.finetune, seed=args.train_seed)
+    return config
+
+
+def main() -> None:
+    args = build_parser().parse_args()
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    config = build_config(args)
     run_dir = Path(args.run_dir or f"runs/cifar/{args.model}_cifar10_{args.method}")
     report = run(config, run_dir, progress=False, command=this_command(), device=args.device, amp=args.amp,
                  cuda_graphs=args.cuda_graphs)
