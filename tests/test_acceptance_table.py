@@ -348,3 +348,18 @@ def test_a_resnet20_run_meets_only_the_torch_pruning_row_of_its_own_seed(tmp_pat
     assert "against 9.00 %" in by_run["s0"] and by_run["s0"].endswith("| no |")
     assert "against 11.00 %" in by_run["s1"] and by_run["s1"].endswith("| yes |")
     assert any(k.endswith(", seed 1") for k in equal)
+
+
+def test_results_md_names_every_record_that_a_gpu_produced(tmp_path):
+    """The opening of RESULTS.md never says "all on a CPU" while a committed record says a GPU trained it."""
+    import json
+
+    from benchmarks.make_tables import gpu_records, header
+
+    (tmp_path / "cpu_row.json").write_text(json.dumps({"device": "cpu", "hardware": "2-core CPU"}))
+    assert gpu_records(tmp_path) == [] and "no GPU was lent" in header(tmp_path)[5]
+    (tmp_path / "gpu_row.json").write_text(json.dumps({"device": "CPU", "trained_on": "one NVIDIA H200"}))
+    (tmp_path / "cuda_row.json").write_text(json.dumps({"device": "cuda: NVIDIA H200"}))
+    assert gpu_records(tmp_path) == ["cuda_row", "gpu_row"]
+    opening = header(tmp_path)[5]
+    assert "`cuda_row`, `gpu_row`" in opening and "no GPU was lent" not in opening
