@@ -363,3 +363,25 @@ def test_results_md_names_every_record_that_a_gpu_produced(tmp_path):
     assert gpu_records(tmp_path) == ["cuda_row", "gpu_row"]
     opening = header(tmp_path)[5]
     assert "`cuda_row`, `gpu_row`" in opening and "no GPU was lent" not in opening
+
+
+def test_the_lenet5_speed_target_counts_onnxruntime_only_with_both_models_in_it(tmp_path, monkeypatch):
+    """The speed-up is dense / compressed in one runtime: eager PyTorch from the run's report, or onnxruntime from the
+    runtime benchmark. Either meets the 3x at both batch sizes, never a mix of the two."""
+    import json
+
+    from benchmarks import acceptance
+
+    monkeypatch.setattr(acceptance, "RESULTS", tmp_path)
+    run = _run("lenet5_mnist_gnj", 0.9, 110.0, test_error_pct_pruned=0.9, compression_bits=300.0,
+               compression_file=200.0, latency_ms={"threads": 2, "speedup": {"batch_1": 1.6, "batch_256": 5.6}})
+
+    def speed_row() -> str:
+        return next(line for line in acceptance_table([run], []).splitlines() if "LeNet-5 >= 3x faster" in line)
+
+    assert speed_row().endswith("| no |") and "onnxruntime:" not in speed_row()
+    for batch_1, batch_256, verdict in ((5.3, 6.8, "yes"), (2.9, 6.8, "no"), (5.3, 2.9, "no")):
+        models = {"lenet5_mnist_gnj": {"threads": 1, "speedup": {"onnxruntime": {"batch_1": batch_1,
+                                                                                 "batch_256": batch_256}}}}
+        (tmp_path / "runtime_latency.json").write_text(json.dumps({"models": models}))
+        assert speed_row().endswith(f"| {verdict} |") and f"onnxruntime: batch 1: {batch_1:.1f}x" in speed_row()
