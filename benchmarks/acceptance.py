@@ -227,10 +227,10 @@ def _finetune_optimizer(record: dict) -> str:
 TIMED_END_TO_END = "resnet20_cifar10_gnj_macs2_w3_uniform_bn_kd_sgd40_snr_gkl10_bf16ft"
 
 
-def _runtime_speedup(stem: str, runtime: str, results: Path | None = None) -> dict | None:
+def _runtime_speedup(stem: str, runtime: str) -> dict | None:
     """Dense / compressed latency of the committed model ``stem`` with both run by ``runtime``, per batch size, from
     ``benchmarks.runtime_latency``'s record (``None`` where it has not measured that model or runtime)."""
-    path = (results or RESULTS) / "runtime_latency.json"
+    path = RESULTS / "runtime_latency.json"
     if not path.exists():
         return None
     record = json.loads(path.read_text())
