@@ -171,8 +171,8 @@ def header(results: Path | None = None) -> list[str]:
     gpu = gpu_records(results)
     where = ("All figures were measured on a 2-core CPU machine" + (
         ", except what the records " + ", ".join(f"`{s}`" for s in gpu) + " say ran on a GPU (an NVIDIA H200: "
-        "training, or the epoch times of GPU runs), and the rows built from them" if gpu else " (no GPU was lent to the sessions that produced "
-        "them)"))
+        "training, or the epoch times of GPU runs), and the rows built from them" if gpu
+        else " (no GPU was lent to the sessions that produced them)"))
     return [
         "# Results",
         "",
