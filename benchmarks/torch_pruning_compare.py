@@ -354,6 +354,9 @@ def _bayes_label(record: dict) -> str:
         how += f", channels asked to be ordered by {compress.get('channel_score')} but ordered by log alpha (defect)"
     elif compress.get("channel_score", "log_alpha") != "log_alpha":
         how += f", channels ordered by {compress['channel_score']}"
+    kl_scale = record.get("config", {}).get("prior", {}).get("group_kl_scale", 1.0)
+    if kl_scale != 1.0:
+        how += f", groups' KL x{kl_scale:g}"
     return f"bayescomp {record['method']}, {how}"
 
 

@@ -108,6 +108,10 @@ def test_bayescomp_rows_say_how_the_cut_was_chosen():
     assert label(target_macs=2.0, channel_score="snr") == "bayescomp gnj, 2x MAC budget, channels ordered by snr"
     assert label(target_macs=2.0, channel_score="log_alpha") == "bayescomp gnj, 2x MAC budget"
     assert label(target_macs=3.0, search="uniform") == "bayescomp gnj, 3x MAC budget, uniform allocation"
+    tempered = _bayes_label({"method": "gnj", "config": {"compress": {"target_macs": 2.0},
+                                                          "prior": {"group_kl_scale": 100.0}}})
+    assert tempered == "bayescomp gnj, 2x MAC budget, groups' KL x100"
+    assert label(target_macs=2.0) == "bayescomp gnj, 2x MAC budget"  # no prior section: the factor is 1
     flawed = _bayes_label({"method": "gnj", "config": {"compress": {"target_macs": 2.0, "channel_score": "snr"}},
                            "defect": "made with a defect"})
     assert "ordered by log alpha (defect)" in flawed and "channels ordered by snr" not in flawed
