@@ -356,3 +356,80 @@ def test_training_clips_at_the_training_threshold_whatever_the_deployed_one(fuse
     assert abs(out.mean().item() - mean.item()) < 5 * math.sqrt(var.item() / n)
     assert abs(out.var().item() - var.item()) < 6 * math.sqrt(2 * var.item() ** 2 / n)
     assert not bool(layer.weight_keep_mask().any()) and not bool(layer.to_plain().weight.any())
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("kind", ["linear", "conv"])
+def test_authors_clip_style_keeps_pruned_noise_in_linear_layers_only(kind):
+    """``train_clip_style="authors"``: the training output's mean and variance against the reference layers'
+    formulas, computed here: mean from theta with the pruned weights zeroed; variance exp(clip(log alpha)) theta²,
+    with the pruned weights kept in a Linear layer and zeroed in a conv layer (a 1x1 conv on a 1x1 image is the
+    same three-input product)."""
+    cfg = SparseVDConfig(train_clip=True, train_clip_style="authors")
+    theta = torch.tensor([[0.8, -0.5, 0.6]])
+    log_alpha = torch.tensor([[-9.0, 3.5, -5.0]])  # weight 0 below the clip (-8), weight 1 pruned
+    x = torch.tensor([[1.0, 1.0, -1.0]])
+    if kind == "linear":
+        layer = LinearSparseVD(3, 1, config=cfg)
+        _set_posterior(layer, theta, log_alpha)
+    else:
+        layer = Conv2dSparseVD(3, 1, 1, config=cfg)
+        _set_posterior(layer, theta.view(1, 3, 1, 1), log_alpha.view(1, 3, 1, 1))
+        x = x.view(1, 3, 1, 1)
+    layer.bias_mu.fill_(0.1)
+    n = 40000
+    out = layer(x.expand(n, *x.shape[1:])).reshape(n)
+    keep = torch.tensor([True, False, True])
+    variance = log_alpha[0].clamp(-8.0, 8.0).exp() * theta[0] ** 2
+    if kind == "conv":
+        variance = variance * keep
+    mean = (theta[0] * x.flatten() * keep).sum() + 0.1
+    var = (variance * x.flatten() ** 2).sum()
+    assert abs(out.mean().item() - mean.item()) < 5 * math.sqrt(var.item() / n)
+    assert abs(out.var().item() - var.item()) < 6 * math.sqrt(2 * var.item() ** 2 / n)
+    if kind == "linear":  # the pruned weight's noise (variance ~0.33) dominates: far from the zeroed variance
+        assert out.var().item() > 10 * (variance * keep * x.flatten() ** 2).sum().item()
+
+
+def test_authors_clip_style_lets_a_pruned_linear_weight_learn_its_variance():
+    """Under the authors' style the data gradient reaches log sigma² of a pruned Linear weight (its noise is still
+    in the output), and not its theta (its mean is zeroed); under the default style it reaches neither. The KL is
+    left out: the gradients are the likelihood's."""
+    grads = {}
+    for style in ("mean_and_variance", "authors"):
+        torch.manual_seed(0)
+        layer = LinearSparseVD(3, 2, config=SparseVDConfig(train_clip=True, train_clip_style=style))
+        _set_posterior(layer, torch.tensor([[0.8, -0.5, 0.6], [0.3, 0.4, -0.7]]),
+                       torch.tensor([[-6.0, 3.5, -5.0], [-4.0, -4.0, -4.0]]))
+        layer.train()
+        x = torch.randn(256, 3)
+        F.mse_loss(layer(x), torch.zeros(256, 2)).backward()
+        grads[style] = (layer.weight_mu.grad[0, 1].item(), layer.weight_log_sigma2.grad[0, 1].item())
+    assert grads["mean_and_variance"] == (0.0, 0.0)
+    theta_grad, log_sigma2_grad = grads["authors"]
+    assert abs(theta_grad) < 1e-6  # exp(log alpha) theta² = sigma² inside the clip: theta drops out
+    assert log_sigma2_grad > 0  # the noise only adds to the squared error, so the data pushes sigma² down
+
+
+def test_authors_clip_style_rejects_unknown_styles():
+    with pytest.raises(ValueError, match="train_clip_style"):
+        SparseVDConfig(train_clip_style="mean_only")
+
+
+def test_authors_clip_style_trains_through_the_library_step():
+    """A few steps of the library's objective with the authors' style: finite loss, and the KL of the autograd path
+    equals the default style's KL on the same parameters (the style changes the forward only)."""
+    torch.manual_seed(0)
+    layers = {style: LinearSparseVD(20, 5, config=SparseVDConfig(train_clip_style=style))
+              for style in ("mean_and_variance", "authors")}
+    layers["authors"].load_state_dict(layers["mean_and_variance"].state_dict())
+    torch.testing.assert_close(layers["authors"].kl_divergence(), layers["mean_and_variance"].kl_divergence())
+    model = nn.Sequential(layers["authors"])
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    x, y = torch.randn(64, 20), torch.randint(0, 5, (64,))
+    for _ in range(5):
+        loss = variational_loss(model(x), y, model, 1000)[0]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        assert torch.isfinite(loss)

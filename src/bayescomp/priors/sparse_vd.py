@@ -32,8 +32,10 @@ from torch import nn
 from bayescomp.priors.base import BayesianConv2d, BayesianLinear, PerWeightGaussian, PriorSpec, register_prior
 from bayescomp.priors.fused import kl_log_uniform_clipped, log_theta2
 from bayescomp.priors.group_nj import kl_log_uniform_approx
+from bayescomp.validate import check_choice
 
 _EPS = 1e-8
+TRAIN_CLIP_STYLES = ("mean_and_variance", "authors")
 
 
 @dataclass
@@ -51,6 +53,15 @@ class SparseVDConfig:
             authors' ``train_clip`` option), so training sees the network that will be deployed. We zero the mean
             and the variance of those weights, as the authors' conv layer does (their dense layer zeroes the mean
             only).
+        train_clip_style: what ``train_clip`` zeroes, and the form of the training variance.
+            ``"mean_and_variance"`` (default): the pruned weights' mean and variance in every layer; the variance
+            is sigma². ``"authors"``: as the authors' Lasagne layers (bayesgroup/variational-dropout-sparsifies-dnn,
+            ``nets/layers.py``): the variance is exp(clip(log alpha)) theta², and a Linear layer zeroes only the
+            mean of its pruned weights, so they keep adding noise, their sigma² keeps a data gradient and a weight
+            can come back below the threshold; a conv layer zeroes both. The LeNet-5 script trains this way
+            (``train_clip=True``); it sits between our clipped and unclipped trainings (docs/limits.md, "Sparse
+            VD"). It takes the plain autograd path (no fused Function). Found by reading the reference code,
+            not stated in the paper.
         prune_threshold: the log alpha threshold of the deployed network, when it should differ from
             ``threshold``; None: ``threshold``. Read only after training (a post-training setting: changing it
             reuses a trained posterior), so it can be chosen on the validation split, as the authors advise
@@ -64,10 +75,12 @@ class SparseVDConfig:
     init_log_sigma2: float = -10.0
     log_alpha_clip: tuple[float, float] = (-8.0, 8.0)
     train_clip: bool = True
+    train_clip_style: str = "mean_and_variance"
     prune_threshold: float | None = None
     name: str = "svd"
 
     def __post_init__(self) -> None:
+        check_choice(self.train_clip_style, TRAIN_CLIP_STYLES, "train_clip_style")
         low, high = (float(v) for v in self.log_alpha_clip)  # configs read back from JSON give a list
         if not low < high:
             raise ValueError(f"log_alpha_clip must be (low, high) with low < high, got {self.log_alpha_clip}")
@@ -127,6 +140,24 @@ class _SparseVDMixin(PerWeightGaussian):
             return self._keep_mask(threshold)
         log_theta2_now = self._variance_cache().get("log_theta2", self.weight_mu, fresh=True, fn=log_theta2)
         return torch.lt(self.weight_log_sigma2 - log_theta2_now, threshold)
+
+    def _fused_training(self) -> bool:
+        """The fused path computes the variance as sigma²; the authors' style takes the autograd ops."""
+        return super()._fused_training() and self.config.train_clip_style != "authors"
+
+    def _train_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and variance of the training forward (:attr:`SparseVDConfig.train_clip_style`)."""
+        if self.config.train_clip_style != "authors":
+            return super()._train_weights()
+        theta2 = self.weight_mu.square()
+        variance = self.weight_log_alpha().exp() * theta2
+        mean = self.weight_mu
+        if self.config.train_clip:
+            keep = self._keep_mask(self.config.threshold)
+            mean = mean * keep
+            if self.group_dim == "out":  # the authors' conv layer zeroes both; their dense layer the mean only
+                variance = variance * keep
+        return mean, variance
 
     def group_log_alpha(self) -> torch.Tensor:
         """Per group, the minimum log alpha over its weights (groups: input columns of Linear, filters of Conv2d).
