@@ -149,11 +149,11 @@ class _SparseVDMixin(PerWeightGaussian):
         """Mean and variance of the training forward (:attr:`SparseVDConfig.train_clip_style`)."""
         if self.config.train_clip_style != "authors":
             return super()._train_weights()
-        theta2 = self.weight_mu.square()
-        variance = self.weight_log_alpha().exp() * theta2
+        log_alpha = self.weight_log_alpha()
+        variance = log_alpha.exp() * self.weight_mu.square()
         mean = self.weight_mu
-        if self.config.train_clip:
-            keep = self._keep_mask(self.config.threshold)
+        if self.config.train_clip:  # the clipped log alpha decides as _keep_mask does, edge cases included
+            keep = log_alpha.detach() < self.config.threshold
             mean = mean * keep
             if self.group_dim == "out":  # the authors' conv layer zeroes both; their dense layer the mean only
                 variance = variance * keep
